@@ -1,0 +1,306 @@
+"""The table catalog: the single source of truth for every table of the lakehouse.
+
+Source DDL, change capture, the copy queries, the ADF JSON, the silver rules, the gold specs and the
+Dagster assets are all derived from these entries. Adding a source table means adding one entry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import date
+from enum import StrEnum
+
+import pyarrow as pa
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class CatalogError(ValueError):
+    """A catalog entry or a catalog override is invalid."""
+
+
+def validate_identifier(name: str) -> str:
+    """Return `name` if it is a plain SQL identifier; reject anything that could inject SQL."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise CatalogError(
+            f"invalid identifier {name!r}: use letters, digits and '_', starting with a letter "
+            "or '_', at most 63 characters"
+        )
+    return name
+
+
+class ColumnType(StrEnum):
+    """Logical column types; each dialect and Arrow map them in one place."""
+
+    INT = "int"
+    BIGINT = "bigint"
+    STRING = "string"
+    DATE = "date"
+    TIMESTAMP = "timestamp"
+
+    @property
+    def arrow(self) -> pa.DataType:
+        return _ARROW_TYPES[self]
+
+
+_ARROW_TYPES: dict[ColumnType, pa.DataType] = {
+    ColumnType.INT: pa.int32(),
+    ColumnType.BIGINT: pa.int64(),
+    ColumnType.STRING: pa.string(),
+    ColumnType.DATE: pa.date32(),
+    ColumnType.TIMESTAMP: pa.timestamp("us"),
+}
+
+
+class TableRole(StrEnum):
+    """What a table is in the star schema; the simulator and gold treat each role alike."""
+
+    DIMENSION = "dimension"  # entities that change: inserted, updated, deleted
+    CALENDAR = "calendar"  # reference data that only grows
+    FACT = "fact"  # events, append-only at the source
+
+
+class CaptureMode(StrEnum):
+    """How bronze captures a table's changes (DESIGN.md §4)."""
+
+    SNAPSHOT = "snapshot"
+    WATERMARK = "watermark"
+    CDC = "cdc"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+    nullable: bool = True
+    length: int | None = None  # max characters of a STRING column on servers that need one
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.name)
+        if self.type is ColumnType.STRING and not self.length:
+            raise CatalogError(f"string column {self.name!r} needs a length")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One source table and everything derived from it."""
+
+    name: str
+    lake_name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    role: TableRole
+    mode: CaptureMode
+    cdc_column: str | None
+    partition_start: date
+    description: str = ""
+    # Room for the layers built on top: silver rules and gold specs are attached here.
+    silver: object | None = field(default=None, compare=False)
+    gold: object | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.name)
+        validate_identifier(self.lake_name)
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise CatalogError(f"{self.name}: duplicate column names")
+        for k in self.key:
+            if k not in names:
+                raise CatalogError(f"{self.name}: key column {k!r} is not a column")
+            if self.column(k).nullable:
+                raise CatalogError(f"{self.name}: key column {k!r} must be NOT NULL")
+        if self.mode is CaptureMode.SNAPSHOT:
+            if self.cdc_column is not None:
+                raise CatalogError(f"{self.name}: snapshot tables have no cdc column")
+        elif self.cdc_column is None or self.cdc_column not in names:
+            raise CatalogError(f"{self.name}: mode {self.mode} needs a cdc column of the table")
+        elif self.column(self.cdc_column).type is not ColumnType.TIMESTAMP:
+            raise CatalogError(f"{self.name}: cdc column {self.cdc_column!r} must be a timestamp")
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise CatalogError(f"{self.name}: no column {name!r}")
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema(
+            [pa.field(c.name, c.type.arrow, nullable=c.nullable) for c in self.columns]
+        )
+
+    @property
+    def change_table(self) -> str:
+        """Trigger-maintained change table (SQLite, PostgreSQL); SQL Server uses native CDC."""
+        return f"{self.name}_changes"
+
+    @property
+    def captures_changes(self) -> bool:
+        return self.mode is CaptureMode.CDC
+
+
+# Audit columns of a change-table row, in order, ahead of the row image.
+CHANGE_SEQ = "_seq"
+CHANGE_OP = "_op"
+CHANGE_AT = "_changed_at"
+
+HISTORY_START = date(2026, 1, 1)
+
+
+def _s(name: str, length: int, nullable: bool = True) -> Column:
+    return Column(name, ColumnType.STRING, nullable, length)
+
+
+DIM_USER = Table(
+    name="DimUser",
+    lake_name="dim_user",
+    description="Listeners and their subscription.",
+    columns=(
+        Column("user_id", ColumnType.INT, nullable=False),
+        _s("user_name", 100),
+        _s("country", 50),
+        _s("subscription_type", 20),
+        Column("start_date", ColumnType.DATE),
+        Column("end_date", ColumnType.DATE),
+        Column("updated_at", ColumnType.TIMESTAMP, nullable=False),
+    ),
+    key=("user_id",),
+    role=TableRole.DIMENSION,
+    mode=CaptureMode.CDC,
+    cdc_column="updated_at",
+    partition_start=HISTORY_START,
+)
+
+DIM_ARTIST = Table(
+    name="DimArtist",
+    lake_name="dim_artist",
+    description="Artists with genre and country.",
+    columns=(
+        Column("artist_id", ColumnType.INT, nullable=False),
+        _s("artist_name", 100),
+        _s("genre", 50),
+        _s("country", 50),
+        Column("updated_at", ColumnType.TIMESTAMP, nullable=False),
+    ),
+    key=("artist_id",),
+    role=TableRole.DIMENSION,
+    mode=CaptureMode.CDC,
+    cdc_column="updated_at",
+    partition_start=HISTORY_START,
+)
+
+DIM_TRACK = Table(
+    name="DimTrack",
+    lake_name="dim_track",
+    description="Tracks, their artist and album.",
+    columns=(
+        Column("track_id", ColumnType.INT, nullable=False),
+        _s("track_name", 200),
+        Column("artist_id", ColumnType.INT),
+        _s("album_name", 200),
+        Column("duration_sec", ColumnType.INT),
+        Column("release_date", ColumnType.DATE),
+        Column("updated_at", ColumnType.TIMESTAMP, nullable=False),
+    ),
+    key=("track_id",),
+    role=TableRole.DIMENSION,
+    mode=CaptureMode.CDC,
+    cdc_column="updated_at",
+    partition_start=HISTORY_START,
+)
+
+DIM_DATE = Table(
+    name="DimDate",
+    lake_name="dim_date",
+    description="Calendar days, keyed yyyymmdd.",
+    columns=(
+        Column("date_key", ColumnType.INT, nullable=False),
+        Column("date", ColumnType.DATE, nullable=False),
+        Column("day", ColumnType.INT, nullable=False),
+        Column("month", ColumnType.INT, nullable=False),
+        Column("year", ColumnType.INT, nullable=False),
+        _s("weekday", 10, nullable=False),
+    ),
+    key=("date_key",),
+    role=TableRole.CALENDAR,
+    mode=CaptureMode.SNAPSHOT,
+    cdc_column=None,
+    partition_start=HISTORY_START,
+)
+
+FACT_STREAM = Table(
+    name="FactStream",
+    lake_name="fact_stream",
+    description="One row per stream (a play of a track by a user).",
+    columns=(
+        Column("stream_id", ColumnType.BIGINT, nullable=False),
+        Column("user_id", ColumnType.INT),
+        Column("track_id", ColumnType.INT),
+        Column("date_key", ColumnType.INT),
+        Column("listen_duration", ColumnType.INT),
+        _s("device_type", 50),
+        Column("stream_timestamp", ColumnType.TIMESTAMP, nullable=False),
+    ),
+    key=("stream_id",),
+    role=TableRole.FACT,
+    mode=CaptureMode.WATERMARK,
+    cdc_column="stream_timestamp",
+    partition_start=HISTORY_START,
+)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    tables: tuple[Table, ...]
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tables] + [t.lake_name for t in self.tables]
+        if len({n.lower() for n in names}) != len(names):
+            raise CatalogError("table names must be unique (case-insensitively)")
+
+    def __iter__(self):
+        return iter(self.tables)
+
+    def __getitem__(self, name: str) -> Table:
+        for t in self.tables:
+            if name in (t.name, t.lake_name):
+                return t
+        known = ", ".join(t.name for t in self.tables)
+        raise CatalogError(f"unknown table {name!r}; the catalog has {known}")
+
+    def by_role(self, role: TableRole) -> tuple[Table, ...]:
+        return tuple(t for t in self.tables if t.role is role)
+
+    def with_modes(self, modes: dict[str, CaptureMode | str]) -> Catalog:
+        """The catalog with the capture mode of some tables overridden (e.g. a dim by watermark)."""
+        for name in modes:
+            self[name]
+        return Catalog(
+            tuple(
+                replace(t, mode=CaptureMode(modes[t.name])) if t.name in modes else t
+                for t in self.tables
+            )
+        )
+
+
+CATALOG = Catalog((DIM_USER, DIM_ARTIST, DIM_TRACK, DIM_DATE, FACT_STREAM))
+
+
+def parse_mode_overrides(spec: str) -> dict[str, CaptureMode]:
+    """Parse `DimUser=watermark,DimTrack=cdc` (the SPOTIFY_CAPTURE_MODES setting)."""
+    modes: dict[str, CaptureMode] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, mode = item.partition("=")
+        if not sep:
+            raise CatalogError(f"capture-mode override {item!r} is not of the form Table=mode")
+        try:
+            modes[name.strip()] = CaptureMode(mode.strip().lower())
+        except ValueError:
+            allowed = ", ".join(m.value for m in CaptureMode)
+            raise CatalogError(f"unknown capture mode {mode!r} for {name}; use {allowed}") from None
+    return modes
