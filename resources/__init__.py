@@ -1,0 +1,24 @@
+"""Dagster resources. `build_resources` picks the set for the environment, once, at load."""
+
+from __future__ import annotations
+
+from dagster import EnvVar
+
+from resources.source_db import SourceDatabase, sqlite_connection_string
+from spotify_assets.settings import Settings
+
+
+def source_database(settings: Settings, *, in_dagster: bool = True) -> SourceDatabase:
+    """The source resource; in Dagster a configured connection string stays an `EnvVar`, so its
+    password never appears in the UI or in run config. Outside Dagster (the CLI) it is resolved."""
+    if not settings.source_odbc:
+        connection: str | EnvVar = sqlite_connection_string(settings.embedded_source_path)
+    elif in_dagster:
+        connection = EnvVar("SPOTIFY_SOURCE_ODBC")
+    else:
+        connection = settings.source_odbc
+    return SourceDatabase(connection_string=connection, capture_modes=settings.capture_modes)
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    return {"source_db": source_database(settings)}

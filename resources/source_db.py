@@ -1,0 +1,431 @@
+"""The source system: an operational SQL database reached through ODBC.
+
+`SourceDatabase` is the Dagster resource (configuration + connections). `SourceSession` holds one
+open DB-API connection and the catalog-driven operations on it: create the schema with its change
+capture, bulk-load rows, apply simulated change batches, read the simulator's state, and report
+statistics. The same code serves SQLite, PostgreSQL and SQL Server; only `SqlDialect` differs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from resources.dialects import CLOCK_TABLE, DIALECTS, META_TABLE, SqlDialect
+from resources.odbc import (
+    Dialect,
+    SourceConfigError,
+    SourceUnavailableError,
+    attribute,
+    dialect_of,
+    odbc_connect,
+    parse_connection_string,
+)
+from spotify_assets.catalog import (
+    CATALOG,
+    CHANGE_SEQ,
+    CaptureMode,
+    Catalog,
+    ColumnType,
+    Table,
+    TableRole,
+    parse_mode_overrides,
+)
+from spotify_assets.generator import InitialData
+from spotify_assets.simulator import ChangeBatch, SourceState
+
+# Servers cap bound parameters per statement (SQL Server: 2100) and rows per VALUES list (1000).
+_MAX_PARAMS = 2000
+_MAX_VALUES_ROWS = 1000
+
+
+def sqlite_connection_string(path: Path) -> str:
+    """The embedded default: a SQLite file through the SQLite3 ODBC driver."""
+    # The SQLite driver takes Database= verbatim (no {} quoting), so ';' cannot be escaped.
+    if any(c in str(path) for c in ";{}"):
+        raise SourceConfigError(f"the SQLite source path may not contain ';', '{{' or '}}': {path}")
+    # Timeout is the driver's busy timeout (ms): readers wait for a simulator commit, never fail.
+    return f"Driver=SQLite3;Database={path};Timeout=30000"
+
+
+class SourceDatabase(ConfigurableResource):
+    """The operational database the lakehouse ingests from (SQLite, PostgreSQL or Azure SQL)."""
+
+    connection_string: str = Field(
+        description="ODBC connection string; secrets are redacted from every message and log."
+    )
+    capture_modes: str = Field(
+        default="",
+        description="Overrides of the catalog's capture modes, e.g. 'DimUser=watermark'.",
+    )
+    login_timeout_s: int = Field(default=5, description="Seconds to wait for a login.")
+
+    @property
+    def dialect(self) -> Dialect:
+        return dialect_of(self.connection_string)
+
+    @property
+    def catalog(self) -> Catalog:
+        return CATALOG.with_modes(parse_mode_overrides(self.capture_modes))
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A pyodbc connection: the path every pipeline read takes."""
+        with odbc_connect(self.connection_string, self.login_timeout_s) as conn:
+            yield conn
+
+    @contextmanager
+    def session(self) -> Iterator[SourceSession]:
+        """A session for administering the source (create, bulk load, simulate, stats).
+
+        SQLite is embedded, so its session uses the engine in-process on the same file (the bulk
+        path); servers are administered through the same ODBC connection as the pipeline.
+        """
+        if self.dialect is Dialect.SQLITE:
+            conn = sqlite3.connect(self.sqlite_path(), isolation_level=None, timeout=30)
+            try:
+                yield SourceSession(conn, DIALECTS[Dialect.SQLITE], self.catalog)
+            finally:
+                conn.close()
+        else:
+            with self.connect() as conn:
+                yield self.session_on(conn)
+
+    def session_on(self, conn: Any) -> SourceSession:
+        """A session over an open pyodbc connection (from `connect`), in autocommit mode."""
+        conn.autocommit = True
+        return SourceSession(conn, DIALECTS[self.dialect], self.catalog)
+
+    def sqlite_path(self) -> Path:
+        database = attribute(parse_connection_string(self.connection_string), "Database")
+        if not database:
+            raise SourceConfigError("a SQLite ODBC connection string needs Database=<file path>")
+        return Path(database)
+
+    def exists(self) -> bool:
+        """Whether the source has been initialised (it holds the catalog's tables)."""
+        if self.dialect is Dialect.SQLITE and not self.sqlite_path().exists():
+            return False
+        with self.session() as session:
+            return session.is_initialised()
+
+    def require_initialised(self) -> None:
+        if not self.exists():
+            raise SourceUnavailableError(
+                "the source holds no Spotify tables yet: run `spotify-lakehouse source init`"
+            )
+
+
+class SourceSession:
+    """Catalog-driven operations on one open DB-API connection (qmark parameters, autocommit)."""
+
+    def __init__(self, conn: Any, sql: SqlDialect, catalog: Catalog) -> None:
+        self.conn = conn
+        self.sql = sql
+        self.catalog = catalog
+
+    # --- schema ---
+
+    def is_initialised(self) -> bool:
+        try:
+            self.scalar(self.sql.count(META_TABLE))
+        except Exception:
+            return False
+        return True
+
+    def drop_all(self) -> None:
+        for name in self._owned_tables():
+            self.execute(f"DROP TABLE IF EXISTS {self.sql.qualified(name)}")
+        if self.sql.dialect is Dialect.POSTGRESQL:
+            for table in self.catalog:
+                self.execute(f"DROP FUNCTION IF EXISTS {self.sql.quote(table.name + '_capture')}()")
+
+    def _owned_tables(self) -> list[str]:
+        names = [t.name for t in self.catalog] + [CLOCK_TABLE, META_TABLE]
+        if self.sql.dialect is not Dialect.TSQL:
+            names += [t.change_table for t in self.catalog]
+        return names
+
+    def create_schema(self) -> None:
+        """Tables without indexes or capture: `finish_schema` adds those after the bulk load."""
+        with self.transaction():
+            for statement in self.sql.support_tables():
+                self.execute(statement)
+            for table in self.catalog:
+                self.execute(self.sql.create_table(table))
+
+    def finish_schema(self) -> None:
+        """Indexes and change capture, created after the bulk load so it is not captured."""
+        with self.transaction():
+            for table in self.catalog:
+                for statement in self.sql.create_indexes(table):
+                    self.execute(statement)
+                if table.mode is CaptureMode.CDC:
+                    for statement in self.sql.change_capture(table):
+                        self.execute(statement)
+
+    # --- writes ---
+
+    def bulk_insert(self, table: Table, rows: pa.Table) -> int:
+        """Insert an Arrow table in as few round trips as the engine allows."""
+        rows = rows.select(list(table.column_names))
+        values = _python_rows(rows, text_temporal=self.sql.dialect is Dialect.SQLITE)
+        if self.sql.dialect is Dialect.SQLITE:
+            self.conn.executemany(self.sql.insert(table.name, table.column_names), values)
+            return rows.num_rows
+        per_statement = max(1, min(_MAX_VALUES_ROWS, _MAX_PARAMS // len(table.column_names)))
+        cursor = self.conn.cursor()
+        for start in range(0, len(values), per_statement):
+            chunk = values[start : start + per_statement]
+            statement = self.sql.insert(table.name, table.column_names, rows=len(chunk))
+            cursor.execute(statement, [v for row in chunk for v in row])
+        return rows.num_rows
+
+    def apply_updates(self, table: Table, rows: pa.Table) -> int:
+        others = [c for c in table.column_names if c not in table.key]
+        ordered = rows.select([*others, *table.key])
+        values = _python_rows(ordered, text_temporal=self.sql.dialect is Dialect.SQLITE)
+        self._executemany(self.sql.update(table), values)
+        return rows.num_rows
+
+    def apply_deletes(self, table: Table, keys: pa.Array) -> int:
+        self._executemany(self.sql.delete(table), [(k,) for k in keys.to_pylist()])
+        return len(keys)
+
+    def set_clock(self, at: datetime) -> None:
+        *clear, insert = self.sql.set_clock()
+        for statement in clear:
+            self.execute(statement)
+        self.execute(insert, [self._temporal(at)])
+
+    def set_meta(self, values: dict[str, object]) -> None:
+        for name, value in values.items():
+            self.execute(f"DELETE FROM {self.sql.qualified(META_TABLE)} WHERE name = ?", [name])
+            self.execute(self.sql.insert(META_TABLE, ("name", "value")), [name, str(value)])
+
+    def load_initial(
+        self,
+        data: InitialData,
+        meta: dict[str, object],
+        on_rows: Callable[[int], None] = lambda n: None,
+    ) -> int:
+        """Create the schema and bulk-load a generated source in one transaction.
+
+        Change capture is switched on only after the load: the initial rows are the snapshot that
+        bronze's initial load copies, not changes.
+        """
+        self.create_schema()
+        loaded = 0
+        with self.transaction():
+            for name, rows in data.dims.items():
+                loaded += self.bulk_insert(self.catalog[name], rows)
+                on_rows(rows.num_rows)
+            (fact,) = self.catalog.by_role(TableRole.FACT)
+            for batch in data.stream_batches():
+                loaded += self.bulk_insert(fact, batch)
+                on_rows(batch.num_rows)
+            self.set_clock(datetime.combine(data.end, time()))
+            self.set_meta(meta)
+            self.set_meta({_next_id(t.name): n for t, n in self._next_ids_of(data).items()})
+        self.finish_schema()
+        return loaded
+
+    def _next_ids_of(self, data: InitialData) -> dict[Table, int]:
+        ids = {
+            self.catalog[name]: _max_key(self.catalog[name], rows) + 1
+            for name, rows in data.dims.items()
+            if name in self._keyed_tables()
+        }
+        (fact,) = self.catalog.by_role(TableRole.FACT)
+        ids[fact] = data.shape.streams + 1
+        return ids
+
+    def apply(
+        self,
+        batches: Iterable[ChangeBatch],
+        on_batch: Callable[[ChangeBatch], None] = lambda b: None,
+    ) -> int:
+        """Apply simulator change batches, each in one transaction at the batch's clock time."""
+        applied = 0
+        for batch in batches:
+            with self.transaction():
+                self.set_clock(batch.at)
+                for name, rows in batch.inserts.items():
+                    table = self.catalog[name]
+                    self.bulk_insert(table, rows)
+                    if name in self._keyed_tables():
+                        self._raise_next_id(table, _max_key(table, rows) + 1)
+                for name, rows in batch.updates.items():
+                    self.apply_updates(self.catalog[name], rows)
+                for name, keys in batch.deletes.items():
+                    self.apply_deletes(self.catalog[name], keys)
+            applied += batch.row_count()
+            on_batch(batch)
+        return applied
+
+    def _keyed_tables(self) -> set[str]:
+        """Tables whose keys the simulator allocates (and must never reuse)."""
+        return {t.name for t in self.catalog if t.role is not TableRole.CALENDAR}
+
+    def _raise_next_id(self, table: Table, candidate: int) -> None:
+        current = int(self.meta().get(_next_id(table.name), 1))
+        if candidate > current:
+            self.set_meta({_next_id(table.name): candidate})
+
+    def read_state(self) -> SourceState:
+        """What the simulator needs to continue from the source's current content."""
+        meta = self.meta()
+        dims = {t.name: self.read_table(t) for t in self.catalog.by_role(TableRole.DIMENSION)}
+        (calendar,) = self.catalog.by_role(TableRole.CALENDAR)
+        day = next(c for c in calendar.columns if c.type is ColumnType.DATE)
+        first_day, last_day = self.query(
+            f"SELECT MIN({self.sql.quote(day.name)}), MAX({self.sql.quote(day.name)}) "
+            f"FROM {self.sql.qualified(calendar.name)}"
+        )[0]
+        return SourceState(
+            clock=self.clock(),
+            dims=dims,
+            next_ids={name: int(meta[_next_id(name)]) for name in self._keyed_tables()},
+            date_keys_until=_as_date(last_day),
+            date_keys_from=_as_date(first_day),
+        )
+
+    # --- reads ---
+
+    def meta(self) -> dict[str, str]:
+        rows = self.query(f"SELECT name, value FROM {self.sql.qualified(META_TABLE)}")
+        return {name: value for name, value in rows}
+
+    def clock(self) -> datetime:
+        value = self.scalar(
+            f"SELECT MAX({self.sql.quote('now_utc')}) FROM {self.sql.qualified(CLOCK_TABLE)}"
+        )
+        return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+    def read_table(self, table: Table) -> pa.Table:
+        """All rows of a table, typed as the catalog declares."""
+        rows = self.query(self.sql.select(table))
+        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in table.columns]
+        arrays = [
+            _typed_array(list(values), column.type)
+            for values, column in zip(columns, table.columns, strict=True)
+        ]
+        return pa.Table.from_arrays(arrays, schema=table.arrow_schema)
+
+    def table_stats(self, table: Table) -> dict[str, object]:
+        stats: dict[str, object] = {
+            "mode": table.mode.value,
+            "rows": self.scalar(self.sql.count(table.name)),
+        }
+        if table.cdc_column:
+            stats[f"max_{table.cdc_column}"] = _jsonable(
+                self.scalar(self.sql.max_of(table.name, table.cdc_column))
+            )
+        if table.mode is CaptureMode.CDC and self.sql.dialect is not Dialect.TSQL:
+            stats["change_rows"] = self.scalar(self.sql.count(table.change_table))
+            stats["max_change_seq"] = self.scalar(self.sql.max_of(table.change_table, CHANGE_SEQ))
+        return stats
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "dialect": self.sql.dialect.value,
+            "clock": self.clock().isoformat(sep=" "),
+            "meta": self.meta(),
+            "tables": {t.name: self.table_stats(t) for t in self.catalog},
+        }
+
+    # --- plumbing ---
+
+    def execute(self, statement: str, params: Sequence[object] = ()) -> None:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(statement, list(params))
+        finally:
+            cursor.close()
+
+    def _executemany(self, statement: str, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        cursor = self.conn.cursor()
+        try:
+            cursor.executemany(statement, rows)
+        finally:
+            cursor.close()
+
+    def query(self, statement: str, params: Sequence[object] = ()) -> list[tuple]:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(statement, list(params))
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def scalar(self, statement: str, params: Sequence[object] = ()) -> Any:
+        rows = self.query(statement, params)
+        return rows[0][0] if rows else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing: a crash or error mid-way leaves the source as it was."""
+        self.execute("BEGIN TRANSACTION" if self.sql.dialect is Dialect.TSQL else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.execute("ROLLBACK")
+            raise
+        self.execute("COMMIT")
+
+    def _temporal(self, value: datetime | date) -> object:
+        if self.sql.dialect is Dialect.SQLITE:
+            return _python_rows(pa.table({"v": [value]}), text_temporal=True)[0][0]
+        return value
+
+
+def _next_id(table_name: str) -> str:
+    return f"next_id:{table_name}"
+
+
+def _max_key(table: Table, rows: pa.Table) -> int:
+    (key,) = table.key
+    return int(pc.max(rows[key]).as_py() or 0)
+
+
+def _python_rows(rows: pa.Table, text_temporal: bool) -> list[tuple]:
+    """Arrow columns to row tuples.
+
+    SQLite stores temporal values as text, compared as text: they are written exactly as its
+    ODBC driver writes bound values ('YYYY-MM-DD' and 'YYYY-MM-DD HH:MM:SS.fff').
+    """
+    columns = []
+    for column in rows.columns:
+        if text_temporal and pa.types.is_timestamp(column.type):
+            column = pc.cast(pc.cast(column, pa.timestamp("ms"), safe=False), pa.string())
+        elif text_temporal and pa.types.is_date(column.type):
+            column = pc.cast(column, pa.string())
+        columns.append(column.to_pylist())
+    return list(zip(*columns, strict=True))
+
+
+def _typed_array(values: list, column_type: ColumnType) -> pa.Array:
+    if column_type in (ColumnType.DATE, ColumnType.TIMESTAMP) and any(
+        isinstance(v, str) for v in values
+    ):
+        return pc.cast(pa.array(values, pa.string()), column_type.arrow)
+    return pa.array(values, column_type.arrow)
+
+
+def _as_date(value: date | str) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(value)
+
+
+def _jsonable(value: object) -> object:
+    return value.isoformat(sep=" ") if isinstance(value, datetime) else value
