@@ -1,0 +1,32 @@
+"""The Dagster code location: `dagster dev -w workspace.yaml`."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from resources import build_resources
+from spotify_assets.assets.source import build_source_observation
+from spotify_assets.catalog import CATALOG, parse_mode_overrides
+from spotify_assets.settings import Settings
+
+OBSERVE_SOURCE_JOB = "observe_source_job"
+
+
+def build_definitions(settings: Settings) -> Definitions:
+    catalog = CATALOG.with_modes(parse_mode_overrides(settings.capture_modes))
+    resources = build_resources(settings)
+    observe_source = build_source_observation(catalog, settings.source_dialect)
+    return Definitions(
+        assets=[observe_source],
+        jobs=[
+            define_asset_job(
+                OBSERVE_SOURCE_JOB,
+                selection=AssetSelection.assets(observe_source),
+                description="Record row counts and change-feed positions of every source table.",
+            )
+        ],
+        resources=resources,
+    )
+
+
+defs = build_definitions(Settings.from_env())
