@@ -1,0 +1,122 @@
+"""Shared fixtures: an embedded SQLite source and a throwaway PostgreSQL server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pyodbc
+import pytest
+
+from resources.source_db import SourceDatabase, sqlite_connection_string
+
+PG_DRIVER = "PostgreSQL Unicode"
+PG_PASSWORD = "s3cr3t-Pa55;word"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pg_bindir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    found = candidates[-1] if candidates else shutil.which("initdb")
+    if not found:
+        pytest.fail("PostgreSQL server binaries not found: run `make test`, which installs them")
+    return Path(found).parent
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    port: int
+    user: str
+    password: str
+
+    def connection_string(self, database: str, password: str | None = None) -> str:
+        pwd = self.password if password is None else password
+        return (
+            f"Driver={{{PG_DRIVER}}};Server=127.0.0.1;Port={self.port};Database={database};"
+            f"Uid={self.user};Pwd={{{pwd}}}"
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster in a temp dir; as root it runs as `postgres` (it refuses root)."""
+    bindir = _pg_bindir()
+    workdir = Path(tempfile.mkdtemp(prefix="spotify-pg-"))
+    datadir, pwfile = workdir / "data", workdir / "pw"
+    pwfile.write_text(PG_PASSWORD + "\n")
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres")
+        shutil.chown(pwfile, "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+
+    def pg(*args: str) -> None:
+        subprocess.run([*run_as, *args], check=True, capture_output=True, text=True)
+
+    pg(
+        str(bindir / "initdb"),
+        "-D",
+        str(datadir),
+        "-U",
+        "spotify",
+        f"--pwfile={pwfile}",
+        "--auth=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    )
+    options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(datadir),
+        "-o",
+        options,
+        "-l",
+        str(workdir / "log"),
+        "-w",
+        "start",
+    )
+    try:
+        yield PostgresServer(port=port, user="spotify", password=PG_PASSWORD)
+    finally:
+        pg(str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_source(postgres_server: PostgresServer) -> Iterator[SourceDatabase]:
+    """A fresh, empty database on the throwaway server for each test."""
+    name = f"src_{uuid.uuid4().hex[:12]}"
+    admin = pyodbc.connect(postgres_server.connection_string("postgres"), autocommit=True)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield SourceDatabase(connection_string=postgres_server.connection_string(name))
+    finally:
+        with contextlib.suppress(pyodbc.Error):
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def sqlite_source(tmp_path: Path) -> SourceDatabase:
+    return SourceDatabase(connection_string=sqlite_connection_string(tmp_path / "source.db"))
+
+
+HISTORY_END = date(2026, 4, 1)

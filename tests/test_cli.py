@@ -1,0 +1,87 @@
+"""`spotify-lakehouse source …` as a user runs it: JSON out, clear errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spotify_assets.cli import main
+
+SECRET = "not-in-any-output-42"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SPOTIFY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SPOTIFY_SOURCE_ODBC", raising=False)
+    monkeypatch.delenv("SPOTIFY_CAPTURE_MODES", raising=False)
+    return tmp_path / "home"
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_init_simulate_stats(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    created = run_json(
+        capsys, "source", "init", "--scale", "0.002", "--seed", "3", "--end-date", "2026-04-01"
+    )
+    assert (home / "source.db").exists()
+    assert created["history"] == ["2026-01-01", "2026-04-01"]
+    before = run_json(capsys, "source", "stats")
+    assert before["clock"] == "2026-04-01 00:00:00"
+    assert before["meta"]["seed"] == "3"
+    assert before["tables"]["FactStream"]["rows"] == 10_000
+    assert before["tables"]["DimUser"]["change_rows"] == 0
+
+    simulated = run_json(capsys, "source", "simulate", "--days", "2")
+    assert simulated["to"] == "2026-04-03 00:00:00" and simulated["rows_changed"] > 0
+    after = run_json(capsys, "source", "stats")
+    assert after["tables"]["FactStream"]["rows"] > before["tables"]["FactStream"]["rows"]
+    assert after["tables"]["DimUser"]["change_rows"] > 0
+    assert after["tables"]["DimDate"]["rows"] == before["tables"]["DimDate"]["rows"] + 2
+
+
+def test_init_refuses_to_overwrite_without_force(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["source", "init", "--scale", "0.001", "--end-date", "2026-04-01"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, "--force", "--seed", "9"]) == 0
+    capsys.readouterr()
+    assert run_json(capsys, "source", "stats")["meta"]["seed"] == "9"
+
+
+def test_commands_on_a_missing_source_say_what_to_do(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["source", "stats"]) == 2
+    assert "spotify-lakehouse source init" in capsys.readouterr().err
+
+
+def test_console_script_reports_bad_configuration_without_the_password(home: Path) -> None:
+    env = {
+        "SPOTIFY_HOME": str(home),
+        "SPOTIFY_SOURCE_ODBC": (
+            f"Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=1;Pwd={SECRET}"
+        ),
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "spotify_assets.cli", "source", "stats"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "cannot connect to the source" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

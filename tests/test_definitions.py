@@ -1,0 +1,72 @@
+"""The Dagster code location: the asset graph, the source observation, and `dagster` loading it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import AssetKey, DagsterEventType
+
+from resources.source_db import SourceDatabase
+from spotify_assets.catalog import CATALOG
+from spotify_assets.definitions import OBSERVE_SOURCE_JOB, build_definitions
+from spotify_assets.settings import Settings
+from tests.test_source_db import initialise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_asset_graph_snapshot(tmp_path: Path) -> None:
+    defs = build_definitions(Settings.from_env({"SPOTIFY_HOME": str(tmp_path)}))
+    graph = defs.resolve_asset_graph()
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
+        "source/DimArtist",
+        "source/DimDate",
+        "source/DimTrack",
+        "source/DimUser",
+        "source/FactStream",
+    ]
+    for table in CATALOG:
+        spec = graph.get(AssetKey(["source", table.name]))
+        columns = spec.metadata["dagster/column_schema"].columns
+        assert [c.name for c in columns] == list(table.column_names)
+        assert spec.metadata["capture_mode"] == table.mode.value
+        assert spec.group_name == "source"
+
+
+def test_observation_reports_row_counts_and_a_version(
+    sqlite_source: SourceDatabase, tmp_path: Path
+) -> None:
+    initialise(sqlite_source)
+    defs = build_definitions(Settings.from_env({"SPOTIFY_HOME": str(tmp_path)}))
+    job = defs.resolve_job_def(OBSERVE_SOURCE_JOB)
+    result = job.execute_in_process(resources={"source_db": sqlite_source})
+    observations = {
+        e.asset_key.path[-1]: e.event_specific_data.asset_observation
+        for e in result.all_events
+        if e.event_type is DagsterEventType.ASSET_OBSERVATION
+    }
+    assert set(observations) == {t.name for t in CATALOG}
+    with sqlite_source.session() as session:
+        for table in CATALOG:
+            observation = observations[table.name]
+            expected = session.scalar(session.sql.count(table.name))
+            assert observation.metadata["rows"].value == expected
+            assert observation.tags["dagster/data_version"]
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
+    env = {**os.environ, "SPOTIFY_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
+    env.pop("SPOTIFY_SOURCE_ODBC", None)
+    dagster = Path(sys.executable).with_name("dagster")
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,161 @@
+"""SQL generated from the catalog: T-SQL that parses, identifiers that cannot inject."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from resources.dialects import DIALECTS, TsqlDialect
+from resources.odbc import Dialect
+from spotify_assets.catalog import (
+    CATALOG,
+    CaptureMode,
+    CatalogError,
+    Column,
+    ColumnType,
+    Table,
+    TableRole,
+    parse_mode_overrides,
+    validate_identifier,
+)
+
+TSQL: TsqlDialect = DIALECTS[Dialect.TSQL]  # type: ignore[assignment]
+
+
+def parse_tsql(sql: str) -> list[exp.Expression]:
+    statements = [s for s in sqlglot.parse(sql, read="tsql") if s is not None]
+    assert statements, sql
+    for statement in statements:
+        # sqlglot falls back to an opaque Command for text it does not understand.
+        assert not list(statement.find_all(exp.Command)), f"not parsed as T-SQL:\n{sql}"
+        # A keyword swallowed as an alias means the statement was misread.
+        aliases = {a.alias.upper() for a in statement.find_all(exp.Alias)}
+        assert not aliases & {"BEGIN", "END", "EXEC"}, f"misparsed:\n{sql}"
+    return statements
+
+
+def tsql_statements() -> list[str]:
+    statements = [TSQL.enable_cdc_on_database(), *TSQL.support_tables()]
+    for table in CATALOG:
+        statements += [TSQL.create_table(table), *TSQL.create_indexes(table)]
+        statements += TSQL.change_capture(table)
+        statements += [TSQL.insert(table.name, table.column_names, rows=3), TSQL.select(table)]
+        if table.key != table.column_names:
+            statements += [TSQL.update(table), TSQL.delete(table)]
+    return statements
+
+
+@pytest.mark.parametrize("sql", tsql_statements())
+def test_every_tsql_statement_parses(sql: str) -> None:
+    parse_tsql(sql)
+
+
+@pytest.mark.parametrize("table", [t for t in CATALOG if t.cdc_column], ids=lambda t: t.name)
+def test_tsql_cdc_enablement_executes_the_system_procedure(table: Table) -> None:
+    (statement,) = TSQL.change_capture(table)
+    executes = list(parse_tsql(statement)[0].find_all(exp.Execute))
+    assert [e.this.sql("tsql") for e in executes] == ["sys.sp_cdc_enable_table"]
+    arguments = {e.this.sql("tsql"): e.expression.sql("tsql") for e in executes[0].expressions}
+    assert arguments["@source_name"] == f"N'{table.name}'"
+    assert arguments["@capture_instance"] == f"N'dbo_{table.name}'"
+
+
+def test_tsql_change_feed_reads_the_capture_instance_over_a_time_window() -> None:
+    table = CATALOG["DimUser"]
+    sql = TSQL.change_feed_by_time(table, datetime(2026, 3, 1), datetime(2026, 3, 2, 0, 0, 5))
+    statements = parse_tsql(sql)
+    assert [type(s) for s in statements] == [exp.Declare, exp.Declare, exp.Select]
+    select = statements[-1]
+    functions = [t for t in select.find_all(exp.Anonymous) if "fn_cdc_get_all_changes" in t.name]
+    assert [f.name for f in functions] == ["fn_cdc_get_all_changes_dbo_DimUser"]
+    assert "'2026-03-01T00:00:00.000'" in sql and "'2026-03-02T00:00:05.000'" in sql
+    assert {c.alias_or_name for c in select.expressions} >= {"_op", "_seq", "_changed_at"}
+    assert [c.name for c in select.expressions][3:] == list(table.column_names)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["DimUser; DROP TABLE x", 'a"b', "a]b", "1abc", "", "x" * 64, "naïve", "a b", "a--b"],
+)
+def test_hostile_identifiers_are_rejected(name: str) -> None:
+    with pytest.raises(CatalogError, match="invalid identifier"):
+        validate_identifier(name)
+    for dialect in DIALECTS.values():
+        with pytest.raises(CatalogError):
+            dialect.quote(name)
+
+
+def test_a_catalog_entry_with_a_hostile_column_is_rejected() -> None:
+    with pytest.raises(CatalogError, match="invalid identifier"):
+        Column("x; DROP TABLE DimUser", ColumnType.INT)
+
+
+def test_catalog_entries_are_validated() -> None:
+    good = CATALOG["DimArtist"]
+    with pytest.raises(CatalogError, match="key column"):
+        Table(
+            "T",
+            "t",
+            good.columns,
+            ("nope",),
+            TableRole.DIMENSION,
+            CaptureMode.CDC,
+            "updated_at",
+            good.partition_start,
+        )
+    with pytest.raises(CatalogError, match="needs a cdc column"):
+        Table(
+            "T",
+            "t",
+            good.columns,
+            good.key,
+            TableRole.DIMENSION,
+            CaptureMode.WATERMARK,
+            None,
+            good.partition_start,
+        )
+    with pytest.raises(CatalogError, match="must be a timestamp"):
+        Table(
+            "T",
+            "t",
+            good.columns,
+            good.key,
+            TableRole.DIMENSION,
+            CaptureMode.CDC,
+            "genre",
+            good.partition_start,
+        )
+
+
+def test_catalog_defaults_and_mode_overrides() -> None:
+    modes = {t.name: t.mode for t in CATALOG}
+    assert modes == {
+        "DimUser": CaptureMode.CDC,
+        "DimArtist": CaptureMode.CDC,
+        "DimTrack": CaptureMode.CDC,
+        "DimDate": CaptureMode.SNAPSHOT,
+        "FactStream": CaptureMode.WATERMARK,
+    }
+    assert CATALOG["FactStream"].cdc_column == "stream_timestamp"
+    overridden = CATALOG.with_modes(parse_mode_overrides("DimUser=watermark, DimTrack=WATERMARK"))
+    assert overridden["DimUser"].mode is CaptureMode.WATERMARK
+    assert overridden["DimTrack"].mode is CaptureMode.WATERMARK
+    assert overridden["DimArtist"].mode is CaptureMode.CDC
+    with pytest.raises(CatalogError, match="unknown capture mode"):
+        parse_mode_overrides("DimUser=nightly")
+    with pytest.raises(CatalogError, match="unknown table 'DimNope'"):
+        CATALOG.with_modes({"DimNope": CaptureMode.CDC})
+    with pytest.raises(CatalogError, match="Table=mode"):
+        parse_mode_overrides("DimUser")
+
+
+@pytest.mark.parametrize("dialect", list(DIALECTS), ids=str)
+def test_dml_binds_values_as_parameters(dialect: Dialect) -> None:
+    sql = DIALECTS[dialect]
+    table = CATALOG["DimUser"]
+    assert sql.insert(table.name, table.column_names, rows=2).count("?") == 14
+    assert sql.update(table).count("?") == len(table.columns)
+    assert sql.delete(table).count("?") == 1
