@@ -1,0 +1,53 @@
+# `make demo` and `make test` set everything up on a fresh Debian machine and are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+# System packages: unixODBC and the SQLite ODBC driver for the embedded source; the tests also
+# need psqlODBC and a PostgreSQL server (started by the test fixture on 127.0.0.1).
+DEMO_PACKAGES := unixodbc libsqliteodbc
+TEST_PACKAGES := $(DEMO_PACKAGES) odbc-postgresql postgresql
+
+.PHONY: demo test lint system-demo system-test venv clean
+
+demo: system-demo venv
+	$(BIN)/spotify-lakehouse demo
+
+test: system-test venv lint
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+venv: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+system-demo:
+	@$(call apt_install,$(DEMO_PACKAGES))
+
+system-test:
+	@$(call apt_install,$(TEST_PACKAGES))
+
+# Installs the packages of $(1) that are missing, with sudo when not root.
+define apt_install
+missing=$$(for p in $(1); do \
+  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+done); \
+if [ -n "$$missing" ]; then \
+  echo "Installing system packages:" $$missing; \
+  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+  $$sudo apt-get update -qq && \
+  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+fi
+endef
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache
