@@ -1,0 +1,79 @@
+"""Load windows: half-open UTC time intervals `[start, end)` over a table's change time.
+
+Half-open windows tile days exactly, so a partition (a UTC day) is a window and a window splits
+into partitions without overlap or gap. Every query is bounded on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            raise ValueError("windows are naive UTC datetimes")
+        if self.end < self.start:
+            raise ValueError(f"window ends before it starts: [{self.start}, {self.end})")
+
+    @classmethod
+    def of_days(cls, first: date, last: date) -> Window:
+        """The window covering the days `first`..`last` inclusive."""
+        return cls(midnight(first), midnight(last) + DAY)
+
+    @property
+    def empty(self) -> bool:
+        return self.end <= self.start
+
+    def intersect(self, other: Window) -> Window | None:
+        start, end = max(self.start, other.start), min(self.end, other.end)
+        return Window(start, end) if start < end else None
+
+    def covers(self, other: Window) -> bool:
+        return self.start <= other.start and other.end <= self.end
+
+    def days(self) -> Iterator[date]:
+        """The UTC days (partitions) this window touches."""
+        day = self.start.date()
+        while midnight(day) < self.end:
+            yield day
+            day += DAY
+
+    def split_by_day(self) -> Iterator[tuple[date, Window]]:
+        for day in self.days():
+            part = self.intersect(Window.of_days(day, day))
+            if part:
+                yield day, part
+
+    def to_json(self) -> list[str]:
+        return [self.start.isoformat(), self.end.isoformat()]
+
+    @classmethod
+    def from_json(cls, value: list[str]) -> Window:
+        return cls(datetime.fromisoformat(value[0]), datetime.fromisoformat(value[1]))
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat(sep=' ')}, {self.end.isoformat(sep=' ')})"
+
+
+def midnight(day: date) -> datetime:
+    return datetime.combine(day, time())
+
+
+def subtract(intervals: Iterable[Window], removed: Window) -> list[Window]:
+    """`intervals` minus `removed`: what stays live once a newer extraction covers `removed`."""
+    remaining: list[Window] = []
+    for interval in intervals:
+        if interval.start < removed.start:
+            remaining.append(Window(interval.start, min(interval.end, removed.start)))
+        if interval.end > removed.end:
+            remaining.append(Window(max(interval.start, removed.end), interval.end))
+    return [w for w in remaining if not w.empty]
