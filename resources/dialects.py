@@ -15,11 +15,13 @@ from spotify_assets.catalog import (
     CHANGE_AT,
     CHANGE_OP,
     CHANGE_SEQ,
+    CaptureMode,
     Column,
     ColumnType,
     Table,
     validate_identifier,
 )
+from spotify_assets.windows import Window
 
 CLOCK_TABLE = "source_clock"
 CLOCK_COLUMN = "now_utc"
@@ -113,6 +115,75 @@ class SqlDialect(ABC):
             f"INSERT INTO {self.qualified(CLOCK_TABLE)} ({self.quote(CLOCK_COLUMN)}) VALUES (?)",
         ]
 
+    @abstractmethod
+    def timestamp_literal(self, value: datetime) -> str:
+        """A typed timestamp literal (ADF pipelines interpolate the same text)."""
+
+    @abstractmethod
+    def server_now(self) -> str:
+        """The server's current UTC time, as an expression."""
+
+    def simulated_clock(self) -> str:
+        """The simulated clock (NULL where none is set), as an expression."""
+        return f"(SELECT MAX({self.quote(CLOCK_COLUMN)}) FROM {self.qualified(CLOCK_TABLE)})"
+
+    def clock_expression(self) -> str:
+        """What change capture stamps changes with: the simulated clock where one is set."""
+        return f"COALESCE({self.simulated_clock()}, {self.server_now()})"
+
+    def source_now(self) -> str:
+        """One row: the simulated clock (or NULL) and the server's UTC time."""
+        return f"SELECT {self.simulated_clock()}, {self.server_now()}"
+
+    def _within(self, column: str, window: Window) -> str:
+        return (
+            f"{self.quote(column)} >= {self.timestamp_literal(window.start)} AND "
+            f"{self.quote(column)} < {self.timestamp_literal(window.end)}"
+        )
+
+    def extract_query(self, table: Table, window: Window | None) -> str:
+        """The bounded copy query of `table` for a window of change time (DESIGN.md §4).
+
+        snapshot: the whole table. watermark: rows whose cdc column is in the window. cdc: the
+        change records of the window plus the current images whose cdc column is in it (op 'S',
+        no sequence), in one statement so both parts come from one consistent read. The images
+        carry rows that no change record describes: those loaded before capture was enabled, or
+        whose records were pruned.
+        """
+        select = f"SELECT {self.column_list(table.column_names)} FROM {self.qualified(table.name)}"
+        if table.mode is CaptureMode.SNAPSHOT:
+            return select
+        if window is None:
+            raise ValueError(f"{table.name}: {table.mode} extraction needs a window")
+        assert table.cdc_column is not None
+        if table.mode is CaptureMode.WATERMARK:
+            return f"{select} WHERE {self._within(table.cdc_column, window)}"
+        return self._cdc_extract(table, window)
+
+    def _cdc_extract(self, table: Table, window: Window) -> str:
+        assert table.cdc_column is not None
+        columns = self.column_list(table.column_names)
+        return (
+            f"SELECT {self.column_list((CHANGE_OP, CHANGE_SEQ, CHANGE_AT))}, {columns}\n"
+            f"FROM {self.qualified(table.change_table)} WHERE {self._within(CHANGE_AT, window)}\n"
+            "UNION ALL\n"
+            f"SELECT 'S', CAST(NULL AS BIGINT), {self.quote(table.cdc_column)}, {columns}\n"
+            f"FROM {self.qualified(table.name)} WHERE {self._within(table.cdc_column, window)}"
+        )
+
+    def first_change_query(self, table: Table) -> str:
+        """The oldest change time of a table (its first partition with data)."""
+        assert table.cdc_column is not None
+        oldest = (
+            f"SELECT MIN({self.quote(table.cdc_column)}) AS t FROM {self.qualified(table.name)}"
+        )
+        if table.mode is CaptureMode.CDC:
+            oldest += (
+                f" UNION ALL SELECT MIN({self.quote(CHANGE_AT)}) AS t "
+                f"FROM {self.qualified(table.change_table)}"
+            )
+        return f"SELECT MIN(t) FROM ({oldest}) AS oldest"
+
     def change_feed(self, table: Table) -> str:
         """Change records with `after < _seq <= upto` (two bound parameters), in sequence order."""
         columns = (CHANGE_SEQ, CHANGE_OP, CHANGE_AT, *table.column_names)
@@ -137,11 +208,12 @@ class SqliteDialect(SqlDialect):
     def column_type(self, column: Column) -> str:
         return self._TYPES[column.type]
 
-    def _clock(self) -> str:
-        return (
-            f"COALESCE((SELECT {self.quote(CLOCK_COLUMN)} FROM {self.quote(CLOCK_TABLE)}), "
-            "strftime('%Y-%m-%d %H:%M:%f', 'now'))"
-        )
+    def server_now(self) -> str:
+        return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+    def timestamp_literal(self, value: datetime) -> str:
+        # SQLite compares the stored text: match the driver's 'YYYY-MM-DD HH:MM:SS.fff' exactly.
+        return f"'{value.isoformat(sep=' ', timespec='milliseconds')}'"
 
     def change_capture(self, table: Table) -> list[str]:
         ct = self.quote(table.change_table)
@@ -165,7 +237,7 @@ class SqliteDialect(SqlDialect):
             statements.append(
                 f"CREATE TRIGGER {trigger} AFTER {event} ON {self.quote(table.name)}\nBEGIN\n"
                 f"  INSERT INTO {ct} ({columns})\n"
-                f"  VALUES ('{op}', {self._clock()}, {values});\nEND"
+                f"  VALUES ('{op}', {self.clock_expression()}, {values});\nEND"
             )
         return statements
 
@@ -184,15 +256,18 @@ class PostgresDialect(SqlDialect):
             return f"VARCHAR({column.length})"
         return self._TYPES[column.type]
 
+    def server_now(self) -> str:
+        return "(now() AT TIME ZONE 'utc')"
+
+    def timestamp_literal(self, value: datetime) -> str:
+        return f"TIMESTAMP '{value.isoformat(sep=' ', timespec='microseconds')}'"
+
     def change_capture(self, table: Table) -> list[str]:
         ct = self.quote(table.change_table)
         image = [f"{self.quote(c.name)} {self.column_type(c)}" for c in table.columns]
         function = self.quote(f"{table.name}_capture")
         columns = self.column_list((CHANGE_OP, CHANGE_AT, *table.column_names))
-        clock = (
-            f"COALESCE((SELECT {self.quote(CLOCK_COLUMN)} FROM {self.quote(CLOCK_TABLE)} LIMIT 1), "
-            "(now() AT TIME ZONE 'utc'))"
-        )
+        clock = self.clock_expression()
 
         def capture(row: str, op: str) -> str:
             values = ", ".join(f"{row}.{self.quote(c)}" for c in table.column_names)
@@ -258,32 +333,59 @@ class TsqlDialect(SqlDialect):
             "@supports_net_changes = 0;\nEND"
         ]
 
-    def change_feed_by_time(self, table: Table, low: datetime, high: datetime) -> str:
-        """All changes committed in `(low, high]` through the native CDC table-valued function."""
-        columns = ", ".join(f"c.{self.quote(n)}" for n in table.column_names)
+    def server_now(self) -> str:
+        return "SYSUTCDATETIME()"
+
+    def simulated_clock(self) -> str:
+        # Native CDC stamps changes with commit times, so only the server's clock applies.
+        return "CAST(NULL AS DATETIME2(3))"
+
+    def timestamp_literal(self, value: datetime) -> str:
+        return f"CAST('{value.isoformat(sep='T', timespec='milliseconds')}' AS DATETIME2(3))"
+
+    def first_change_query(self, table: Table) -> str:
+        assert table.cdc_column is not None
+        oldest = (
+            f"SELECT MIN({self.quote(table.cdc_column)}) AS t FROM {self.qualified(table.name)}"
+        )
+        if table.mode is CaptureMode.CDC:
+            instance = quote_literal(self.capture_instance(table))
+            oldest += (
+                " UNION ALL SELECT sys.fn_cdc_map_lsn_to_time("
+                f"sys.fn_cdc_get_min_lsn({instance})) AS t"
+            )
+        return f"SELECT MIN(t) FROM ({oldest}) AS oldest"
+
+    def _cdc_extract(self, table: Table, window: Window) -> str:
+        """The native CDC records committed in the window plus the current images.
+
+        `_seq` is the low 8 bytes of the 10-byte seqval as BIGINT: ordered like the LSN as long
+        as the log's virtual-file sequence number stays below 2^16.
+        """
+        assert table.cdc_column is not None
+        columns = self.column_list(table.column_names)
+        changes = ", ".join(f"c.{self.quote(n)}" for n in table.column_names)
         function = f"cdc.fn_cdc_get_all_changes_{self.capture_instance(table)}"
         return (
             "DECLARE @from_lsn BINARY(10) = sys.fn_cdc_map_time_to_lsn("
-            f"'smallest greater than', {datetime_literal(low)});\n"
+            f"'smallest greater than or equal', {self.timestamp_literal(window.start)});\n"
             "DECLARE @to_lsn BINARY(10) = sys.fn_cdc_map_time_to_lsn("
-            f"'largest less than or equal', {datetime_literal(high)});\n"
+            f"'largest less than', {self.timestamp_literal(window.end)});\n"
             "SELECT CASE c.__$operation WHEN 1 THEN 'D' WHEN 2 THEN 'I' ELSE 'U' END "
-            f"AS {self.quote(CHANGE_OP)},\n"
-            f"  c.__$seqval AS {self.quote(CHANGE_SEQ)},\n"
-            f"  sys.fn_cdc_map_lsn_to_time(c.__$start_lsn) AS {self.quote(CHANGE_AT)},\n"
-            f"  {columns}\n"
+            f"AS {self.quote(CHANGE_OP)}, "
+            f"CONVERT(BIGINT, SUBSTRING(c.__$seqval, 3, 8)) AS {self.quote(CHANGE_SEQ)}, "
+            f"sys.fn_cdc_map_lsn_to_time(c.__$start_lsn) AS {self.quote(CHANGE_AT)}, "
+            f"{changes}\n"
             f"FROM {function}(@from_lsn, @to_lsn, N'all') AS c\n"
             "WHERE c.__$operation IN (1, 2, 4)\n"
-            "ORDER BY c.__$start_lsn, c.__$seqval"
+            "UNION ALL\n"
+            f"SELECT 'S', CAST(NULL AS BIGINT), {self.quote(table.cdc_column)}, {columns}\n"
+            f"FROM {self.qualified(table.name)} WHERE {self._within(table.cdc_column, window)}"
         )
 
 
 def quote_literal(value: str, national: bool = False) -> str:
     return ("N" if national else "") + "'" + value.replace("'", "''") + "'"
-
-
-def datetime_literal(value: datetime) -> str:
-    return f"CAST('{value.isoformat(sep='T', timespec='milliseconds')}' AS DATETIME2(3))"
 
 
 DIALECTS: dict[Dialect, SqlDialect] = {

@@ -254,23 +254,32 @@ class SourceSession:
         batches: Iterable[ChangeBatch],
         on_batch: Callable[[ChangeBatch], None] = lambda b: None,
     ) -> int:
-        """Apply simulator change batches, each in one transaction at the batch's clock time."""
+        """Apply simulator change batches, each in one transaction.
+
+        The changes are stamped with the clock as it was (the slice start) and the clock moves
+        to the slice end in the same commit: whoever reads the clock sees every change stamped
+        before it, so the copy can use it as its upper bound with no lag.
+        """
         applied = 0
         for batch in batches:
             with self.transaction():
-                self.set_clock(batch.at)
-                for name, rows in batch.inserts.items():
-                    table = self.catalog[name]
-                    self.bulk_insert(table, rows)
-                    if name in self._keyed_tables():
-                        self._raise_next_id(table, _max_key(table, rows) + 1)
-                for name, rows in batch.updates.items():
-                    self.apply_updates(self.catalog[name], rows)
-                for name, keys in batch.deletes.items():
-                    self.apply_deletes(self.catalog[name], keys)
+                self.apply_batch(batch)
             applied += batch.row_count()
             on_batch(batch)
         return applied
+
+    def apply_batch(self, batch: ChangeBatch) -> None:
+        """One batch's changes, then the clock; the caller holds the transaction."""
+        for name, rows in batch.inserts.items():
+            table = self.catalog[name]
+            self.bulk_insert(table, rows)
+            if name in self._keyed_tables():
+                self._raise_next_id(table, _max_key(table, rows) + 1)
+        for name, rows in batch.updates.items():
+            self.apply_updates(self.catalog[name], rows)
+        for name, keys in batch.deletes.items():
+            self.apply_deletes(self.catalog[name], keys)
+        self.set_clock(batch.at)
 
     def _keyed_tables(self) -> set[str]:
         """Tables whose keys the simulator allocates (and must never reuse)."""

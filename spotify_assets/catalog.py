@@ -140,8 +140,23 @@ class Table:
         return f"{self.name}_changes"
 
     @property
-    def captures_changes(self) -> bool:
-        return self.mode is CaptureMode.CDC
+    def change_time_column(self) -> str | None:
+        """The time bronze windows and partitions this table by (None: unpartitioned snapshot)."""
+        if self.mode is CaptureMode.CDC:
+            return CHANGE_AT
+        return self.cdc_column if self.mode is CaptureMode.WATERMARK else None
+
+    @property
+    def extract_schema(self) -> pa.Schema:
+        """The columns an extraction query returns: cdc mode adds op, sequence and change time."""
+        if self.mode is not CaptureMode.CDC:
+            return self.arrow_schema
+        audit = [
+            pa.field(CHANGE_OP, pa.string(), nullable=False),
+            pa.field(CHANGE_SEQ, pa.int64()),  # NULL for images
+            pa.field(CHANGE_AT, pa.timestamp("us"), nullable=False),
+        ]
+        return pa.schema(audit + list(self.arrow_schema))
 
 
 # Audit columns of a change-table row, in order, ahead of the row image.

@@ -21,6 +21,7 @@ from spotify_assets.catalog import (
     parse_mode_overrides,
     validate_identifier,
 )
+from spotify_assets.windows import Window
 
 TSQL: TsqlDialect = DIALECTS[Dialect.TSQL]  # type: ignore[assignment]
 
@@ -43,6 +44,8 @@ def tsql_statements() -> list[str]:
         statements += [TSQL.create_table(table), *TSQL.create_indexes(table)]
         statements += TSQL.change_capture(table)
         statements += [TSQL.insert(table.name, table.column_names, rows=3), TSQL.select(table)]
+        if table.cdc_column:
+            statements.append(TSQL.first_change_query(table))
         if table.key != table.column_names:
             statements += [TSQL.update(table), TSQL.delete(table)]
     return statements
@@ -63,17 +66,48 @@ def test_tsql_cdc_enablement_executes_the_system_procedure(table: Table) -> None
     assert arguments["@capture_instance"] == f"N'dbo_{table.name}'"
 
 
-def test_tsql_change_feed_reads_the_capture_instance_over_a_time_window() -> None:
+def test_tsql_cdc_extraction_reads_images_and_the_capture_instance_in_the_window() -> None:
     table = CATALOG["DimUser"]
-    sql = TSQL.change_feed_by_time(table, datetime(2026, 3, 1), datetime(2026, 3, 2, 0, 0, 5))
+    window = Window(datetime(2026, 3, 1), datetime(2026, 3, 2, 0, 0, 5))
+    sql = TSQL.extract_query(table, window)
     statements = parse_tsql(sql)
-    assert [type(s) for s in statements] == [exp.Declare, exp.Declare, exp.Select]
-    select = statements[-1]
-    functions = [t for t in select.find_all(exp.Anonymous) if "fn_cdc_get_all_changes" in t.name]
-    assert [f.name for f in functions] == ["fn_cdc_get_all_changes_dbo_DimUser"]
+    assert [type(s) for s in statements] == [exp.Declare, exp.Declare, exp.Union]
+    union = statements[-1]
+    functions = [t.name for t in union.find_all(exp.Anonymous) if "fn_cdc" in t.name]
+    assert "fn_cdc_get_all_changes_dbo_DimUser" in functions
     assert "'2026-03-01T00:00:00.000'" in sql and "'2026-03-02T00:00:05.000'" in sql
-    assert {c.alias_or_name for c in select.expressions} >= {"_op", "_seq", "_changed_at"}
-    assert [c.name for c in select.expressions][3:] == list(table.column_names)
+    changes, images = union.left, union.right
+    assert [c.alias_or_name for c in changes.expressions] == [
+        "_op",
+        "_seq",
+        "_changed_at",
+        *table.column_names,
+    ]
+    assert len(changes.expressions) == len(images.expressions)
+
+
+@pytest.mark.parametrize("dialect", list(DIALECTS), ids=str)
+@pytest.mark.parametrize("table", list(CATALOG), ids=lambda t: t.name)
+def test_extraction_queries_are_bounded_on_both_sides(dialect: Dialect, table: Table) -> None:
+    sql = DIALECTS[dialect]
+    window = Window(datetime(2026, 3, 1, 6), datetime(2026, 3, 2))
+    query = sql.extract_query(table, window)
+    if table.mode is CaptureMode.SNAPSHOT:
+        assert "WHERE" not in query
+        return
+    low, high = sql.timestamp_literal(window.start), sql.timestamp_literal(window.end)
+    parts = query.split("UNION ALL")
+    if dialect is Dialect.TSQL and table.mode is CaptureMode.CDC:
+        # Native CDC is bounded by the LSN range mapped from the same window.
+        assert f"'smallest greater than or equal', {low}" in query
+        assert f"'largest less than', {high}" in query
+        parts = parts[1:]
+    for part in parts:
+        assert f">= {low}" in part and f"< {high}" in part
+    parse = sqlglot.parse(
+        query, read={"sqlite": "sqlite", "postgresql": "postgres"}.get(dialect.value, "tsql")
+    )
+    assert all(p is not None for p in parse)
 
 
 @pytest.mark.parametrize(

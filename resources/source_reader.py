@@ -1,0 +1,106 @@
+"""Arrow-native bulk reads from the source, typed exactly as the catalog declares.
+
+Row-by-row pyodbc fetches run at 48k-112k rows/s; these paths read columnar batches:
+- connectorx (Rust) where its URL form fits: SQLite and PostgreSQL;
+- arrow-odbc over the configured ODBC connection string for everything else (SQL Server /
+  Azure SQL), with the schema forced so no type is guessed (psqlODBC would turn float8 into
+  float32, SQLite has no declared text sizes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import StrEnum
+from urllib.parse import quote
+
+import pyarrow as pa
+
+from resources.odbc import (
+    Dialect,
+    SourceConfigError,
+    SourceUnavailableError,
+    attribute,
+    parse_connection_string,
+    redact,
+)
+
+# Text columns are bounded for arrow-odbc's buffers; SQLite declares no lengths.
+_MAX_TEXT = 4000
+
+
+class ReaderKind(StrEnum):
+    AUTO = "auto"
+    CONNECTORX = "connectorx"
+    ARROW_ODBC = "arrow-odbc"
+
+
+def resolve_reader(kind: ReaderKind, dialect: Dialect) -> ReaderKind:
+    if kind is not ReaderKind.AUTO:
+        return kind
+    return ReaderKind.CONNECTORX if dialect is not Dialect.TSQL else ReaderKind.ARROW_ODBC
+
+
+def connectorx_url(conn_str: str, dialect: Dialect) -> str:
+    """The connectorx URL equivalent to an ODBC connection string (SQLite, PostgreSQL)."""
+    attrs = parse_connection_string(conn_str)
+    if dialect is Dialect.SQLITE:
+        return "sqlite://" + quote(attribute(attrs, "Database") or "", safe="/")
+    if dialect is Dialect.POSTGRESQL:
+        user = quote(attribute(attrs, "Uid", "User", "Username") or "", safe="")
+        password = quote(attribute(attrs, "Pwd", "Password") or "", safe="")
+        host = attribute(attrs, "Server", "Servername", "Host") or "localhost"
+        port = attribute(attrs, "Port") or "5432"
+        database = quote(attribute(attrs, "Database") or "", safe="")
+        return f"postgresql://{user}:{password}@{host}:{port}/{database}?cxprotocol=binary"
+    raise SourceConfigError(f"connectorx cannot read {dialect} sources: use the arrow-odbc reader")
+
+
+def read_arrow(
+    conn_str: str,
+    dialect: Dialect,
+    query: str,
+    schema: pa.Schema,
+    reader: ReaderKind = ReaderKind.AUTO,
+) -> Iterator[pa.RecordBatch]:
+    """Run `query` and yield record batches cast to `schema`."""
+    kind = resolve_reader(reader, dialect)
+    try:
+        if kind is ReaderKind.CONNECTORX:
+            yield from _connectorx(conn_str, dialect, query, schema)
+        else:
+            yield from _arrow_odbc(conn_str, query, schema)
+    except (SourceConfigError, SourceUnavailableError):
+        raise
+    except Exception as exc:
+        raise SourceUnavailableError(
+            f"reading the source ({redact(conn_str)}) with {kind} failed: "
+            f"{redact(str(exc))}\nquery:\n{query}"
+        ) from None
+
+
+def _connectorx(
+    conn_str: str, dialect: Dialect, query: str, schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    import connectorx
+
+    table = connectorx.read_sql(connectorx_url(conn_str, dialect), query, return_type="arrow")
+    yield from conform(table, schema).to_batches()
+
+
+def _arrow_odbc(conn_str: str, query: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    from arrow_odbc import read_arrow_batches_from_odbc
+
+    batches = read_arrow_batches_from_odbc(
+        query=query, connection_string=conn_str, schema=schema, max_text_size=_MAX_TEXT
+    )
+    for batch in batches:
+        yield conform(pa.Table.from_batches([batch]), schema).combine_chunks().to_batches()[0]
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select and cast the columns of `schema`, by name; a missing column is an error."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise SourceConfigError(f"the source returned no column(s) {', '.join(missing)}")
+    columns = [table[f.name].cast(f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
