@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dagster import EnvVar
 
+from resources.copy_runner import LocalCopyRunner
+from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase, sqlite_connection_string
 from spotify_assets.settings import Settings
 
@@ -20,5 +22,14 @@ def source_database(settings: Settings, *, in_dagster: bool = True) -> SourceDat
     return SourceDatabase(connection_string=connection, capture_modes=settings.capture_modes)
 
 
+def copy_runner(settings: Settings, *, in_dagster: bool = True) -> LocalCopyRunner:
+    return LocalCopyRunner(
+        source=source_database(settings, in_dagster=in_dagster),
+        lake=LakeStorage(url=settings.lake_url),
+        safety_lag_seconds=settings.safety_lag_seconds,
+    )
+
+
 def build_resources(settings: Settings) -> dict[str, object]:
-    return {"source_db": source_database(settings)}
+    runner = copy_runner(settings)
+    return {"source_db": runner.source, "lake": runner.lake, "copy_runner": runner}

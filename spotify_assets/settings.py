@@ -16,12 +16,18 @@ class Environment(StrEnum):
     AZURE = "azure"
 
 
+# Behind the server's clock: longer than the longest write transaction plus CDC capture latency.
+DEFAULT_SAFETY_LAG_SECONDS = 300.0
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
     source_odbc: str | None  # None: the embedded SQLite source under `home`
     env: Environment
     capture_modes: str
+    lake_url: str
+    safety_lag_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -29,16 +35,29 @@ class Settings:
         env = (environ.get("SPOTIFY_ENV") or Environment.LOCAL.value).strip().lower()
         if env not in set(Environment):
             raise ValueError(f"SPOTIFY_ENV={env!r} is not one of: local, azure")
+        lag = environ.get("SPOTIFY_SAFETY_LAG_SECONDS") or str(DEFAULT_SAFETY_LAG_SECONDS)
+        try:
+            safety_lag = float(lag)
+        except ValueError:
+            raise ValueError(f"SPOTIFY_SAFETY_LAG_SECONDS={lag!r} is not a number") from None
+        if safety_lag < 0:
+            raise ValueError(f"SPOTIFY_SAFETY_LAG_SECONDS={lag!r} must not be negative")
         return cls(
             home=home,
             source_odbc=environ.get("SPOTIFY_SOURCE_ODBC") or None,
             env=Environment(env),
             capture_modes=environ.get("SPOTIFY_CAPTURE_MODES", ""),
+            lake_url=environ.get("SPOTIFY_LAKE_URL") or str(home / "lake"),
+            safety_lag_seconds=safety_lag,
         )
 
     @property
     def embedded_source_path(self) -> Path:
         return self.home / "source.db"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
 
     @property
     def source_dialect(self) -> Dialect:
