@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from resources import copy_runner
+from spotify_assets.catalog import CATALOG
 from spotify_assets.cli import main
+from spotify_assets.settings import Settings
 
 SECRET = "not-in-any-output-42"
 
@@ -85,3 +89,47 @@ def test_console_script_reports_bad_configuration_without_the_password(home: Pat
     assert "cannot connect to the source" in result.stderr
     assert SECRET not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_and_refresh_keep_bronze_equal_to_the_source(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    (home / "dagster").mkdir(parents=True)
+    end = (datetime.now(UTC) - timedelta(days=2)).date()
+    run_json(capsys, "source", "init", "--scale", "0.002", "--end-date", end.isoformat())
+    initial = {load["table"]: load for load in run_json(capsys, "run")}
+    assert initial["FactStream"]["rows"] == 10_000
+    assert initial["FactStream"]["watermark"] == f"{end} 00:00:00"
+
+    run_json(capsys, "source", "simulate", "--days", "2", "--late-fraction", "0.2")
+    incremental = {load["table"]: load for load in run_json(capsys, "run")}
+    assert incremental["FactStream"]["window"] == f"[{end} 00:00:00, {end + timedelta(2)} 00:00:00)"
+    assert {load["rows"] for load in run_json(capsys, "run") if load["table"] != "DimDate"} == {0}
+
+    stats = run_json(capsys, "source", "stats")["tables"]
+    settings = Settings.from_env()
+    streams = copy_runner(settings, in_dagster=False).store(CATALOG["FactStream"])
+    late = stats["FactStream"]["rows"] - streams.read_all().num_rows
+    assert late > 0, "late streams wait for a refresh"
+    first = (end - timedelta(days=5)).isoformat()
+    run_json(capsys, "refresh", "--from", first, "--to", end.isoformat(), "--tables", "FactStream")
+    assert streams.read_all().num_rows == stats["FactStream"]["rows"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["refresh", "--from", "2026-03-02", "--to", "2026-03-01"], "before --from"),
+        (["refresh", "--from", "2026-03-01", "--to", "2999-01-01"], "in the future"),
+        (["run", "--tables", "DimNope"], "unknown table 'DimNope'"),
+        (["run", "--tables", "DimUser;DROP"], "unknown table"),
+    ],
+)
+def test_bad_run_arguments_fail_clearly(
+    home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(["source", "init", "--scale", "0.001", "--end-date", "2026-04-01"]) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -22,12 +22,26 @@ def test_asset_graph_snapshot(tmp_path: Path) -> None:
     defs = build_definitions(Settings.from_env({"SPOTIFY_HOME": str(tmp_path)}))
     graph = defs.resolve_asset_graph()
     assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
+        "bronze/DimArtist",
+        "bronze/DimDate",
+        "bronze/DimTrack",
+        "bronze/DimUser",
+        "bronze/FactStream",
         "source/DimArtist",
         "source/DimDate",
         "source/DimTrack",
         "source/DimUser",
         "source/FactStream",
     ]
+    for table in CATALOG:
+        node = graph.get(AssetKey(["bronze", table.name]))
+        assert node.parent_keys == {AssetKey(["source", table.name])}
+        assert node.group_name == "bronze"
+        if table.name == "DimDate":
+            assert node.partitions_def is None
+        else:
+            assert node.partitions_def.start.date() == table.partition_start
+            assert node.backfill_policy.max_partitions_per_run is None  # single run
     for table in CATALOG:
         spec = graph.get(AssetKey(["source", table.name]))
         columns = spec.metadata["dagster/column_schema"].columns

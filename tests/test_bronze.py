@@ -1,0 +1,335 @@
+"""Bronze ingestion (DESIGN.md §4): initial, incremental, cdc, refresh, crashes, concurrency."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from resources.bronze_store import RUN_ID, BronzeStore, bronze_schema
+from resources.copy_runner import LocalCopyRunner
+from resources.lake import LakeConflictError, LakeStorage
+from resources.source_db import SourceDatabase
+from spotify_assets.catalog import (
+    CHANGE_AT,
+    CHANGE_OP,
+    CHANGE_SEQ,
+    CaptureMode,
+    CatalogError,
+    Table,
+    TableRole,
+)
+from spotify_assets.simulator import simulate
+from spotify_assets.windows import Window
+from tests.conftest import HISTORY_END
+from tests.test_source_db import BUSY, SEED, initialise
+
+CLOCK0 = datetime.combine(HISTORY_END, datetime.min.time())
+# Late streams are behind the watermark by design (reconciliation refreshes them): tests that
+# compare bronze with the whole source after incremental runs simulate none.
+ON_TIME = replace(BUSY, late_fraction=0.0)
+
+
+def runner_for(source: SourceDatabase, lake: Path, **options: object) -> LocalCopyRunner:
+    return LocalCopyRunner(
+        source=source, lake=LakeStorage(url=str(lake)), safety_lag_seconds=0, **options
+    )
+
+
+def source_rows(source: SourceDatabase, table: Table) -> pa.Table:
+    with source.session() as session:
+        return session.read_table(table)
+
+
+def current_state(bronze: pa.Table, table: Table) -> pa.Table:
+    """The source table as bronze describes it: the newest version per key, by business time.
+
+    A version's time is its cdc column; a delete's is its change time, and it wins a tie.
+    """
+    key = table.key[0]
+    rows = bronze.select([*table.column_names, CHANGE_OP])
+    if table.mode is CaptureMode.CDC:
+        deleted = pc.equal(rows[CHANGE_OP], "D")
+        when = pc.if_else(deleted, bronze[CHANGE_AT], rows[table.cdc_column])
+        rows = rows.append_column("_when", when).append_column("_rank", deleted.cast(pa.int8()))
+        order = [(key, "ascending"), ("_when", "ascending"), ("_rank", "ascending")]
+    else:
+        order = [(key, "ascending"), (table.cdc_column or key, "ascending")]
+    rows = rows.sort_by(order)
+    keys = rows[key].to_numpy()
+    last = [i for i in range(len(keys)) if i + 1 == len(keys) or keys[i + 1] != keys[i]]
+    latest = rows.take(pa.array(last, pa.int64()))
+    latest = latest.filter(pc.not_equal(latest[CHANGE_OP], "D"))
+    return latest.select(list(table.column_names)).cast(table.arrow_schema)
+
+
+def assert_same_rows(actual: pa.Table, expected: pa.Table, key: str) -> None:
+    actual, expected = actual.sort_by(key), expected.sort_by(key)
+    assert actual.num_rows == expected.num_rows
+    assert actual.equals(expected), f"bronze differs from the source on {key}"
+
+
+def load_everything(runner: LocalCopyRunner, catalog, run_id: str = "run") -> dict:
+    return {t.name: runner.copy(t, None, run_id, from_watermark=True) for t in catalog}
+
+
+@pytest.fixture
+def sqlite_setup(sqlite_source: SourceDatabase, tmp_path: Path):
+    initialise(sqlite_source)
+    return sqlite_source, runner_for(sqlite_source, tmp_path / "lake")
+
+
+@pytest.mark.parametrize("mode", ["cdc", "watermark"])
+def test_initial_load_equals_the_source(
+    sqlite_source: SourceDatabase, tmp_path: Path, mode: str
+) -> None:
+    source = sqlite_source.model_copy(
+        update={
+            "capture_modes": ",".join(f"{d}={mode}" for d in ("DimUser", "DimArtist", "DimTrack"))
+        }
+    )
+    initialise(source)
+    runner = runner_for(source, tmp_path / "lake")
+    results = load_everything(runner, source.catalog)
+    for table in source.catalog:
+        store = runner.store(table)
+        bronze = store.read_all()
+        assert bronze.schema == bronze_schema(table), "types exactly as the catalog declares"
+        assert_same_rows(current_state(bronze, table), source_rows(source, table), table.key[0])
+        result = results[table.name]
+        assert result.rows_read == result.rows_written == bronze.num_rows
+        if table.change_time_column:
+            assert result.watermark_before is None and result.watermark_after == CLOCK0
+            # Partitioned by change time: every file holds exactly one UTC day.
+            for file in store.current().files:
+                days = pc.unique(
+                    pc.cast(
+                        store.lake.read_parquet([file.path])[table.change_time_column], pa.date32()
+                    )
+                ).to_pylist()
+                assert days == [file.partition] or file.partition == table.partition_start
+
+
+def canonical(bronze: pa.Table, table: Table) -> pa.Table:
+    """Source columns plus op and sequence, in a fixed order: equal iff the same rows."""
+    columns = [*table.column_names, CHANGE_OP, CHANGE_SEQ]
+    return bronze.select(columns).sort_by([(c, "ascending") for c in columns])
+
+
+def ops_of_run(bronze: pa.Table, run_id: str) -> dict[str, int]:
+    ops = bronze.filter(pc.equal(bronze[RUN_ID], run_id))[CHANGE_OP]
+    return {o["values"]: o["counts"] for o in pc.value_counts(ops).to_pylist()}
+
+
+def changes_in(batches: list, table: Table) -> dict[str, int]:
+    counts = {
+        "I": sum(b.inserts[table.name].num_rows for b in batches if table.name in b.inserts),
+        "U": sum(b.updates[table.name].num_rows for b in batches if table.name in b.updates),
+        "D": sum(len(b.deletes[table.name]) for b in batches if table.name in b.deletes),
+    }
+    return {op: n for op, n in counts.items() if n}
+
+
+def test_incremental_picks_up_exactly_the_changes(sqlite_setup) -> None:
+    source, runner = sqlite_setup
+    load_everything(runner, source.catalog, "initial")
+    with source.session() as session:
+        batches = list(simulate(session.read_state(), days=2, seed=SEED, rates=BUSY))
+        session.apply(batches)
+    results = load_everything(runner, source.catalog, "incremental")
+
+    facts = source.catalog["FactStream"]
+    new = pa.concat_tables(b.inserts["FactStream"] for b in batches)
+    on_time = new.filter(pc.greater_equal(new["stream_timestamp"], CLOCK0))
+    assert 0 < on_time.num_rows < new.num_rows, "the simulation must include late streams"
+    # Watermark mode copies exactly the on-time new streams; late ones are for reconciliation.
+    result = results["FactStream"]
+    assert result.window == Window(CLOCK0, CLOCK0 + timedelta(days=2))
+    incremental = runner.store(facts).read_all().filter(pc.equal(pc.field(RUN_ID), "incremental"))
+    assert sorted(incremental["stream_id"].to_pylist()) == sorted(on_time["stream_id"].to_pylist())
+
+    for table in source.catalog.by_role(TableRole.DIMENSION):
+        bronze = runner.store(table).read_all()
+        ops = ops_of_run(bronze, "incremental")
+        # Besides every change record, the current image of each row changed in the window.
+        current = source_rows(source, table)
+        changed = pc.sum(pc.greater_equal(current["updated_at"], CLOCK0)).as_py()
+        assert ops.pop("S") == changed, table.name
+        assert ops == changes_in(batches, table), table.name
+        assert_same_rows(current_state(bronze, table), source_rows(source, table), table.key[0])
+    calendar = source.catalog["DimDate"]
+    assert_same_rows(
+        runner.store(calendar).read_all().select(list(calendar.column_names)),
+        source_rows(source, calendar),
+        "date_key",
+    )
+
+
+def test_cdc_mode_carries_deletes(sqlite_setup) -> None:
+    source, runner = sqlite_setup
+    users = source.catalog["DimUser"]
+    runner.copy(users, None, "initial")
+    victim = source_rows(source, users)["user_id"][0].as_py()
+    with source.session() as session, session.transaction():
+        session.apply_deletes(users, pa.array([victim], pa.int32()))
+        session.set_clock(CLOCK0 + timedelta(hours=6))
+    result = runner.copy(users, None, "incremental", from_watermark=True)
+    bronze = runner.store(users).read_all()
+    deletes = bronze.filter(pc.equal(bronze[CHANGE_OP], "D"))
+    assert deletes["user_id"].to_pylist() == [victim]
+    assert result.rows_read == 1
+    assert victim not in current_state(bronze, users)["user_id"].to_pylist()
+
+
+def test_rerunning_any_window_changes_nothing(sqlite_setup) -> None:
+    source, runner = sqlite_setup
+    load_everything(runner, source.catalog, "first")
+    with source.session() as session:
+        session.apply(simulate(session.read_state(), days=1, seed=SEED, rates=BUSY))
+    load_everything(runner, source.catalog, "second")
+    refresh = Window.of_days(HISTORY_END - timedelta(days=3), HISTORY_END)
+    for table in source.catalog:
+        for window in (refresh, None, Window(CLOCK0, CLOCK0 + timedelta(hours=30))):
+            runner.copy(table, window, "once")
+            once = canonical(runner.store(table).read_all(), table)
+            runner.copy(table, window, "twice")
+            twice = canonical(runner.store(table).read_all(), table)
+            assert twice.equals(once), f"{table.name}: re-running {window} changed bronze"
+        assert_same_rows(
+            current_state(runner.store(table).read_all(), table),
+            source_rows(source, table),
+            table.key[0],
+        )
+
+
+def test_backdated_refresh_recovers_late_streams(sqlite_setup) -> None:
+    source, runner = sqlite_setup
+    facts = source.catalog["FactStream"]
+    runner.copy(facts, None, "initial")
+    with source.session() as session:
+        session.apply(simulate(session.read_state(), days=1, seed=SEED, rates=BUSY))
+    runner.copy(facts, None, "incremental", from_watermark=True)
+    missing = source_rows(source, facts).num_rows - runner.store(facts).read_all().num_rows
+    assert missing > 0, "late streams are behind the watermark"
+    late_days = Window.of_days(HISTORY_END - timedelta(days=5), HISTORY_END - timedelta(days=1))
+    result = runner.copy(facts, late_days, "refresh")
+    assert result.watermark_after == result.watermark_before, "a refresh never moves the watermark"
+    assert_same_rows(
+        runner.store(facts).read_all().select(list(facts.column_names)),
+        source_rows(source, facts),
+        "stream_id",
+    )
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def assert_bronze_matches_source(source: SourceDatabase, runner: LocalCopyRunner) -> None:
+    for table in source.catalog:
+        bronze = runner.store(table).read_all()
+        assert bronze.num_rows == canonical(bronze, table).num_rows
+        assert_same_rows(current_state(bronze, table), source_rows(source, table), table.key[0])
+        if table.mode is CaptureMode.WATERMARK:
+            keys = bronze[table.key[0]]
+            assert pc.count_distinct(keys).as_py() == len(keys), f"{table.name}: duplicates"
+
+
+@pytest.mark.parametrize("crash_at", ["during the write", "before the state commit"])
+def test_a_crash_leaves_a_state_the_next_run_recovers_from(
+    sqlite_setup, monkeypatch: pytest.MonkeyPatch, crash_at: str
+) -> None:
+    source, runner = sqlite_setup
+    load_everything(runner, source.catalog, "initial")
+    with source.session() as session:
+        session.apply(simulate(session.read_state(), days=2, seed=SEED, rates=ON_TIME))
+    before = {t.name: runner.store(t).current() for t in source.catalog}
+
+    if crash_at == "during the write":
+        real_write, calls = LakeStorage.write_parquet, []
+
+        def write_then_crash(self: LakeStorage, relative: str, table: pa.Table) -> int:
+            calls.append(relative)
+            if len(calls) > 1:
+                raise Crash("disk gone")
+            return real_write(self, relative, table)
+
+        monkeypatch.setattr(LakeStorage, "write_parquet", write_then_crash)
+    else:
+        monkeypatch.setattr(
+            BronzeStore, "commit", lambda self, manifest: (_ for _ in ()).throw(Crash("killed"))
+        )
+    for table in source.catalog:
+        with pytest.raises(Crash):
+            runner.copy(table, None, "crashing", from_watermark=True)
+        assert runner.store(table).current() == before[table.name], "old state stays visible"
+    monkeypatch.undo()
+
+    orphans = [p for p in (Path(runner.lake.url) / "bronze").rglob("*.parquet")]
+    listed = {f.path for t in source.catalog for f in runner.store(t).current().files}
+    assert len(orphans) > len(listed), "the crashed run left files, invisible to readers"
+    load_everything(runner, source.catalog, "retry")
+    assert_bronze_matches_source(source, runner)
+
+
+def test_a_torn_manifest_write_is_ignored(sqlite_setup) -> None:
+    source, runner = sqlite_setup
+    dates = source.catalog["DimDate"]
+    runner.copy(dates, None, "first")
+    manifests = Path(runner.lake.url) / "bronze" / "DimDate" / "_manifests"
+    (manifests / "v0000000002.json.tmp-0123abcd").write_text('{"table": "DimDa')
+    assert runner.store(dates).current().version == 1
+    assert runner.copy(dates, None, "second").manifest_version == 2
+
+
+def test_a_concurrent_commit_of_the_same_version_is_refused(sqlite_setup) -> None:
+    source, runner = sqlite_setup
+    dates = source.catalog["DimDate"]
+    store = runner.store(dates)
+    stale = store.current()
+    runner.copy(dates, None, "first")
+    with pytest.raises(LakeConflictError):
+        store.commit(stale.with_extraction(None, [], CLOCK0))
+
+
+def test_tables_load_in_parallel_with_their_own_state(sqlite_setup) -> None:
+    source, runner = sqlite_setup
+    with ThreadPoolExecutor(max_workers=len(source.catalog.tables)) as pool:
+        list(pool.map(lambda t: runner.copy(t, None, "parallel", True), source.catalog))
+    assert_bronze_matches_source(source, runner)
+    manifests = {t.name: runner.store(t).current() for t in source.catalog}
+    assert {m.table for m in manifests.values()} == {t.name for t in source.catalog}
+    assert all(m.version == 1 for m in manifests.values())
+
+
+def test_changes_committed_after_high_wait_for_the_next_run(sqlite_setup) -> None:
+    """Rule 1: `high` is captured first; a batch committing during the copy is not half-read."""
+    source, runner = sqlite_setup
+    load_everything(runner, source.catalog, "initial")
+    with source.session() as writer:
+        batches = iter(simulate(writer.read_state(), days=1, seed=SEED, rates=ON_TIME))
+        first = next(batches)
+        with writer.transaction():
+            writer.apply_batch(first)
+            during = load_everything(runner, source.catalog, "during")
+        after = load_everything(runner, source.catalog, "after")
+    assert all(r.rows_read == 0 for r in during.values() if r.window is not None)
+    assert after["FactStream"].rows_read > 0
+    assert_bronze_matches_source(source, runner)
+
+
+@pytest.mark.parametrize(
+    "modes",
+    ['DimUser"; DROP TABLE "DimUser"; --=cdc', "DimUser=cdc; DROP TABLE x", "Dim User=cdc"],
+)
+def test_hostile_identifiers_in_configuration_are_rejected(
+    sqlite_source: SourceDatabase, modes: str
+) -> None:
+    hostile = sqlite_source.model_copy(update={"capture_modes": modes})
+    with pytest.raises(CatalogError):
+        hostile.catalog  # noqa: B018
