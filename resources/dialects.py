@@ -80,6 +80,19 @@ class SqlDialect(ABC):
     def change_capture(self, table: Table) -> list[str]:
         """Objects that record every insert, update and delete of `table`."""
 
+    def change_table(self, table: Table, sequence: str, op_type: str) -> list[str]:
+        """A trigger-maintained change table: sequence, op, change time, then the row image."""
+        image = [f"{self.quote(c.name)} {self.column_type(c)}" for c in table.columns]
+        op = self.quote(CHANGE_OP)
+        return [
+            f"CREATE TABLE {self.qualified(table.change_table)} (\n"
+            f"  {self.quote(CHANGE_SEQ)} {sequence},\n"
+            f"  {op} {op_type} NOT NULL CHECK ({op} IN ('I', 'U', 'D')),\n"
+            f"  {self.quote(CHANGE_AT)} TIMESTAMP NOT NULL,\n  " + ",\n  ".join(image) + "\n)",
+            f"CREATE INDEX {self.quote(table.change_table + '_at')} "
+            f"ON {self.qualified(table.change_table)} ({self.quote(CHANGE_AT)})",
+        ]
+
     # --- DML templates (bound parameters) ---
 
     def insert(self, table: str, columns: tuple[str, ...], rows: int = 1) -> str:
@@ -217,15 +230,7 @@ class SqliteDialect(SqlDialect):
 
     def change_capture(self, table: Table) -> list[str]:
         ct = self.quote(table.change_table)
-        image = [f"{self.quote(c.name)} {self.column_type(c)}" for c in table.columns]
-        statements = [
-            f"CREATE TABLE {ct} (\n  {self.quote(CHANGE_SEQ)} INTEGER PRIMARY KEY AUTOINCREMENT,\n"
-            f"  {self.quote(CHANGE_OP)} TEXT NOT NULL CHECK ({self.quote(CHANGE_OP)} IN "
-            "('I', 'U', 'D')),\n"
-            f"  {self.quote(CHANGE_AT)} TIMESTAMP NOT NULL,\n  " + ",\n  ".join(image) + "\n)",
-            f"CREATE INDEX {self.quote(table.change_table + '_at')} ON {ct} "
-            f"({self.quote(CHANGE_AT)})",
-        ]
+        statements = self.change_table(table, "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT")
         columns = self.column_list((CHANGE_OP, CHANGE_AT, *table.column_names))
         for event, op, row in (
             ("INSERT", "I", "NEW"),
@@ -264,7 +269,6 @@ class PostgresDialect(SqlDialect):
 
     def change_capture(self, table: Table) -> list[str]:
         ct = self.quote(table.change_table)
-        image = [f"{self.quote(c.name)} {self.column_type(c)}" for c in table.columns]
         function = self.quote(f"{table.name}_capture")
         columns = self.column_list((CHANGE_OP, CHANGE_AT, *table.column_names))
         clock = self.clock_expression()
@@ -274,12 +278,7 @@ class PostgresDialect(SqlDialect):
             return f"INSERT INTO {ct} ({columns}) VALUES ({op}, {clock}, {values});"
 
         return [
-            f"CREATE TABLE {ct} (\n  {self.quote(CHANGE_SEQ)} BIGINT GENERATED ALWAYS AS IDENTITY "
-            f"PRIMARY KEY,\n  {self.quote(CHANGE_OP)} CHAR(1) NOT NULL CHECK "
-            f"({self.quote(CHANGE_OP)} IN ('I', 'U', 'D')),\n"
-            f"  {self.quote(CHANGE_AT)} TIMESTAMP NOT NULL,\n  " + ",\n  ".join(image) + "\n)",
-            f"CREATE INDEX {self.quote(table.change_table + '_at')} ON {ct} "
-            f"({self.quote(CHANGE_AT)})",
+            *self.change_table(table, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "CHAR(1)"),
             f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
             f"  IF TG_OP = 'DELETE' THEN\n    {capture('OLD', quote_literal('D'))}\n"
             f"    RETURN OLD;\n  END IF;\n  {capture('NEW', 'left(TG_OP, 1)')}\n"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -333,3 +337,35 @@ def test_hostile_identifiers_in_configuration_are_rejected(
     hostile = sqlite_source.model_copy(update={"capture_modes": modes})
     with pytest.raises(CatalogError):
         hostile.catalog  # noqa: B018
+
+
+KILLABLE_COPY = """
+import sys
+from resources.copy_runner import LocalCopyRunner
+from resources.lake import LakeStorage
+from resources.source_db import SourceDatabase
+source = SourceDatabase(connection_string=sys.argv[1])
+runner = LocalCopyRunner(source=source, lake=LakeStorage(url=sys.argv[2]), safety_lag_seconds=0,
+                         chunk_days=1, workers=1)
+print("ready", flush=True)
+for table in source.catalog:
+    runner.copy(table, None, "killed", from_watermark=True)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("after_seconds", [0.1, 0.4])
+def test_a_copy_killed_at_any_moment_is_recovered_by_the_next(
+    sqlite_setup, after_seconds: float
+) -> None:
+    source, runner = sqlite_setup
+    args = [sys.executable, "-c", KILLABLE_COPY, source.connection_string, runner.lake.url]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert process.stdout and process.stdout.readline() == "ready\n"
+    time.sleep(after_seconds)
+    process.send_signal(signal.SIGKILL)
+    assert "finished" not in process.communicate()[0], "the copy ended before the kill"
+    files_after_kill = list(Path(runner.lake.url).rglob("*.parquet"))
+    assert files_after_kill, "the copy was killed before writing anything: kill later"
+    load_everything(runner, source.catalog, "after the kill")
+    assert_bronze_matches_source(source, runner)
