@@ -11,6 +11,7 @@ For one table and a requested window it
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -147,23 +148,36 @@ class LocalCopyRunner(ConfigurableResource):
         extraction = f"{high:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         extracted_at = datetime.now(UTC).replace(tzinfo=None)
 
-        def copy_chunk(chunk: Window | None) -> tuple[int, list[BronzeFile]]:
-            rows = self._read(table, sql.extract_query(table, chunk))
+        def copy_rows(rows: pa.Table) -> list[BronzeFile]:
             audited = _with_audit(table, rows, window, extracted_at, run_id)
-            files = [
+            return [
                 self._write(table, partition, part, window, extraction, run_id)
                 for partition, part in _by_partition(table, audited)
             ]
-            return rows.num_rows, files
 
-        # Each worker reads, splits and writes whole chunks: the engines release the GIL, so
-        # both cores work, and memory holds at most `workers` chunks.
+        def copy_chunk(chunk: Window) -> tuple[int, list[BronzeFile]]:
+            rows = self._read(table, sql.extract_query(table, chunk))
+            return rows.num_rows, copy_rows(rows)
+
         rows_read, files = 0, []
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for chunk_rows, chunk_files in pool.map(copy_chunk, self._chunks(table, window)):
-                rows_read += chunk_rows
-                files += chunk_files
-                log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
+        if window is None:
+            # A snapshot identical to the one bronze holds is not copied again.
+            rows = self._read(table, query)
+            if [f.fingerprint for f in manifest.files] == [fingerprint(rows)]:
+                log(f"{table.name}: unchanged since manifest version {manifest.version}")
+                return CopyResult(
+                    table.name, None, high, query, rows_read=rows.num_rows,
+                    seconds=time.perf_counter() - started,
+                )  # fmt: skip
+            rows_read, files = rows.num_rows, copy_rows(rows)
+        else:
+            # Each worker reads, splits and writes whole chunks: the engines release the GIL,
+            # so both cores work, and memory holds at most `workers` chunks.
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                for chunk_rows, chunk_files in pool.map(copy_chunk, self._chunks(table, window)):
+                    rows_read += chunk_rows
+                    files += chunk_files
+                    log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
         files += self._carry_past_images(table, manifest, window, files, extraction, run_id)
         next_manifest = manifest.with_extraction(window, files, self.history_start(table))
         self.store(table).commit(next_manifest)
@@ -227,11 +241,8 @@ class LocalCopyRunner(ConfigurableResource):
                 )
         return carried
 
-    def _chunks(self, table: Table, window: Window | None) -> Iterator[Window | None]:
+    def _chunks(self, table: Table, window: Window) -> Iterator[Window]:
         """Query windows of at most `chunk_days` days (the first one also takes older rows)."""
-        if window is None:
-            yield None
-            return
         start = window.start
         boundary = midnight(max(start, self.history_start(table)).date())
         while start < window.end:
@@ -261,9 +272,21 @@ class LocalCopyRunner(ConfigurableResource):
     ) -> BronzeFile:
         path = self.store(table).file_path(partition, extraction)
         self.lake.write_parquet(path, rows)
-        if partition is not None and window is not None:
+        if window is None:
+            return BronzeFile(path, rows.num_rows, run_id, None, None, fingerprint=fingerprint(
+                rows.select(list(table.column_names))))  # fmt: skip
+        if partition is not None:
             window = window.intersect(_partition_window(table, partition))
         return BronzeFile(path, rows.num_rows, run_id, partition, window)
+
+
+def fingerprint(rows: pa.Table) -> str:
+    """A digest of a table's content, independent of row order."""
+    ordered = rows.sort_by([(name, "ascending") for name in rows.column_names])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, ordered.schema) as writer:
+        writer.write_table(ordered)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
 def _as_datetime(value: object) -> datetime:

@@ -22,6 +22,7 @@ class BronzeFile:
     partition: date | None  # None: an unpartitioned (snapshot) table
     window: Window | None  # the extraction window within this partition; None: whole table
     live: tuple[Window, ...] = ()  # parts of `window` not superseded by a newer extraction
+    fingerprint: str | None = None  # snapshot files: digest of the source rows
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -31,6 +32,7 @@ class BronzeFile:
             "partition": self.partition.isoformat() if self.partition else None,
             "window": self.window.to_json() if self.window else None,
             "live": [w.to_json() for w in self.live],
+            "fingerprint": self.fingerprint,
         }
 
     @classmethod
@@ -42,6 +44,7 @@ class BronzeFile:
             partition=date.fromisoformat(value["partition"]) if value["partition"] else None,
             window=Window.from_json(value["window"]) if value["window"] else None,
             live=tuple(Window.from_json(w) for w in value["live"]),
+            fingerprint=value.get("fingerprint"),
         )
 
     @property

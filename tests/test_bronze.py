@@ -283,12 +283,25 @@ def test_a_crash_leaves_a_state_the_next_run_recovers_from(
 
 def test_a_torn_manifest_write_is_ignored(sqlite_setup) -> None:
     source, runner = sqlite_setup
+    facts = source.catalog["FactStream"]
+    runner.copy(facts, None, "first")
+    manifests = Path(runner.lake.url) / "bronze" / "FactStream" / "_manifests"
+    (manifests / "v0000000002.json.tmp-0123abcd").write_text('{"table": "FactSt')
+    assert runner.store(facts).current().version == 1
+    refresh = Window.of_days(HISTORY_END - timedelta(days=1), HISTORY_END - timedelta(days=1))
+    assert runner.copy(facts, refresh, "second").manifest_version == 2
+
+
+def test_an_unchanged_snapshot_is_not_copied_again(sqlite_setup) -> None:
+    source, runner = sqlite_setup
     dates = source.catalog["DimDate"]
-    runner.copy(dates, None, "first")
-    manifests = Path(runner.lake.url) / "bronze" / "DimDate" / "_manifests"
-    (manifests / "v0000000002.json.tmp-0123abcd").write_text('{"table": "DimDa')
-    assert runner.store(dates).current().version == 1
-    assert runner.copy(dates, None, "second").manifest_version == 2
+    assert runner.copy(dates, None, "first").committed
+    again = runner.copy(dates, None, "again")
+    assert not again.committed and again.rows_read > 0 and not again.files
+    with source.session() as session:
+        session.apply(simulate(session.read_state(), days=1, seed=SEED, rates=ON_TIME))
+    changed = runner.copy(dates, None, "after a day")
+    assert changed.committed and changed.rows_written == again.rows_read + 1
 
 
 def test_a_concurrent_commit_of_the_same_version_is_refused(sqlite_setup) -> None:
