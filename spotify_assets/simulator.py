@@ -21,17 +21,8 @@ from spotify_assets.generator import (
     ARTIST_OUTPUT_EXPONENT,
     ARTIST_SALT,
     BASE_SHAPE,
-    COUNTRY_CODES,
-    COUNTRY_NAMES,
-    COUNTRY_WEIGHTS,
-    DEVICE_WEIGHTS,
-    DEVICES,
-    GENRE_WEIGHTS,
-    GENRES,
     MIN_TRACK_SECONDS,
     SECONDS_PER_DAY,
-    SUBSCRIPTION_WEIGHTS,
-    SUBSCRIPTIONS,
     TRACK_SALT,
     TRACK_ZIPF_EXPONENT,
     USER_ACTIVITY_EXPONENT,
@@ -57,6 +48,17 @@ from spotify_assets.generator import (
     track_names,
     uniform_seconds,
     weighted_choice,
+)
+from spotify_assets.reference import (
+    COUNTRY_CODES,
+    COUNTRY_NAMES,
+    COUNTRY_WEIGHTS,
+    DEVICE_WEIGHTS,
+    DEVICES,
+    GENRE_WEIGHTS,
+    GENRES,
+    SUBSCRIPTION_WEIGHTS,
+    SUBSCRIPTIONS,
 )
 
 DIM_TABLES: tuple[str, ...] = ("DimUser", "DimArtist", "DimTrack")

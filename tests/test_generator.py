@@ -13,6 +13,12 @@ import pytest
 
 from spotify_assets.catalog import CATALOG
 from spotify_assets.generator import (
+    InitialData,
+    SourceShape,
+    generate,
+    shape_for,
+)
+from spotify_assets.reference import (
     COUNTRY_CODES,
     COUNTRY_WEIGHTS,
     DEVICE_WEIGHTS,
@@ -20,10 +26,6 @@ from spotify_assets.generator import (
     GENRES,
     SUBSCRIPTION_WEIGHTS,
     SUBSCRIPTIONS,
-    InitialData,
-    SourceShape,
-    generate,
-    shape_for,
 )
 
 SCALE = 0.01

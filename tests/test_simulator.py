@@ -14,13 +14,15 @@ import pytest
 
 from spotify_assets.catalog import CATALOG
 from spotify_assets.generator import (
+    InitialData,
+    generate,
+)
+from spotify_assets.reference import (
     COUNTRY_CODES,
     COUNTRY_NAMES,
     DEVICES,
     GENRES,
     SUBSCRIPTIONS,
-    InitialData,
-    generate,
 )
 from spotify_assets.simulator import (
     DIRTY_KINDS,
