@@ -13,6 +13,9 @@ from enum import StrEnum
 
 import pyarrow as pa
 
+from spotify_assets.reference import COUNTRY_CODES, DEVICES, SUBSCRIPTIONS
+from spotify_assets.rules import Clean, Derived, Rule, SilverSpec, in_list
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -95,8 +98,8 @@ class Table:
     cdc_column: str | None
     partition_start: date
     description: str = ""
-    # Room for the layers built on top: silver rules and gold specs are attached here.
-    silver: object | None = field(default=None, compare=False)
+    silver: SilverSpec = field(default_factory=SilverSpec, compare=False)
+    # Room for the gold layer: its spec is attached here.
     gold: object | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -189,6 +192,18 @@ DIM_USER = Table(
     mode=CaptureMode.CDC,
     cdc_column="updated_at",
     partition_start=HISTORY_START,
+    silver=SilverSpec(
+        clean=(
+            ("user_name", (Clean.TRIM, Clean.UPPER)),
+            ("country", (Clean.COUNTRY_CODE,)),
+            ("subscription_type", (Clean.TRIM, Clean.INITCAP)),
+        ),
+        rules=(
+            Rule("user_id_not_null", "user_id IS NOT NULL", critical=True),
+            Rule("subscription_type_known", in_list("subscription_type", SUBSCRIPTIONS)),
+            Rule("country_is_iso", in_list("country", COUNTRY_CODES)),
+        ),
+    ),
 )
 
 DIM_ARTIST = Table(
@@ -207,6 +222,18 @@ DIM_ARTIST = Table(
     mode=CaptureMode.CDC,
     cdc_column="updated_at",
     partition_start=HISTORY_START,
+    silver=SilverSpec(
+        clean=(
+            ("artist_name", (Clean.TRIM,)),
+            ("genre", (Clean.TRIM, Clean.LOWER)),
+            ("country", (Clean.COUNTRY_CODE,)),
+        ),
+        rules=(
+            Rule("artist_id_not_null", "artist_id IS NOT NULL", critical=True),
+            Rule("artist_name_present", "artist_name IS NOT NULL AND artist_name <> ''"),
+            Rule("country_is_iso", in_list("country", COUNTRY_CODES)),
+        ),
+    ),
 )
 
 DIM_TRACK = Table(
@@ -227,6 +254,25 @@ DIM_TRACK = Table(
     mode=CaptureMode.CDC,
     cdc_column="updated_at",
     partition_start=HISTORY_START,
+    silver=SilverSpec(
+        clean=(
+            ("track_name", (Clean.DASHES_TO_SPACES, Clean.TRIM)),
+            ("album_name", (Clean.TRIM,)),
+        ),
+        derived=(
+            Derived(
+                "duration_flag",
+                "CASE WHEN duration_sec < 150 THEN 'low' "
+                "WHEN duration_sec < 300 THEN 'medium' ELSE 'high' END",
+                "string",
+            ),
+        ),
+        rules=(
+            Rule("track_id_not_null", "track_id IS NOT NULL", critical=True),
+            Rule("artist_id_not_null", "artist_id IS NOT NULL"),
+            Rule("duration_positive", "duration_sec > 0"),
+        ),
+    ),
 )
 
 DIM_DATE = Table(
@@ -246,6 +292,10 @@ DIM_DATE = Table(
     mode=CaptureMode.SNAPSHOT,
     cdc_column=None,
     partition_start=HISTORY_START,
+    silver=SilverSpec(
+        clean=(("weekday", (Clean.TRIM, Clean.INITCAP)),),
+        rules=(Rule("date_key_not_null", "date_key IS NOT NULL", critical=True),),
+    ),
 )
 
 FACT_STREAM = Table(
@@ -266,6 +316,16 @@ FACT_STREAM = Table(
     mode=CaptureMode.WATERMARK,
     cdc_column="stream_timestamp",
     partition_start=HISTORY_START,
+    silver=SilverSpec(
+        clean=(("device_type", (Clean.TRIM, Clean.LOWER)),),
+        rules=(
+            Rule("stream_id_not_null", "stream_id IS NOT NULL", critical=True),
+            Rule("user_id_not_null", "user_id IS NOT NULL"),
+            Rule("track_id_not_null", "track_id IS NOT NULL"),
+            Rule("listen_duration_in_range", "listen_duration BETWEEN 0 AND 86400"),
+            Rule("device_type_known", in_list("device_type", DEVICES)),
+        ),
+    ),
 )
 
 

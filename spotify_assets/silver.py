@@ -1,0 +1,216 @@
+"""Silver transforms (DESIGN.md §5): pure PySpark, DataFrame in, DataFrame out.
+
+The same functions run on Sail (local), on JVM Spark (tests) and on Databricks. Each step reads
+its rules from the table's catalog entry:
+
+    conform  -> declared schema with explicit casts; drift per policy, or a clear error
+    clean    -> trim, canonical case, ISO countries, dashes, ...
+    derive   -> computed columns (duration_flag)
+    version  -> `_version_at` (business time of the version) and `_change_date` (the partition)
+    dedup    -> one row per (key, version): re-deliveries collapse, later versions never drop
+    check    -> `_failed_rules`; `split` sends failing rows to quarantine with their raw values
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from spotify_assets.catalog import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, ColumnType, Table
+from spotify_assets.reference import COUNTRY_NAMES
+from spotify_assets.rules import Clean, DriftPolicy
+
+VERSION_AT = "_version_at"
+CHANGE_DATE = "_change_date"
+FAILED_RULES = "_failed_rules"
+RULE = "_rule"
+RAW = "_raw"
+RUN_ID = "_run_id"
+
+SPARK_TYPES = {
+    ColumnType.INT: "int",
+    ColumnType.BIGINT: "bigint",
+    ColumnType.STRING: "string",
+    ColumnType.DATE: "date",
+    ColumnType.TIMESTAMP: "timestamp_ntz",
+}
+# Widening casts that lose nothing; anything else is an incompatible type change.
+_SAFE_CASTS = {("int", "bigint"), ("smallint", "int"), ("smallint", "bigint"), ("void", "*")}
+# Bronze's own columns: not source columns, so never schema drift.
+_BRONZE_AUDIT = {
+    CHANGE_OP, CHANGE_SEQ, CHANGE_AT, "_extracted_at", "_window_start", "_window_end", "_run_id"
+}  # fmt: skip
+
+
+class SchemaDriftError(ValueError):
+    """Bronze no longer matches the catalog in a way the drift policy does not allow."""
+
+
+@dataclass(frozen=True)
+class SilverFrames:
+    valid: DataFrame  # the silver rows: cleaned versions
+    quarantine: DataFrame  # rows failing a rule, with the rule names and their raw values
+
+
+def transform(table: Table, bronze: DataFrame, run_id: str) -> SilverFrames:
+    """Bronze rows of some partitions -> the silver rows of the same partitions."""
+    raw = conform(table, bronze)
+    checked = check(table, dedup(table, version(table, derive(table, clean(table, raw)))))
+    return split(table, checked, run_id)
+
+
+def conform(table: Table, bronze: DataFrame) -> DataFrame:
+    """The declared columns with explicit casts, bronze's audit columns, and any new column
+    handled by the table's drift policy. An incompatible type change fails, naming it."""
+    actual = dict(bronze.dtypes)
+    missing = [c.name for c in table.columns if c.name not in actual]
+    if missing:
+        raise SchemaDriftError(f"{table.name}: bronze has no column(s) {', '.join(missing)}")
+    columns = []
+    for column in table.columns:
+        declared, found = SPARK_TYPES[column.type], actual[column.name]
+        if found != declared and (found, declared) not in _SAFE_CASTS and found != "void":
+            raise SchemaDriftError(
+                f"{table.name}.{column.name}: type changed from {declared} to {found} in bronze; "
+                "this is not a safe cast: update the catalog (and migrate silver) to accept it"
+            )
+        columns.append(F.col(column.name).cast(declared).alias(column.name))
+    audit = [F.col(name) for name in actual if name in _BRONZE_AUDIT]
+    new = [n for n in actual if n not in table.column_names and n not in _BRONZE_AUDIT]
+    if new and table.silver.new_columns is DriftPolicy.FAIL:
+        raise SchemaDriftError(f"{table.name}: new column(s) {', '.join(new)} in bronze")
+    carried = [F.col(n) for n in new] if table.silver.new_columns is DriftPolicy.CARRY else []
+    return bronze.select(*columns, *audit, *carried)
+
+
+def clean(table: Table, df: DataFrame) -> DataFrame:
+    """Apply the cleaning steps; the raw value of each cleaned column is kept aside for the
+    quarantine (a column reference, no copy)."""
+    for name, steps in table.silver.clean:
+        value = F.col(name)
+        for step in steps:
+            value = _CLEANERS[step](value)
+        df = df.withColumn(_raw(name), F.col(name)).withColumn(name, value)
+    return df
+
+
+def _raw(name: str) -> str:
+    return f"_raw__{name}"
+
+
+def _collapse_spaces(value: Column) -> Column:
+    return F.trim(F.regexp_replace(value, " +", " "))
+
+
+def _country_code(value: Column) -> Column:
+    key = F.upper(F.trim(value))
+    result = key
+    for code, name in COUNTRY_NAMES.items():
+        result = F.when(key == name.upper(), F.lit(code)).otherwise(result)
+    return result
+
+
+_CLEANERS = {
+    Clean.TRIM: _collapse_spaces,
+    Clean.UPPER: F.upper,
+    Clean.LOWER: F.lower,
+    Clean.INITCAP: F.initcap,
+    Clean.COUNTRY_CODE: _country_code,
+    Clean.DASHES_TO_SPACES: lambda value: F.regexp_replace(value, "-", " "),
+}
+
+
+def derive(table: Table, df: DataFrame) -> DataFrame:
+    for derived in table.silver.derived:
+        df = df.withColumn(derived.name, F.expr(derived.expression).cast(derived.type))
+    return df
+
+
+def change_time(table: Table) -> Column | None:
+    """The time bronze partitions a row by."""
+    return F.col(table.change_time_column) if table.change_time_column else None
+
+
+def version(table: Table, df: DataFrame) -> DataFrame:
+    """Business time of each version (a delete's is its change time) and its partition date.
+
+    Rows older than the first partition live in it, exactly as bronze stores them."""
+    if table.mode is CaptureMode.SNAPSHOT:
+        return df.withColumn(VERSION_AT, F.lit(None).cast("timestamp_ntz"))
+    assert table.cdc_column is not None
+    business = F.col(table.cdc_column)
+    if table.mode is CaptureMode.CDC:
+        business = F.when(F.col(CHANGE_OP) == "D", F.col(CHANGE_AT)).otherwise(business)
+    first = F.lit(table.partition_start.isoformat()).cast("date")
+    return df.withColumn(VERSION_AT, business).withColumn(
+        CHANGE_DATE, F.greatest(F.to_date(change_time(table)), first)
+    )
+
+
+def dedup(table: Table, df: DataFrame) -> DataFrame:
+    """One row per (key, version time, delete-or-not): exact re-deliveries and an image of the
+    same version as a change record collapse (the change record wins); distinct versions all
+    stay, whatever order they arrived in."""
+    is_delete = (F.col(CHANGE_OP) == "D").alias("_is_delete")
+    identity = [*table.key, VERSION_AT, "_is_delete"]
+    preference = Window.partitionBy(*identity).orderBy(
+        (F.col(CHANGE_OP) == "S").asc(), F.col(CHANGE_SEQ).desc_nulls_last()
+    )
+    ranked = df.withColumn("_is_delete", is_delete).withColumn(
+        "_n", F.row_number().over(preference)
+    )
+    return ranked.where(F.col("_n") == 1).drop("_n", "_is_delete")
+
+
+def check(table: Table, df: DataFrame) -> DataFrame:
+    """`_failed_rules`: the names of the rules a row fails, comma-separated ('' = valid). A rule
+    whose predicate is NULL for a row fails it."""
+    failures = [
+        F.when(~F.coalesce(F.expr(rule.predicate), F.lit(False)), F.lit(rule.name))
+        for rule in table.silver.rules
+    ]
+    return df.withColumn(FAILED_RULES, F.concat_ws(",", *failures) if failures else F.lit(""))
+
+
+def split(table: Table, checked: DataFrame, run_id: str) -> SilverFrames:
+    valid = checked.where(F.col(FAILED_RULES) == "").drop(FAILED_RULES)
+    failed = checked.where(F.col(FAILED_RULES) != "")
+    cleaned = {name for name, _ in table.silver.clean}
+    raw = F.to_json(
+        F.struct(*[F.col(_raw(c) if c in cleaned else c).alias(c) for c in table.column_names])
+    )
+    quarantine = failed.select(
+        *[F.col(k) for k in table.key],
+        F.split(F.col(FAILED_RULES), ",").getItem(0).alias(RULE),
+        F.col(FAILED_RULES),
+        raw.alias(RAW),
+        F.lit(run_id).alias(RUN_ID),
+        *([F.col(CHANGE_DATE)] if table.change_time_column else []),
+    )
+    return SilverFrames(valid=valid.select(*silver_columns(table, valid)), quarantine=quarantine)
+
+
+def silver_columns(table: Table, df: DataFrame) -> list[str]:
+    """Declared, derived and carried columns, then the version columns, partition last."""
+    audit = [CHANGE_OP, CHANGE_SEQ, VERSION_AT]
+    bronze_only = _BRONZE_AUDIT | {CHANGE_DATE}
+    data = [
+        c
+        for c in df.columns
+        if c not in audit and c not in bronze_only and not c.startswith("_raw__")
+    ]
+    return [*data, *audit, *([CHANGE_DATE] if table.change_time_column else [])]
+
+
+def rule_counts(table: Table, quarantine: DataFrame) -> dict[str, int]:
+    """Failures per rule (a row failing two rules counts for both)."""
+    rules = F.split(F.col(FAILED_RULES), ",")
+    row = quarantine.agg(
+        *[
+            F.sum(F.array_contains(rules, r.name).cast("int")).alias(r.name)
+            for r in table.silver.rules
+        ]
+    ).collect()[0]
+    return {r.name: int(row[r.name] or 0) for r in table.silver.rules}
