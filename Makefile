@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 # System packages: unixODBC and the SQLite ODBC driver for the embedded source; the tests also
-# need psqlODBC and a PostgreSQL server (started by the test fixture on 127.0.0.1).
+# need psqlODBC, a PostgreSQL server (started by the test fixture on 127.0.0.1) and Java 17 (JVM
+# Spark runs the silver transforms as a second engine).
 DEMO_PACKAGES := unixodbc libsqliteodbc
-TEST_PACKAGES := $(DEMO_PACKAGES) odbc-postgresql postgresql
+TEST_PACKAGES := $(DEMO_PACKAGES) odbc-postgresql postgresql openjdk-17-jre-headless
 
 .PHONY: demo test lint system-demo system-test venv clean
 

@@ -7,6 +7,7 @@ from dagster import EnvVar
 from resources.copy_runner import LocalCopyRunner
 from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase, sqlite_connection_string
+from resources.spark import SparkKind, SparkResource
 from spotify_assets.settings import Settings
 
 
@@ -32,4 +33,9 @@ def copy_runner(settings: Settings, *, in_dagster: bool = True) -> LocalCopyRunn
 
 def build_resources(settings: Settings) -> dict[str, object]:
     runner = copy_runner(settings)
-    return {"source_db": runner.source, "lake": runner.lake, "copy_runner": runner}
+    spark = (
+        SparkResource(kind=SparkKind.REMOTE, remote_url=settings.spark_remote)
+        if settings.spark_remote
+        else SparkResource()
+    )
+    return {"source_db": runner.source, "lake": runner.lake, "copy_runner": runner, "spark": spark}

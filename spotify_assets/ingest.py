@@ -1,7 +1,8 @@
-"""Ingestion runs from the command line: in-process Dagster runs recorded in `$DAGSTER_HOME`.
+"""Pipeline runs from the command line: in-process Dagster runs recorded in `$DAGSTER_HOME`.
 
-`incremental` copies every table from its watermark up to the source's clock (one single-run
-backfill over the open partitions); `refresh` re-extracts a date range (a backdated refresh).
+`incremental` copies every table from its watermark up to the source's clock and rebuilds the
+silver partitions it touched (one single-run backfill over the open partitions); `refresh`
+re-extracts a date range and rebuilds silver for it (a backdated refresh).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dagster import AssetsDefinition, DagsterInstance, materialize
 from resources import build_resources
 from resources.copy_runner import LocalCopyRunner
 from spotify_assets.assets.bronze import build_bronze_asset
+from spotify_assets.assets.silver import build_silver_asset
 from spotify_assets.catalog import Catalog, Table
 from spotify_assets.partitions import partition_range_tags
 from spotify_assets.settings import Settings
@@ -22,10 +24,14 @@ from spotify_assets.settings import Settings
 
 @dataclass(frozen=True)
 class TableLoad:
+    """What one run did to one table: rows copied into bronze, rows now in silver."""
+
     table: str
     rows: int
     window: str
     watermark: str
+    silver_rows: int
+    quarantined: int
 
 
 def incremental(
@@ -68,41 +74,49 @@ def _run(
     from_watermark: bool,
 ) -> list[TableLoad]:
     loads: list[TableLoad] = []
-    partitioned = [build_bronze_asset(t) for t in tables if t.change_time_column]
-    snapshots = [build_bronze_asset(t) for t in tables if not t.change_time_column]
+    partitioned = [t for t in tables if t.change_time_column]
+    snapshots = [t for t in tables if not t.change_time_column]
     if partitioned and first is not None:
-        loads += _materialize(
-            partitioned, resources, instance, partition_range_tags(first, last), from_watermark
-        )
+        tags = partition_range_tags(first, last)
+        loads += _materialize(partitioned, resources, instance, tags, from_watermark)
     if snapshots:
         loads += _materialize(snapshots, resources, instance, {}, from_watermark)
     return loads
 
 
 def _materialize(
-    assets: list[AssetsDefinition],
+    tables: list[Table],
     resources: dict[str, object],
     instance: DagsterInstance,
     tags: dict[str, str],
     from_watermark: bool,
 ) -> list[TableLoad]:
+    """One run: bronze, then silver, of `tables` (same partitions, one range)."""
+    bronze = {t.name: build_bronze_asset(t) for t in tables}
+    silver = {t.name: build_silver_asset(t) for t in tables}
     config = {
-        "ops": {a.op.name: {"config": {"from_watermark": from_watermark}} for a in assets},
+        "ops": {a.op.name: {"config": {"from_watermark": from_watermark}} for a in bronze.values()},
         # Progress and results at INFO; Dagster's per-event DEBUG lines stay in the run's log.
         "loggers": {"console": {"config": {"log_level": "INFO"}}},
     }
-    result = materialize(assets, resources=resources, instance=instance, tags=tags,
-                         run_config=config)  # fmt: skip
-    loads = []
-    for asset in assets:
+    result = materialize([*bronze.values(), *silver.values()], resources=resources,
+                         instance=instance, tags=tags, run_config=config)  # fmt: skip
+
+    def metadata(asset: AssetsDefinition) -> dict:
         # A range run records one materialization per partition, all with the same metadata.
-        metadata = result.asset_materializations_for_node(asset.op.name)[0].metadata
+        return result.asset_materializations_for_node(asset.op.name)[0].metadata
+
+    loads = []
+    for table in tables:
+        copied, cleaned = metadata(bronze[table.name]), metadata(silver[table.name])
         loads.append(
             TableLoad(
-                table=asset.key.path[-1],
-                rows=metadata["rows_read"].value,
-                window=metadata["window"].value,
-                watermark=metadata["watermark_after"].value,
+                table=table.name,
+                rows=copied["rows_read"].value,
+                window=copied["window"].value,
+                watermark=copied["watermark_after"].value,
+                silver_rows=cleaned["dagster/row_count"].value,
+                quarantined=cleaned["quarantined"].value,
             )
         )
     return loads

@@ -28,6 +28,7 @@ class Settings:
     capture_modes: str
     lake_url: str
     safety_lag_seconds: float
+    spark_remote: str  # empty: Sail in process
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -49,6 +50,7 @@ class Settings:
             capture_modes=environ.get("SPOTIFY_CAPTURE_MODES", ""),
             lake_url=environ.get("SPOTIFY_LAKE_URL") or str(home / "lake"),
             safety_lag_seconds=safety_lag,
+            spark_remote=environ.get("SPOTIFY_SPARK_REMOTE", ""),
         )
 
     @property

@@ -120,3 +120,28 @@ def sqlite_source(tmp_path: Path) -> SourceDatabase:
 
 
 HISTORY_END = date(2026, 4, 1)
+
+
+@pytest.fixture(scope="session")
+def sail_spark():
+    """One Sail session for the whole test run (Sail starts in ~0.5 s, but once is enough)."""
+    from resources.spark import SparkResource
+
+    return SparkResource().session()
+
+
+@pytest.fixture(scope="session")
+def jvm_spark():
+    """Classic JVM Spark in local mode: a second engine for the pure transforms (no Delta)."""
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("spotify-tests")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()

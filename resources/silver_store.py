@@ -1,0 +1,120 @@
+"""Silver on the lake: Delta tables `silver/<table>` and `silver/_quarantine/<table>`.
+
+Silver partition P is a pure function of bronze partition P and replaces it (replaceWhere), so a
+refresh cascades and a rerun changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from resources.bronze_store import BronzeStore, bronze_schema
+from resources.lake import LakeStorage
+from spotify_assets.bronze_manifest import BronzeFile
+from spotify_assets.catalog import Table
+from spotify_assets.silver import CHANGE_DATE, SilverFrames, rule_counts, transform
+
+_SPARK_TYPES = {
+    pa.int32(): "int",
+    pa.int64(): "bigint",
+    pa.string(): "string",
+    pa.date32(): "date",
+    pa.timestamp("us"): "timestamp_ntz",
+}
+
+
+@dataclass(frozen=True)
+class SilverResult:
+    table: str
+    days: tuple[date, date] | None  # the partitions replaced; None: the whole (snapshot) table
+    bronze_rows: int
+    silver_rows: int
+    quarantined: int
+    failures: dict[str, int]  # per rule
+
+
+def spark_ddl(schema: pa.Schema) -> str:
+    return ", ".join(f"`{f.name}` {_SPARK_TYPES[f.type]}" for f in schema)
+
+
+class SilverStore:
+    def __init__(self, lake: LakeStorage, spark: SparkSession, table: Table) -> None:
+        self.lake, self.spark, self.table = lake, spark, table
+        self.bronze = BronzeStore(lake, table)
+        self.path = lake.path(f"silver/{table.lake_name}")
+        self.quarantine_path = lake.path(f"silver/_quarantine/{table.lake_name}")
+
+    def read_bronze(self, days: tuple[date, date] | None) -> DataFrame:
+        """The live bronze rows of the partitions `days` (inclusive); None: all of them."""
+        files = [
+            f
+            for f in self.bronze.current().files
+            if days is None or (f.partition is not None and days[0] <= f.partition <= days[1])
+        ]
+        frames = [self._live(f) for f in files]
+        if not frames:
+            return self.spark.createDataFrame([], spark_ddl(bronze_schema(self.table)))
+        union = frames[0]
+        for frame in frames[1:]:
+            union = union.unionByName(frame, allowMissingColumns=True)
+        return union
+
+    def _live(self, file: BronzeFile) -> DataFrame:
+        rows = self.spark.read.parquet(self.lake.path(file.path))
+        if file.fully_live:
+            return rows
+        time = F.col(self.table.change_time_column)
+        keep = None
+        for window in file.live:
+            inside = (time >= F.lit(window.start)) & (time < F.lit(window.end))
+            keep = inside if keep is None else keep | inside
+        return rows.where(keep)
+
+    def refresh(self, days: tuple[date, date] | None, run_id: str) -> SilverResult:
+        """Rebuild the silver partitions `days` (and their quarantine) from bronze."""
+        bronze = self.read_bronze(days)
+        frames: SilverFrames = transform(self.table, bronze, run_id)
+        self._replace(frames.valid, self.path, days)
+        self._replace(frames.quarantine, self.quarantine_path, days)
+        written = self._read(self.path, days)
+        quarantine = self._read(self.quarantine_path, days)
+        return SilverResult(
+            table=self.table.lake_name,
+            days=days,
+            bronze_rows=bronze.count(),
+            silver_rows=written.count(),
+            quarantined=quarantine.count(),
+            failures=rule_counts(self.table, quarantine),
+        )
+
+    def _replace(self, frame: DataFrame, path: str, days: tuple[date, date] | None) -> None:
+        partitioned = self.table.change_time_column is not None
+        if not self.lake.fs.exists(f"{path}/_delta_log"):
+            # replaceWhere needs an existing table: create it empty, with its partitioning.
+            empty = frame.limit(0).write.format("delta").mode("overwrite")
+            (empty.partitionBy(CHANGE_DATE) if partitioned else empty).save(path)
+        writer = frame.write.format("delta").mode("overwrite")
+        if partitioned and days is not None:
+            writer = writer.option(
+                "replaceWhere",
+                f"{CHANGE_DATE} >= DATE'{days[0].isoformat()}' "
+                f"AND {CHANGE_DATE} <= DATE'{days[1].isoformat()}'",
+            )
+        writer.save(path)
+
+    def _read(self, path: str, days: tuple[date, date] | None) -> DataFrame:
+        rows = self.spark.read.format("delta").load(path)
+        if days is None or self.table.change_time_column is None:
+            return rows
+        return rows.where(F.col(CHANGE_DATE).between(F.lit(days[0]), F.lit(days[1])))
+
+    def read(self) -> DataFrame:
+        return self.spark.read.format("delta").load(self.path)
+
+    def read_quarantine(self) -> DataFrame:
+        return self.spark.read.format("delta").load(self.quarantine_path)

@@ -1,0 +1,80 @@
+"""Spark sessions over Spark Connect: Sail in process (the embedded default) or any `sc://` URL.
+
+A session is created once per process, on first use (a run with nothing to do never starts
+Sail), and shut down cleanly when the process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from enum import StrEnum
+
+from dagster import ConfigurableResource
+from pydantic import Field
+from pyspark.sql import SparkSession
+
+
+class SparkKind(StrEnum):
+    SAIL = "sail"  # pysail's Spark Connect server, in this process
+    REMOTE = "remote"  # any Spark Connect endpoint, e.g. sc://host:15002
+
+
+class SparkConfigError(ValueError):
+    pass
+
+
+_lock = threading.Lock()
+_sessions: dict[str, SparkSession] = {}
+_servers: list[object] = []
+
+
+def _start_sail() -> str:
+    # Sail logs through Rust's env_logger; keep its chatter (INFO per session) out of run logs.
+    os.environ.setdefault("RUST_LOG", "error")
+    from pysail.spark import SparkConnectServer
+
+    server = SparkConnectServer(ip="127.0.0.1", port=0)
+    server.start(background=True)
+    _servers.append(server)
+    host, port = server.listening_address
+    return f"sc://{host}:{port}"
+
+
+@atexit.register
+def _shutdown() -> None:
+    for session in _sessions.values():
+        session.stop()
+    _sessions.clear()
+    for server in _servers:
+        server.stop()  # type: ignore[attr-defined]
+    _servers.clear()
+
+
+class SparkResource(ConfigurableResource):
+    """The compute engine of silver and gold; the transforms never know which one it is."""
+
+    kind: SparkKind = Field(default=SparkKind.SAIL, description="sail or remote")
+    remote_url: str = Field(default="", description="sc://host:port when kind is remote")
+
+    def session(self) -> SparkSession:
+        with _lock:
+            key = self.kind.value if self.kind is SparkKind.SAIL else self.remote_url
+            if key not in _sessions:
+                _sessions[key] = self._connect()
+            return _sessions[key]
+
+    def _connect(self) -> SparkSession:
+        if self.kind is SparkKind.SAIL:
+            url = _start_sail()
+        elif self.remote_url.startswith("sc://"):
+            url = self.remote_url
+        else:
+            raise SparkConfigError(
+                f"remote Spark needs an sc://host:port URL (SPOTIFY_SPARK_REMOTE); got "
+                f"{self.remote_url!r}"
+            )
+        session = SparkSession.builder.remote(url).getOrCreate()
+        session.conf.set("spark.sql.session.timeZone", "UTC")
+        return session

@@ -1,0 +1,108 @@
+"""Silver assets: cleaned, deduplicated, validated versions of each table, as Delta.
+
+Same partitions as bronze; a run over partitions P replaces exactly those silver partitions from
+the bronze partitions P, so refreshes cascade and reruns change nothing. Every validation rule of
+the catalog is an asset check (blocking where the rule is critical).
+"""
+
+from datetime import UTC, date, datetime, timedelta
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from resources.lake import LakeStorage
+from resources.silver_store import SilverResult, SilverStore
+from resources.spark import SparkResource
+from spotify_assets.assets.bronze import bronze_key
+from spotify_assets.catalog import Catalog, Table
+from spotify_assets.partitions import daily_partitions
+
+SILVER_GROUP = "silver"
+
+
+def silver_key(table: Table) -> AssetKey:
+    return AssetKey(["silver", table.lake_name])
+
+
+def build_silver_asset(table: Table) -> AssetsDefinition:
+    partitioned = table.change_time_column is not None
+    key = silver_key(table)
+    checks = [
+        AssetCheckSpec(
+            rule.name,
+            asset=key,
+            description=f"Rows failing `{rule.predicate}` (quarantined).",
+            blocking=rule.critical,
+        )
+        for rule in table.silver.rules
+    ]
+
+    @asset(
+        key=key,
+        deps=[bronze_key(table)],
+        group_name=SILVER_GROUP,
+        kinds={"spark", "delta"},
+        description=f"Cleaned versions of `{table.name}`; failing rows in "
+        f"silver/_quarantine/{table.lake_name}.",
+        partitions_def=daily_partitions(table.partition_start) if partitioned else None,
+        backfill_policy=BackfillPolicy.single_run() if partitioned else None,
+        check_specs=checks,
+    )
+    def silver(
+        context: AssetExecutionContext, spark: SparkResource, lake: LakeStorage
+    ) -> MaterializeResult:
+        days = None
+        if partitioned:
+            span = context.partition_time_window
+            days = (_utc_day(span.start), _utc_day(span.end) - timedelta(days=1))
+        result = SilverStore(lake, spark.session(), table).refresh(days, context.run.run_id)
+        context.log.info(
+            f"{table.lake_name}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
+            f"silver, {result.quarantined:,} quarantined"
+        )
+        return MaterializeResult(
+            metadata=silver_metadata(result, lake, table),
+            check_results=[
+                AssetCheckResult(
+                    check_name=rule.name,
+                    passed=result.failures[rule.name] == 0,
+                    severity=AssetCheckSeverity.ERROR if rule.critical else AssetCheckSeverity.WARN,
+                    metadata={"failed_rows": result.failures[rule.name]},
+                )
+                for rule in table.silver.rules
+            ],
+        )
+
+    return silver
+
+
+def build_silver_assets(catalog: Catalog) -> list[AssetsDefinition]:
+    return [build_silver_asset(t) for t in catalog]
+
+
+def silver_metadata(
+    result: SilverResult, lake: LakeStorage, table: Table
+) -> dict[str, MetadataValue]:
+    days = f"{result.days[0]} .. {result.days[1]}" if result.days else "whole table"
+    return {
+        "dagster/row_count": MetadataValue.int(result.silver_rows),
+        "bronze_rows": MetadataValue.int(result.bronze_rows),
+        "quarantined": MetadataValue.int(result.quarantined),
+        "partitions": MetadataValue.text(days),
+        "failures_by_rule": MetadataValue.json(result.failures),
+        "path": MetadataValue.path(lake.uri(f"silver/{table.lake_name}")),
+    }
+
+
+def _utc_day(moment: datetime) -> date:
+    return moment.astimezone(UTC).date()

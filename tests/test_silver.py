@@ -1,0 +1,136 @@
+"""Silver on the lake (DESIGN.md §5): Delta partitions replaced from bronze, on Sail."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from dagster import DagsterEventType, DagsterInstance
+from deltalake import DeltaTable
+
+from resources.silver_store import SilverStore
+from spotify_assets import ingest
+from spotify_assets.catalog import CATALOG, Table
+from spotify_assets.cli import source_init, source_simulate
+from spotify_assets.settings import Settings
+from spotify_assets.silver import CHANGE_DATE, RULE
+from spotify_assets.simulator import SimulationRates, simulate
+from spotify_assets.windows import Window
+from tests.conftest import HISTORY_END
+from tests.test_bronze import ON_TIME, load_everything, runner_for
+from tests.test_source_db import SEED, initialise
+
+ALL_DAYS = (date(2026, 1, 1), HISTORY_END + timedelta(days=3))
+DIRTY = SimulationRates(dirty_fraction=0.3, late_fraction=0.0)
+
+
+@pytest.fixture
+def lakehouse(sqlite_source, tmp_path: Path, sail_spark):
+    source = sqlite_source
+    initialise(source)
+    runner = runner_for(source, tmp_path / "lake")
+    with source.session() as session:
+        session.apply(simulate(session.read_state(), days=2, seed=SEED, rates=DIRTY))
+    load_everything(runner, source.catalog, "initial")
+    return source, runner, sail_spark
+
+
+def store_of(lakehouse, name: str) -> SilverStore:
+    _, runner, spark = lakehouse
+    return SilverStore(runner.lake, spark, CATALOG[name])
+
+
+def days_of(table: Table) -> tuple[date, date] | None:
+    return ALL_DAYS if table.change_time_column else None
+
+
+def snapshot(store: SilverStore) -> list[tuple]:
+    return sorted(tuple(row) for row in store.read().collect())
+
+
+def test_full_build_writes_delta_that_any_reader_opens(lakehouse) -> None:
+    for table in CATALOG:
+        store = store_of(lakehouse, table.name)
+        result = store.refresh(days_of(table), "build")
+        assert result.bronze_rows > 0
+        assert result.silver_rows + result.quarantined <= result.bronze_rows
+        delta = DeltaTable(store.path)
+        assert delta.to_pyarrow_table().num_rows == result.silver_rows
+        expected = [CHANGE_DATE] if table.change_time_column else []
+        assert delta.metadata().partition_columns == expected
+        assert {f.name for f in delta.schema().fields} >= set(table.column_names)
+
+
+def test_dirty_rows_land_in_quarantine_with_their_rule(lakehouse) -> None:
+    store = store_of(lakehouse, "FactStream")
+    result = store.refresh(ALL_DAYS, "build")
+    quarantine = DeltaTable(store.quarantine_path).to_pyarrow_table()
+    assert quarantine.num_rows == result.quarantined > 0
+    rules = set(quarantine[RULE].to_pylist())
+    assert rules <= {"user_id_not_null", "track_id_not_null", "listen_duration_in_range"}
+    assert result.failures["listen_duration_in_range"] > 0
+    silver = DeltaTable(store.path).to_pyarrow_table()
+    bad = pc.or_(
+        pc.less(silver["listen_duration"], 0), pc.greater(silver["listen_duration"], 86400)
+    )
+    assert not pc.any(bad).as_py() and pc.all(pc.is_valid(silver["user_id"])).as_py()
+    devices = set(silver["device_type"].to_pylist())
+    assert devices <= {"mobile", "desktop", "web", "smart_speaker", "tv"}, "padding/case cleaned"
+
+
+def test_replaying_a_partition_changes_nothing(lakehouse) -> None:
+    for table in CATALOG:
+        store = store_of(lakehouse, table.name)
+        store.refresh(days_of(table), "build")
+        before = snapshot(store)
+        day = HISTORY_END if table.change_time_column else None
+        store.refresh((day, day) if day else None, "replay")
+        assert snapshot(store) == before, f"{table.lake_name}: a replay changed silver"
+
+
+def test_a_bronze_refresh_cascades_into_silver(lakehouse) -> None:
+    source, runner, _ = lakehouse
+    facts = CATALOG["FactStream"]
+    store = store_of(lakehouse, "FactStream")
+    store.refresh(ALL_DAYS, "build")
+    with source.session() as session:
+        session.apply(simulate(session.read_state(), days=1, seed=SEED + 1,
+                               rates=SimulationRates(late_fraction=0.3)))  # fmt: skip
+    runner.copy(facts, None, "incremental", from_watermark=True)
+    late_days = (HISTORY_END - timedelta(days=5), HISTORY_END + timedelta(days=3))
+    runner.copy(facts, Window.of_days(*late_days), "refresh")
+    before = store.read().count()
+    result = store.refresh(late_days, "refresh")
+    bronze_rows = runner.store(facts).read_all().num_rows
+    assert store.read().count() > before
+    assert store.read().count() + store.read_quarantine().count() == bronze_rows
+    assert result.days == late_days
+
+
+def test_cli_run_builds_bronze_and_silver_with_asset_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
+    end = date.today() - timedelta(days=2)
+    source_init(settings, 0.002, SEED, end)
+    source_simulate(settings, 1, SEED, replace(ON_TIME, dirty_fraction=0.3))
+    instance = DagsterInstance.ephemeral()
+    loads = {load.table: load for load in ingest.incremental(settings, instance)}
+    facts = loads["FactStream"]
+    assert facts.silver_rows + facts.quarantined == facts.rows
+    assert facts.quarantined > 0
+    evaluations = {
+        (e.asset_key.path[-1], e.check_name): e.passed
+        for run in instance.get_runs()
+        for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        for e in [entry.dagster_event.event_specific_data]
+    }
+    rules = {(t.lake_name, r.name) for t in CATALOG for r in t.silver.rules}
+    assert set(evaluations) == rules, "every rule of every table reports an asset check"
+    assert evaluations[("fact_stream", "stream_id_not_null")] is True
+    assert False in {
+        evaluations[("fact_stream", r)] for r in ("user_id_not_null", "listen_duration_in_range")
+    }
