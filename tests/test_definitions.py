@@ -27,6 +27,11 @@ def test_asset_graph_snapshot(tmp_path: Path) -> None:
         "bronze/DimTrack",
         "bronze/DimUser",
         "bronze/FactStream",
+        "silver/dim_artist",
+        "silver/dim_date",
+        "silver/dim_track",
+        "silver/dim_user",
+        "silver/fact_stream",
         "source/DimArtist",
         "source/DimDate",
         "source/DimTrack",
@@ -42,6 +47,15 @@ def test_asset_graph_snapshot(tmp_path: Path) -> None:
         else:
             assert node.partitions_def.start.date() == table.partition_start
             assert node.backfill_policy.max_partitions_per_run is None  # single run
+        silver = graph.get(AssetKey(["silver", table.lake_name]))
+        assert silver.parent_keys == {node.key}
+        assert silver.partitions_def == node.partitions_def
+        checks = {k.name: graph.get_check_spec(k) for k in graph.asset_check_keys
+                  if k.asset_key == silver.key}  # fmt: skip
+        assert set(checks) == {r.name for r in table.silver.rules}
+        assert {n for n, c in checks.items() if c.blocking} == {
+            r.name for r in table.silver.rules if r.critical
+        }
     for table in CATALOG:
         spec = graph.get(AssetKey(["source", table.name]))
         columns = spec.metadata["dagster/column_schema"].columns
