@@ -13,13 +13,15 @@ from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 
 from dagster import BetaWarning, DagsterInstance
+from deltalake import DeltaTable
 from tqdm import tqdm
 
 from resources import copy_runner, source_database
+from resources.lake import LakeStorage
 from resources.odbc import Dialect, SourceConfigError, SourceUnavailableError
 from resources.source_db import SourceDatabase
 from spotify_assets import ingest
-from spotify_assets.catalog import CatalogError
+from spotify_assets.catalog import CATALOG, CatalogError
 from spotify_assets.generator import generate
 from spotify_assets.settings import Settings
 from spotify_assets.simulator import ChangeBatch, SimulationRates, simulate
@@ -139,8 +141,9 @@ def refresh(
 
 
 def demo(settings: Settings) -> None:
-    """What exists so far, end to end: the source, its initial load into bronze, simulated days
-    of changes loaded incrementally, and a backdated refresh that recovers the late streams."""
+    """What exists so far, end to end: the source, its initial load into bronze and silver,
+    simulated days of changes loaded incrementally, and a backdated refresh that recovers the
+    late streams."""
     today = datetime.now(UTC).date()
     started = time.perf_counter()
     _step("create the source", source_init(settings, DEFAULT_SCALE, DEFAULT_SEED,
@@ -156,9 +159,14 @@ def demo(settings: Settings) -> None:
           refresh(settings, late_from, today, ["FactStream"]))  # fmt: skip
     source_tables = source_stats(settings)["tables"]
     _step(
-        "source and bronze",
+        "rows per layer",
         {
-            name: {"source rows": stats["rows"], "bronze rows": _bronze_rows(settings, name)}
+            name: {
+                "source": stats["rows"],
+                "bronze (images and changes)": _bronze_rows(settings, name),
+                "silver (versions)": _silver_rows(settings, name, "silver"),
+                "quarantined": _silver_rows(settings, name, "silver/_quarantine"),
+            }
             for name, stats in source_tables.items()  # type: ignore[union-attr]
         }
         | {"late streams recovered": _bronze_rows(settings, "FactStream") - streams_before},
@@ -174,6 +182,13 @@ def _bronze_rows(settings: Settings, table: str) -> int:
     """Rows bronze holds for a table: for cdc tables, every image and change record."""
     runner = copy_runner(settings, in_dagster=False)
     return runner.store(runner.source.catalog[table]).read_all().num_rows
+
+
+def _silver_rows(settings: Settings, table: str, folder: str) -> int:
+    """Rows of a silver Delta table, read with delta-rs (no Spark needed)."""
+    lake = LakeStorage(url=settings.lake_url)
+    path = lake.path(f"{folder}/{CATALOG[table].lake_name}")
+    return DeltaTable(path).to_pyarrow_dataset().count_rows() if lake.fs.exists(path) else 0
 
 
 def _step(title: str, payload: object) -> None:
