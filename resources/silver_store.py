@@ -56,7 +56,10 @@ class SilverStore:
             for f in self.bronze.current().files
             if days is None or (f.partition is not None and days[0] <= f.partition <= days[1])
         ]
-        frames = [self._live(f) for f in files]
+        # Fully live files are read in one scan; superseded parts of the others are filtered out.
+        whole = [self.lake.path(f.path) for f in files if f.fully_live]
+        frames = [self.spark.read.parquet(*whole)] if whole else []
+        frames += [self._live(f) for f in files if not f.fully_live]
         if not frames:
             return self.spark.createDataFrame([], spark_ddl(bronze_schema(self.table)))
         union = frames[0]
@@ -66,8 +69,6 @@ class SilverStore:
 
     def _live(self, file: BronzeFile) -> DataFrame:
         rows = self.spark.read.parquet(self.lake.path(file.path))
-        if file.fully_live:
-            return rows
         time = F.col(self.table.change_time_column)
         keep = None
         for window in file.live:

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from spotify_assets.catalog import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, ColumnType, Table
+from spotify_assets.catalog import (
+    CHANGE_AT,
+    CHANGE_OP,
+    CHANGE_SEQ,
+    CaptureMode,
+    ColumnType,
+    Table,
+)
+from spotify_assets.catalog import (
+    Column as CatalogColumn,
+)
 from spotify_assets.reference import COUNTRY_NAMES
 from spotify_assets.rules import Clean, DriftPolicy
 
@@ -178,9 +188,15 @@ def split(table: Table, checked: DataFrame, run_id: str) -> SilverFrames:
     valid = checked.where(F.col(FAILED_RULES) == "").drop(FAILED_RULES)
     failed = checked.where(F.col(FAILED_RULES) != "")
     cleaned = {name for name, _ in table.silver.clean}
-    raw = F.to_json(
-        F.struct(*[F.col(_raw(c) if c in cleaned else c).alias(c) for c in table.column_names])
-    )
+
+    def raw_value(column: CatalogColumn) -> Column:
+        value = F.col(_raw(column.name) if column.name in cleaned else column.name)
+        # Engines render timestamps differently in JSON (Sail adds a zone); fix the text.
+        if column.type is ColumnType.TIMESTAMP:
+            return F.date_format(value, "yyyy-MM-dd HH:mm:ss.SSSSSS").alias(column.name)
+        return value.alias(column.name)
+
+    raw = F.to_json(F.struct(*[raw_value(c) for c in table.columns]))
     quarantine = failed.select(
         *[F.col(k) for k in table.key],
         F.split(F.col(FAILED_RULES), ",").getItem(0).alias(RULE),
