@@ -22,20 +22,23 @@ in benchmarks/README.md.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import resource
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
+
+from harness import (
+    Context,
+    Measure,
+    Payload,
+    cli,
+    fmt,
+    measure,
+    peak_mib,
+    print_table,
+    required,
+    settings,
+)
 
 SEED = 42
 FACT = "FactStream"
@@ -48,41 +51,11 @@ GOAL_INCREMENTAL_SHARE = 0.05
 GOAL_NO_CHANGE_S = 1.0
 GOAL_PEAK_MIB = 2048
 
-Payload = dict[str, Any]
 
-
-@dataclass(frozen=True)
-class Context:
-    """What a step subprocess is told: the work directory (its SPOTIFY_HOME) and the scale."""
-
-    work: Path
-    scale: float
-
-    @property
-    def source(self) -> Path:
-        return self.work / "source.db"  # checked against Settings.embedded_source_path
-
-    @property
-    def lake(self) -> Path:
-        return self.work / "lake"
-
-
-# --- steps: each runs in its own subprocess -------------------------------------------------
+# --- steps: each runs in its own subprocess (see harness.py) -----------------------------------
 # Linux keeps ru_maxrss across fork and exec: a child starts from its parent's peak. So the driver
 # stays small (it imports nothing of the project; creating and simulating the source are
 # subprocesses too), and each step's peak is its own.
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _settings(ctx: Context) -> Any:
-    from spotify_assets.settings import Settings
-
-    settings = Settings.from_env({"SPOTIFY_HOME": str(ctx.work)})
-    assert settings.embedded_source_path == ctx.source, settings.embedded_source_path
-    return settings
 
 
 def _runner(ctx: Context) -> Any:
@@ -102,7 +75,7 @@ def step_create(ctx: Context) -> Payload:
     from spotify_assets.cli import source_init
 
     end = datetime.now(UTC).date() - timedelta(days=2)
-    created = source_init(_settings(ctx), ctx.scale, SEED, end, force=True)
+    created = source_init(settings(ctx), ctx.scale, SEED, end, force=True)
     return {
         "rows": created["rows"],
         "seconds": created["seconds"],
@@ -116,7 +89,7 @@ def step_simulate(ctx: Context) -> Payload:
     from spotify_assets.cli import source_simulate
     from spotify_assets.simulator import SimulationRates
 
-    simulated = source_simulate(_settings(ctx), 1, SEED, SimulationRates())
+    simulated = source_simulate(settings(ctx), 1, SEED, SimulationRates())
     return {"rows": simulated["rows_changed"], "seconds": simulated["seconds"]}
 
 
@@ -128,7 +101,7 @@ def step_initial(ctx: Context) -> Payload:
     started = time.perf_counter()
     fact = runner.copy(CATALOG[FACT], None, RUN_ID, from_watermark=True)
     fact_seconds = time.perf_counter() - started
-    fact_peak = _peak_mib()
+    fact_peak = peak_mib()
     others = [runner.copy(t, None, RUN_ID, from_watermark=True) for t in CATALOG if t.name != FACT]
     return {
         "rows": fact.rows_read,
@@ -211,104 +184,19 @@ STEPS: dict[str, Callable[[Context], Payload]] = {
 }
 
 
-def run_step(step: str, ctx: Context, result: Path) -> None:
-    """Inside the subprocess: run one step and leave its figures in `result` as JSON."""
-    payload = STEPS[step](ctx)
-    payload.setdefault("peak_mib", _peak_mib())
-    payload["process_peak_mib"] = _peak_mib()
-    result.write_text(json.dumps(payload))
-
-
 # --- the driver -----------------------------------------------------------------------------
-
-
-@dataclass
-class Measure:
-    """One line of the table; `note` replaces the figures of a skipped or failed step."""
-
-    label: str
-    rows: int | None = None
-    seconds: float | None = None
-    peak_mib: float | None = None
-    process_s: float | None = None
-    note: str = ""
-    extra: Payload = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.note and self.seconds is not None
-
-    @property
-    def rate(self) -> float | None:
-        if not self.ok or not self.rows or not self.seconds:
-            return None
-        return self.rows / self.seconds
-
-
-def measure(label: str, step: str, ctx: Context) -> Measure:
-    """Run one step in a fresh interpreter and collect the figures it took of itself."""
-    result = ctx.work / f"result-{step}-{time.monotonic_ns()}.json"
-    env = {
-        **os.environ,
-        "RUNTIME__DLTHUB_TELEMETRY": "false",
-        "DLT_DATA_DIR": str(ctx.work / "dlt-data"),
-    }
-    command = [sys.executable, __file__, "--step", step, "--scale", str(ctx.scale)]
-    command += ["--work", str(ctx.work), "--result", str(result)]
-    print(f"running: {label} ...", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    process_s = time.perf_counter() - started
-    if done.returncode != 0 or not result.exists():
-        print(done.stderr[-4000:], file=sys.stderr)
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return Measure(label, note=f"failed (exit {done.returncode}): {tail[:100]}")
-    payload = json.loads(result.read_text())
-    if "skipped" in payload:
-        return Measure(label, note=payload["skipped"])
-    return Measure(
-        label, payload["rows"], payload["seconds"], payload["peak_mib"], process_s, extra=payload
-    )
-
-
-def _required(m: Measure) -> Measure:
-    if not m.ok:
-        raise SystemExit(f"{m.label}: {m.note}")
-    return m
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def print_table(rows: list[Measure]) -> None:
-    header = ("rows", "seconds", "rows/s", "peak RSS MiB", "process s")
-    width = max(len(r.label) for r in rows) + 2
-    print(f"\n{'step':<{width}}" + "".join(f"{h:>14}" for h in header))
-    for r in rows:
-        if r.note:
-            print(f"{r.label:<{width}}  {r.note}")
-            continue
-        cells = (
-            _fmt(r.rows, ",d"),
-            _fmt(r.seconds, ".2f"),
-            _fmt(r.rate, ",.0f"),
-            _fmt(r.peak_mib, ",.0f"),
-            _fmt(r.process_s, ".2f"),
-        )
-        print(f"{r.label:<{width}}" + "".join(f"{c:>14}" for c in cells))
 
 
 def print_goals(fact: Measure, initial: Measure, incremental: Measure, quiet: Measure) -> None:
     share = (incremental.seconds or 0) / (initial.seconds or 1)
     peak = max(m.peak_mib or 0 for m in (fact, initial, incremental, quiet))
     checks = [
-        (f"initial ≥ {GOAL_ROWS_PER_S:,} rows/s: {_fmt(fact.rate, ',.0f')}",
+        (f"initial ≥ {GOAL_ROWS_PER_S:,} rows/s: {fmt(fact.rate, ',.0f')}",
          (fact.rate or 0) >= GOAL_ROWS_PER_S),
         (f"incremental ≤ {GOAL_INCREMENTAL_SHARE:.0%} of initial: {share:.1%}",
          share <= GOAL_INCREMENTAL_SHARE),
-        (f"no-change ≤ {GOAL_NO_CHANGE_S:g} s: {_fmt(quiet.seconds, '.2f')} s "
-         f"({_fmt(quiet.process_s, '.2f')} s with start-up and imports; dlt needs ~4 s)",
+        (f"no-change ≤ {GOAL_NO_CHANGE_S:g} s: {fmt(quiet.seconds, '.2f')} s "
+         f"({fmt(quiet.process_s, '.2f')} s with start-up and imports; dlt needs ~4 s)",
          (quiet.seconds or 0) <= GOAL_NO_CHANGE_S),
         (f"peak memory ≤ {GOAL_PEAK_MIB / 1024:g} GiB: {peak:,.0f} MiB", peak <= GOAL_PEAK_MIB),
     ]  # fmt: skip
@@ -337,13 +225,13 @@ def print_notes(source: Measure, fact: Measure, initial: Measure, changes: Measu
 
 
 def run_all(ctx: Context) -> None:
-    source = _required(measure("create the source", "create", ctx))
+    source = required(measure("create the source", "create", ctx))
     history = source.extra["history"]
     print(
         f"scale {ctx.scale:g}: {source.rows:,} source rows, history {history[0]} to {history[1]}, "
         f"{source.extra['mib']:,.0f} MiB, created in {source.seconds:.1f} s"
     )
-    fact = _required(measure(f"ours: initial load, {FACT}", "initial", ctx))
+    fact = required(measure(f"ours: initial load, {FACT}", "initial", ctx))
     initial = Measure(
         "ours: initial load, all 5 tables",
         fact.extra["all_rows"],
@@ -353,44 +241,20 @@ def run_all(ctx: Context) -> None:
     )
     fact.process_s = None  # the process belongs to the all-tables row
     floor = measure("floor: connectorx → Arrow + 1 zstd parquet", "floor", ctx)
-    dlt_cx = measure("dlt sql_database, connectorx backend", "dlt-connectorx", ctx)
-    dlt_pa = measure("dlt sql_database, pyarrow backend", "dlt-pyarrow", ctx)
-    changes = _required(measure("simulate 1 day", "simulate", ctx))
-    incremental = _required(measure("ours: incremental after 1 day, 5 tables", "incremental", ctx))
-    quiet = _required(measure("ours: run with no changes, 5 tables", "incremental", ctx))
+    dlt_env = {"RUNTIME__DLTHUB_TELEMETRY": "false", "DLT_DATA_DIR": str(ctx.work / "dlt-data")}
+    dlt_cx = measure("dlt sql_database, connectorx backend", "dlt-connectorx", ctx, dlt_env)
+    dlt_pa = measure("dlt sql_database, pyarrow backend", "dlt-pyarrow", ctx, dlt_env)
+    changes = required(measure("simulate 1 day", "simulate", ctx))
+    incremental = required(measure("ours: incremental after 1 day, 5 tables", "incremental", ctx))
+    quiet = required(measure("ours: run with no changes, 5 tables", "incremental", ctx))
 
     print_table([fact, initial, floor, dlt_cx, dlt_pa, incremental, quiet])
     print_notes(source, fact, initial, changes, incremental, quiet)
     print_goals(fact, initial, incremental, quiet)
 
 
-@contextmanager
-def workdir(keep: Path | None) -> Iterator[Path]:
-    if keep is None:
-        with tempfile.TemporaryDirectory(prefix="spotify-bench-bronze-") as tmp:
-            yield Path(tmp)
-        return
-    keep.mkdir(parents=True, exist_ok=True)
-    if any(keep.iterdir()):
-        raise SystemExit(f"--keep {keep}: the directory must be new or empty")
-    yield keep.resolve()
-    print(f"kept in {keep.resolve()}")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
-    # The driver runs each step as `--step NAME --work DIR --result FILE` in a fresh interpreter.
-    parser.add_argument("--step", choices=sorted(STEPS), help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.step:
-        run_step(args.step, Context(args.work, args.scale), args.result)
-        return
-    with workdir(args.keep) as work:
-        run_all(Context(work, args.scale))
+    cli(__file__, __doc__ or "", STEPS, run_all, prefix="spotify-bench-bronze-")
 
 
 if __name__ == "__main__":

@@ -25,20 +25,24 @@ the reference machine and record the output in benchmarks/README.md.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import resource
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from harness import (
+    Context,
+    Measure,
+    Payload,
+    cli,
+    fmt,
+    measure,
+    peak_mib,
+    print_table,
+    required,
+    settings,
+)
 
 SEED = 42
 FACT = "FactStream"
@@ -48,47 +52,17 @@ RUN_ID = "bench"
 GOAL_ROWS_PER_S = 1_000_000
 GOAL_PEAK_MIB = 2048
 
-Payload = dict[str, Any]
 
-
-@dataclass(frozen=True)
-class Context:
-    """What a step subprocess is told: the work directory (its SPOTIFY_HOME) and the scale."""
-
-    work: Path
-    scale: float
-
-    @property
-    def source(self) -> Path:
-        return self.work / "source.db"  # checked against Settings.embedded_source_path
-
-    @property
-    def out(self) -> Path:
-        return self.work / "out"  # the parquet outputs of the engine-neutral steps
-
-
-# --- steps: each runs in its own subprocess -------------------------------------------------
+# --- steps: each runs in its own subprocess (see harness.py) -----------------------------------
 # Linux keeps ru_maxrss across fork and exec: a child starts from its parent's peak. So the driver
 # stays small (it imports nothing of the project; creating the source and loading bronze are
 # subprocesses too), and each step's peak is its own.
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _settings(ctx: Context) -> Any:
-    from spotify_assets.settings import Settings
-
-    settings = Settings.from_env({"SPOTIFY_HOME": str(ctx.work)})
-    assert settings.embedded_source_path == ctx.source, settings.embedded_source_path
-    return settings
-
-
 def _lake(ctx: Context) -> Any:
     from resources.lake import LakeStorage
 
-    return LakeStorage(url=_settings(ctx).lake_url)
+    return LakeStorage(url=settings(ctx).lake_url)
 
 
 def _fact() -> Any:
@@ -170,7 +144,7 @@ def step_create(ctx: Context) -> Payload:
     from spotify_assets.cli import source_init
 
     end = datetime.now(UTC).date() - timedelta(days=2)
-    created = source_init(_settings(ctx), ctx.scale, SEED, end, force=True)
+    created = source_init(settings(ctx), ctx.scale, SEED, end, force=True)
     return {"rows": created["rows"], "seconds": created["seconds"], "history": created["history"]}
 
 
@@ -180,10 +154,9 @@ def step_bronze(ctx: Context) -> Payload:
     from resources.source_db import SourceDatabase, sqlite_connection_string
     from spotify_assets.catalog import CATALOG
 
-    settings = _settings(ctx)
     runner = LocalCopyRunner(
         source=SourceDatabase(
-            connection_string=sqlite_connection_string(settings.embedded_source_path)
+            connection_string=sqlite_connection_string(settings(ctx).embedded_source_path)
         ),
         lake=_lake(ctx),
         safety_lag_seconds=0,
@@ -290,7 +263,7 @@ def step_jvm_parquet(ctx: Context) -> Payload:
     jvm_peak = _vm_hwm_mib(jvm_pid)
     spark.stop()
     payload = _engine_payload(ctx, target, parts, startup)
-    payload["peak_mib"] = _peak_mib() + jvm_peak  # the Python driver plus the JVM it launched
+    payload["peak_mib"] = peak_mib() + jvm_peak  # the Python driver plus the JVM it launched
     payload["jvm_peak_mib"] = jvm_peak
     return payload
 
@@ -305,58 +278,7 @@ STEPS: dict[str, Callable[[Context], Payload]] = {
 }
 
 
-def run_step(step: str, ctx: Context, result: Path) -> None:
-    """Inside the subprocess: run one step and leave its figures in `result` as JSON."""
-    payload = STEPS[step](ctx)
-    payload.setdefault("peak_mib", _peak_mib())
-    result.write_text(json.dumps(payload))
-
-
 # --- the driver -----------------------------------------------------------------------------
-
-
-@dataclass
-class Measure:
-    """One line of the table; `note` replaces the figures of a failed step."""
-
-    label: str
-    rows: int | None = None
-    seconds: float | None = None
-    peak_mib: float | None = None
-    process_s: float | None = None
-    note: str = ""
-    extra: Payload = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.note and self.seconds is not None
-
-    @property
-    def rate(self) -> float | None:
-        if not self.ok or not self.rows or not self.seconds:
-            return None
-        return self.rows / self.seconds
-
-
-def measure(label: str, step: str, ctx: Context) -> Measure:
-    """Run one step in a fresh interpreter and collect the figures it took of itself."""
-    result = ctx.work / f"result-{step}-{time.monotonic_ns()}.json"
-    command = [sys.executable, __file__, "--step", step, "--scale", str(ctx.scale)]
-    command += ["--work", str(ctx.work), "--result", str(result)]
-    print(f"running: {label} ...", file=sys.stderr, flush=True)
-    load = os.getloadavg()[0]  # the machine is shared: other jobs slow every figure down
-    started = time.perf_counter()
-    done = subprocess.run(command, env=os.environ, capture_output=True, text=True, check=False)
-    process_s = time.perf_counter() - started
-    if done.returncode != 0 or not result.exists():
-        print(done.stderr[-4000:], file=sys.stderr)
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return Measure(label, note=f"failed (exit {done.returncode}): {tail[:100]}")
-    payload = json.loads(result.read_text())
-    payload["load"] = load
-    return Measure(
-        label, payload["rows"], payload["seconds"], payload["peak_mib"], process_s, extra=payload
-    )
 
 
 def startup_row(label: str, of: Measure) -> Measure:
@@ -364,34 +286,6 @@ def startup_row(label: str, of: Measure) -> Measure:
     if not of.ok:
         return Measure(label, note=of.note)
     return Measure(label, seconds=of.extra["startup"])
-
-
-def _required(m: Measure) -> Measure:
-    if not m.ok:
-        raise SystemExit(f"{m.label}: {m.note}")
-    return m
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def print_table(rows: list[Measure]) -> None:
-    header = ("rows", "seconds", "rows/s", "peak RSS MiB", "process s")
-    width = max(len(r.label) for r in rows) + 2
-    print(f"\n{'step':<{width}}" + "".join(f"{h:>14}" for h in header))
-    for r in rows:
-        if r.note:
-            print(f"{r.label:<{width}}  {r.note}")
-            continue
-        cells = (
-            _fmt(r.rows, ",d"),
-            _fmt(r.seconds, ".2f"),
-            _fmt(r.rate, ",.0f"),
-            _fmt(r.peak_mib, ",.0f"),
-            _fmt(r.process_s, ".2f"),
-        )
-        print(f"{r.label:<{width}}" + "".join(f"{c:>14}" for c in cells))
 
 
 def print_notes(steps: list[Measure]) -> None:
@@ -413,7 +307,7 @@ def print_goals(build: Measure, steps: list[Measure]) -> None:
     peak = max((m.peak_mib or 0) for m in steps)
     checks = [
         (f"Sail bronze→silver (full build) ≥ {GOAL_ROWS_PER_S:,} rows/s at scale 1: "
-         f"{_fmt(build.rate, ',.0f')}", (build.rate or 0) >= GOAL_ROWS_PER_S),
+         f"{fmt(build.rate, ',.0f')}", (build.rate or 0) >= GOAL_ROWS_PER_S),
         (f"peak memory ≤ {GOAL_PEAK_MIB / 1024:g} GiB: {peak:,.0f} MiB", peak <= GOAL_PEAK_MIB),
     ]  # fmt: skip
     print("goals:")
@@ -422,8 +316,8 @@ def print_goals(build: Measure, steps: list[Measure]) -> None:
 
 
 def run_all(ctx: Context) -> None:
-    source = _required(measure("create the source", "create", ctx))
-    bronze = _required(measure("load bronze, 5 tables", "bronze", ctx))
+    source = required(measure("create the source", "create", ctx))
+    bronze = required(measure("load bronze, 5 tables", "bronze", ctx))
     history = source.extra["history"]
     print(
         f"scale {ctx.scale:g}: {source.rows:,} source rows, history {history[0]} to {history[1]}; "
@@ -431,7 +325,7 @@ def run_all(ctx: Context) -> None:
         f"{bronze.extra['fact_rows']:,} rows in {bronze.extra['fact_files']} files / "
         f"{bronze.extra['fact_partitions']} partitions"
     )
-    build = _required(measure("Sail: full silver build (Delta)", "sail-build", ctx))
+    build = required(measure("Sail: full silver build (Delta)", "sail-build", ctx))
     sail = measure("Sail: transform + parquet write", "sail-parquet", ctx)
     jvm = measure("JVM Spark local[2]: transform + parquet write", "jvm-parquet", ctx)
     replay = measure("Sail: replay of one partition (Delta)", "sail-replay", ctx)
@@ -452,33 +346,8 @@ def run_all(ctx: Context) -> None:
     print_goals(build, [m for m in steps if m.ok])
 
 
-@contextmanager
-def workdir(keep: Path | None) -> Iterator[Path]:
-    if keep is None:
-        with tempfile.TemporaryDirectory(prefix="spotify-bench-silver-") as tmp:
-            yield Path(tmp)
-        return
-    keep.mkdir(parents=True, exist_ok=True)
-    if any(keep.iterdir()):
-        raise SystemExit(f"--keep {keep}: the directory must be new or empty")
-    yield keep.resolve()
-    print(f"kept in {keep.resolve()}")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
-    # The driver runs each step as `--step NAME --work DIR --result FILE` in a fresh interpreter.
-    parser.add_argument("--step", choices=sorted(STEPS), help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.step:
-        run_step(args.step, Context(args.work, args.scale), args.result)
-        return
-    with workdir(args.keep) as work:
-        run_all(Context(work, args.scale))
+    cli(__file__, __doc__ or "", STEPS, run_all, prefix="spotify-bench-silver-")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,170 @@
+"""What the benchmark scripts share: each step in a fresh interpreter, its own figures, a table.
+
+Linux keeps ru_maxrss across fork and exec: a child starts from its parent's peak. So a driver
+stays small (it imports nothing of the project; every step, setup included, is a subprocess),
+and each step's peak is its own. A script calls `cli(...)` with its steps and its driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Payload = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a step subprocess is told: the work directory (its SPOTIFY_HOME) and the scale."""
+
+    script: Path
+    work: Path
+    scale: float
+
+    @property
+    def source(self) -> Path:
+        return self.work / "source.db"  # checked against Settings.embedded_source_path
+
+    @property
+    def lake(self) -> Path:
+        return self.work / "lake"
+
+    @property
+    def out(self) -> Path:
+        return self.work / "out"  # outputs of engine-neutral steps
+
+
+Step = Callable[[Context], Payload]
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def settings(ctx: Context) -> Any:
+    from spotify_assets.settings import Settings
+
+    result = Settings.from_env({"SPOTIFY_HOME": str(ctx.work)})
+    assert result.embedded_source_path == ctx.source, result.embedded_source_path
+    return result
+
+
+@dataclass
+class Measure:
+    """One line of the table; `note` replaces the figures of a skipped or failed step."""
+
+    label: str
+    rows: int | None = None
+    seconds: float | None = None
+    peak_mib: float | None = None
+    process_s: float | None = None
+    note: str = ""
+    extra: Payload = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.note and self.seconds is not None
+
+    @property
+    def rate(self) -> float | None:
+        if not self.ok or not self.rows or not self.seconds:
+            return None
+        return self.rows / self.seconds
+
+
+def measure(label: str, step: str, ctx: Context, env: dict[str, str] | None = None) -> Measure:
+    """Run one step in a fresh interpreter and collect the figures it took of itself."""
+    result = ctx.work / f"result-{step}-{time.monotonic_ns()}.json"
+    command = [sys.executable, str(ctx.script), "--step", step, "--scale", str(ctx.scale)]
+    command += ["--work", str(ctx.work), "--result", str(result)]
+    print(f"running: {label} ...", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]  # the machine may be shared: other jobs slow every figure down
+    started = time.perf_counter()
+    done = subprocess.run(
+        command, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False
+    )
+    process_s = time.perf_counter() - started
+    if done.returncode != 0 or not result.exists():
+        print(done.stderr[-4000:], file=sys.stderr)
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return Measure(label, note=f"failed (exit {done.returncode}): {tail[:100]}")
+    payload = json.loads(result.read_text())
+    if "skipped" in payload:
+        return Measure(label, note=payload["skipped"])
+    payload["load"] = load
+    return Measure(
+        label, payload["rows"], payload["seconds"], payload["peak_mib"], process_s, extra=payload
+    )
+
+
+def required(m: Measure) -> Measure:
+    if not m.ok:
+        raise SystemExit(f"{m.label}: {m.note}")
+    return m
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def print_table(rows: list[Measure]) -> None:
+    header = ("rows", "seconds", "rows/s", "peak RSS MiB", "process s")
+    width = max(len(r.label) for r in rows) + 2
+    print(f"\n{'step':<{width}}" + "".join(f"{h:>14}" for h in header))
+    for r in rows:
+        if r.note:
+            print(f"{r.label:<{width}}  {r.note}")
+            continue
+        cells = (
+            fmt(r.rows, ",d"),
+            fmt(r.seconds, ".2f"),
+            fmt(r.rate, ",.0f"),
+            fmt(r.peak_mib, ",.0f"),
+            fmt(r.process_s, ".2f"),
+        )
+        print(f"{r.label:<{width}}" + "".join(f"{c:>14}" for c in cells))
+
+
+@contextmanager
+def workdir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+        return
+    keep.mkdir(parents=True, exist_ok=True)
+    if any(keep.iterdir()):
+        raise SystemExit(f"--keep {keep}: the directory must be new or empty")
+    yield keep.resolve()
+    print(f"kept in {keep.resolve()}")
+
+
+def cli(
+    script: str, doc: str, steps: dict[str, Step], run_all: Callable[[Context], None], prefix: str
+) -> None:
+    """Drive all steps, or (as `--step NAME --work DIR --result FILE`) run one in this process."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
+    parser.add_argument("--step", choices=sorted(steps), help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        payload = steps[args.step](Context(Path(script), args.work, args.scale))
+        payload.setdefault("peak_mib", peak_mib())
+        payload["process_peak_mib"] = peak_mib()
+        args.result.write_text(json.dumps(payload))
+        return
+    with workdir(args.keep, prefix) as work:
+        run_all(Context(Path(script), work, args.scale))
