@@ -209,7 +209,7 @@ def split(table: Table, checked: DataFrame, run_id: str) -> SilverFrames:
 
 
 def silver_columns(table: Table, df: DataFrame) -> list[str]:
-    """Declared, derived and carried columns, then the version columns, partition last."""
+    """Declared, carried and derived columns, then the version columns, partition last."""
     audit = [CHANGE_OP, CHANGE_SEQ, VERSION_AT]
     bronze_only = _BRONZE_AUDIT | {CHANGE_DATE}
     data = [

@@ -128,20 +128,3 @@ def sail_spark():
     from resources.spark import SparkResource
 
     return SparkResource().session()
-
-
-@pytest.fixture(scope="session")
-def jvm_spark():
-    """Classic JVM Spark in local mode: a second engine for the pure transforms (no Delta)."""
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("spotify-tests")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .getOrCreate()
-    )
-    yield session
-    session.stop()

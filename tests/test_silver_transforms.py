@@ -145,7 +145,7 @@ def api_of(engine: str) -> Iterator[None]:
 def jvm_spark(sail_spark: SparkSession) -> Iterator[SparkSession]:
     """Classic local JVM Spark next to Sail in one process.
 
-    Overrides conftest's `jvm_spark`, which cannot coexist with `sail_spark`: pyspark refuses a
+    A plain classic session cannot coexist with `sail_spark`: pyspark refuses a
     classic session once a Connect one exists (CONNECT_URL_NOT_SET) and a Connect session next
     to a classic one (SESSION_ALREADY_EXIST). Sail is started first, the classic session is built
     with Connect mode hidden, and it is stopped after this module so later Sail use is unaffected.
