@@ -177,7 +177,8 @@ class LocalCopyRunner(ConfigurableResource):
                 for chunk_rows, chunk_files in pool.map(copy_chunk, self._chunks(table, window)):
                     rows_read += chunk_rows
                     files += chunk_files
-                    log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
+                    if chunk_rows:
+                        log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
         files += self._carry_past_images(table, manifest, window, files, extraction, run_id)
         next_manifest = manifest.with_extraction(window, files, self.history_start(table))
         self.store(table).commit(next_manifest)
