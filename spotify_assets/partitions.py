@@ -1,9 +1,11 @@
 """Partitions shared along the fact path: daily, UTC, over the change time."""
 
-from datetime import date
+from datetime import UTC, date
 from functools import cache
 
-from dagster import DailyPartitionsDefinition
+from dagster import AssetExecutionContext, DailyPartitionsDefinition
+
+from spotify_assets.windows import Window
 
 
 @cache
@@ -21,3 +23,12 @@ PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 def partition_range_tags(first: date, last: date) -> dict[str, str]:
     return {PARTITION_RANGE_START_TAG: first.isoformat(), PARTITION_RANGE_END_TAG: last.isoformat()}
+
+
+def partition_window(context: AssetExecutionContext) -> Window:
+    """The run's partition range (one partition or a single-run range) as a naive-UTC window."""
+    span = context.partition_time_window
+    return Window(
+        span.start.astimezone(UTC).replace(tzinfo=None),
+        span.end.astimezone(UTC).replace(tzinfo=None),
+    )

@@ -5,7 +5,7 @@ policy: an initial load is one run over every partition, read as one window. Re-
 past partition re-extracts it from the source and supersedes it (a backdated refresh).
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from dagster import (
     AssetExecutionContext,
@@ -25,8 +25,7 @@ from resources.bronze_store import bronze_schema
 from resources.copy_runner import CopyResult, LocalCopyRunner
 from spotify_assets.assets.source import source_key
 from spotify_assets.catalog import Catalog, Table
-from spotify_assets.partitions import daily_partitions
-from spotify_assets.windows import Window
+from spotify_assets.partitions import daily_partitions, partition_window
 
 BRONZE_GROUP = "bronze"
 
@@ -66,10 +65,7 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
     def bronze(
         context: AssetExecutionContext, config: BronzeConfig, copy_runner: LocalCopyRunner
     ) -> MaterializeResult:
-        requested = None
-        if partitioned:
-            span = context.partition_time_window
-            requested = Window(_naive_utc(span.start), _naive_utc(span.end))
+        requested = partition_window(context) if partitioned else None
         result = copy_runner.copy(
             table, requested, context.run.run_id, config.from_watermark, log=context.log.info
         )
@@ -104,7 +100,3 @@ def copy_metadata(result: CopyResult, runner: LocalCopyRunner) -> dict[str, Meta
 
 def _text(moment: datetime | None) -> str:
     return moment.isoformat(sep=" ") if moment else "none"
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None)

@@ -5,8 +5,6 @@ the bronze partitions P, so refreshes cascade and reruns change nothing. Every v
 the catalog is an asset check (blocking where the rule is critical).
 """
 
-from datetime import UTC, date, datetime, timedelta
-
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -25,7 +23,8 @@ from resources.silver_store import SilverResult, SilverStore
 from resources.spark import SparkResource
 from spotify_assets.assets.bronze import bronze_key
 from spotify_assets.catalog import Catalog, Table
-from spotify_assets.partitions import daily_partitions
+from spotify_assets.partitions import daily_partitions, partition_window
+from spotify_assets.windows import DAY
 
 SILVER_GROUP = "silver"
 
@@ -63,8 +62,8 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
     ) -> MaterializeResult:
         days = None
         if partitioned:
-            span = context.partition_time_window
-            days = (_utc_day(span.start), _utc_day(span.end) - timedelta(days=1))
+            window = partition_window(context)
+            days = (window.start.date(), (window.end - DAY).date())
         result = SilverStore(lake, spark.session(), table).refresh(days, context.run.run_id)
         context.log.info(
             f"{table.lake_name}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
@@ -102,7 +101,3 @@ def silver_metadata(
         "failures_by_rule": MetadataValue.json(result.failures),
         "path": MetadataValue.path(lake.uri(f"silver/{table.lake_name}")),
     }
-
-
-def _utc_day(moment: datetime) -> date:
-    return moment.astimezone(UTC).date()
