@@ -8,6 +8,7 @@ its rules from the table's catalog entry:
     derive   -> computed columns (duration_flag)
     version  -> `_version_at` (business time of the version) and `_change_date` (the partition)
     dedup    -> one row per (key, version): re-deliveries collapse, later versions never drop
+                (the sort runs only where a (key, version) repeats)
     check    -> `_failed_rules`; `split` sends failing rows to quarantine with their raw values
 """
 
@@ -65,10 +66,18 @@ class SilverFrames:
 
 
 def transform(table: Table, bronze: DataFrame, run_id: str) -> SilverFrames:
-    """Bronze rows of some partitions -> the silver rows of the same partitions."""
-    raw = conform(table, bronze)
-    checked = check(table, dedup(table, version(table, derive(table, clean(table, raw)))))
-    return split(table, checked, run_id)
+    """Bronze rows of some partitions -> the silver rows of the same partitions.
+
+    Equal to `split(check(dedup(prepared)))`, but the dedup sort (most of the cost) only runs
+    where it can change something: over all rows when some (key, version) repeats, which one
+    small query tells; and for the quarantine, over the groups that hold a failing row."""
+    prepared = version(table, derive(table, clean(table, conform(table, bronze))))
+    deduped = dedup(table, prepared) if has_repeats(table, prepared) else prepared
+    valid = split(table, check(table, deduped), run_id).valid
+    suspects = dedup(table, failing_groups(table, prepared))
+    return SilverFrames(
+        valid=valid, quarantine=split(table, check(table, suspects), run_id).quarantine
+    )
 
 
 def conform(table: Table, bronze: DataFrame) -> DataFrame:
@@ -172,6 +181,26 @@ def dedup(table: Table, df: DataFrame) -> DataFrame:
         "_n", F.row_number().over(preference)
     )
     return ranked.where(F.col("_n") == 1).drop("_n", "_is_delete")
+
+
+def _version_identity(table: Table) -> list[str]:
+    return [*table.key, VERSION_AT]
+
+
+def has_repeats(table: Table, df: DataFrame) -> bool:
+    """Whether some (key, version) occurs twice, i.e. whether `dedup` can drop anything."""
+    counts = df.groupBy(*_version_identity(table)).count()
+    return counts.where(F.col("count") > 1).limit(1).count() > 0
+
+
+def failing_groups(table: Table, df: DataFrame) -> DataFrame:
+    """The rows of every (key, version) group holding a row that fails a rule: what dedup keeps
+    of such a group is decided inside it, so it is the quarantine's whole input."""
+    identity = _version_identity(table)
+    failing = check(table, df).where(F.col(FAILED_RULES) != "").select(*identity).distinct()
+    marks = failing.select(*[F.col(c).alias(f"_m__{c}") for c in identity])
+    same = [F.col(c).eqNullSafe(F.col(f"_m__{c}")) for c in identity]
+    return marks.join(df, same, "inner").select(*df.columns)
 
 
 def check(table: Table, df: DataFrame) -> DataFrame:
