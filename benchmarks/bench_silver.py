@@ -110,19 +110,19 @@ def _timed(into: dict[str, float], label: Callable[..., str], method: Callable) 
 def _refresh(ctx: Context, days: tuple[date, date]) -> Payload:
     """`SilverStore.refresh(days)`, with the time of its parts: planning the bronze read, the
     two Delta writes, and the rest (the counts it reports, each a query of its own)."""
-    from resources.silver_store import SilverStore
+    from resources import silver_store
 
     spark, startup = _sail()
-    store = SilverStore(_lake(ctx), spark, _fact())
+    store = silver_store.SilverStore(_lake(ctx), spark, _fact())
     parts: dict[str, float] = {}
-    # Instance attributes shadow the methods `refresh` calls: the store's code is unchanged.
+    # Wrappers shadow what `refresh` calls: the store's code is unchanged.
     store.read_bronze = _timed(parts, lambda *_: "plan the bronze read", store.read_bronze)
-    store._replace = _timed(
+    silver_store.replace_partitions = _timed(
         parts,
-        lambda _frame, path, _days: (
+        lambda _lake, _frame, path, *_: (
             "write quarantine (Delta)" if path == store.quarantine_path else "write valid (Delta)"
         ),
-        store._replace,
+        silver_store.replace_partitions,
     )
     started = time.perf_counter()
     result = store.refresh(days, RUN_ID)

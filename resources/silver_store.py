@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from resources.bronze_store import BronzeStore, bronze_schema
+from resources.delta_tables import replace_partitions
 from resources.lake import LakeStorage
 from spotify_assets.bronze_manifest import BronzeFile
 from spotify_assets.catalog import Table
@@ -80,8 +81,9 @@ class SilverStore:
         """Rebuild the silver partitions `days` (and their quarantine) from bronze."""
         bronze = self.read_bronze(days)
         frames: SilverFrames = transform(self.table, bronze, run_id)
-        self._replace(frames.valid, self.path, days)
-        self._replace(frames.quarantine, self.quarantine_path, days)
+        partition = CHANGE_DATE if self.table.change_time_column else None
+        replace_partitions(self.lake, frames.valid, self.path, partition, days)
+        replace_partitions(self.lake, frames.quarantine, self.quarantine_path, partition, days)
         written = self._read(self.path, days)
         quarantine = self._read(self.quarantine_path, days)
         return SilverResult(
@@ -92,21 +94,6 @@ class SilverStore:
             quarantined=quarantine.count(),
             failures=rule_counts(self.table, quarantine),
         )
-
-    def _replace(self, frame: DataFrame, path: str, days: tuple[date, date] | None) -> None:
-        partitioned = self.table.change_time_column is not None
-        if not self.lake.fs.exists(f"{path}/_delta_log"):
-            # replaceWhere needs an existing table: create it empty, with its partitioning.
-            empty = frame.limit(0).write.format("delta").mode("overwrite")
-            (empty.partitionBy(CHANGE_DATE) if partitioned else empty).save(path)
-        writer = frame.write.format("delta").mode("overwrite")
-        if partitioned and days is not None:
-            writer = writer.option(
-                "replaceWhere",
-                f"{CHANGE_DATE} >= DATE'{days[0].isoformat()}' "
-                f"AND {CHANGE_DATE} <= DATE'{days[1].isoformat()}'",
-            )
-        writer.save(path)
 
     def _read(self, path: str, days: tuple[date, date] | None) -> DataFrame:
         rows = self.spark.read.format("delta").load(path)

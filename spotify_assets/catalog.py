@@ -13,6 +13,15 @@ from enum import StrEnum
 
 import pyarrow as pa
 
+from spotify_assets.gold_spec import (
+    Aggregate,
+    Calendar,
+    GoldSpec,
+    Lookup,
+    Measure,
+    PointInTimeFact,
+    Scd2Dimension,
+)
 from spotify_assets.reference import COUNTRY_CODES, DEVICES, SUBSCRIPTIONS
 from spotify_assets.rules import Clean, Derived, Rule, SilverSpec, in_list
 
@@ -99,8 +108,7 @@ class Table:
     partition_start: date
     description: str = ""
     silver: SilverSpec = field(default_factory=SilverSpec, compare=False)
-    # Room for the gold layer: its spec is attached here.
-    gold: object | None = field(default=None, compare=False)
+    gold: GoldSpec | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         validate_identifier(self.name)
@@ -166,12 +174,26 @@ class Table:
 CHANGE_SEQ = "_seq"
 CHANGE_OP = "_op"
 CHANGE_AT = "_changed_at"
+# Columns silver adds: the business time of a version (a delete's: its change time) and the
+# partition date of a row.
+VERSION_AT = "_version_at"
+CHANGE_DATE = "_change_date"
 
 HISTORY_START = date(2026, 1, 1)
 
 
 def _s(name: str, length: int, nullable: bool = True) -> Column:
     return Column(name, ColumnType.STRING, nullable, length)
+
+
+def _scd2(key: str, tracked: tuple[str, ...]) -> Scd2Dimension:
+    """Versions ordered by business time; a change-feed delete closes the current version."""
+    return Scd2Dimension(
+        tracked=tracked,
+        sequence_by=VERSION_AT,
+        delete_when=f"{CHANGE_OP} = 'D'",
+        expectations=(Rule(f"{key}_present", f"{key} IS NOT NULL"),),
+    )
 
 
 DIM_USER = Table(
@@ -204,6 +226,7 @@ DIM_USER = Table(
             Rule("country_is_iso", in_list("country", COUNTRY_CODES)),
         ),
     ),
+    gold=_scd2("user_id", ("user_name", "country", "subscription_type", "start_date", "end_date")),
 )
 
 DIM_ARTIST = Table(
@@ -234,6 +257,7 @@ DIM_ARTIST = Table(
             Rule("country_is_iso", in_list("country", COUNTRY_CODES)),
         ),
     ),
+    gold=_scd2("artist_id", ("artist_name", "genre", "country")),
 )
 
 DIM_TRACK = Table(
@@ -273,6 +297,10 @@ DIM_TRACK = Table(
             Rule("duration_positive", "duration_sec > 0"),
         ),
     ),
+    gold=_scd2(
+        "track_id",
+        ("track_name", "artist_id", "album_name", "duration_sec", "release_date", "duration_flag"),
+    ),
 )
 
 DIM_DATE = Table(
@@ -296,6 +324,7 @@ DIM_DATE = Table(
         clean=(("weekday", (Clean.TRIM, Clean.INITCAP)),),
         rules=(Rule("date_key_not_null", "date_key IS NOT NULL", critical=True),),
     ),
+    gold=Calendar(expectations=(Rule("date_key_present", "date_key IS NOT NULL"),)),
 )
 
 FACT_STREAM = Table(
@@ -326,17 +355,77 @@ FACT_STREAM = Table(
             Rule("device_type_known", in_list("device_type", DEVICES)),
         ),
     ),
+    gold=PointInTimeFact(
+        time_column="stream_timestamp",
+        date_column="stream_date",
+        lookups=(
+            Lookup("DimUser", on="user_id", columns=("subscription_type", "country")),
+            Lookup("DimTrack", on="track_id", columns=("artist_id",)),
+        ),
+        expectations=(
+            Rule("user_id_present", "user_id IS NOT NULL"),
+            Rule("track_id_present", "track_id IS NOT NULL"),
+            Rule("listen_duration_non_negative", "listen_duration >= 0"),
+        ),
+    ),
+)
+
+
+_STREAMS = Measure("streams", "count(*)")
+_LISTENING_SECONDS = Measure("listening_seconds", "sum(CAST(listen_duration AS BIGINT))")
+_LISTENERS = Measure("listeners", "count(DISTINCT user_id)")
+_AT_LEAST_ONE_STREAM = (Rule("streams_positive", "streams > 0"),)
+
+DAILY_AGGREGATES = (
+    Aggregate(
+        "agg_daily_track",
+        "Streams, distinct listeners and listening seconds per track and day.",
+        group_by=("stream_date", "track_id"),
+        measures=(_STREAMS, _LISTENERS, _LISTENING_SECONDS),
+        expectations=_AT_LEAST_ONE_STREAM,
+    ),
+    Aggregate(
+        "agg_daily_artist",
+        "Streams, distinct listeners and listening seconds per artist (at stream time) and day.",
+        group_by=("stream_date", "artist_id"),
+        measures=(_STREAMS, _LISTENERS, _LISTENING_SECONDS),
+        expectations=_AT_LEAST_ONE_STREAM,
+    ),
+    Aggregate(
+        "agg_daily_country_device",
+        "Streams, distinct listeners and listening seconds per listener country and "
+        "subscription (at stream time), device and day.",
+        group_by=("stream_date", "country", "device_type", "subscription_type"),
+        measures=(_STREAMS, _LISTENERS, _LISTENING_SECONDS),
+        expectations=_AT_LEAST_ONE_STREAM,
+    ),
+    Aggregate(
+        "agg_daily_user",
+        "Streams, distinct tracks and listening seconds per listener and day.",
+        group_by=("stream_date", "user_id"),
+        measures=(_STREAMS, Measure("tracks", "count(DISTINCT track_id)"), _LISTENING_SECONDS),
+        expectations=_AT_LEAST_ONE_STREAM,
+    ),
 )
 
 
 @dataclass(frozen=True)
 class Catalog:
     tables: tuple[Table, ...]
+    aggregates: tuple[Aggregate, ...] = ()
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tables] + [t.lake_name for t in self.tables]
+        names += [a.name for a in self.aggregates]
         if len({n.lower() for n in names}) != len(names):
             raise CatalogError("table names must be unique (case-insensitively)")
+        for a in self.aggregates:
+            validate_identifier(a.name)
+        for t in self.tables:
+            if isinstance(t.gold, PointInTimeFact):
+                for lookup in t.gold.lookups:
+                    if not isinstance(self[lookup.dimension].gold, Scd2Dimension):
+                        raise CatalogError(f"{t.name}: {lookup.dimension} is not an SCD2 dimension")
 
     def __iter__(self):
         return iter(self.tables)
@@ -355,15 +444,22 @@ class Catalog:
         """The catalog with the capture mode of some tables overridden (e.g. a dim by watermark)."""
         for name in modes:
             self[name]
-        return Catalog(
-            tuple(
+        return replace(
+            self,
+            tables=tuple(
                 replace(t, mode=CaptureMode(modes[t.name])) if t.name in modes else t
                 for t in self.tables
-            )
+            ),
         )
 
+    @property
+    def fact(self) -> Table:
+        """The table gold's point-in-time fact and the aggregates are built from."""
+        (fact,) = (t for t in self.tables if isinstance(t.gold, PointInTimeFact))
+        return fact
 
-CATALOG = Catalog((DIM_USER, DIM_ARTIST, DIM_TRACK, DIM_DATE, FACT_STREAM))
+
+CATALOG = Catalog((DIM_USER, DIM_ARTIST, DIM_TRACK, DIM_DATE, FACT_STREAM), DAILY_AGGREGATES)
 
 
 def parse_mode_overrides(spec: str) -> dict[str, CaptureMode]:

@@ -21,8 +21,10 @@ from pyspark.sql import functions as F
 
 from spotify_assets.catalog import (
     CHANGE_AT,
+    CHANGE_DATE,
     CHANGE_OP,
     CHANGE_SEQ,
+    VERSION_AT,
     CaptureMode,
     ColumnType,
     Table,
@@ -31,10 +33,8 @@ from spotify_assets.catalog import (
     Column as CatalogColumn,
 )
 from spotify_assets.reference import COUNTRY_NAMES
-from spotify_assets.rules import Clean, DriftPolicy
+from spotify_assets.rules import Clean, DriftPolicy, Rule
 
-VERSION_AT = "_version_at"
-CHANGE_DATE = "_change_date"
 FAILED_RULES = "_failed_rules"
 RULE = "_rule"
 RAW = "_raw"
@@ -204,11 +204,15 @@ def failing_groups(table: Table, df: DataFrame) -> DataFrame:
 
 
 def check(table: Table, df: DataFrame) -> DataFrame:
+    return flag_failures(table.silver.rules, df)
+
+
+def flag_failures(rules: tuple[Rule, ...], df: DataFrame) -> DataFrame:
     """`_failed_rules`: the names of the rules a row fails, comma-separated ('' = valid). A rule
     whose predicate is NULL for a row fails it."""
     failures = [
         F.when(~F.coalesce(F.expr(rule.predicate), F.lit(False)), F.lit(rule.name))
-        for rule in table.silver.rules
+        for rule in rules
     ]
     return df.withColumn(FAILED_RULES, F.concat_ws(",", *failures) if failures else F.lit(""))
 

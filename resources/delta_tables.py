@@ -1,0 +1,65 @@
+"""Delta writes shared by silver and gold: whole-partition replacement and creation.
+
+Sail cannot `replaceWhere` or `MERGE INTO` a path that holds no Delta table yet, so a missing
+table is first created empty, with its schema and partitioning.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from pyspark.sql import DataFrame
+
+from resources.lake import LakeStorage
+
+Days = tuple[date, date]  # inclusive range of daily partitions
+
+
+def exists(lake: LakeStorage, path: str) -> bool:
+    return lake.fs.exists(f"{path}/_delta_log")
+
+
+def create_if_missing(
+    lake: LakeStorage, frame: DataFrame, path: str, partition: str | None
+) -> None:
+    if not exists(lake, path):
+        empty = frame.limit(0).write.format("delta").mode("overwrite")
+        (empty.partitionBy(partition) if partition else empty).save(path)
+
+
+def replace_partitions(
+    lake: LakeStorage, frame: DataFrame, path: str, partition: str | None, days: Days | None
+) -> None:
+    """Replace the partitions `days` of the table at `path` with `frame` (every row of which
+    must fall in them); `days` None or no `partition`: replace the whole table."""
+    create_if_missing(lake, frame, path, partition)
+    writer = frame.write.format("delta").mode("overwrite")
+    if partition and days is not None:
+        first, last = (d.isoformat() for d in days)
+        writer = writer.option(
+            "replaceWhere", f"{partition} >= DATE'{first}' AND {partition} <= DATE'{last}'"
+        )
+    writer.save(path)
+
+
+def delta_table(lake: LakeStorage, relative: str, version: int | None = None) -> DeltaTable:
+    """delta-rs's view of a lake table (its log, versions and files), without Spark."""
+    return DeltaTable(
+        lake.uri(relative), version=version, storage_options=lake.storage_options or None
+    )
+
+
+def partition_rows(
+    lake: LakeStorage, relative: str, partition: str | None, days: Days | None
+) -> int:
+    """Rows in the partitions `days` (None: all), from the log's file statistics: no scan."""
+    actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
+    records = actions["num_records"]
+    if partition and days is not None:
+        day = actions[f"partition.{partition}"]
+        inside = pc.and_(pc.greater_equal(day, days[0]), pc.less_equal(day, days[1]))
+        records = records.filter(inside)
+    return int(pc.sum(records).as_py() or 0)

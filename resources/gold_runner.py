@@ -1,0 +1,230 @@
+"""The local gold runner: the catalog's gold specs applied on Sail with Delta MERGE INTO and
+replaceWhere, as Databricks applies the same specs in the pipeline of `dlt/`.
+
+    gold/dim_*         SCD2, unpartitioned. Each apply reads which silver files changed since the
+                       silver version it last applied (delta-rs log), recomputes the versions of
+                       just those keys and MERGEs them: cost follows the changed keys.
+                       State: gold/_state/<table>/vNNNNNNNNNN.json, written after the MERGE.
+    gold/dim_date      the calendar, replaced whole.
+    gold/fact_stream   partition P from silver partition P and the SCD2 dimensions.
+    gold/agg_daily_*   partition P from gold/fact_stream partition P.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from resources.delta_tables import Days, delta_table, exists, partition_rows, replace_partitions
+from resources.lake import LakeStorage
+from spotify_assets.catalog import CHANGE_DATE, Catalog, Table
+from spotify_assets.gold import (
+    Expected,
+    aggregate,
+    expect,
+    live_keys,
+    point_in_time,
+    scd2,
+    scd2_problems,
+)
+from spotify_assets.gold_spec import END_AT, START_AT, Aggregate, Calendar, PointInTimeFact
+
+GOLD = "gold"
+
+
+@dataclass(frozen=True)
+class DimensionApply:
+    table: str
+    silver_version: int  # the silver table version gold now reflects
+    full: bool  # rebuilt from every silver version (first apply, or the log cannot tell)
+    changed_keys: int  # keys whose versions were recomputed
+    versions_read: int  # silver versions of those keys
+    rows: int  # gold rows in all
+    current: int  # rows with __END_AT NULL
+    failures: dict[str, int]  # versions dropped per expectation
+    problems: dict[str, int]  # SCD2 invariants broken (all zero when correct)
+
+
+@dataclass(frozen=True)
+class PartitionBuild:
+    table: str
+    days: Days | None  # None: the whole (unpartitioned) table
+    rows: int  # rows in those partitions now
+    failures: dict[str, int]  # rows dropped per expectation
+
+
+class GoldRunner:
+    def __init__(self, lake: LakeStorage, spark: SparkSession, catalog: Catalog) -> None:
+        self.lake, self.spark, self.catalog = lake, spark, catalog
+
+    # --- SCD2 dimensions ---
+
+    def apply_dimension(self, table: Table, full: bool = False) -> DimensionApply:
+        """Bring gold/<dim> up to the current silver version of the table."""
+        silver = f"silver/{table.lake_name}"
+        version = delta_table(self.lake, silver).version()
+        applied = self.applied_version(table)
+        target = self._path(table.lake_name)
+        all_versions = self._read(silver, version)
+        keys = list(table.key)
+        changed = None if full or applied is None else self._changed_keys(table, applied, version)
+        if changed is None or not exists(self.lake, target):
+            versions = all_versions
+            full = True
+        else:
+            versions = all_versions.join(changed, keys, "left_semi")
+        expected = expect(table.gold.expectations, versions)  # type: ignore[union-attr]
+        rows = scd2(table, expected.kept)
+        if full:
+            replace_partitions(self.lake, rows, target, None, None)
+        elif applied != version:
+            self._merge(table, rows, changed)  # type: ignore[arg-type]
+        self._commit(table, version)
+
+        gold = self._read(f"{GOLD}/{table.lake_name}")
+        return DimensionApply(
+            table=table.lake_name,
+            silver_version=version,
+            full=full,
+            changed_keys=versions.select(*keys).distinct().count() if applied != version else 0,
+            versions_read=versions.count() if applied != version else 0,
+            rows=gold.count(),
+            current=gold.where(F.col(END_AT).isNull()).count(),
+            failures=_counts(expected.failures),
+            problems=scd2_problems(table, gold, live_keys(table, all_versions)),
+        )
+
+    def _changed_keys(self, table: Table, applied: int, version: int) -> DataFrame | None:
+        """Keys of the silver rows added or removed since version `applied`; None if the log
+        cannot tell (the old files were vacuumed)."""
+        silver = f"silver/{table.lake_name}"
+        before = set(delta_table(self.lake, silver, applied).file_uris())
+        now = set(delta_table(self.lake, silver, version).file_uris())
+        touched = sorted(before ^ now)
+        if not all(self.lake.fs.exists(p) for p in before - now):
+            return None
+        keys = list(table.key)
+        if not touched:
+            return self.spark.createDataFrame([], self._read(silver, version).select(*keys).schema)
+        return self.spark.read.parquet(*touched).select(*keys).distinct()
+
+    def _merge(self, table: Table, rows: DataFrame, changed: DataFrame) -> None:
+        """Make gold's rows of the `changed` keys exactly `rows`, in one atomic MERGE: versions
+        that are new are inserted, changed ones updated, vanished ones deleted."""
+        keys = list(table.key)
+        target = self._path(table.lake_name)
+        existing = self.spark.read.format("delta").load(target).join(changed, keys, "left_semi")
+        stale = existing.join(rows.select(*keys, START_AT), [*keys, START_AT], "left_anti")
+        source = rows.withColumn("_action", F.lit("upsert")).unionByName(
+            stale.withColumn("_action", F.lit("delete"))
+        )
+        view = f"gold_merge_{table.lake_name}_{uuid.uuid4().hex[:8]}"
+        source.createOrReplaceTempView(view)
+        columns = [f"`{c}`" for c in rows.columns]
+        match = " AND ".join(f"t.{c} = s.{c}" for c in [*[f"`{k}`" for k in keys], f"`{START_AT}`"])
+        same = " AND ".join(f"t.{c} <=> s.{c}" for c in columns)
+        try:
+            self.spark.sql(
+                f"MERGE INTO delta.`{target}` AS t USING {view} AS s ON {match} "
+                "WHEN MATCHED AND s._action = 'delete' THEN DELETE "
+                f"WHEN MATCHED AND s._action = 'upsert' AND NOT ({same}) THEN UPDATE SET "
+                + ", ".join(f"{c} = s.{c}" for c in columns)
+                + " WHEN NOT MATCHED AND s._action = 'upsert' THEN INSERT ("
+                + ", ".join(columns)
+                + ") VALUES ("
+                + ", ".join(f"s.{c}" for c in columns)
+                + ")"
+            ).collect()
+        finally:
+            self.spark.catalog.dropTempView(view)
+
+    def applied_version(self, table: Table) -> int | None:
+        """The silver version gold/<dim> reflects; None before its first apply."""
+        names = self.lake.list_names(self._state_dir(table))
+        states = sorted(n for n in names if n.endswith(".json"))
+        if not states:
+            return None
+        return int(self.lake.read_json(f"{self._state_dir(table)}/{states[-1]}")["silver_version"])
+
+    def _commit(self, table: Table, version: int) -> None:
+        names = [n for n in self.lake.list_names(self._state_dir(table)) if n.endswith(".json")]
+        number = len(names) + 1
+        self.lake.create_json(
+            f"{self._state_dir(table)}/v{number:010d}.json", {"silver_version": version}
+        )
+
+    def _state_dir(self, table: Table) -> str:
+        return f"{GOLD}/_state/{table.lake_name}"
+
+    # --- calendar, fact, aggregates ---
+
+    def build_calendar(self, table: Table) -> PartitionBuild:
+        assert isinstance(table.gold, Calendar)
+        expected = expect(table.gold.expectations, self._read(f"silver/{table.lake_name}"))
+        replace_partitions(self.lake, expected.kept, self._path(table.lake_name), None, None)
+        return PartitionBuild(
+            table=table.lake_name,
+            days=None,
+            rows=partition_rows(self.lake, f"{GOLD}/{table.lake_name}", None, None),
+            failures=_counts(expected.failures),
+        )
+
+    def build_fact(self, days: Days) -> PartitionBuild:
+        fact = self.catalog.fact
+        spec = fact.gold
+        assert isinstance(spec, PointInTimeFact)
+        silver = self._read(f"silver/{fact.lake_name}").where(
+            F.col(CHANGE_DATE).between(F.lit(days[0]), F.lit(days[1]))
+        )
+        expected = expect(spec.expectations, silver)
+        dimensions = {}
+        for lookup in spec.lookups:
+            name = self.catalog[lookup.dimension].lake_name
+            if not exists(self.lake, self._path(name)):
+                raise RuntimeError(f"gold/{name} does not exist yet: materialize it first")
+            dimensions[lookup.dimension] = self._read(f"{GOLD}/{name}")
+        rows = point_in_time(self.catalog, expected.kept, dimensions)
+        return self._replace(fact.lake_name, rows, spec.date_column, days, expected)
+
+    def build_aggregate(self, spec: Aggregate, days: Days) -> PartitionBuild:
+        fact = self.catalog.fact
+        date_column = fact.gold.date_column  # type: ignore[union-attr]
+        facts = self._read(f"{GOLD}/{fact.lake_name}").where(
+            F.col(date_column).between(F.lit(days[0]), F.lit(days[1]))
+        )
+        expected = expect(spec.expectations, aggregate(spec, facts))
+        return self._replace(spec.name, expected.kept, date_column, days, expected)
+
+    def _replace(
+        self, name: str, rows: DataFrame, partition: str, days: Days, expected: Expected
+    ) -> PartitionBuild:
+        replace_partitions(self.lake, rows, self._path(name), partition, days)
+        return PartitionBuild(
+            table=name,
+            days=days,
+            rows=partition_rows(self.lake, f"{GOLD}/{name}", partition, days),
+            failures=_counts(expected.failures),
+        )
+
+    # --- reading ---
+
+    def _path(self, name: str) -> str:
+        return self.lake.path(f"{GOLD}/{name}")
+
+    def _read(self, relative: str, version: int | None = None) -> DataFrame:
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(self.lake.path(relative))
+
+    def read(self, name: str) -> DataFrame:
+        """A gold table by name (`dim_user`, `fact_stream`, `agg_daily_track`, ...)."""
+        return self._read(f"{GOLD}/{name}")
+
+
+def _counts(failures: DataFrame | None) -> dict[str, int]:
+    row = failures.collect()[0].asDict() if failures is not None else {}
+    return {name: int(value or 0) for name, value in row.items()}

@@ -1,0 +1,192 @@
+"""Gold transforms (DESIGN.md §6): pure PySpark, DataFrame in, DataFrame out.
+
+    expect        -> rows failing an expectation are dropped (DLT `expect_all_or_drop`), counted
+    scd2          -> the SCD type 2 rows of the keys present in some silver versions
+    point_in_time -> fact rows with dimension columns as they were at the fact's time
+    aggregate     -> a daily aggregate of fact rows
+    scd2_problems -> invariants of an SCD2 table, counted for asset checks
+
+The local runner (`resources/gold_runner.py`) applies them to Delta tables on Sail; the Databricks
+pipeline (`dlt/`) declares the same specs and lets DLT apply them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from spotify_assets.catalog import CHANGE_DATE, CHANGE_OP, CHANGE_SEQ, VERSION_AT, Catalog, Table
+from spotify_assets.gold_spec import (
+    END_AT,
+    START_AT,
+    Aggregate,
+    PointInTimeFact,
+    Scd2Dimension,
+)
+from spotify_assets.rules import Rule
+from spotify_assets.silver import FAILED_RULES, flag_failures
+
+# Silver's version bookkeeping: not carried into gold (DLT's `except_column_list`).
+SILVER_VERSION_COLUMNS = (CHANGE_OP, CHANGE_SEQ, VERSION_AT, CHANGE_DATE)
+
+
+@dataclass(frozen=True)
+class Expected:
+    kept: DataFrame
+    failures: DataFrame | None  # one row: failed rows per rule (None: no rules)
+
+
+def expect(rules: tuple[Rule, ...], df: DataFrame) -> Expected:
+    """Keep the rows passing every rule; count the others per rule (a row may fail several)."""
+    flagged = flag_failures(rules, df)
+    kept = flagged.where(F.col(FAILED_RULES) == "").drop(FAILED_RULES)
+    if not rules:
+        return Expected(kept=df, failures=None)
+    names = F.split(F.col(FAILED_RULES), ",")
+    failures = flagged.agg(
+        *[F.sum(F.array_contains(names, r.name).cast("int")).alias(r.name) for r in rules]
+    )
+    return Expected(kept=kept, failures=failures)
+
+
+def scd2_spec(table: Table) -> Scd2Dimension:
+    if not isinstance(table.gold, Scd2Dimension):
+        raise TypeError(f"{table.name} is not an SCD2 dimension")
+    return table.gold
+
+
+def dimension_columns(versions: DataFrame) -> list[str]:
+    return [c for c in versions.columns if c not in SILVER_VERSION_COLUMNS]
+
+
+def scd2(table: Table, versions: DataFrame) -> DataFrame:
+    """The SCD2 rows of every key in `versions`, which must hold all silver versions of them.
+
+    AUTO CDC semantics, as a fold over each key's changes in `sequence_by` order (at equal
+    times an upsert comes before a delete), whatever order they arrived in:
+    - an upsert after a delete, or with a tracked column changed, starts a version;
+    - an upsert changing only untracked columns updates the open version in place;
+    - a delete closes the open version (`__END_AT` = its time); one with none open is ignored.
+    Identical input gives identical rows, so re-applying changes is a no-op."""
+    spec = scd2_spec(table)
+    keys, seq = list(table.key), F.col(spec.sequence_by)
+    is_delete = F.coalesce(F.expr(spec.delete_when), F.lit(False))
+    events = versions.withColumn("_delete", is_delete)
+    in_order = Window.partitionBy(*keys).orderBy(seq, F.col("_delete"))
+    so_far = in_order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    previous_deleted = F.lag("_delete").over(in_order)
+    changed = [~F.col(c).eqNullSafe(F.lag(c).over(in_order)) for c in spec.tracked]
+    starts = ~F.col("_delete") & (previous_deleted.isNull() | previous_deleted | _any(changed))
+    events = events.withColumn("_starts", starts.cast("int")).withColumn(
+        "_next_at", F.lead(seq).over(in_order)
+    )
+    upserts = events.withColumn("_version", F.sum("_starts").over(so_far)).where(~F.col("_delete"))
+    version = Window.partitionBy(*keys, "_version")
+    latest_first = version.orderBy(seq.desc())
+    rows = upserts.withColumn(START_AT, F.min(seq).over(version)).withColumn(
+        "_n", F.row_number().over(latest_first)
+    )
+    return rows.where(F.col("_n") == 1).select(
+        *dimension_columns(versions),
+        F.col(START_AT),
+        F.col("_next_at").alias(END_AT),
+    )
+
+
+def _any(conditions: list[Column]) -> Column:
+    result = F.lit(False)
+    for condition in conditions:
+        result = result | condition
+    return result
+
+
+def point_in_time(
+    catalog: Catalog, facts: DataFrame, dimensions: Mapping[str, DataFrame]
+) -> DataFrame:
+    """Silver fact rows -> gold fact rows: each lookup's columns from the version of the
+    dimension row valid at the fact's time; before its first version, from the first; after a
+    delete, from the last; no dimension row, NULLs. `dimensions`: gold SCD2 rows by table name."""
+    fact = catalog.fact
+    spec = fact.gold
+    assert isinstance(spec, PointInTimeFact)
+    at = F.col(spec.time_column)
+    result = facts.withColumn(spec.date_column, F.col(CHANGE_DATE))
+    for lookup in spec.lookups:
+        (key,) = catalog[lookup.dimension].key
+        periods = _periods(dimensions[lookup.dimension], key, lookup.columns)
+        joined = result.join(
+            periods,
+            (result[lookup.on] == periods["_lookup_key"])
+            & (periods["_from"].isNull() | (at >= periods["_from"]))
+            & (periods["_to"].isNull() | (at < periods["_to"])),
+            "left",
+        )
+        result = joined.drop("_lookup_key", "_from", "_to")
+    data = [c for c in fact.column_names]
+    carried = [c for lookup in spec.lookups for c in lookup.columns]
+    return result.select(*data, *carried, spec.date_column)
+
+
+def _periods(versions: DataFrame, key: str, columns: tuple[str, ...]) -> DataFrame:
+    """Per key, the version in force from `_from` (NULL: always before) to `_to` (NULL: ever
+    after): consecutive versions tile the time line, gaps after deletes included."""
+    order = Window.partitionBy(key).orderBy(F.col(START_AT))
+    first = F.row_number().over(order) == 1
+    return versions.select(
+        F.col(key).alias("_lookup_key"),
+        *columns,
+        F.when(first, F.lit(None)).otherwise(F.col(START_AT)).alias("_from"),
+        F.lead(START_AT).over(order).alias("_to"),
+    )
+
+
+def aggregate(spec: Aggregate, facts: DataFrame) -> DataFrame:
+    return facts.groupBy(*spec.group_by).agg(
+        *[F.expr(m.expression).alias(m.name) for m in spec.measures]
+    )
+
+
+def live_keys(table: Table, versions: DataFrame) -> DataFrame:
+    """Keys whose latest change (in sequence order) is not a delete."""
+    spec = scd2_spec(table)
+    keys = list(table.key)
+    last_first = Window.partitionBy(*keys).orderBy(
+        F.col(spec.sequence_by).desc(), F.coalesce(F.expr(spec.delete_when), F.lit(False)).desc()
+    )
+    latest = versions.withColumn("_n", F.row_number().over(last_first)).where(F.col("_n") == 1)
+    return latest.where(~F.coalesce(F.expr(spec.delete_when), F.lit(False))).select(*keys)
+
+
+SCD2_INVARIANTS = {
+    "one_row_per_version": "no two rows share a key and `__START_AT`",
+    "one_current_version_per_live_key": "every key not deleted has exactly one row with "
+    "`__END_AT` NULL, and deleted keys have none",
+    "no_overlapping_versions": "each version ends after it starts and no later than the next "
+    "version of its key starts",
+}
+
+
+def scd2_problems(table: Table, gold: DataFrame, live: DataFrame) -> dict[str, int]:
+    """Rows (or keys) breaking each of `SCD2_INVARIANTS`; all zero in a correct table."""
+    keys = list(table.key)
+    repeated = gold.groupBy(*keys, START_AT).count().where(F.col("count") > 1)
+    current = gold.where(F.col(END_AT).isNull()).groupBy(*keys).count()
+    live_marked = live.select(*keys, F.lit(True).alias("_live"))
+    wrong_current = current.join(live_marked, keys, "full").where(
+        (F.col("_live").isNull() & (F.col("count") > 0))
+        | (F.col("_live") & (F.coalesce(F.col("count"), F.lit(0)) != 1))
+    )
+    order = Window.partitionBy(*keys).orderBy(F.col(START_AT))
+    next_start = F.lead(START_AT).over(order)
+    overlapping = gold.withColumn("_next", next_start).where(
+        (F.col(END_AT).isNotNull() & (F.col(END_AT) <= F.col(START_AT)))
+        | (F.col("_next").isNotNull() & (F.col(END_AT).isNull() | (F.col(END_AT) > F.col("_next"))))
+    )
+    return {
+        "one_row_per_version": repeated.count(),
+        "one_current_version_per_live_key": wrong_current.count(),
+        "no_overlapping_versions": overlapping.count(),
+    }

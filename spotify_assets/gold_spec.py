@@ -1,0 +1,78 @@
+"""The vocabulary of gold specs (DESIGN.md §6): what each gold table is, as data.
+
+A source table's catalog entry carries one spec: an SCD2 dimension, a calendar or a
+point-in-time fact. Daily aggregates over the fact are catalog entries of their own. Both the
+Databricks pipeline (`dlt/`) and the local runner (`resources/gold_runner.py`) read these specs;
+predicates and measures are Spark SQL, so the same text runs on Sail and on Databricks.
+"""
+
+from dataclasses import dataclass
+
+from spotify_assets.rules import Rule
+
+START_AT = "__START_AT"
+END_AT = "__END_AT"
+
+
+@dataclass(frozen=True)
+class Scd2Dimension:
+    """AUTO CDC into SCD type 2: one row per version, `__START_AT`..`__END_AT` (NULL: current).
+
+    Versions are ordered by `sequence_by` (business time, never load time). A change to a
+    `tracked` column starts a version; a change to the other columns only updates the version in
+    place. A row matching `delete_when` closes the current version."""
+
+    tracked: tuple[str, ...]
+    sequence_by: str
+    delete_when: str
+    expectations: tuple[Rule, ...] = ()
+    scd_type: int = 2
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """Reference data that only grows: gold is silver's current rows (SCD type 1)."""
+
+    expectations: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Columns of a dimension carried by a fact row as they were at the fact's time."""
+
+    dimension: str  # the dimension's source table name
+    on: str  # the fact column holding the dimension's key
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PointInTimeFact:
+    """One row per key, partitioned by `date_column`, with `lookups` resolved at `time_column`.
+
+    A fact older than the first version of its dimension row takes that first version; one with
+    no dimension row at all gets NULLs."""
+
+    time_column: str
+    date_column: str
+    lookups: tuple[Lookup, ...]
+    expectations: tuple[Rule, ...] = ()
+
+
+GoldSpec = Scd2Dimension | Calendar | PointInTimeFact
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    expression: str  # a Spark SQL aggregate over the fact's rows
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A daily aggregate of the gold fact, partitioned like it."""
+
+    name: str
+    description: str
+    group_by: tuple[str, ...]
+    measures: tuple[Measure, ...]
+    expectations: tuple[Rule, ...] = ()
