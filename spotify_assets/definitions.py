@@ -6,6 +6,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 
 from resources import build_resources
 from spotify_assets.assets.bronze import build_bronze_assets
+from spotify_assets.assets.gold import build_gold_assets
 from spotify_assets.assets.silver import build_silver_assets
 from spotify_assets.assets.source import build_source_observation
 from spotify_assets.catalog import CATALOG, parse_mode_overrides
@@ -19,7 +20,12 @@ def build_definitions(settings: Settings) -> Definitions:
     resources = build_resources(settings)
     observe_source = build_source_observation(catalog, settings.source_dialect)
     return Definitions(
-        assets=[observe_source, *build_bronze_assets(catalog), *build_silver_assets(catalog)],
+        assets=[
+            observe_source,
+            *build_bronze_assets(catalog),
+            *build_silver_assets(catalog),
+            *build_gold_assets(catalog),
+        ],
         jobs=[
             define_asset_job(
                 OBSERVE_SOURCE_JOB,

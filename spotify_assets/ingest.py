@@ -1,8 +1,9 @@
 """Pipeline runs from the command line: in-process Dagster runs recorded in `$DAGSTER_HOME`.
 
 `incremental` copies every table from its watermark up to the source's clock and rebuilds the
-silver partitions it touched (one single-run backfill over the open partitions); `refresh`
-re-extracts a date range and rebuilds silver for it (a backdated refresh).
+silver and gold partitions it touched (one single-run backfill over the open partitions), and
+applies the new dimension versions to gold; `refresh` re-extracts a date range and rebuilds
+everything downstream of it (a backdated refresh).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dagster import AssetsDefinition, DagsterInstance, materialize
 from resources import build_resources
 from resources.copy_runner import LocalCopyRunner
 from spotify_assets.assets.bronze import build_bronze_asset
+from spotify_assets.assets.gold import build_gold_assets_of
 from spotify_assets.assets.silver import build_silver_asset
 from spotify_assets.catalog import Catalog, Table
 from spotify_assets.partitions import partition_range_tags
@@ -24,7 +26,8 @@ from spotify_assets.settings import Settings
 
 @dataclass(frozen=True)
 class TableLoad:
-    """What one run did to one table: rows copied into bronze, rows now in silver."""
+    """What one run did to one table: rows copied into bronze, rows now in silver and gold
+    (in the run's partitions; all of it for unpartitioned tables)."""
 
     table: str
     rows: int
@@ -32,6 +35,7 @@ class TableLoad:
     watermark: str
     silver_rows: int
     quarantined: int
+    gold_rows: dict[str, int]
 
 
 def incremental(
@@ -43,7 +47,8 @@ def incremental(
     selected = _select(runner.source.catalog, tables)
     partitioned = [t for t in selected if t.change_time_column]
     days = [d for d in (_resume_day(runner, t) for t in partitioned) if d is not None]
-    return _run(selected, resources, instance, min(days, default=None), _today(), True)
+    catalog = runner.source.catalog
+    return _run(catalog, selected, resources, instance, min(days, default=None), _today(), True)
 
 
 def refresh(
@@ -62,10 +67,12 @@ def refresh(
     runner: LocalCopyRunner = resources["copy_runner"]  # type: ignore[assignment]
     selected = [t for t in _select(runner.source.catalog, tables) if t.change_time_column]
     start = max(first, min(t.partition_start for t in selected)) if selected else first
-    return _run(selected, resources, instance, start, last, from_watermark=False)
+    catalog = runner.source.catalog
+    return _run(catalog, selected, resources, instance, start, last, from_watermark=False)
 
 
 def _run(
+    catalog: Catalog,
     tables: list[Table],
     resources: dict[str, object],
     instance: DagsterInstance,
@@ -78,29 +85,32 @@ def _run(
     snapshots = [t for t in tables if not t.change_time_column]
     if partitioned and first is not None:
         tags = partition_range_tags(first, last)
-        loads += _materialize(partitioned, resources, instance, tags, from_watermark)
+        loads += _materialize(catalog, partitioned, resources, instance, tags, from_watermark)
     if snapshots:
-        loads += _materialize(snapshots, resources, instance, {}, from_watermark)
+        loads += _materialize(catalog, snapshots, resources, instance, {}, from_watermark)
     return loads
 
 
 def _materialize(
+    catalog: Catalog,
     tables: list[Table],
     resources: dict[str, object],
     instance: DagsterInstance,
     tags: dict[str, str],
     from_watermark: bool,
 ) -> list[TableLoad]:
-    """One run: bronze, then silver, of `tables` (same partitions, one range)."""
+    """One run: bronze, silver and gold of `tables` (same partitions, one range)."""
     bronze = {t.name: build_bronze_asset(t) for t in tables}
     silver = {t.name: build_silver_asset(t) for t in tables}
+    gold = {t.name: build_gold_assets_of(catalog, t) for t in tables}
     config = {
         "ops": {a.op.name: {"config": {"from_watermark": from_watermark}} for a in bronze.values()},
         # Progress and results at INFO; Dagster's per-event DEBUG lines stay in the run's log.
         "loggers": {"console": {"config": {"log_level": "INFO"}}},
     }
-    result = materialize([*bronze.values(), *silver.values()], resources=resources,
-                         instance=instance, tags=tags, run_config=config)  # fmt: skip
+    assets = [*bronze.values(), *silver.values(), *(a for g in gold.values() for a in g)]
+    result = materialize(assets, resources=resources, instance=instance, tags=tags,
+                         run_config=config)  # fmt: skip
 
     def metadata(asset: AssetsDefinition) -> dict:
         # A range run records one materialization per partition, all with the same metadata.
@@ -117,6 +127,9 @@ def _materialize(
                 watermark=copied["watermark_after"].value,
                 silver_rows=cleaned["dagster/row_count"].value,
                 quarantined=cleaned["quarantined"].value,
+                gold_rows={
+                    a.key.path[-1]: metadata(a)["dagster/row_count"].value for a in gold[table.name]
+                },
             )
         )
     return loads

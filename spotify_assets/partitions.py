@@ -5,7 +5,7 @@ from functools import cache
 
 from dagster import AssetExecutionContext, DailyPartitionsDefinition
 
-from spotify_assets.windows import Window
+from spotify_assets.windows import DAY, Window
 
 
 @cache
@@ -32,3 +32,9 @@ def partition_window(context: AssetExecutionContext) -> Window:
         span.start.astimezone(UTC).replace(tzinfo=None),
         span.end.astimezone(UTC).replace(tzinfo=None),
     )
+
+
+def partition_days(context: AssetExecutionContext) -> tuple[date, date]:
+    """The run's partition range as first and last day (inclusive)."""
+    window = partition_window(context)
+    return window.start.date(), (window.end - DAY).date()

@@ -23,8 +23,7 @@ from resources.silver_store import SilverResult, SilverStore
 from resources.spark import SparkResource
 from spotify_assets.assets.bronze import bronze_key
 from spotify_assets.catalog import Catalog, Table
-from spotify_assets.partitions import daily_partitions, partition_window
-from spotify_assets.windows import DAY
+from spotify_assets.partitions import daily_partitions, partition_days
 
 SILVER_GROUP = "silver"
 
@@ -60,10 +59,7 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
     def silver(
         context: AssetExecutionContext, spark: SparkResource, lake: LakeStorage
     ) -> MaterializeResult:
-        days = None
-        if partitioned:
-            window = partition_window(context)
-            days = (window.start.date(), (window.end - DAY).date())
+        days = partition_days(context) if partitioned else None
         result = SilverStore(lake, spark.session(), table).refresh(days, context.run.run_id)
         context.log.info(
             f"{table.lake_name}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
