@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dagster import AssetKey, DagsterEventType
+from dagster import AssetKey, DagsterEventType, Definitions
 
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog import CATALOG
 from spotify_assets.definitions import OBSERVE_SOURCE_JOB, build_definitions
+from spotify_assets.gold import SCD2_INVARIANTS
+from spotify_assets.gold_spec import Scd2Dimension
 from spotify_assets.settings import Settings
 from tests.test_source_db import initialise
 
@@ -27,6 +29,15 @@ def test_asset_graph_snapshot(tmp_path: Path) -> None:
         "bronze/DimTrack",
         "bronze/DimUser",
         "bronze/FactStream",
+        "gold/agg_daily_artist",
+        "gold/agg_daily_country_device",
+        "gold/agg_daily_track",
+        "gold/agg_daily_user",
+        "gold/dim_artist",
+        "gold/dim_date",
+        "gold/dim_track",
+        "gold/dim_user",
+        "gold/fact_stream",
         "silver/dim_artist",
         "silver/dim_date",
         "silver/dim_track",
@@ -56,12 +67,47 @@ def test_asset_graph_snapshot(tmp_path: Path) -> None:
         assert {n for n, c in checks.items() if c.blocking} == {
             r.name for r in table.silver.rules if r.critical
         }
+    assert_gold_graph(defs)
     for table in CATALOG:
         spec = graph.get(AssetKey(["source", table.name]))
         columns = spec.metadata["dagster/column_schema"].columns
         assert [c.name for c in columns] == list(table.column_names)
         assert spec.metadata["capture_mode"] == table.mode.value
         assert spec.group_name == "source"
+
+
+def assert_gold_graph(defs: Definitions) -> None:
+    """Dimensions unpartitioned with blocking SCD2 checks; fact and aggregates on the fact
+    path's partitions, the fact after its lookups; a check per expectation everywhere."""
+    graph = defs.resolve_asset_graph()
+
+    def checks_of(key: AssetKey) -> dict[str, bool]:
+        return {k.name: graph.get_check_spec(k).blocking for k in graph.asset_check_keys
+                if k.asset_key == key}  # fmt: skip
+
+    fact = CATALOG.fact
+    fact_partitions = graph.get(AssetKey(["silver", fact.lake_name])).partitions_def
+    for table in CATALOG:
+        node = graph.get(AssetKey(["gold", table.lake_name]))
+        assert node.group_name == "gold"
+        assert AssetKey(["silver", table.lake_name]) in node.parent_keys
+        expectations = {r.name: False for r in table.gold.expectations}
+        if isinstance(table.gold, Scd2Dimension):
+            assert node.partitions_def is None
+            assert checks_of(node.key) == expectations | dict.fromkeys(SCD2_INVARIANTS, True)
+        else:
+            assert checks_of(node.key) == expectations
+    node = graph.get(AssetKey(["gold", fact.lake_name]))
+    assert node.partitions_def == fact_partitions
+    assert node.parent_keys == {
+        AssetKey(["silver", fact.lake_name]),
+        *(AssetKey(["gold", CATALOG[lookup.dimension].lake_name]) for lookup in fact.gold.lookups),
+    }
+    for aggregate in CATALOG.aggregates:
+        node = graph.get(AssetKey(["gold", aggregate.name]))
+        assert node.parent_keys == {AssetKey(["gold", fact.lake_name])}
+        assert node.partitions_def == fact_partitions
+        assert checks_of(node.key) == {r.name: False for r in aggregate.expectations}
 
 
 def test_observation_reports_row_counts_and_a_version(
