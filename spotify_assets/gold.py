@@ -114,6 +114,9 @@ def point_in_time(
     assert isinstance(spec, PointInTimeFact)
     at = F.col(spec.time_column)
     result = facts.withColumn(spec.date_column, F.col(CHANGE_DATE))
+    # Columns are selected by name, never read off a plan: Spark Connect would analyse it eagerly,
+    # which a declarative pipeline cannot do while it registers its datasets.
+    columns = [*fact.column_names, spec.date_column]
     for lookup in spec.lookups:
         (key,) = catalog[lookup.dimension].key
         periods = _periods(dimensions[lookup.dimension], key, lookup.columns)
@@ -124,10 +127,9 @@ def point_in_time(
             & (periods["_to"].isNull() | (at < periods["_to"])),
             "left",
         )
-        result = joined.drop("_lookup_key", "_from", "_to")
-    data = [c for c in fact.column_names]
-    carried = [c for lookup in spec.lookups for c in lookup.columns]
-    return result.select(*data, *carried, spec.date_column)
+        columns[-1:-1] = lookup.columns
+        result = joined.select(*columns)
+    return result
 
 
 def _periods(versions: DataFrame, key: str, columns: tuple[str, ...]) -> DataFrame:
