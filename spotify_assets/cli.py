@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 from dagster import BetaWarning, DagsterInstance
 from deltalake import DeltaTable
@@ -20,7 +21,7 @@ from resources import copy_runner, source_database
 from resources.lake import LakeStorage
 from resources.odbc import Dialect, SourceConfigError, SourceUnavailableError
 from resources.source_db import SourceDatabase
-from spotify_assets import ingest
+from spotify_assets import adf_pipeline, ingest
 from spotify_assets.catalog import CATALOG, CatalogError
 from spotify_assets.generator import generate
 from spotify_assets.settings import Settings
@@ -140,6 +141,11 @@ def refresh(
     return [asdict(load) for load in ingest.refresh(settings, instance, first, last, tables)]
 
 
+def adf_build(out: Path) -> list[str]:
+    """Write the Data Factory JSON generated from the catalog; returns the files written."""
+    return adf_pipeline.write(out, adf_pipeline.build())
+
+
 def demo(settings: Settings) -> None:
     """What exists so far, end to end: the source, its initial load into bronze and silver,
     simulated days of changes loaded incrementally, and a backdated refresh that recovers the
@@ -240,6 +246,10 @@ def _parser() -> argparse.ArgumentParser:
     refresh_parser.add_argument("--to", dest="last", type=date.fromisoformat, required=True)
     refresh_parser.add_argument("--tables", nargs="+", default=(), metavar="TABLE")
     commands.add_parser("demo", help="run the embedded demo end to end")
+    adf = commands.add_parser("adf", help="Azure Data Factory JSON")
+    adf_commands = adf.add_subparsers(dest="adf_command", required=True)
+    adf_build_parser = adf_commands.add_parser("build", help="generate it from the catalog")
+    adf_build_parser.add_argument("--out", type=Path, default=Path("adf"), help="default: ./adf")
     return parser
 
 
@@ -255,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(run(settings, args.tables))
         elif args.command == "refresh":
             _print(refresh(settings, args.first, args.last, args.tables))
+        elif args.command == "adf":
+            _print(adf_build(args.out))
         elif args.source_command == "init":
             end = args.end_date or datetime.now(UTC).date()
             _print(source_init(settings, args.scale, args.seed, end, args.force))
