@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dagster import EnvVar
 
 from resources.copy_runner import LocalCopyRunner
 from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase, sqlite_connection_string
 from resources.spark import SparkKind, SparkResource
-from spotify_assets.settings import Settings
+
+if TYPE_CHECKING:  # settings imports resources.odbc: a runtime import here would be circular
+    from spotify_assets.settings import Settings
 
 
 def source_database(settings: Settings, *, in_dagster: bool = True) -> SourceDatabase:

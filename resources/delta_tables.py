@@ -63,3 +63,13 @@ def partition_rows(
         inside = pc.and_(pc.greater_equal(day, days[0]), pc.less_equal(day, days[1]))
         records = records.filter(inside)
     return int(pc.sum(records).as_py() or 0)
+
+
+def rows_by_partition(lake: LakeStorage, relative: str, partition: str) -> dict[date, int]:
+    """Rows per daily partition, from the log's file statistics; empty if no table yet."""
+    if not exists(lake, lake.path(relative)):
+        return {}
+    actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
+    grouped = actions.group_by(f"partition.{partition}").aggregate([("num_records", "sum")])
+    days = grouped[f"partition.{partition}"].to_pylist()
+    return dict(zip(days, grouped["num_records_sum"].to_pylist(), strict=True))

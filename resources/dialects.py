@@ -154,6 +154,28 @@ class SqlDialect(ABC):
             f"{self.quote(column)} < {self.timestamp_literal(window.end)}"
         )
 
+    def day_of(self, column: str) -> str:
+        return f"CAST({self.quote(column)} AS DATE)"
+
+    def daily_profile_query(self, table: Table, window: Window) -> str:
+        """Per day of change time in `window`: rows and a checksum, for reconciliation (§7).
+
+        watermark: the table's rows, checksum the sum of the key. cdc: the change records,
+        checksum the sum of their sequence numbers (a record missed or copied twice shows)."""
+        if table.mode is CaptureMode.WATERMARK:
+            assert table.cdc_column is not None
+            (key,) = table.key
+            source, time, checksum = table.name, table.cdc_column, key
+        elif table.mode is CaptureMode.CDC:
+            source, time, checksum = table.change_table, CHANGE_AT, CHANGE_SEQ
+        else:
+            raise ValueError(f"{table.name}: snapshots have no change time to reconcile by")
+        day = self.day_of(time)
+        return (
+            f"SELECT {day}, COUNT(*), SUM({self.quote(checksum)}) FROM {self.qualified(source)} "
+            f"WHERE {self._within(time, window)} GROUP BY {day}"
+        )
+
     def extract_query(self, table: Table, window: Window | None) -> str:
         """The bounded copy query of `table` for a window of change time (DESIGN.md §4).
 
@@ -223,6 +245,9 @@ class SqliteDialect(SqlDialect):
 
     def server_now(self) -> str:
         return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+    def day_of(self, column: str) -> str:
+        return f"date({self.quote(column)})"
 
     def timestamp_literal(self, value: datetime) -> str:
         # SQLite compares the stored text: match the driver's 'YYYY-MM-DD HH:MM:SS.fff' exactly.
@@ -310,6 +335,14 @@ class TsqlDialect(SqlDialect):
         if column.type is ColumnType.STRING:
             return f"NVARCHAR({column.length})"
         return self._TYPES[column.type]
+
+    def daily_profile_query(self, table: Table, window: Window) -> str:
+        if table.mode is CaptureMode.CDC:
+            # Native CDC has no change table of ours with a sequence and a change time.
+            raise NotImplementedError(
+                f"{table.name}: reconciling SQL Server native CDC is not implemented"
+            )
+        return super().daily_profile_query(table, window)
 
     def capture_instance(self, table: Table) -> str:
         return validate_identifier(f"{TSQL_SCHEMA}_{table.name}")

@@ -115,21 +115,34 @@ def source_stats(settings: Settings) -> dict[str, object]:
         return session.stats()
 
 
+# Storage defaults (all under DAGSTER_HOME); lake writers queue one at a time (ingest.WRITER_TAG).
+INSTANCE_CONFIG = "run_queue:\n  max_concurrent_runs: 4\n  tag_concurrency_limits:\n" + "".join(
+    f"    - key: {key}\n      limit: 1\n" for key in ingest.WRITER_TAG
+)
+
+
 def dagster_instance(settings: Settings) -> DagsterInstance:
     """The instance under `$DAGSTER_HOME` (default `$SPOTIFY_HOME/dagster`), shared with the UI."""
     if not os.environ.get("DAGSTER_HOME"):
         settings.dagster_home.mkdir(parents=True, exist_ok=True)
-        (settings.dagster_home / "dagster.yaml").touch()  # defaults: all storage under this home
+        config = settings.dagster_home / "dagster.yaml"
+        if not config.exists() or not config.read_text().strip():
+            config.write_text(INSTANCE_CONFIG)
         os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     return DagsterInstance.get()
 
 
-def run(settings: Settings, tables: Sequence[str] = ()) -> list[dict[str, object]]:
-    """Bring bronze up to date with the source (incremental from each table's watermark)."""
+def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[str, object]]]:
+    """Bring every layer up to date with the source: incremental and CDC loads from each
+    table's watermark, then the refresh of any loaded day reconciliation finds stale."""
     _source(settings).require_initialised()
-    return [
-        asdict(load) for load in ingest.incremental(settings, dagster_instance(settings), tables)
-    ]
+    instance = dagster_instance(settings)
+    loads = ingest.incremental(settings, instance, tables)
+    repairs = ingest.repair(settings, instance, tables)
+    return {
+        "incremental": [asdict(load) for load in loads],
+        "repaired": [asdict(load) for load in repairs],
+    }
 
 
 def refresh(

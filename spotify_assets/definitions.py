@@ -10,6 +10,11 @@ from spotify_assets.assets.gold import build_gold_assets
 from spotify_assets.assets.silver import build_silver_assets
 from spotify_assets.assets.source import build_source_observation
 from spotify_assets.catalog import CATALOG, parse_mode_overrides
+from spotify_assets.sensors.automation import (
+    build_arrival_sensor,
+    build_daily_schedule,
+    build_reconciliation_sensor,
+)
 from spotify_assets.settings import Settings
 
 OBSERVE_SOURCE_JOB = "observe_source_job"
@@ -33,6 +38,11 @@ def build_definitions(settings: Settings) -> Definitions:
                 description="Record row counts and change-feed positions of every source table.",
             )
         ],
+        sensors=[
+            build_arrival_sensor(catalog, settings.reconcile_lookback_days),
+            build_reconciliation_sensor(catalog, settings.reconcile_lookback_days),
+        ],
+        schedules=[build_daily_schedule(catalog, settings.reconcile_lookback_days)],
         resources=resources,
     )
 

@@ -1,27 +1,157 @@
-"""Pipeline runs from the command line: in-process Dagster runs recorded in `$DAGSTER_HOME`.
+"""Pipeline runs: what to run (shared by the CLI, the sensors and the schedule) and running it
+in process from the command line (Dagster runs recorded in `$DAGSTER_HOME`).
 
-`incremental` copies every table from its watermark up to the source's clock and rebuilds the
-silver and gold partitions it touched (one single-run backfill over the open partitions), and
-applies the new dimension versions to gold; `refresh` re-extracts a date range and rebuilds
-everything downstream of it (a backdated refresh).
+A `PlannedRun` is one Dagster run over bronze, silver and gold of some tables:
+- incremental: every table from its watermark up to the source's clock, rebuilding the silver and
+  gold partitions it touched, and applying new dimension versions to gold;
+- refresh: a date range re-extracted and everything downstream of it rebuilt (a backdated
+  refresh, or the repair of partitions reconciliation found stale).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from dataclasses import astuple, dataclass
+from datetime import UTC, date, datetime, timedelta
 
-from dagster import AssetsDefinition, DagsterInstance, materialize
+from dagster import AssetKey, AssetsDefinition, DagsterEventType, DagsterInstance, materialize
 
 from resources import build_resources
 from resources.copy_runner import LocalCopyRunner
+from resources.reconciler import reconcile
 from spotify_assets.assets.bronze import build_bronze_asset
 from spotify_assets.assets.gold import build_gold_assets_of
 from spotify_assets.assets.silver import build_silver_asset
 from spotify_assets.catalog import Catalog, Table
 from spotify_assets.partitions import partition_range_tags
+from spotify_assets.reconcile import day_ranges
 from spotify_assets.settings import Settings
+
+# Runs that write the lake carry this tag; the run queue admits one at a time (see cli.py).
+WRITER_TAG = {"spotify/writer": "lakehouse"}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run: bronze, silver and gold of `tables`, over the days `first`..`last` for
+    partitioned tables (None for a run of unpartitioned tables)."""
+
+    tables: tuple[str, ...]
+    days: tuple[date, date] | None
+    from_watermark: bool  # incremental; False: re-extract the whole days (refresh)
+    evidence: str = ""  # why a repair: the profiles that differ (part of its run key)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return partition_range_tags(*self.days) if self.days else {}
+
+    def assets(self, catalog: Catalog) -> list[AssetsDefinition]:
+        tables = [catalog[name] for name in self.tables]
+        bronze = [build_bronze_asset(t) for t in tables]
+        silver = [build_silver_asset(t) for t in tables]
+        return bronze + silver + [a for t in tables for a in build_gold_assets_of(catalog, t)]
+
+    def asset_keys(self, catalog: Catalog) -> list[AssetKey]:
+        return [key for a in self.assets(catalog) for key in a.keys]
+
+    def run_config(self, catalog: Catalog) -> dict:
+        bronze_ops = [build_bronze_asset(catalog[name]).op.name for name in self.tables]
+        return {
+            "ops": {op: {"config": {"from_watermark": self.from_watermark}} for op in bronze_ops},
+            # Progress and results at INFO; Dagster's per-event DEBUG lines stay in the run's log.
+            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        }
+
+    def describe(self) -> str:
+        what = "incremental" if self.from_watermark else "refresh"
+        days = f" {self.days[0]}..{self.days[1]}" if self.days else ""
+        return f"{what} of {', '.join(self.tables)}{days}"
+
+
+def plan_incremental(
+    runner: LocalCopyRunner,
+    tables: Sequence[Table],
+    instance: DagsterInstance | None = None,
+    lookback_days: int = 7,
+) -> list[PlannedRun]:
+    """Partitioned tables in one run from the oldest resume day to today; snapshots apart.
+
+    A table resumes at its watermark's day, or earlier where a run stopped part-way (bronze
+    committed, silver or gold not): the first such day within the lookback, read from the
+    instance's materializations, so nothing stays behind after a crash."""
+    partitioned = [t for t in tables if t.change_time_column]
+    snapshots = tuple(t.name for t in tables if not t.change_time_column)
+    since = _today() - timedelta(days=lookback_days)
+    days = [d for d in (_resume_day(runner, t) for t in partitioned) if d is not None]
+    if instance is not None:
+        catalog = runner.source.catalog
+        days += [
+            d
+            for d in (behind_since(instance, catalog, t, since) for t in partitioned)
+            if d is not None
+        ]
+    runs = []
+    if partitioned and days:
+        runs.append(PlannedRun(tuple(t.name for t in partitioned), (min(days), _today()), True))
+    if snapshots:
+        runs.append(PlannedRun(snapshots, None, True))
+    return runs
+
+
+def behind_since(
+    instance: DagsterInstance, catalog: Catalog, table: Table, since: date
+) -> date | None:
+    """The first partition on or after `since` that some asset of the table's chain has not
+    rebuilt since its upstream last changed (bronze -> silver -> gold fact -> aggregates)."""
+    chain = [AssetKey(["bronze", table.name]), AssetKey(["silver", table.lake_name])]
+    pairs = [(chain[0], chain[1])]
+    gold = [k for a in build_gold_assets_of(catalog, table) if a.partitions_def for k in a.keys]
+    if gold:
+        fact, *aggregates = gold
+        pairs += [(chain[1], fact), *((fact, aggregate) for aggregate in aggregates)]
+    first: date | None = None
+    event = DagsterEventType.ASSET_MATERIALIZATION
+    for upstream, downstream in pairs:
+        built = instance.get_latest_storage_id_by_partition(downstream, event)
+        for partition, storage_id in instance.get_latest_storage_id_by_partition(
+            upstream, event
+        ).items():
+            day = date.fromisoformat(partition)
+            if day >= since and storage_id > built.get(partition, -1):
+                first = day if first is None else min(first, day)
+    return first
+
+
+def plan_refresh(tables: Sequence[Table], first: date, last: date) -> list[PlannedRun]:
+    if last < first:
+        raise ValueError(f"--to {last} is before --from {first}")
+    if last > _today():
+        raise ValueError(f"--to {last} is in the future (today is {_today()}, UTC)")
+    selected = [t for t in tables if t.change_time_column]
+    if not selected:
+        return []
+    start = max(first, min(t.partition_start for t in selected))
+    return [PlannedRun(tuple(t.name for t in selected), (start, last), False)]
+
+
+def plan_repairs(
+    runner: LocalCopyRunner, tables: Sequence[Table], lookback_days: int
+) -> list[PlannedRun]:
+    """A refresh of every range of days reconciliation finds stale, per table."""
+    runs = []
+    for table in tables:
+        found = reconcile(runner, table, lookback_days)
+        for first, last in day_ranges(found.stale):
+            evidence = {
+                str(d): [
+                    astuple(p) if p else None for p in (found.source.get(d), found.bronze.get(d))
+                ]
+                for d in found.stale
+                if first <= d <= last
+            }
+            runs.append(PlannedRun((table.name,), (first, last), False, json.dumps(evidence)))
+    return runs
 
 
 @dataclass(frozen=True)
@@ -41,14 +171,11 @@ class TableLoad:
 def incremental(
     settings: Settings, instance: DagsterInstance, tables: Sequence[str] = ()
 ) -> list[TableLoad]:
-    """Copy what the source has gained since each table's watermark."""
-    resources = build_resources(settings)
-    runner: LocalCopyRunner = resources["copy_runner"]  # type: ignore[assignment]
+    """Copy what the source has gained since each table's watermark, through to gold."""
+    runner, resources = _runner(settings)
     selected = _select(runner.source.catalog, tables)
-    partitioned = [t for t in selected if t.change_time_column]
-    days = [d for d in (_resume_day(runner, t) for t in partitioned) if d is not None]
-    catalog = runner.source.catalog
-    return _run(catalog, selected, resources, instance, min(days, default=None), _today(), True)
+    runs = plan_incremental(runner, selected, instance, settings.reconcile_lookback_days)
+    return execute(runs, runner.source.catalog, resources, instance)
 
 
 def refresh(
@@ -59,66 +186,52 @@ def refresh(
     tables: Sequence[str] = (),
 ) -> list[TableLoad]:
     """Re-extract the days `first`..`last` of the selected tables (a backdated refresh)."""
-    if last < first:
-        raise ValueError(f"--to {last} is before --from {first}")
-    if last > _today():
-        raise ValueError(f"--to {last} is in the future (today is {_today()}, UTC)")
-    resources = build_resources(settings)
-    runner: LocalCopyRunner = resources["copy_runner"]  # type: ignore[assignment]
-    selected = [t for t in _select(runner.source.catalog, tables) if t.change_time_column]
-    start = max(first, min(t.partition_start for t in selected)) if selected else first
-    catalog = runner.source.catalog
-    return _run(catalog, selected, resources, instance, start, last, from_watermark=False)
+    runner, resources = _runner(settings)
+    runs = plan_refresh(_select(runner.source.catalog, tables), first, last)
+    return execute(runs, runner.source.catalog, resources, instance)
 
 
-def _run(
+def repair(
+    settings: Settings, instance: DagsterInstance, tables: Sequence[str] = ()
+) -> list[TableLoad]:
+    """Refresh the loaded days that no longer match the source (late or missing rows)."""
+    runner, resources = _runner(settings)
+    selected = _select(runner.source.catalog, tables)
+    runs = plan_repairs(runner, selected, settings.reconcile_lookback_days)
+    return execute(runs, runner.source.catalog, resources, instance)
+
+
+def execute(
+    runs: Sequence[PlannedRun],
     catalog: Catalog,
-    tables: list[Table],
     resources: dict[str, object],
     instance: DagsterInstance,
-    first: date | None,
-    last: date,
-    from_watermark: bool,
 ) -> list[TableLoad]:
     loads: list[TableLoad] = []
-    partitioned = [t for t in tables if t.change_time_column]
-    snapshots = [t for t in tables if not t.change_time_column]
-    if partitioned and first is not None:
-        tags = partition_range_tags(first, last)
-        loads += _materialize(catalog, partitioned, resources, instance, tags, from_watermark)
-    if snapshots:
-        loads += _materialize(catalog, snapshots, resources, instance, {}, from_watermark)
+    for run in runs:
+        loads += _materialize(run, catalog, resources, instance)
     return loads
 
 
 def _materialize(
-    catalog: Catalog,
-    tables: list[Table],
-    resources: dict[str, object],
-    instance: DagsterInstance,
-    tags: dict[str, str],
-    from_watermark: bool,
+    run: PlannedRun, catalog: Catalog, resources: dict[str, object], instance: DagsterInstance
 ) -> list[TableLoad]:
-    """One run: bronze, silver and gold of `tables` (same partitions, one range)."""
-    bronze = {t.name: build_bronze_asset(t) for t in tables}
-    silver = {t.name: build_silver_asset(t) for t in tables}
-    gold = {t.name: build_gold_assets_of(catalog, t) for t in tables}
-    config = {
-        "ops": {a.op.name: {"config": {"from_watermark": from_watermark}} for a in bronze.values()},
-        # Progress and results at INFO; Dagster's per-event DEBUG lines stay in the run's log.
-        "loggers": {"console": {"config": {"log_level": "INFO"}}},
-    }
-    assets = [*bronze.values(), *silver.values(), *(a for g in gold.values() for a in g)]
+    assets = run.assets(catalog)
+    tags = {**run.tags, **WRITER_TAG}
     result = materialize(assets, resources=resources, instance=instance, tags=tags,
-                         run_config=config)  # fmt: skip
+                         run_config=run.run_config(catalog))  # fmt: skip
 
-    def metadata(asset: AssetsDefinition) -> dict:
+    def metadata(key: AssetKey) -> dict:
         # A range run records one materialization per partition, all with the same metadata.
-        return result.asset_materializations_for_node(asset.op.name)[0].metadata
+        op = next(a.op.name for a in assets if key in a.keys)
+        return result.asset_materializations_for_node(op)[0].metadata
 
     loads = []
-    for table in tables:
-        copied, cleaned = metadata(bronze[table.name]), metadata(silver[table.name])
+    for name in run.tables:
+        table = catalog[name]
+        copied = metadata(AssetKey(["bronze", table.name]))
+        cleaned = metadata(AssetKey(["silver", table.lake_name]))
+        gold = [k for a in build_gold_assets_of(catalog, table) for k in a.keys]
         loads.append(
             TableLoad(
                 table=table.name,
@@ -127,12 +240,16 @@ def _materialize(
                 watermark=copied["watermark_after"].value,
                 silver_rows=cleaned["dagster/row_count"].value,
                 quarantined=cleaned["quarantined"].value,
-                gold_rows={
-                    a.key.path[-1]: metadata(a)["dagster/row_count"].value for a in gold[table.name]
-                },
+                gold_rows={k.path[-1]: metadata(k)["dagster/row_count"].value for k in gold},
             )
         )
     return loads
+
+
+def _runner(settings: Settings) -> tuple[LocalCopyRunner, dict[str, object]]:
+    resources = build_resources(settings)
+    runner: LocalCopyRunner = resources["copy_runner"]  # type: ignore[assignment]
+    return runner, resources
 
 
 def _select(catalog: Catalog, tables: Sequence[str]) -> list[Table]:

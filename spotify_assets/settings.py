@@ -18,6 +18,8 @@ class Environment(StrEnum):
 
 # Behind the server's clock: longer than the longest write transaction plus CDC capture latency.
 DEFAULT_SAFETY_LAG_SECONDS = 300.0
+# How far back reconciliation looks for late or missing rows: longer than streams arrive late.
+DEFAULT_RECONCILE_LOOKBACK_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Settings:
     lake_url: str
     safety_lag_seconds: float
     spark_remote: str  # empty: Sail in process
+    reconcile_lookback_days: int = DEFAULT_RECONCILE_LOOKBACK_DAYS
+    alert_webhook: str = ""  # empty: run-failure alerts off
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -43,6 +47,13 @@ class Settings:
             raise ValueError(f"SPOTIFY_SAFETY_LAG_SECONDS={lag!r} is not a number") from None
         if safety_lag < 0:
             raise ValueError(f"SPOTIFY_SAFETY_LAG_SECONDS={lag!r} must not be negative")
+        lookback = environ.get("SPOTIFY_RECONCILE_LOOKBACK_DAYS") or str(
+            DEFAULT_RECONCILE_LOOKBACK_DAYS
+        )
+        if not lookback.isdigit() or int(lookback) < 1:
+            raise ValueError(
+                f"SPOTIFY_RECONCILE_LOOKBACK_DAYS={lookback!r} must be a whole number >= 1"
+            )
         return cls(
             home=home,
             source_odbc=environ.get("SPOTIFY_SOURCE_ODBC") or None,
@@ -51,6 +62,8 @@ class Settings:
             lake_url=environ.get("SPOTIFY_LAKE_URL") or str(home / "lake"),
             safety_lag_seconds=safety_lag,
             spark_remote=environ.get("SPOTIFY_SPARK_REMOTE", ""),
+            reconcile_lookback_days=int(lookback),
+            alert_webhook=environ.get("SPOTIFY_ALERT_WEBHOOK", ""),
         )
 
     @property

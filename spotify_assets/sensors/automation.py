@@ -1,0 +1,126 @@
+"""Sensors and the schedule that keep every layer up to date (DESIGN.md §7).
+
+- `cdc_arrival_sensor` polls each table's change feed or watermark cheaply (a count and a max per
+  table; the cursor keeps one position per table) and requests an incremental run of the tables
+  that moved: bronze from their watermark, then silver and gold of the partitions touched.
+- `reconciliation_sensor` compares per-day row counts and checksums of the source, bronze and
+  silver over the lookback and requests a refresh run (bronze, silver, gold) for exactly the
+  ranges of days that differ: late or missing rows reach gold with no manual step. Eager
+  automation would only request the latest partition, so these runs select downstream themselves.
+- `daily_catch_up` is the fallback when sensors are off: an incremental run of every table.
+
+All are off until turned on (UI: Automation). Their runs carry `WRITER_TAG`, which the instance's
+run queue limits to one at a time (`dagster.yaml`, written by the CLI): two runs must never write
+one table's bronze manifest or gold MERGE concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    schedule,
+    sensor,
+)
+
+from resources.copy_runner import LocalCopyRunner
+from spotify_assets.catalog import Catalog
+from spotify_assets.ingest import WRITER_TAG, PlannedRun, plan_incremental, plan_repairs
+
+ARRIVAL_INTERVAL_SECONDS = 15
+RECONCILIATION_INTERVAL_SECONDS = 300
+
+
+def run_request(run: PlannedRun, catalog: Catalog, key: str) -> RunRequest:
+    return RunRequest(
+        run_key=key,
+        asset_selection=run.asset_keys(catalog),
+        run_config=run.run_config(catalog),
+        tags={**run.tags, **WRITER_TAG, "spotify/run": run.describe()},
+    )
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_arrival_sensor(catalog: Catalog, lookback_days: int) -> SensorDefinition:
+    @sensor(
+        name="cdc_arrival_sensor",
+        minimum_interval_seconds=ARRIVAL_INTERVAL_SECONDS,
+        target=AssetSelection.groups("bronze", "silver", "gold"),
+        default_status=DefaultSensorStatus.STOPPED,
+        description="Requests an incremental run of the tables whose change feed or watermark "
+        "column moved since the last evaluation.",
+    )
+    def cdc_arrival_sensor(context: SensorEvaluationContext, copy_runner: LocalCopyRunner):
+        if not copy_runner.source.exists():
+            return SkipReason("the source is not initialised (spotify-lakehouse source init)")
+        with copy_runner.source.session() as session:
+            positions = {t.name: _digest(session.table_stats(t)) for t in catalog}
+        seen = json.loads(context.cursor) if context.cursor else {}
+        moved = [t for t in catalog if seen.get(t.name) != positions[t.name]]
+        if not moved:
+            return SkipReason("no change since the last evaluation")
+        runs = plan_incremental(copy_runner, moved, context.instance, lookback_days)
+        context.update_cursor(json.dumps(positions, sort_keys=True))
+        context.log.info(f"changes in {', '.join(t.name for t in moved)}")
+        key = _digest(positions)
+        return [run_request(r, catalog, f"arrival-{key}-{n}") for n, r in enumerate(runs)]
+
+    return cdc_arrival_sensor
+
+
+def build_reconciliation_sensor(catalog: Catalog, lookback_days: int) -> SensorDefinition:
+    @sensor(
+        name="reconciliation_sensor",
+        minimum_interval_seconds=RECONCILIATION_INTERVAL_SECONDS,
+        target=AssetSelection.groups("bronze", "silver", "gold"),
+        default_status=DefaultSensorStatus.STOPPED,
+        description=f"Compares per-day counts and checksums of the source, bronze and silver "
+        f"over the last {lookback_days} loaded days and refreshes the days that differ.",
+    )
+    def reconciliation_sensor(context: SensorEvaluationContext, copy_runner: LocalCopyRunner):
+        if not copy_runner.source.exists():
+            return SkipReason("the source is not initialised (spotify-lakehouse source init)")
+        runs = plan_repairs(copy_runner, list(catalog), lookback_days)
+        if not runs:
+            return SkipReason(f"every loaded day of the last {lookback_days} matches the source")
+        for run in runs:
+            context.log.info(f"stale: {run.describe()}")
+        # The same stale days with the same source profile are requested once (run_key);
+        # new late rows in them change the key and request a new refresh.
+        return [
+            run_request(r, catalog, f"repair-{_digest([r.describe(), r.evidence])}") for r in runs
+        ]
+
+    return reconciliation_sensor
+
+
+def build_daily_schedule(catalog: Catalog, lookback_days: int) -> ScheduleDefinition:
+    @schedule(
+        name="daily_catch_up",
+        cron_schedule="0 2 * * *",
+        execution_timezone="UTC",
+        target=AssetSelection.groups("bronze", "silver", "gold"),
+        default_status=DefaultScheduleStatus.STOPPED,
+        description="Fallback when the sensors are off: an incremental run of every table.",
+    )
+    def daily_catch_up(context: ScheduleEvaluationContext, copy_runner: LocalCopyRunner):
+        if not copy_runner.source.exists():
+            return SkipReason("the source is not initialised (spotify-lakehouse source init)")
+        stamp = context.scheduled_execution_time.isoformat()
+        runs = plan_incremental(copy_runner, list(catalog), context.instance, lookback_days)
+        return [run_request(r, catalog, f"daily-{stamp}-{n}") for n, r in enumerate(runs)]
+
+    return daily_catch_up

@@ -1,0 +1,171 @@
+"""Automation (DESIGN.md §7): the CDC arrival sensor, the reconciliation sensor and the daily
+schedule request the right runs, and executing those runs brings gold level with the source.
+
+Sensors are evaluated with Dagster's testing API against a real embedded source and lake; the
+runs they request are executed in process exactly as requested (assets, tags, run config)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    RunRequest,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
+
+from resources import copy_runner
+from spotify_assets.catalog import CATALOG
+from spotify_assets.cli import source_init, source_simulate
+from spotify_assets.definitions import build_definitions
+from spotify_assets.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
+from spotify_assets.settings import Settings
+from tests.test_gold import DIRTY, LATE, assert_gold_equals_source, keep_initial_dimensions
+from tests.test_source_db import SEED
+
+
+@pytest.fixture
+def lakehouse(tmp_path: Path) -> Iterator[tuple[Settings, Definitions, DagsterInstance]]:
+    settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
+    source_init(settings, 0.002, SEED, datetime.now(UTC).date() - timedelta(days=4))
+    keep_initial_dimensions(settings)
+    with DagsterInstance.ephemeral() as instance:
+        yield settings, build_definitions(settings), instance
+
+
+def evaluate(defs: Definitions, name: str, instance: DagsterInstance, cursor: str | None = None):
+    sensor = defs.resolve_sensor_def(name)
+    with build_sensor_context(
+        instance=instance, cursor=cursor, resources=defs.resources, definitions=defs
+    ) as context:
+        result = sensor.evaluate_tick(context)
+    return result.run_requests or [], result.skip_message, result.cursor
+
+
+def execute(defs: Definitions, request: RunRequest, instance: DagsterInstance) -> None:
+    """Run what a sensor requested: its assets, tags and run config, in process."""
+    assets = [a for a in defs.assets if hasattr(a, "keys")]  # type: ignore[union-attr]
+    result = materialize(
+        assets,
+        selection=AssetSelection.assets(*request.asset_selection),
+        resources=defs.resources,
+        instance=instance,
+        tags=request.tags,
+        run_config=request.run_config,
+    )
+    assert result.success
+
+
+def requested_tables(request: RunRequest) -> set[str]:
+    return {k.path[-1] for k in request.asset_selection if k.path[0] == "bronze"}
+
+
+def test_arrival_sensor_requests_incremental_runs_that_reach_gold(lakehouse) -> None:
+    settings, defs, instance = lakehouse
+    requests, _, cursor = evaluate(defs, "cdc_arrival_sensor", instance)
+    assert {t for r in requests for t in requested_tables(r)} == {
+        "DimUser", "DimArtist", "DimTrack", "DimDate", "FactStream"
+    }  # fmt: skip
+    partitioned = next(r for r in requests if "FactStream" in requested_tables(r))
+    assert partitioned.tags[PARTITION_RANGE_END_TAG] == str(datetime.now(UTC).date())
+    assert {k.path[0] for k in partitioned.asset_selection} == {"bronze", "silver", "gold"}
+    for request in requests:
+        execute(defs, request, instance)
+    assert_gold_equals_source(settings)
+
+    requests, skip, cursor = evaluate(defs, "cdc_arrival_sensor", instance, cursor)
+    assert requests == [] and "no change" in skip
+
+    source_simulate(settings, 1, SEED, DIRTY)
+    requests, _, _ = evaluate(defs, "cdc_arrival_sensor", instance, cursor)
+    moved = {t for r in requests for t in requested_tables(r)}
+    assert {"FactStream", "DimUser"} <= moved
+    for request in requests:
+        execute(defs, request, instance)
+    assert_gold_equals_source(settings)
+
+
+def test_reconciliation_sensor_refreshes_exactly_the_days_with_late_rows(lakehouse) -> None:
+    settings, defs, instance = lakehouse
+    for request in evaluate(defs, "cdc_arrival_sensor", instance)[0]:
+        execute(defs, request, instance)
+    assert evaluate(defs, "reconciliation_sensor", instance)[0] == []
+
+    before = copy_runner(settings, in_dagster=False).store(CATALOG.fact).current().watermark
+    source_simulate(settings, 2, SEED, replace(LATE, late_max_days=2))
+    for request in evaluate(defs, "cdc_arrival_sensor", instance)[0]:
+        execute(defs, request, instance)
+
+    requests, _, _ = evaluate(defs, "reconciliation_sensor", instance)
+    assert requests, "late streams fell into loaded days"
+    assert {t for r in requests for t in requested_tables(r)} == {"FactStream"}
+    for request in requests:
+        first = datetime.fromisoformat(request.tags[PARTITION_RANGE_START_TAG]).date()
+        assert first < before.date(), "only days loaded before the late rows arrived"
+        assert {k.path[0] for k in request.asset_selection} == {"bronze", "silver", "gold"}
+    again, _, _ = evaluate(defs, "reconciliation_sensor", instance)
+    assert [r.run_key for r in again] == [r.run_key for r in requests], "same stale days, same key"
+
+    for request in requests:
+        execute(defs, request, instance)
+    assert evaluate(defs, "reconciliation_sensor", instance)[0] == []
+    assert_gold_equals_source(settings)
+
+
+def test_an_incremental_run_resumes_where_a_stopped_run_left_silver_and_gold(lakehouse) -> None:
+    settings, defs, instance = lakehouse
+    for request in evaluate(defs, "cdc_arrival_sensor", instance)[0]:
+        execute(defs, request, instance)
+    source_simulate(settings, 2, SEED, DIRTY)
+    # A run stopped after bronze committed: bronze's watermark moved, silver and gold did not.
+    requests, _, cursor = evaluate(defs, "cdc_arrival_sensor", instance)
+    partitioned = next(r for r in requests if "FactStream" in requested_tables(r))
+    bronze_only = RunRequest(
+        asset_selection=[k for k in partitioned.asset_selection if k.path[0] == "bronze"],
+        run_config=partitioned.run_config,
+        tags=partitioned.tags,
+    )
+    execute(defs, bronze_only, instance)
+    with pytest.raises(AssertionError):
+        assert_gold_equals_source(settings)
+
+    source_simulate(settings, 1, SEED + 1, DIRTY)
+    for request in evaluate(defs, "cdc_arrival_sensor", instance, cursor)[0]:
+        execute(defs, request, instance)
+    assert_gold_equals_source(settings)
+
+
+def test_daily_schedule_requests_an_incremental_run_of_every_table(lakehouse) -> None:
+    _, defs, _ = lakehouse
+    schedule = defs.resolve_schedule_def("daily_catch_up")
+    # A schedule reads its instance through a reference, which only a stored instance has.
+    with (
+        instance_for_test() as instance,
+        build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime.now(UTC),
+            resources=defs.resources,
+        ) as context,
+    ):
+        requests = list(schedule.evaluate_tick(context).run_requests or [])
+    assert {t for r in requests for t in requested_tables(r)} == {
+        "DimUser", "DimArtist", "DimTrack", "DimDate", "FactStream"
+    }  # fmt: skip
+    assert all(r.tags["spotify/writer"] == "lakehouse" for r in requests)
+
+
+def test_sensors_skip_until_the_source_exists(tmp_path: Path) -> None:
+    defs = build_definitions(Settings.from_env({"SPOTIFY_HOME": str(tmp_path)}))
+    with DagsterInstance.ephemeral() as instance:
+        for name in ("cdc_arrival_sensor", "reconciliation_sensor"):
+            requests, skip, _ = evaluate(defs, name, instance)
+            assert requests == [] and "not initialised" in skip
