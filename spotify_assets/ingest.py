@@ -26,7 +26,7 @@ from spotify_assets.assets.silver import build_silver_asset
 from spotify_assets.catalog import Catalog, Table
 from spotify_assets.partitions import partition_range_tags
 from spotify_assets.reconcile import day_ranges
-from spotify_assets.settings import Settings
+from spotify_assets.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
 
 # Runs that write the lake carry this tag; the run queue admits one at a time (see cli.py).
 WRITER_TAG = {"spotify/writer": "lakehouse"}
@@ -73,7 +73,7 @@ def plan_incremental(
     runner: LocalCopyRunner,
     tables: Sequence[Table],
     instance: DagsterInstance | None = None,
-    lookback_days: int = 7,
+    lookback_days: int = DEFAULT_RECONCILE_LOOKBACK_DAYS,
 ) -> list[PlannedRun]:
     """Partitioned tables in one run from the oldest resume day to today; snapshots apart.
 

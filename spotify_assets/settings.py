@@ -18,8 +18,9 @@ class Environment(StrEnum):
 
 # Behind the server's clock: longer than the longest write transaction plus CDC capture latency.
 DEFAULT_SAFETY_LAG_SECONDS = 300.0
-# How far back reconciliation looks for late or missing rows: longer than streams arrive late.
-DEFAULT_RECONCILE_LOOKBACK_DAYS = 7
+# How far back of the watermark reconciliation looks for late or missing rows: longer than
+# streams arrive late (the simulator: up to 5 days) plus the longest pause between runs.
+DEFAULT_RECONCILE_LOOKBACK_DAYS = 10
 
 
 @dataclass(frozen=True)

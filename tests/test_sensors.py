@@ -13,18 +13,17 @@ from pathlib import Path
 
 import pytest
 from dagster import (
-    AssetSelection,
     DagsterInstance,
     Definitions,
     RunRequest,
     build_schedule_context,
     build_sensor_context,
     instance_for_test,
-    materialize,
 )
 
 from resources import copy_runner
 from spotify_assets.catalog import CATALOG
+from spotify_assets.catch_up import CatchUp
 from spotify_assets.cli import source_init, source_simulate
 from spotify_assets.definitions import build_definitions
 from spotify_assets.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
@@ -53,16 +52,7 @@ def evaluate(defs: Definitions, name: str, instance: DagsterInstance, cursor: st
 
 def execute(defs: Definitions, request: RunRequest, instance: DagsterInstance) -> None:
     """Run what a sensor requested: its assets, tags and run config, in process."""
-    assets = [a for a in defs.assets if hasattr(a, "keys")]  # type: ignore[union-attr]
-    result = materialize(
-        assets,
-        selection=AssetSelection.assets(*request.asset_selection),
-        resources=defs.resources,
-        instance=instance,
-        tags=request.tags,
-        run_config=request.run_config,
-    )
-    assert result.success
+    CatchUp(defs, instance).execute(request)
 
 
 def requested_tables(request: RunRequest) -> set[str]:
