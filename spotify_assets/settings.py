@@ -33,7 +33,6 @@ class Settings:
     safety_lag_seconds: float
     spark_remote: str  # empty: Sail in process
     reconcile_lookback_days: int = DEFAULT_RECONCILE_LOOKBACK_DAYS
-    alert_webhook: str = ""  # empty: run-failure alerts off
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -64,7 +63,6 @@ class Settings:
             safety_lag_seconds=safety_lag,
             spark_remote=environ.get("SPOTIFY_SPARK_REMOTE", ""),
             reconcile_lookback_days=int(lookback),
-            alert_webhook=environ.get("SPOTIFY_ALERT_WEBHOOK", ""),
         )
 
     @property
