@@ -10,6 +10,7 @@ from spotify_assets.assets.gold import build_gold_assets
 from spotify_assets.assets.silver import build_silver_assets
 from spotify_assets.assets.source import build_source_observation
 from spotify_assets.catalog import CATALOG, parse_mode_overrides
+from spotify_assets.sensors.alerts import run_failure_alert
 from spotify_assets.sensors.automation import (
     build_arrival_sensor,
     build_daily_schedule,
@@ -41,6 +42,7 @@ def build_definitions(settings: Settings) -> Definitions:
         sensors=[
             build_arrival_sensor(catalog, settings.reconcile_lookback_days),
             build_reconciliation_sensor(catalog, settings.reconcile_lookback_days),
+            run_failure_alert,
         ],
         schedules=[build_daily_schedule(catalog, settings.reconcile_lookback_days)],
         resources=resources,

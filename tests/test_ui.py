@@ -1,0 +1,339 @@
+"""The Dagster UI end to end: `dagster dev` on 127.0.0.1 over a loaded lake, a partition backfill
+launched through GraphQL (the UI's own API) and executed by the daemon, then a headless-Chromium
+screenshot of the backfilled asset graph.
+
+The assertions are on the runs and the data: the backfill's runs succeeded, they materialized
+bronze, silver and gold (fact and aggregates) for exactly the requested days, and gold still
+equals silver on those days. The screenshot only goes to the test's output (its path is printed,
+recorded as a junit property and copied to `$SPOTIFY_TEST_ARTIFACTS` when set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from dagster import AssetRecordsFilter, DagsterInstance
+from deltalake import DeltaTable
+
+from spotify_assets import ingest
+from spotify_assets.assets.bronze import bronze_key
+from spotify_assets.assets.gold import gold_key
+from spotify_assets.assets.silver import silver_key
+from spotify_assets.catalog import CATALOG
+from spotify_assets.cli import INSTANCE_CONFIG, source_init
+from spotify_assets.settings import Settings
+from spotify_assets.silver import CHANGE_DATE
+from tests.conftest import free_port
+from tests.test_source_db import SEED
+
+# Setup (source, initial load, `dagster dev`) plus a daemon-run backfill take about 3 minutes
+# on 2 shared cores; the margin is for a busy machine, not for a slower test.
+pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[1]
+DAGSTER = Path(sys.executable).with_name("dagster")
+# The source's history ends the day before END; the backfill rebuilds its last two days.
+END = datetime.now(UTC).date() - timedelta(days=2)
+DAYS = [END - timedelta(days=2), END - timedelta(days=1)]
+FACT = CATALOG.fact
+BACKFILLED = [
+    bronze_key(FACT),
+    silver_key(FACT),
+    gold_key(FACT.lake_name),
+    *(gold_key(a.name) for a in CATALOG.aggregates),
+]
+FACT_COLUMNS = [
+    "stream_id",
+    "user_id",
+    "track_id",
+    "listen_duration",
+    "device_type",
+    "stream_timestamp",
+]
+READY_SECONDS = 90
+BACKFILL_SECONDS = 240
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",  # runs as root in CI
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1000",
+    # Let the UI load its data and lay out the graph before the capture.
+    "--virtual-time-budget=15000",
+]
+
+WORKSPACE = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries {
+    name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+BACKFILL = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status error { message stack } runs { runId status } }
+    ... on Error { message }
+  }
+}
+"""
+SUCCEEDED = {"COMPLETED", "COMPLETED_SUCCESS"}
+FAILED = {"FAILED", "COMPLETED_FAILED", "CANCELED"}
+
+# Requests to the local UI never go through a proxy that the environment may configure.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class DagsterUi:
+    url: str
+    settings: Settings
+    log: Path  # the output of `dagster dev`
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        with _LOCAL.open(request, timeout=30) as response:
+            payload = json.load(response)
+        assert not payload.get("errors"), f"GraphQL errors: {payload['errors']}"
+        return payload["data"]
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Backfill:
+    id: str
+    status: str
+    error: dict[str, Any] | None
+    runs: list[dict[str, str]]
+    gold_before: list[tuple[Any, ...]]
+    gold_version_before: int
+
+
+def poll(what: str, seconds: float, check: Callable[[], Any], ui: DagsterUi) -> Any:
+    """Call `check` until it returns something truthy; fail after `seconds` with the UI's log."""
+    deadline = time.monotonic() + seconds
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds} s\n--- dagster dev ---\n{ui.log_tail()}")
+        time.sleep(2)
+    return result
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop `dagster dev` and everything it started (webserver, daemon, code server, run
+    workers), which share its process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=15)
+    # Children outlive a parent that has exited, and the webserver ignores the polite signal.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
+    """`dagster dev` over a lake loaded in process; the UI and the test share one instance."""
+    home = tmp_path_factory.mktemp("ui")
+    settings = Settings.from_env({"SPOTIFY_HOME": str(home)})
+    settings.dagster_home.mkdir(parents=True)
+    # The CLI's instance (its run queue limits) with telemetry off.
+    config = INSTANCE_CONFIG + "telemetry:\n  enabled: false\n"
+    (settings.dagster_home / "dagster.yaml").write_text(config)
+    source_init(settings, 0.002, SEED, END)
+
+    # The code location must see exactly the test's settings: no SPOTIFY_* from outside (a
+    # configured alert webhook above all), only SPOTIFY_HOME. Launched runs inherit this env.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTIFY_")}
+    env |= {
+        "SPOTIFY_HOME": str(home),
+        "DAGSTER_HOME": str(settings.dagster_home),
+        "DAGSTER_DISABLE_TELEMETRY": "1",  # dagster.yaml stops recording; this stops uploads
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+        with DagsterInstance.get() as instance:
+            ingest.incremental(settings, instance)
+
+    port = free_port()
+    ui = DagsterUi(url=f"http://127.0.0.1:{port}", settings=settings, log=home / "dagster-dev.log")
+    with ui.log.open("wb") as log:
+        process = subprocess.Popen(
+            [str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, stopped as a whole
+        )
+    try:
+
+        def location_loaded() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"dagster dev exited ({process.returncode}):\n{ui.log_tail()}")
+            try:
+                workspace = ui.graphql(WORKSPACE)["workspaceOrError"]
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return False  # the webserver is not listening yet
+            entries = workspace.get("locationEntries") or []
+            if not entries or any(e["loadStatus"] != "LOADED" for e in entries):
+                return False
+            errors = [e["locationOrLoadError"].get("message") for e in entries]
+            assert errors == [None], f"the code location failed to load: {errors}"
+            return True
+
+        # The backfill resolves its assets in the code location: it must be loaded, not only
+        # the webserver answering.
+        poll("the UI's code location loaded", READY_SECONDS, location_loaded, ui)
+        yield ui
+    finally:
+        stop(process)
+
+
+def fact_rows(settings: Settings, layer: str, day_column: str) -> list[tuple[Any, ...]]:
+    """The fact rows of `layer` on DAYS, read with delta-rs."""
+    table = DeltaTable(f"{settings.lake_url}/{layer}/{FACT.lake_name}").to_pyarrow_table(
+        columns=[*FACT_COLUMNS, day_column]
+    )
+    picked = table.filter(pc.is_in(table[day_column], value_set=pa.array(DAYS)))
+    return sorted(zip(*(picked[c].to_pylist() for c in FACT_COLUMNS), strict=True))
+
+
+def gold_fact_rows(settings: Settings) -> list[tuple[Any, ...]]:
+    return fact_rows(settings, "gold", FACT.gold.date_column)
+
+
+@pytest.fixture(scope="module")
+def backfill(dagster_ui: DagsterUi) -> Backfill:
+    """A backfill of DAYS along the fact path, launched as the UI launches one; returns its
+    final state whether it succeeded or not (the screenshot is wanted either way)."""
+    settings = dagster_ui.settings
+    gold_before = gold_fact_rows(settings)
+    version_before = DeltaTable(f"{settings.lake_url}/gold/{FACT.lake_name}").version()
+    params = {
+        "partitionNames": [d.isoformat() for d in DAYS],
+        "assetSelection": [{"path": key.path} for key in BACKFILLED],
+        "title": "UI test: last two days of the fact path",
+    }
+    launched = dagster_ui.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    def finished() -> dict[str, Any] | None:
+        state = dagster_ui.graphql(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+        assert state["__typename"] == "PartitionBackfill", state
+        return state if state["status"] in SUCCEEDED | FAILED else None
+
+    # Asset backfills are executed by the daemon, which looks at them every 30 s.
+    state = poll(f"backfill {backfill_id} finished", BACKFILL_SECONDS, finished, dagster_ui)
+    return Backfill(
+        id=backfill_id,
+        status=state["status"],
+        error=state["error"],
+        runs=state["runs"],
+        gold_before=gold_before,
+        gold_version_before=version_before,
+    )
+
+
+def test_a_backfill_launched_through_graphql_rebuilds_the_days(
+    dagster_ui: DagsterUi, backfill: Backfill
+) -> None:
+    assert backfill.status in SUCCEEDED, (
+        f"backfill {backfill.id}: {backfill.status} {backfill.error} runs={backfill.runs}\n"
+        f"--- dagster dev ---\n{dagster_ui.log_tail()}"
+    )
+    assert backfill.runs and {r["status"] for r in backfill.runs} == {"SUCCESS"}, backfill.runs
+    run_ids = {r["runId"] for r in backfill.runs}
+    partitions = [d.isoformat() for d in DAYS]
+
+    settings = dagster_ui.settings
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+        with DagsterInstance.get() as instance:
+            for key in BACKFILLED:
+                records = instance.fetch_materializations(
+                    AssetRecordsFilter(asset_key=key, asset_partitions=partitions), limit=100
+                ).records
+                by_backfill = {r.partition_key for r in records if r.run_id in run_ids}
+                assert by_backfill == set(partitions), key.to_user_string()
+
+    # The days were rewritten (a new Delta version), and to the same content: gold's fact on
+    # those days is still exactly silver's streams of those days.
+    gold = gold_fact_rows(settings)
+    assert DeltaTable(f"{settings.lake_url}/gold/{FACT.lake_name}").version() > (
+        backfill.gold_version_before
+    )
+    assert len(gold) > 0
+    assert gold == backfill.gold_before
+    assert gold == fact_rows(settings, "silver", CHANGE_DATE)
+
+
+def test_a_screenshot_of_the_backfilled_asset_graph(
+    dagster_ui: DagsterUi,
+    backfill: Backfill,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no screenshot: chromium is not installed (`make test` installs it)")
+    # The first visit opens a "join the community" dialog over the graph; mark it seen.
+    dagster_ui.graphql("mutation { setNuxSeen }")
+    # The lineage view of bronze FactStream, downstream: exactly the backfilled assets.
+    page = f"{dagster_ui.url}/assets/{'/'.join(bronze_key(FACT).path)}"
+    page += "?view=lineage&lineageScope=downstream&lineageDepth=3"
+    screenshot = tmp_path / "asset-graph.png"
+    subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            f"--screenshot={screenshot}",
+            page,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    print(f"asset graph after backfill {backfill.id}: {screenshot}")
+    record_property("screenshot", str(screenshot))
+    if artifacts := os.environ.get("SPOTIFY_TEST_ARTIFACTS"):
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, Path(artifacts) / screenshot.name)
+    # A blank 1600x1000 page compresses to a few kB; the rendered graph is well over 50.
+    assert screenshot.stat().st_size > 50_000
