@@ -40,7 +40,12 @@ def _source(settings: Settings) -> SourceDatabase:
 
 
 def source_init(
-    settings: Settings, scale: float, seed: int, end: date, force: bool = False
+    settings: Settings,
+    scale: float,
+    seed: int,
+    end: date,
+    force: bool = False,
+    history_days: int | None = None,
 ) -> dict[str, object]:
     """Create the source database with a generated history ending at `end` (exclusive)."""
     source = _source(settings)
@@ -53,7 +58,7 @@ def source_init(
     if source.dialect is Dialect.SQLITE:
         source.sqlite_path().parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    data = generate(scale, seed, end)
+    data = generate(scale, seed, end, history_days)
     total = sum(t.num_rows for t in data.dims.values()) + data.shape.streams
     meta = {"seed": seed, "scale": scale, "history_start": data.start, "history_end": data.end}
     with (
@@ -279,6 +284,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="day after the last generated day (default: today, UTC)",
     )
+    init.add_argument(
+        "--history-days",
+        type=int,
+        default=None,
+        help="days of history the streams spread over (default 90)",
+    )
     init.add_argument("--force", action="store_true", help="drop and recreate an existing source")
 
     sim = source_commands.add_parser("simulate", help="advance the source N days of changes")
@@ -290,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
 
     source_commands.add_parser("stats", help="row and change counts per table, as JSON")
 
-    run_parser = commands.add_parser("run", help="load what the source gained since the last run")
+    run_parser = commands.add_parser("run", help="bring every layer up to date with the source")
     run_parser.add_argument("--tables", nargs="+", default=(), metavar="TABLE")
     refresh_parser = commands.add_parser("refresh", help="re-extract a range of days")
     refresh_parser.add_argument("--from", dest="first", type=date.fromisoformat, required=True)
@@ -320,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(adf_build(args.out))
         elif args.source_command == "init":
             end = args.end_date or datetime.now(UTC).date()
-            _print(source_init(settings, args.scale, args.seed, end, args.force))
+            _print(source_init(settings, args.scale, args.seed, end, args.force, args.history_days))
         elif args.source_command == "simulate":
             rates = SimulationRates(
                 late_fraction=args.late_fraction, dirty_fraction=args.dirty_fraction

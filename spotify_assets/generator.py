@@ -91,12 +91,16 @@ _ALBUM_SUFFIXES = pa.array(["", "", "", "", " (Deluxe)", " EP", " Vol. 2", " (Re
 _TAG_USERS, _TAG_ARTISTS, _TAG_TRACKS, _TAG_STREAMS = 1, 2, 3, 4
 
 
-def shape_for(scale: float) -> SourceShape:
-    """Row counts for a scale factor (1 = BASE_SHAPE); at least one row of each table."""
+def shape_for(scale: float, history_days: int | None = None) -> SourceShape:
+    """Row counts for a scale factor (1 = BASE_SHAPE); at least one row of each table. The
+    streams spread over `history_days` (default BASE_SHAPE's)."""
     if isinstance(scale, bool) or not isinstance(scale, int | float):
         raise ValueError(f"scale must be a positive number, got {scale!r}")
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    days = BASE_SHAPE.history_days if history_days is None else history_days
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ValueError(f"history_days must be a whole number >= 1, got {history_days!r}")
 
     def scaled(base: int) -> int:
         return max(1, round(base * scale))
@@ -106,7 +110,7 @@ def shape_for(scale: float) -> SourceShape:
         artists=scaled(BASE_SHAPE.artists),
         tracks=scaled(BASE_SHAPE.tracks),
         streams=scaled(BASE_SHAPE.streams),
-        history_days=BASE_SHAPE.history_days,
+        history_days=days,
     )
 
 
@@ -389,9 +393,9 @@ def stream_table(
     )
 
 
-def generate(scale: float, seed: int, end: date) -> InitialData:
+def generate(scale: float, seed: int, end: date, history_days: int | None = None) -> InitialData:
     """Clean initial source data for `history_days` days before `end` (exclusive)."""
-    shape = shape_for(scale)
+    shape = shape_for(scale, history_days)
     end = date(end.year, end.month, end.day)  # a datetime counts as its day
     start = date.fromordinal(end.toordinal() - shape.history_days)
     first, last = day_number(start), day_number(end)

@@ -97,7 +97,8 @@ def test_run_and_refresh_keep_bronze_equal_to_the_source(
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     (home / "dagster").mkdir(parents=True)
     end = (datetime.now(UTC) - timedelta(days=2)).date()
-    run_json(capsys, "source", "init", "--scale", "0.002", "--end-date", end.isoformat())
+    run_json(capsys, "source", "init", "--scale", "0.002", "--end-date", end.isoformat(),
+             "--history-days", "21")  # fmt: skip
     initial = {load["table"]: load for load in run_json(capsys, "run")["incremental"]}
     assert initial["FactStream"]["rows"] == 10_000
     assert initial["FactStream"]["watermark"] == f"{end} 00:00:00"

@@ -30,6 +30,7 @@ from spotify_assets.reference import COUNTRY_NAMES
 from spotify_assets.settings import Settings
 from tests.test_gold import (
     COUNTRY,
+    HISTORY_DAYS,
     INITCAP,
     LATE,
     assert_gold_equals_source,
@@ -120,7 +121,7 @@ def test_gold_equals_the_source_whatever_happens(
     (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
     monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
     today = datetime.now(UTC).date()
-    source_init(settings, 0.002, seed, today - timedelta(days=6))
+    source_init(settings, 0.002, seed, today - timedelta(days=6), history_days=HISTORY_DAYS)
     keep_initial_dimensions(settings)
     run(settings)
 

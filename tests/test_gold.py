@@ -30,6 +30,8 @@ from spotify_assets.settings import Settings
 from tests.test_bronze import ON_TIME
 from tests.test_source_db import SEED
 
+# Three weeks of history: enough for every scenario, and each first load writes fewer partitions.
+HISTORY_DAYS = 21
 DIRTY = replace(ON_TIME, dirty_fraction=0.2)
 LATE = replace(DIRTY, late_fraction=0.3, late_max_days=2)
 
@@ -172,7 +174,13 @@ def assert_gold_equals_source(settings: Settings) -> None:
 @pytest.fixture
 def pipeline(tmp_path: Path) -> Iterator[tuple[Settings, DagsterInstance]]:
     settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
-    source_init(settings, 0.002, SEED, datetime.now(UTC).date() - timedelta(days=4))
+    source_init(
+        settings,
+        0.002,
+        SEED,
+        datetime.now(UTC).date() - timedelta(days=4),
+        history_days=HISTORY_DAYS,
+    )
     keep_initial_dimensions(settings)
     with DagsterInstance.ephemeral() as instance:
         yield settings, instance

@@ -28,14 +28,26 @@ from spotify_assets.cli import source_init, source_simulate
 from spotify_assets.definitions import build_definitions
 from spotify_assets.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 from spotify_assets.settings import Settings
-from tests.test_gold import DIRTY, LATE, assert_gold_equals_source, keep_initial_dimensions
+from tests.test_gold import (
+    DIRTY,
+    HISTORY_DAYS,
+    LATE,
+    assert_gold_equals_source,
+    keep_initial_dimensions,
+)
 from tests.test_source_db import SEED
 
 
 @pytest.fixture
 def lakehouse(tmp_path: Path) -> Iterator[tuple[Settings, Definitions, DagsterInstance]]:
     settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
-    source_init(settings, 0.002, SEED, datetime.now(UTC).date() - timedelta(days=4))
+    source_init(
+        settings,
+        0.002,
+        SEED,
+        datetime.now(UTC).date() - timedelta(days=4),
+        history_days=HISTORY_DAYS,
+    )
     keep_initial_dimensions(settings)
     with DagsterInstance.ephemeral() as instance:
         yield settings, build_definitions(settings), instance

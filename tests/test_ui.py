@@ -41,6 +41,7 @@ from spotify_assets.cli import INSTANCE_CONFIG, source_init
 from spotify_assets.settings import Settings
 from spotify_assets.silver import CHANGE_DATE
 from tests.conftest import free_port
+from tests.test_gold import HISTORY_DAYS
 from tests.test_source_db import SEED
 
 # Setup (source, initial load, `dagster dev`) plus a daemon-run backfill take about 3 minutes
@@ -174,7 +175,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
     # The CLI's instance (its run queue limits) with telemetry off.
     config = INSTANCE_CONFIG + "telemetry:\n  enabled: false\n"
     (settings.dagster_home / "dagster.yaml").write_text(config)
-    source_init(settings, 0.002, SEED, END)
+    source_init(settings, 0.002, SEED, END, history_days=HISTORY_DAYS)
 
     # The code location must see exactly the test's settings: no SPOTIFY_* from outside (a
     # configured alert webhook above all), only SPOTIFY_HOME. Launched runs inherit this env.
