@@ -73,6 +73,19 @@ def test_bad_scale_is_rejected_naming_the_value(scale: object) -> None:
         generate(scale, SEED, END)  # type: ignore[arg-type]
 
 
+def test_a_shorter_history_keeps_the_counts_in_fewer_days() -> None:
+    short = generate(0.001, SEED, END, history_days=7)
+    assert short.start == END - timedelta(days=7)
+    assert short.dims["DimDate"].num_rows == 7 + 1  # the calendar runs through `end`
+    rows = all_streams(short)
+    assert rows.num_rows == 5_000
+    first, last = pc.min_max(rows["stream_timestamp"]).values()
+    assert first.as_py() >= datetime(2026, 3, 25) and last.as_py() < datetime(2026, 4, 1)
+    for days in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="history_days"):
+            shape_for(1, days)  # type: ignore[arg-type]
+
+
 def test_tiny_scale_still_has_rows_of_every_table() -> None:
     tiny = generate(0.001, SEED, END)
     assert all(tiny.dims[name].num_rows >= 1 for name in DIMS)
