@@ -1,10 +1,11 @@
-"""The local gold runner: the catalog's gold specs applied on Sail with Delta MERGE INTO and
+"""The local gold runner: the catalog's gold specs applied on Sail with Delta overwrites and
 replaceWhere, as Databricks applies the same specs in the pipeline of `dlt/`.
 
     gold/dim_*         SCD2, unpartitioned. Each apply reads which silver files changed since the
                        silver version it last applied (delta-rs log), recomputes the versions of
-                       just those keys and MERGEs them: cost follows the changed keys.
-                       State: gold/_state/<table>/vNNNNNNNNNN.json, written after the MERGE.
+                       just those keys, and commits the table with those keys' rows replaced:
+                       the computing follows the changed keys (see `_replace_keys` for the write).
+                       State: gold/_state/<table>/vNNNNNNNNNN.json, written after the commit.
     gold/dim_date      the calendar, replaced whole.
     gold/fact_stream   partition P from silver partition P and the SCD2 dimensions.
     gold/agg_daily_*   partition P from gold/fact_stream partition P.
@@ -12,7 +13,6 @@ replaceWhere, as Databricks applies the same specs in the pipeline of `dlt/`.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -30,7 +30,7 @@ from spotify_assets.gold import (
     scd2,
     scd2_problems,
 )
-from spotify_assets.gold_spec import END_AT, START_AT, Aggregate, Calendar, PointInTimeFact
+from spotify_assets.gold_spec import END_AT, Aggregate, Calendar, PointInTimeFact
 
 GOLD = "gold"
 
@@ -70,30 +70,35 @@ class GoldRunner:
         target = self._path(table.lake_name)
         all_versions = self._read(silver, version)
         keys = list(table.key)
-        changed = None if full or applied is None else self._changed_keys(table, applied, version)
-        if changed is None or not exists(self.lake, target):
-            versions = all_versions
-            full = True
-        else:
-            versions = all_versions.join(changed, keys, "left_semi")
-        expected = expect(table.gold.expectations, versions)  # type: ignore[union-attr]
-        rows = scd2(table, expected.kept)
-        if full:
-            replace_partitions(self.lake, rows, target, None, None)
-        elif applied != version:
-            self._merge(table, rows, changed)  # type: ignore[arg-type]
-        self._commit(table, version)
+        changed_keys = versions_read = 0
+        failures: dict[str, int] = {}
+        if full or applied != version or not exists(self.lake, target):
+            changed = (
+                None if full or applied is None else self._changed_keys(table, applied, version)
+            )
+            full = changed is None or not exists(self.lake, target)
+            versions = all_versions if full else all_versions.join(changed, keys, "left_semi")
+            expected = expect(table.gold.expectations, versions)  # type: ignore[union-attr]
+            rows = scd2(table, expected.kept)
+            if full:
+                replace_partitions(self.lake, rows, target, None, None)
+            else:
+                self._replace_keys(table, rows, changed)  # type: ignore[arg-type]
+            self._commit(table, version)
+            changed_keys = versions.select(*keys).distinct().count()
+            versions_read = versions.count()
+            failures = _counts(expected.failures)
 
         gold = self._read(f"{GOLD}/{table.lake_name}")
         return DimensionApply(
             table=table.lake_name,
             silver_version=version,
             full=full,
-            changed_keys=versions.select(*keys).distinct().count() if applied != version else 0,
-            versions_read=versions.count() if applied != version else 0,
+            changed_keys=changed_keys,
+            versions_read=versions_read,
             rows=gold.count(),
             current=gold.where(F.col(END_AT).isNull()).count(),
-            failures=_counts(expected.failures),
+            failures=failures,
             problems=scd2_problems(table, gold, live_keys(table, all_versions)),
         )
 
@@ -111,35 +116,18 @@ class GoldRunner:
             return self.spark.createDataFrame([], self._read(silver, version).select(*keys).schema)
         return self.spark.read.parquet(*touched).select(*keys).distinct()
 
-    def _merge(self, table: Table, rows: DataFrame, changed: DataFrame) -> None:
-        """Make gold's rows of the `changed` keys exactly `rows`, in one atomic MERGE: versions
-        that are new are inserted, changed ones updated, vanished ones deleted."""
+    def _replace_keys(self, table: Table, rows: DataFrame, changed: DataFrame) -> None:
+        """Make gold's rows of the `changed` keys exactly `rows`, in one atomic commit.
+
+        Delta rewrites every file holding a changed key whatever the statement (copy-on-write),
+        and changes spread over the keys touch nearly every file; Sail's MERGE INTO does that
+        work several times slower than writing the table's other keys back with `rows`. One
+        writer per dimension at a time is what makes the overwrite safe: runs that write the
+        lake are queued one at a time (`ingest.WRITER_TAG`)."""
         keys = list(table.key)
         target = self._path(table.lake_name)
-        existing = self.spark.read.format("delta").load(target).join(changed, keys, "left_semi")
-        stale = existing.join(rows.select(*keys, START_AT), [*keys, START_AT], "left_anti")
-        source = rows.withColumn("_action", F.lit("upsert")).unionByName(
-            stale.withColumn("_action", F.lit("delete"))
-        )
-        view = f"gold_merge_{table.lake_name}_{uuid.uuid4().hex[:8]}"
-        source.createOrReplaceTempView(view)
-        columns = [f"`{c}`" for c in rows.columns]
-        match = " AND ".join(f"t.{c} = s.{c}" for c in [*[f"`{k}`" for k in keys], f"`{START_AT}`"])
-        same = " AND ".join(f"t.{c} <=> s.{c}" for c in columns)
-        try:
-            self.spark.sql(
-                f"MERGE INTO delta.`{target}` AS t USING {view} AS s ON {match} "
-                "WHEN MATCHED AND s._action = 'delete' THEN DELETE "
-                f"WHEN MATCHED AND s._action = 'upsert' AND NOT ({same}) THEN UPDATE SET "
-                + ", ".join(f"{c} = s.{c}" for c in columns)
-                + " WHEN NOT MATCHED AND s._action = 'upsert' THEN INSERT ("
-                + ", ".join(columns)
-                + ") VALUES ("
-                + ", ".join(f"s.{c}" for c in columns)
-                + ")"
-            ).collect()
-        finally:
-            self.spark.catalog.dropTempView(view)
+        unchanged = self.spark.read.format("delta").load(target).join(changed, keys, "left_anti")
+        replace_partitions(self.lake, unchanged.unionByName(rows), target, None, None)
 
     def applied_version(self, table: Table) -> int | None:
         """The silver version gold/<dim> reflects; None before its first apply."""

@@ -12,10 +12,10 @@ pipeline (`dlt/`) declares the same specs and lets DLT apply them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
 
 from spotify_assets.catalog import CHANGE_DATE, CHANGE_OP, CHANGE_SEQ, VERSION_AT, Catalog, Table
@@ -75,25 +75,52 @@ def scd2(table: Table, versions: DataFrame) -> DataFrame:
     keys, seq = list(table.key), F.col(spec.sequence_by)
     is_delete = F.coalesce(F.expr(spec.delete_when), F.lit(False))
     events = versions.withColumn("_delete", is_delete)
-    in_order = Window.partitionBy(*keys).orderBy(seq, F.col("_delete"))
+    in_order = _key_ordered(keys, seq, F.col("_delete"))
     so_far = in_order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    first_of_key = ~_same_key(keys, F.lag, in_order)
     previous_deleted = F.lag("_delete").over(in_order)
     changed = [~F.col(c).eqNullSafe(F.lag(c).over(in_order)) for c in spec.tracked]
-    starts = ~F.col("_delete") & (previous_deleted.isNull() | previous_deleted | _any(changed))
-    events = events.withColumn("_starts", starts.cast("int")).withColumn(
-        "_next_at", F.lead(seq).over(in_order)
+    starts = ~F.col("_delete") & (first_of_key | previous_deleted | _any(changed))
+    next_at = F.when(_same_key(keys, F.lead, in_order), F.lead(seq).over(in_order))
+    # A running count of starts numbers the versions: every version begins with a start.
+    events = (
+        events.withColumn("_starts", starts.cast("int"))
+        .withColumn("_next_at", next_at)
+        .withColumn("_version", F.sum(starts.cast("int")).over(so_far))
     )
-    upserts = events.withColumn("_version", F.sum("_starts").over(so_far)).where(~F.col("_delete"))
-    version = Window.partitionBy(*keys, "_version")
-    latest_first = version.orderBy(seq.desc())
-    rows = upserts.withColumn(START_AT, F.min(seq).over(version)).withColumn(
-        "_n", F.row_number().over(latest_first)
+    upserts = events.where(~F.col("_delete"))
+    in_version = _key_ordered(keys, seq)
+    started_at = F.last(F.when(F.col("_starts") == 1, seq), ignorenulls=True)
+    last_of_version = F.coalesce(
+        F.lead("_version").over(in_version) != F.col("_version"), F.lit(True)
     )
-    return rows.where(F.col("_n") == 1).select(
+    rows = upserts.withColumn(
+        START_AT, started_at.over(in_version.rowsBetween(Window.unboundedPreceding, 0))
+    ).withColumn("_last", last_of_version)
+    return rows.where(F.col("_last")).select(
         *dimension_columns(versions),
         F.col(START_AT),
         F.col("_next_at").alias(END_AT),
     )
+
+
+# Window functions run over hash buckets of the key, ordered by key then time: Sail evaluates a
+# few large window partitions far faster than one small partition per key.
+KEY_BUCKETS = 64
+
+
+def _key_ordered(keys: list[str], *order: Column) -> WindowSpec:
+    bucket = F.pmod(F.hash(*[F.col(k) for k in keys]), F.lit(KEY_BUCKETS))
+    return Window.partitionBy(bucket).orderBy(*[F.col(k) for k in keys], *order)
+
+
+def _same_key(keys: list[str], neighbour: Callable[..., Column], window: WindowSpec) -> Column:
+    """Whether the previous (`F.lag`) or next (`F.lead`) row in `window` has the same key."""
+    same = [neighbour(k).over(window) == F.col(k) for k in keys]
+    result = same[0]
+    for condition in same[1:]:
+        result = result & condition
+    return F.coalesce(result, F.lit(False))
 
 
 def _any(conditions: list[Column]) -> Column:
@@ -135,13 +162,13 @@ def point_in_time(
 def _periods(versions: DataFrame, key: str, columns: tuple[str, ...]) -> DataFrame:
     """Per key, the version in force from `_from` (NULL: always before) to `_to` (NULL: ever
     after): consecutive versions tile the time line, gaps after deletes included."""
-    order = Window.partitionBy(key).orderBy(F.col(START_AT))
-    first = F.row_number().over(order) == 1
+    order = _key_ordered([key], F.col(START_AT))
+    first = ~_same_key([key], F.lag, order)
     return versions.select(
         F.col(key).alias("_lookup_key"),
         *columns,
         F.when(first, F.lit(None)).otherwise(F.col(START_AT)).alias("_from"),
-        F.lead(START_AT).over(order).alias("_to"),
+        F.when(_same_key([key], F.lead, order), F.lead(START_AT).over(order)).alias("_to"),
     )
 
 
@@ -155,19 +182,18 @@ def live_keys(table: Table, versions: DataFrame) -> DataFrame:
     """Keys whose latest change (in sequence order) is not a delete."""
     spec = scd2_spec(table)
     keys = list(table.key)
-    last_first = Window.partitionBy(*keys).orderBy(
-        F.col(spec.sequence_by).desc(), F.coalesce(F.expr(spec.delete_when), F.lit(False)).desc()
-    )
-    latest = versions.withColumn("_n", F.row_number().over(last_first)).where(F.col("_n") == 1)
-    return latest.where(~F.coalesce(F.expr(spec.delete_when), F.lit(False))).select(*keys)
+    is_delete = F.coalesce(F.expr(spec.delete_when), F.lit(False))
+    order = _key_ordered(keys, F.col(spec.sequence_by), is_delete)
+    latest = versions.withColumn("_last", ~_same_key(keys, F.lead, order)).where(F.col("_last"))
+    return latest.where(~is_delete).select(*keys)
 
 
 SCD2_INVARIANTS = {
     "one_row_per_version": "no two rows share a key and `__START_AT`",
     "one_current_version_per_live_key": "every key not deleted has exactly one row with "
     "`__END_AT` NULL, and deleted keys have none",
-    "no_overlapping_versions": "each version ends after it starts and no later than the next "
-    "version of its key starts",
+    "no_overlapping_versions": "each version ends no earlier than it starts and no later than "
+    "the next version of its key starts",
 }
 
 
@@ -181,10 +207,11 @@ def scd2_problems(table: Table, gold: DataFrame, live: DataFrame) -> dict[str, i
         (F.col("_live").isNull() & (F.col("count") > 0))
         | (F.col("_live") & (F.coalesce(F.col("count"), F.lit(0)) != 1))
     )
-    order = Window.partitionBy(*keys).orderBy(F.col(START_AT))
-    next_start = F.lead(START_AT).over(order)
+    order = _key_ordered(keys, F.col(START_AT))
+    next_start = F.when(_same_key(keys, F.lead, order), F.lead(START_AT).over(order))
     overlapping = gold.withColumn("_next", next_start).where(
-        (F.col(END_AT).isNotNull() & (F.col(END_AT) <= F.col(START_AT)))
+        # A version may last no time at all (an upsert and a delete at the same instant).
+        (F.col(END_AT).isNotNull() & (F.col(END_AT) < F.col(START_AT)))
         | (F.col("_next").isNotNull() & (F.col(END_AT).isNull() | (F.col(END_AT) > F.col("_next"))))
     )
     return {

@@ -9,10 +9,12 @@ split across random batches; after every batch silver is rewritten the way silve
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from resources.delta_tables import replace_partitions
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
+from spotify_assets import gold
 from spotify_assets.catalog import CATALOG, CHANGE_DATE, CHANGE_OP, CHANGE_SEQ, VERSION_AT
 from spotify_assets.gold import scd2
 from spotify_assets.gold_spec import END_AT, START_AT
@@ -63,6 +66,13 @@ class Change:
         updated = self.at - timedelta(minutes=1) if self.delete else self.at
         return (self.user_id, self.name, "SE", self.subscription, date(2025, 1, 1), None,
                 updated, op, self.seq, self.at, self.at.date())  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_key_bucket() -> Iterator[None]:
+    """All keys in one window partition: each key's neighbours are other keys, as at scale."""
+    with mock.patch.object(gold, "KEY_BUCKETS", 1):
+        yield
 
 
 def reference(changes: list[Change]) -> list[tuple[Any, ...]]:
