@@ -298,3 +298,23 @@ def test_versions_in_silver_as_versions_of_the_table(sail_spark: SparkSession) -
     gold = scd2(DIM_USER, silver_frame(sail_spark, [change(1, 0)]))
     assert not {CHANGE_OP, CHANGE_SEQ, VERSION_AT, CHANGE_DATE} & set(gold.columns)
     assert gold.columns[-2:] == [START_AT, END_AT]
+
+
+def test_invariant_checks_find_each_kind_of_broken_table(sail_spark: SparkSession) -> None:
+    ddl = "user_id int, __START_AT timestamp_ntz, __END_AT timestamp_ntz"
+    good = [(1, at(0), at(60)), (1, at(60), None), (2, at(0), at(5)), (2, at(5), at(5))]
+    broken = [
+        (3, at(0), None), (3, at(0), None),  # one version twice, and two current rows
+        (4, at(0), at(90)), (4, at(60), None),  # the first version outlives the second's start
+        (5, at(30), at(10)),  # ends before it starts (and 5 is live: no current row either)
+    ]  # fmt: skip
+    gold_rows = sail_spark.createDataFrame(good + broken, ddl)
+    live = sail_spark.createDataFrame([(1,), (3,), (4,), (5,)], "user_id int")
+    assert gold.scd2_problems(DIM_USER, gold_rows, live) == {
+        "one_row_per_version": 1,
+        "one_current_version_per_live_key": 2,
+        "no_overlapping_versions": 3,
+    }
+    assert set(
+        gold.scd2_problems(DIM_USER, sail_spark.createDataFrame(good, ddl), live.limit(1)).values()
+    ) == {0}
