@@ -11,13 +11,17 @@ INSTALLED := $(VENV)/.installed
 # screenshot of the asset graph).
 DEMO_PACKAGES := unixodbc libsqliteodbc
 TEST_PACKAGES := $(DEMO_PACKAGES) odbc-postgresql postgresql openjdk-17-jre-headless chromium
+# Azurite, the Azure Blob storage emulator the ADLS tests run against, from npm into .azurite/
+# (started by the test fixture). 3.35 is the last release that supports Node.js 18 (Debian 12).
+AZURITE_VERSION := 3.35.0
+AZURITE := .azurite/installed-$(AZURITE_VERSION)
 
-.PHONY: demo test lint system-demo system-test venv clean
+.PHONY: demo test lint system-demo system-test venv azurite clean
 
 demo: system-demo venv
 	$(BIN)/spotify-lakehouse demo
 
-test: system-test venv lint
+test: system-test venv azurite lint
 	$(BIN)/pytest
 
 lint: venv
@@ -30,6 +34,14 @@ $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,azure]'
+	touch $@
+
+azurite: $(AZURITE)
+
+$(AZURITE):
+	@command -v npm >/dev/null || { $(call apt_install,nodejs npm); }
+	npm install --prefix .azurite --no-save --no-audit --no-fund --loglevel=error \
+	  azurite@$(AZURITE_VERSION)
 	touch $@
 
 system-demo:
@@ -52,4 +64,4 @@ fi
 endef
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache .azurite

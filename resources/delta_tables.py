@@ -48,7 +48,7 @@ def replace_partitions(
 def delta_table(lake: LakeStorage, relative: str, version: int | None = None) -> DeltaTable:
     """delta-rs's view of a lake table (its log, versions and files), without Spark."""
     return DeltaTable(
-        lake.uri(relative), version=version, storage_options=lake.storage_options or None
+        lake.uri(relative), version=version, storage_options=lake.delta_storage_options()
     )
 
 

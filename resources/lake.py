@@ -1,8 +1,12 @@
-"""The data lake: a local folder or any fsspec URL (abfss:// on ADLS Gen2).
+"""The data lake: a local folder, or ADLS Gen2 / Azure Blob storage through `abfss://` URLs.
 
 A handful of verbs: immutable parquet files, and small JSON objects published atomically and
 exclusively (created once, never overwritten). Nothing is ever renamed as a directory, because
 object stores (and Azurite) cannot.
+
+On Azure, files go through adlfs and Delta tables through delta-rs; both are given the same
+account, taken from the environment when first needed, never from configuration: so credentials
+never reach Dagster's config, logs or metadata (`uri()` is the configured URL, which holds none).
 """
 
 from __future__ import annotations
@@ -10,8 +14,12 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow as pa
@@ -20,25 +28,195 @@ from dagster import ConfigurableResource
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import Field, PrivateAttr
 
+AZURE_SCHEMES = frozenset({"abfss", "abfs", "az"})
+# Azurite's well-known account and key, published with the emulator: not a secret.
+EMULATOR_ACCOUNT = "devstoreaccount1"
+EMULATOR_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+EMULATOR_URL = "http://127.0.0.1:10000"
+_STORAGE_SCOPE = "https://storage.azure.com/.default"
+# A bearer token handed to delta-rs must outlive the table operation it is used for.
+_TOKEN_MARGIN_SECONDS = 300
+
 
 class LakeConflictError(RuntimeError):
     """An object that must be created exactly once already exists (a concurrent writer)."""
 
 
+class LakeConfigError(ValueError):
+    """The lake URL or the Azure settings of the environment cannot work."""
+
+
+@dataclass(frozen=True)
+class AzureAccount:
+    """How to reach the storage account of an Azure lake. `key` None: sign in with
+    `DefaultAzureCredential`. `endpoint` None: `https://<name>.blob.core.windows.net`."""
+
+    name: str
+    key: str | None = field(default=None, repr=False)
+    endpoint: str | None = None  # the blob endpoint, account included (Azurite: http://host/acct)
+
+    @classmethod
+    def from_env(cls, url: str, environ: Mapping[str, str] = os.environ) -> AzureAccount:
+        """From, in this order: `AZURE_STORAGE_CONNECTION_STRING`; Azurite
+        (`AZURE_STORAGE_USE_EMULATOR=true`, `AZURITE_BLOB_STORAGE_URL`); or
+        `AZURE_STORAGE_ACCOUNT_NAME` (else the URL's account), `AZURE_STORAGE_ACCOUNT_KEY`
+        (else `DefaultAzureCredential`) and `AZURE_STORAGE_ENDPOINT`."""
+        in_url = _account_in_url(url)
+        if connection := environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+            account = _from_connection_string(connection)
+        elif _true(environ.get("AZURE_STORAGE_USE_EMULATOR")):
+            name = environ.get("AZURE_STORAGE_ACCOUNT_NAME") or in_url or EMULATOR_ACCOUNT
+            emulator = environ.get("AZURITE_BLOB_STORAGE_URL") or EMULATOR_URL
+            key = environ.get("AZURE_STORAGE_ACCOUNT_KEY") or EMULATOR_KEY
+            account = cls(name, key, f"{emulator.rstrip('/')}/{name}")
+        else:
+            name = environ.get("AZURE_STORAGE_ACCOUNT_NAME") or in_url
+            if not name:
+                raise LakeConfigError(
+                    f"lake URL {url!r} names no storage account: use "
+                    "abfss://<container>@<account>.dfs.core.windows.net/<path> or set "
+                    "AZURE_STORAGE_ACCOUNT_NAME"
+                )
+            key = environ.get("AZURE_STORAGE_ACCOUNT_KEY") or None
+            account = cls(name, key, environ.get("AZURE_STORAGE_ENDPOINT") or None)
+        if in_url and in_url != account.name:
+            raise LakeConfigError(
+                f"lake URL {url!r} is in account {in_url!r} but the environment's Azure "
+                f"settings are for account {account.name!r}"
+            )
+        if account.endpoint and not account.key:
+            raise LakeConfigError(
+                "a custom Azure storage endpoint needs an account key (AZURE_STORAGE_ACCOUNT_KEY)"
+            )
+        return account
+
+    @property
+    def allow_http(self) -> bool:
+        return bool(self.endpoint) and urlsplit(self.endpoint).scheme == "http"
+
+    def fsspec_options(self) -> dict[str, Any]:
+        """adlfs options. Listings are never cached: other processes (Sail, another run)
+        write the same folders, and a stale listing would hide their manifests or tables."""
+        options: dict[str, Any] = {"use_listings_cache": False}
+        if self.endpoint:
+            scheme = urlsplit(self.endpoint).scheme
+            options["connection_string"] = (
+                f"DefaultEndpointsProtocol={scheme};AccountName={self.name};"
+                f"AccountKey={self.key};BlobEndpoint={self.endpoint};"
+            )
+        elif self.key:
+            options |= {"account_name": self.name, "account_key": self.key}
+        else:
+            options |= {"account_name": self.name, "anon": False}  # DefaultAzureCredential
+        return options
+
+    def delta_options(self) -> dict[str, str]:
+        """delta-rs (object_store) options, except the bearer token of `DefaultAzureCredential`."""
+        options = {"account_name": self.name}
+        if self.key:
+            options["account_key"] = self.key
+        if self.endpoint:
+            options["endpoint"] = self.endpoint
+        if self.allow_http:
+            options["allow_http"] = "true"
+        return options
+
+    def object_store_env(self) -> dict[str, str]:
+        """The same settings as the environment variables object_store reads (Sail's server
+        reads its Azure settings from the environment, and knows no connection strings)."""
+        names = {
+            "account_name": "AZURE_STORAGE_ACCOUNT_NAME",
+            "account_key": "AZURE_STORAGE_ACCOUNT_KEY",
+            "endpoint": "AZURE_STORAGE_ENDPOINT",
+            "allow_http": "AZURE_ALLOW_HTTP",
+        }
+        return {names[k]: v for k, v in self.delta_options().items()}
+
+
+def _account_in_url(url: str) -> str | None:
+    """The account of `abfss://<container>@<account>.dfs.core.windows.net/...`; None for the
+    short form `az://<container>/...`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not parts.username:
+        return None
+    if not host.endswith((".dfs.core.windows.net", ".blob.core.windows.net")):
+        raise LakeConfigError(
+            f"lake URL {url!r}: use abfss://<container>@<account>.dfs.core.windows.net/<path>, "
+            "or az://<container>/<path> with the account in the environment"
+        )
+    return host.split(".", 1)[0]
+
+
+def _from_connection_string(connection: str) -> AzureAccount:
+    from azure.core.utils import parse_connection_string
+
+    try:
+        fields = parse_connection_string(connection)  # keys lower-cased
+    except ValueError:
+        raise LakeConfigError("AZURE_STORAGE_CONNECTION_STRING is malformed") from None
+    if _true(fields.get("usedevelopmentstorage")):
+        return AzureAccount(EMULATOR_ACCOUNT, EMULATOR_KEY, f"{EMULATOR_URL}/{EMULATOR_ACCOUNT}")
+    if not fields.get("accountname") or not fields.get("accountkey"):
+        raise LakeConfigError(
+            "AZURE_STORAGE_CONNECTION_STRING needs AccountName and AccountKey (or unset it and "
+            "sign in with DefaultAzureCredential)"
+        )
+    name, endpoint = fields["accountname"], fields.get("blobendpoint")
+    suffix = fields.get("endpointsuffix", "core.windows.net")
+    if not endpoint and suffix != "core.windows.net":  # a sovereign cloud
+        endpoint = f"{fields.get('defaultendpointsprotocol', 'https')}://{name}.blob.{suffix}"
+    return AzureAccount(name, fields["accountkey"], endpoint)
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes"}
+
+
+def object_store_env_from_connection_string(environ: Mapping[str, str]) -> dict[str, str]:
+    """`AZURE_STORAGE_CONNECTION_STRING` as object_store's variables; empty when it is unset."""
+    connection = environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    return _from_connection_string(connection).object_store_env() if connection else {}
+
+
 class LakeStorage(ConfigurableResource):
     """Root of the lake; every path below is relative to it (`bronze/FactStream/...`)."""
 
-    url: str = Field(description="Local path or fsspec URL of the lake root.")
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec/adlfs options (credentials from the env)."
+    url: str = Field(
+        description="Local path, or abfss://<container>@<account>.dfs.core.windows.net/<path> "
+        "(credentials come from the environment, never from here)."
     )
     _fs: fsspec.AbstractFileSystem | None = PrivateAttr(default=None)
     _root: str = PrivateAttr(default="")
+    _account: AzureAccount | None = PrivateAttr(default=None)
+    _credential: Any = PrivateAttr(default=None)
+    _token: Any = PrivateAttr(default=None)
+
+    @property
+    def is_azure(self) -> bool:
+        return urlsplit(self.url).scheme in AZURE_SCHEMES
+
+    @property
+    def azure(self) -> AzureAccount:
+        """The Azure account of the lake, read from the environment once."""
+        if not self.is_azure:
+            raise LakeConfigError(f"lake {self.url!r} is not on Azure")
+        if self._account is None:
+            parts = urlsplit(self.url)
+            if parts.password or parts.query:
+                raise LakeConfigError(
+                    "the lake URL must not carry credentials: set them in the environment"
+                )
+            self._account = AzureAccount.from_env(self.url)
+        return self._account
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         if self._fs is None:
-            self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            options = self.azure.fsspec_options() if self.is_azure else {}
+            self._fs, self._root = fsspec.core.url_to_fs(self.url, **options)
         return self._fs
 
     @property
@@ -46,20 +224,41 @@ class LakeStorage(ConfigurableResource):
         return isinstance(self.fs, LocalFileSystem)
 
     def path(self, relative: str) -> str:
-        """The filesystem path of a lake-relative path."""
-        self.fs  # noqa: B018 - resolves the root
+        """What every reader and writer (adlfs, Spark, delta-rs) accepts for a lake-relative
+        path: a filesystem path for a local lake, else the full URL."""
+        if self.is_azure or not self.is_local:
+            return self.uri(relative)
         return posixpath.join(self._root, relative)
 
     def uri(self, relative: str) -> str:
         """A full URL for humans and metadata (never carries credentials)."""
         return posixpath.join(self.url.rstrip("/"), relative)
 
+    def delta_storage_options(self) -> dict[str, str] | None:
+        """delta-rs's storage options for this lake (None when local). Without an account key,
+        delta-rs gets a bearer token from `DefaultAzureCredential`, as adlfs signs in."""
+        if not self.is_azure:
+            return None
+        options = self.azure.delta_options()
+        if not self.azure.key:
+            options["bearer_token"] = self._bearer_token()
+        return options
+
+    def _bearer_token(self) -> str:
+        if self._token is None or self._token.expires_on - time.time() < _TOKEN_MARGIN_SECONDS:
+            if self._credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                self._credential = DefaultAzureCredential()
+            self._token = self._credential.get_token(_STORAGE_SCOPE)
+        return self._token.token
+
     # --- files ---
 
     def write_parquet(self, relative: str, table: pa.Table) -> int:
         """Write an immutable parquet file; returns its size in bytes."""
         path = self.path(relative)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self._make_parent(path)
         pq.write_table(table, path, filesystem=self._arrow_fs(), compression="zstd")
         return self.fs.size(path)
 
@@ -74,6 +273,12 @@ class LakeStorage(ConfigurableResource):
         # pyarrow's own local filesystem is much faster than going through the fsspec handler.
         return pa.fs.LocalFileSystem() if self.is_local else self.fs
 
+    def _make_parent(self, path: str) -> None:
+        # Object stores have no folders; adlfs's makedirs would only probe (or create) the
+        # container on every write. The container is provisioned with the storage account.
+        if self.is_local:
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+
     # --- small JSON objects ---
 
     def read_json(self, relative: str) -> Any:
@@ -83,7 +288,7 @@ class LakeStorage(ConfigurableResource):
     def create_json(self, relative: str, value: Any) -> None:
         """Publish atomically and exclusively; `LakeConflictError` if it already exists."""
         path = self.path(relative)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self._make_parent(path)
         data = json.dumps(value, indent=1, sort_keys=True).encode()
         if self.is_local:
             tmp = _durable_temp_copy(path, data)
@@ -93,18 +298,21 @@ class LakeStorage(ConfigurableResource):
                 raise LakeConflictError(f"{self.uri(relative)} already exists") from None
             finally:
                 os.unlink(tmp)
-        else:
-            # One blob upload is atomic; the existence check is not (yet) a conditional write.
-            if self.fs.exists(path):
-                raise LakeConflictError(f"{self.uri(relative)} already exists")
-            self.fs.pipe_file(path, data)
+            return
+        try:
+            # One upload, atomic; for mode "create" adlfs sends `If-None-Match: *`, so the
+            # store itself refuses a second creation (a conditional write, no check-then-act).
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            raise LakeConflictError(f"{self.uri(relative)} already exists") from None
 
     def list_names(self, relative_dir: str) -> list[str]:
         """Names directly below a directory; empty if it does not exist."""
-        path = self.path(relative_dir)
-        if not self.fs.exists(path):
+        try:  # one listing, no existence probe first: a round trip saved on object stores
+            entries = self.fs.ls(self.path(relative_dir), detail=False)
+        except FileNotFoundError:
             return []
-        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(path, detail=False))
+        return sorted(posixpath.basename(p.rstrip("/")) for p in entries)
 
 
 def _durable_temp_copy(path: str, data: bytes) -> str:

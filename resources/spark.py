@@ -15,6 +15,8 @@ from dagster import ConfigurableResource
 from pydantic import Field
 from pyspark.sql import SparkSession
 
+from resources.lake import object_store_env_from_connection_string
+
 
 class SparkKind(StrEnum):
     SAIL = "sail"  # pysail's Spark Connect server, in this process
@@ -33,6 +35,9 @@ _servers: list[object] = []
 def _start_sail() -> str:
     # Sail logs through Rust's env_logger; keep its chatter (INFO per session) out of run logs.
     os.environ.setdefault("RUST_LOG", "error")
+    # Sail's server reads its Azure settings from the environment once, as it starts, and knows
+    # no connection strings: give it the account the lake uses (resources/lake.py).
+    os.environ.update(object_store_env_from_connection_string(os.environ))
     from pysail.spark import SparkConnectServer
 
     server = SparkConnectServer(ip="127.0.0.1", port=0)

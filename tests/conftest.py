@@ -1,4 +1,5 @@
-"""Shared fixtures: an embedded SQLite source and a throwaway PostgreSQL server on 127.0.0.1."""
+"""Shared fixtures: an embedded SQLite source, and throwaway PostgreSQL and Azurite (Blob
+storage emulator) servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 import pyodbc
 import pytest
 
+from resources.lake import EMULATOR_ACCOUNT, EMULATOR_KEY
 from resources.source_db import SourceDatabase, sqlite_connection_string
 
 PG_DRIVER = "PostgreSQL Unicode"
@@ -128,3 +131,64 @@ def sail_spark():
     from resources.spark import SparkResource
 
     return SparkResource().session()
+
+
+# `make test` installs Azurite here (npm, project-local); one on the PATH also does.
+AZURITE_LOCAL = Path(__file__).resolve().parent.parent / ".azurite/node_modules/.bin/azurite-blob"
+
+
+@dataclass(frozen=True)
+class Azurite:
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={EMULATOR_ACCOUNT};"
+            f"AccountKey={EMULATOR_KEY};BlobEndpoint={self.url}/{EMULATOR_ACCOUNT};"
+        )
+
+    def create_container(self) -> str:
+        """A new, empty container (Azurite, like a storage account, needs it created first)."""
+        from azure.storage.blob import BlobServiceClient
+
+        name = f"lake-{uuid.uuid4().hex[:12]}"
+        with BlobServiceClient.from_connection_string(self.connection_string) as service:
+            service.create_container(name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite's Blob service in a temp dir, on a free port of 127.0.0.1, for the session."""
+    found = str(AZURITE_LOCAL) if AZURITE_LOCAL.exists() else shutil.which("azurite-blob")
+    if not found or not shutil.which("node"):
+        pytest.skip("Azurite (npm) or node is not installed: `make test` installs both")
+    workdir = Path(tempfile.mkdtemp(prefix="spotify-azurite-"))
+    port = free_port()
+    # --skipApiVersionCheck: the Python SDK may speak a newer API version than Azurite knows.
+    command = [found, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
+               str(workdir), "--skipApiVersionCheck", "--disableTelemetry", "--silent"]  # fmt: skip
+    log = (workdir / "azurite.log").open("wb")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Azurite did not start: {(workdir / 'azurite.log').read_text()}")
+            time.sleep(0.2)
+        yield Azurite(port)
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)

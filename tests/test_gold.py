@@ -22,6 +22,8 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance
 from deltalake import DeltaTable
 
+from resources.delta_tables import delta_table
+from resources.lake import LakeStorage
 from spotify_assets import ingest
 from spotify_assets.catalog import CATALOG
 from spotify_assets.cli import source_init, source_simulate
@@ -153,13 +155,15 @@ def source_reference(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def gold(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
-    """The gold tables, read with delta-rs (any Delta reader must open them)."""
+    """The gold tables, read with delta-rs (any Delta reader must open them) given the lake's
+    storage options (none for a local lake, the account of the environment on Azure)."""
+    lake = LakeStorage(url=settings.lake_url)
     result = {}
     columns = {"fact_stream": FACT_COLUMNS} | {
         a.name: [*a.group_by, *(m.name for m in a.measures)] for a in CATALOG.aggregates
     }
     for name in ["fact_stream", *AGGREGATES]:
-        table = DeltaTable(f"{settings.lake_url}/gold/{name}").to_pyarrow_table()
+        table = delta_table(lake, f"gold/{name}").to_pyarrow_table()
         result[name] = normalised(zip(*(table[c].to_pylist() for c in columns[name]), strict=True))
     return result
 
