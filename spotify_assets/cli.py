@@ -14,10 +14,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from dagster import BetaWarning, DagsterInstance
-from deltalake import DeltaTable
 from tqdm import tqdm
 
 from resources import copy_runner, source_database
+from resources.delta_tables import delta_table, exists
 from resources.lake import LakeStorage
 from resources.odbc import Dialect, SourceConfigError, SourceUnavailableError
 from resources.source_db import SourceDatabase
@@ -235,7 +235,7 @@ def _missing_streams(settings: Settings) -> int:
 
 
 def _scd2_summary(settings: Settings, name: str) -> dict[str, int]:
-    table = DeltaTable(LakeStorage(url=settings.lake_url).path(f"gold/{name}")).to_pyarrow_table()
+    table = delta_table(LakeStorage(url=settings.lake_url), f"gold/{name}").to_pyarrow_table()
     current = table[END_AT].null_count
     return {"versions": table.num_rows, "current": current, "closed": table.num_rows - current}
 
@@ -250,7 +250,9 @@ def _delta_rows(settings: Settings, relative: str) -> int:
     """Rows of a Delta table of the lake, read with delta-rs (no Spark needed)."""
     lake = LakeStorage(url=settings.lake_url)
     path = lake.path(relative)
-    return DeltaTable(path).to_pyarrow_dataset().count_rows() if lake.fs.exists(path) else 0
+    if not exists(lake, path):
+        return 0
+    return delta_table(lake, relative).to_pyarrow_dataset().count_rows()
 
 
 def _step(title: str, payload: object) -> None:
