@@ -1,4 +1,7 @@
-"""Dagster resources. `build_resources` picks the set for the environment, once, at load."""
+"""Dagster resources. `build_resources` picks the set for the environment, once, at load.
+
+The Azure set is imported only when chosen: the local environment loads without the azure extra.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import TYPE_CHECKING
 from dagster import EnvVar
 
 from resources.copy_runner import LocalCopyRunner
+from resources.engines import LocalGold, LocalSilver
 from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase, sqlite_connection_string
 from resources.spark import SparkKind, SparkResource
@@ -36,10 +40,56 @@ def copy_runner(settings: Settings, *, in_dagster: bool = True) -> LocalCopyRunn
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
+    from spotify_assets.settings import Environment
+
+    if settings.env is Environment.AZURE:
+        return azure_resources(settings)
     runner = copy_runner(settings)
     spark = (
         SparkResource(kind=SparkKind.REMOTE, remote_url=settings.spark_remote)
         if settings.spark_remote
         else SparkResource()
     )
-    return {"source_db": runner.source, "lake": runner.lake, "copy_runner": runner, "spark": spark}
+    return {
+        "source_db": runner.source,
+        "copy_runner": runner,
+        "silver_engine": LocalSilver(lake=runner.lake, spark=spark),
+        "gold_engine": LocalGold(lake=runner.lake, spark=spark),
+    }
+
+
+def azure_resources(settings: Settings) -> dict[str, object]:
+    """Data Factory, Databricks and the lake on ADLS Gen2, every name and secret from the
+    environment (README, "Deploying to Azure"); nothing connects before a run needs it."""
+    try:
+        from resources.adf import data_factory_resource
+        from resources.azure_copy import AzureCopyRunner
+        from resources.databricks import (
+            DatabricksSilverRunner,
+            DatabricksWorkspace,
+            DltPipelineRunner,
+        )
+    except ImportError as error:
+        raise ImportError(
+            f"SPOTIFY_ENV=azure needs the project's azure extra (pip install -e '.[azure]'): "
+            f"{error}"
+        ) from error
+    source = source_database(settings)
+    lake = LakeStorage(url=settings.lake_url)
+    workspace = DatabricksWorkspace(host=EnvVar("DATABRICKS_HOST"))
+    return {
+        "source_db": source,
+        "copy_runner": AzureCopyRunner(
+            source=source, lake=lake, safety_lag_seconds=settings.safety_lag_seconds
+        ),
+        "data_factory": data_factory_resource(),
+        "silver_engine": DatabricksSilverRunner(
+            lake=lake,
+            workspace=workspace,
+            bundle_files=EnvVar("SPOTIFY_DATABRICKS_FILES"),
+            cluster_id=settings.databricks_silver_cluster,
+        ),
+        "gold_engine": DltPipelineRunner(
+            lake=lake, workspace=workspace, pipeline_id=EnvVar("SPOTIFY_DLT_PIPELINE_ID")
+        ),
+    }

@@ -33,6 +33,7 @@ class Settings:
     safety_lag_seconds: float
     spark_remote: str  # empty: Sail in process
     reconcile_lookback_days: int = DEFAULT_RECONCILE_LOOKBACK_DAYS
+    databricks_silver_cluster: str = ""  # azure: an existing cluster for silver; empty: new ones
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -54,6 +55,8 @@ class Settings:
             raise ValueError(
                 f"SPOTIFY_RECONCILE_LOOKBACK_DAYS={lookback!r} must be a whole number >= 1"
             )
+        if env == Environment.AZURE:
+            _require_azure(environ)
         return cls(
             home=home,
             source_odbc=environ.get("SPOTIFY_SOURCE_ODBC") or None,
@@ -63,6 +66,7 @@ class Settings:
             safety_lag_seconds=safety_lag,
             spark_remote=environ.get("SPOTIFY_SPARK_REMOTE", ""),
             reconcile_lookback_days=int(lookback),
+            databricks_silver_cluster=environ.get("SPOTIFY_DATABRICKS_SILVER_CLUSTER_ID", ""),
         )
 
     @property
@@ -76,3 +80,15 @@ class Settings:
     @property
     def source_dialect(self) -> Dialect:
         return dialect_of(self.source_odbc) if self.source_odbc else Dialect.SQLITE
+
+
+def _require_azure(environ: Mapping[str, str]) -> None:
+    """The Azure environment has no embedded defaults: the source and the lake must be named."""
+    if not environ.get("SPOTIFY_SOURCE_ODBC"):
+        raise ValueError("SPOTIFY_ENV=azure needs SPOTIFY_SOURCE_ODBC (the Azure SQL connection)")
+    lake = environ.get("SPOTIFY_LAKE_URL", "")
+    if not lake.startswith("abfss://"):
+        raise ValueError(
+            f"SPOTIFY_ENV=azure needs SPOTIFY_LAKE_URL="
+            f"abfss://<file system>@<account>.dfs.core.windows.net/<root>; got {lake!r}"
+        )

@@ -1,4 +1,5 @@
-"""Gold assets: the star schema of DESIGN.md §6 as Delta, built by the local gold runner.
+"""Gold assets: the star schema of DESIGN.md §6 as Delta, built by the gold engine (the local
+runner on Sail, or the Databricks pipeline: `resources/engines.py`).
 
 SCD2 dimensions and the calendar are unpartitioned (a dimension applies whatever silver versions
 are new); the fact and the daily aggregates share the fact path's daily partitions. Every
@@ -14,17 +15,13 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     BackfillPolicy,
+    Config,
     MaterializeResult,
-    MetadataValue,
-    TableColumn,
-    TableSchema,
     asset,
 )
-from pyspark.sql import DataFrame
+from pydantic import Field
 
-from resources.gold_runner import GoldRunner, PartitionBuild
-from resources.lake import LakeStorage
-from resources.spark import SparkResource
+from resources.engines import GoldEngine, GoldOutcome
 from spotify_assets.assets.silver import silver_key
 from spotify_assets.catalog import Catalog, Table
 from spotify_assets.gold import SCD2_INVARIANTS
@@ -33,7 +30,14 @@ from spotify_assets.partitions import daily_partitions, partition_days
 from spotify_assets.rules import Rule
 
 GOLD_GROUP = "gold"
-PREVIEW_ROWS = 5
+
+
+class DimensionConfig(Config):
+    full_refresh: bool = Field(
+        default=False,
+        description="Rebuild the dimension from every silver version instead of applying the "
+        "versions that are new since the last apply.",
+    )
 
 
 def gold_key(name: str) -> AssetKey:
@@ -47,7 +51,10 @@ def _expectation_checks(key: AssetKey, rules: tuple[Rule, ...]) -> list[AssetChe
     ]
 
 
-def _expectation_results(rules: tuple[Rule, ...], failures: dict[str, int]) -> list:
+def _expectation_results(rules: tuple[Rule, ...], outcome: GoldOutcome) -> list:
+    failures = outcome.failures
+    if failures is None:
+        return [_not_evaluated(r.name, outcome) for r in rules]
     return [
         AssetCheckResult(
             check_name=r.name,
@@ -57,6 +64,18 @@ def _expectation_results(rules: tuple[Rule, ...], failures: dict[str, int]) -> l
         )
         for r in rules
     ]
+
+
+def _not_evaluated(name: str, outcome: GoldOutcome) -> AssetCheckResult:
+    """A check the engine cannot evaluate: a warning that says so, never a silent pass, and
+    never blocking, since nothing was found wrong."""
+    return AssetCheckResult(
+        check_name=name,
+        passed=False,
+        severity=AssetCheckSeverity.WARN,
+        description=f"Not evaluated: {outcome.not_evaluated}",
+        metadata={"evaluated": False},
+    )
 
 
 def build_dimension_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
@@ -78,38 +97,25 @@ def build_dimension_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         check_specs=[*_expectation_checks(key, spec.expectations), *invariants],
     )
     def dimension(
-        context: AssetExecutionContext, spark: SparkResource, lake: LakeStorage
+        context: AssetExecutionContext, config: DimensionConfig, gold_engine: GoldEngine
     ) -> MaterializeResult:
-        runner = GoldRunner(lake, spark.session(), catalog)
-        result = runner.apply_dimension(table)
-        how = "rebuilt from all" if result.full else "applied"
-        context.log.info(
-            f"{table.lake_name}: {how} {result.versions_read:,} silver versions of "
-            f"{result.changed_keys:,} keys (silver v{result.silver_version}); "
-            f"{result.rows:,} rows, {result.current:,} current"
-        )
+        outcome = gold_engine.apply_dimension(catalog, table, full=config.full_refresh)
+        context.log.info(outcome.summary)
+        if outcome.problems is None:
+            invariant_results = [_not_evaluated(name, outcome) for name in SCD2_INVARIANTS]
+        else:
+            invariant_results = [
+                AssetCheckResult(
+                    check_name=name,
+                    passed=count == 0,
+                    severity=AssetCheckSeverity.ERROR,
+                    metadata={"violations": count},
+                )
+                for name, count in outcome.problems.items()
+            ]
         return MaterializeResult(
-            metadata={
-                "dagster/row_count": MetadataValue.int(result.rows),
-                "current_rows": MetadataValue.int(result.current),
-                "changed_keys": MetadataValue.int(result.changed_keys),
-                "versions_applied": MetadataValue.int(result.versions_read),
-                "full_rebuild": MetadataValue.bool(result.full),
-                "silver_version": MetadataValue.int(result.silver_version),
-                **table_metadata(runner.read(table.lake_name), lake, table.lake_name),
-            },
-            check_results=[
-                *_expectation_results(spec.expectations, result.failures),
-                *[
-                    AssetCheckResult(
-                        check_name=name,
-                        passed=count == 0,
-                        severity=AssetCheckSeverity.ERROR,
-                        metadata={"violations": count},
-                    )
-                    for name, count in result.problems.items()
-                ],
-            ],
+            metadata=outcome.metadata,
+            check_results=[*_expectation_results(spec.expectations, outcome), *invariant_results],
         )
 
     return dimension
@@ -128,11 +134,8 @@ def build_calendar_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         description=f"{table.description} Silver's current rows.",
         check_specs=_expectation_checks(key, spec.expectations),
     )
-    def calendar(
-        context: AssetExecutionContext, spark: SparkResource, lake: LakeStorage
-    ) -> MaterializeResult:
-        runner = GoldRunner(lake, spark.session(), catalog)
-        return _result(context, runner, runner.build_calendar(table), spec.expectations, lake)
+    def calendar(context: AssetExecutionContext, gold_engine: GoldEngine) -> MaterializeResult:
+        return _result(context, gold_engine.build_calendar(catalog, table), spec.expectations)
 
     return calendar
 
@@ -156,12 +159,9 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
         backfill_policy=BackfillPolicy.single_run(),
         check_specs=_expectation_checks(key, spec.expectations),
     )
-    def fact_table(
-        context: AssetExecutionContext, spark: SparkResource, lake: LakeStorage
-    ) -> MaterializeResult:
-        runner = GoldRunner(lake, spark.session(), catalog)
-        result = runner.build_fact(partition_days(context))
-        return _result(context, runner, result, spec.expectations, lake)
+    def fact_table(context: AssetExecutionContext, gold_engine: GoldEngine) -> MaterializeResult:
+        outcome = gold_engine.build_fact(catalog, partition_days(context))
+        return _result(context, outcome, spec.expectations)
 
     return fact_table
 
@@ -181,54 +181,21 @@ def build_aggregate_asset(catalog: Catalog, spec: Aggregate) -> AssetsDefinition
         check_specs=_expectation_checks(key, spec.expectations),
     )
     def daily_aggregate(
-        context: AssetExecutionContext, spark: SparkResource, lake: LakeStorage
+        context: AssetExecutionContext, gold_engine: GoldEngine
     ) -> MaterializeResult:
-        runner = GoldRunner(lake, spark.session(), catalog)
-        result = runner.build_aggregate(spec, partition_days(context))
-        return _result(context, runner, result, spec.expectations, lake)
+        outcome = gold_engine.build_aggregate(catalog, spec, partition_days(context))
+        return _result(context, outcome, spec.expectations)
 
     return daily_aggregate
 
 
 def _result(
-    context: AssetExecutionContext,
-    runner: GoldRunner,
-    result: PartitionBuild,
-    rules: tuple[Rule, ...],
-    lake: LakeStorage,
+    context: AssetExecutionContext, outcome: GoldOutcome, rules: tuple[Rule, ...]
 ) -> MaterializeResult:
-    days = f"{result.days[0]} .. {result.days[1]}" if result.days else "whole table"
-    context.log.info(f"{result.table}: {result.rows:,} rows in {days}")
+    context.log.info(outcome.summary)
     return MaterializeResult(
-        metadata={
-            "dagster/row_count": MetadataValue.int(result.rows),
-            "partitions": MetadataValue.text(days),
-            "dropped_by_expectation": MetadataValue.json(result.failures),
-            **table_metadata(runner.read(result.table), lake, result.table),
-        },
-        check_results=_expectation_results(rules, result.failures),
+        metadata=outcome.metadata, check_results=_expectation_results(rules, outcome)
     )
-
-
-def table_metadata(table: DataFrame, lake: LakeStorage, name: str) -> dict[str, MetadataValue]:
-    """Schema, a few rows and the path of a gold table, for the asset's page in the UI."""
-    schema = TableSchema(
-        columns=[TableColumn(f.name, f.dataType.simpleString()) for f in table.schema.fields]
-    )
-    rows = table.limit(PREVIEW_ROWS).collect()
-    header = [f.name for f in table.schema.fields]
-    preview = "\n".join(
-        [
-            "| " + " | ".join(header) + " |",
-            "|" + " --- |" * len(header),
-            *["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows],
-        ]
-    )
-    return {
-        "dagster/column_schema": MetadataValue.table_schema(schema),
-        "preview": MetadataValue.md(preview),
-        "path": MetadataValue.path(lake.uri(f"gold/{name}")),
-    }
 
 
 def build_gold_assets(catalog: Catalog) -> list[AssetsDefinition]:

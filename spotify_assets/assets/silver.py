@@ -18,9 +18,9 @@ from dagster import (
     asset,
 )
 
+from resources.engines import SilverEngine
 from resources.lake import LakeStorage
-from resources.silver_store import SilverResult, SilverStore
-from resources.spark import SparkResource
+from resources.silver_store import SilverResult
 from spotify_assets.assets.bronze import bronze_key
 from spotify_assets.catalog import Catalog, Table
 from spotify_assets.partitions import daily_partitions, partition_days
@@ -56,17 +56,15 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
         backfill_policy=BackfillPolicy.single_run() if partitioned else None,
         check_specs=checks,
     )
-    def silver(
-        context: AssetExecutionContext, spark: SparkResource, lake: LakeStorage
-    ) -> MaterializeResult:
+    def silver(context: AssetExecutionContext, silver_engine: SilverEngine) -> MaterializeResult:
         days = partition_days(context) if partitioned else None
-        result = SilverStore(lake, spark.session(), table).refresh(days, context.run.run_id)
+        result = silver_engine.refresh(context, table, days)
         context.log.info(
             f"{table.lake_name}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
             f"silver, {result.quarantined:,} quarantined"
         )
         return MaterializeResult(
-            metadata=silver_metadata(result, lake, table),
+            metadata=silver_metadata(result, silver_engine.lake, table),
             check_results=[
                 AssetCheckResult(
                     check_name=rule.name,

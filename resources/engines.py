@@ -1,0 +1,160 @@
+"""Where silver and gold compute: the engines the assets call, picked once by `build_resources`.
+
+The silver and gold assets take an engine, never a Spark session or a workspace, so the same
+assets run on the embedded default (`LocalSilver`, `LocalGold`: Sail in this process) and on
+Databricks (`resources/databricks.py`: a job task through Dagster Pipes, a pipeline update).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from dagster import (
+    AssetExecutionContext,
+    ConfigurableResource,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+)
+from pyspark.sql import DataFrame
+
+from resources.delta_tables import Days
+from resources.gold_runner import GoldRunner, PartitionBuild
+from resources.lake import LakeStorage
+from resources.silver_store import SilverResult, SilverStore
+from resources.spark import SparkResource
+from spotify_assets.catalog import Catalog, Table
+from spotify_assets.gold_spec import Aggregate
+
+PREVIEW_ROWS = 5
+
+
+class SilverEngine(ConfigurableResource, ABC):
+    """Rebuilds silver partitions from bronze (DESIGN.md §5), wherever Spark runs."""
+
+    lake: LakeStorage
+
+    @abstractmethod
+    def refresh(
+        self, context: AssetExecutionContext, table: Table, days: Days | None
+    ) -> SilverResult:
+        """Replace the silver partitions `days` (None: the whole snapshot table) of `table`."""
+
+
+class LocalSilver(SilverEngine):
+    """Silver on the Spark session of this process (Sail by default, or any `sc://` endpoint)."""
+
+    spark: SparkResource
+
+    def refresh(
+        self, context: AssetExecutionContext, table: Table, days: Days | None
+    ) -> SilverResult:
+        return SilverStore(self.lake, self.spark.session(), table).refresh(days, context.run.run_id)
+
+
+@dataclass(frozen=True)
+class GoldOutcome:
+    """What a gold build reports to its asset: a log line, metadata, and the check counts."""
+
+    summary: str
+    metadata: dict[str, MetadataValue]
+    failures: dict[str, int] | None  # rows dropped per expectation; None: not counted here
+    problems: dict[str, int] | None = None  # SCD2 invariants broken; None: not evaluated here
+    not_evaluated: str = ""  # why `failures` or `problems` is None
+
+
+class GoldEngine(ConfigurableResource, ABC):
+    """Builds the gold tables of DESIGN.md §6 from their specs in the catalog."""
+
+    lake: LakeStorage
+
+    @abstractmethod
+    def apply_dimension(self, catalog: Catalog, table: Table, full: bool) -> GoldOutcome:
+        """Bring an SCD2 dimension up to silver; `full`: rebuild it from every silver version."""
+
+    @abstractmethod
+    def build_calendar(self, catalog: Catalog, table: Table) -> GoldOutcome: ...
+
+    @abstractmethod
+    def build_fact(self, catalog: Catalog, days: Days) -> GoldOutcome:
+        """Rebuild the fact's partitions `days` (a backdated refresh when they are old)."""
+
+    @abstractmethod
+    def build_aggregate(self, catalog: Catalog, spec: Aggregate, days: Days) -> GoldOutcome: ...
+
+
+class LocalGold(GoldEngine):
+    """The local gold runner (`resources/gold_runner.py`) on this process's Spark session."""
+
+    spark: SparkResource
+
+    def _runner(self, catalog: Catalog) -> GoldRunner:
+        return GoldRunner(self.lake, self.spark.session(), catalog)
+
+    def apply_dimension(self, catalog: Catalog, table: Table, full: bool) -> GoldOutcome:
+        runner = self._runner(catalog)
+        result = runner.apply_dimension(table, full=full)
+        how = "rebuilt from all" if result.full else "applied"
+        return GoldOutcome(
+            summary=f"{table.lake_name}: {how} {result.versions_read:,} silver versions of "
+            f"{result.changed_keys:,} keys (silver v{result.silver_version}); "
+            f"{result.rows:,} rows, {result.current:,} current",
+            metadata={
+                "dagster/row_count": MetadataValue.int(result.rows),
+                "current_rows": MetadataValue.int(result.current),
+                "changed_keys": MetadataValue.int(result.changed_keys),
+                "versions_applied": MetadataValue.int(result.versions_read),
+                "full_rebuild": MetadataValue.bool(result.full),
+                "silver_version": MetadataValue.int(result.silver_version),
+                **table_metadata(runner.read(table.lake_name), self.lake, table.lake_name),
+            },
+            failures=result.failures,
+            problems=result.problems,
+        )
+
+    def build_calendar(self, catalog: Catalog, table: Table) -> GoldOutcome:
+        runner = self._runner(catalog)
+        return self._outcome(runner, runner.build_calendar(table))
+
+    def build_fact(self, catalog: Catalog, days: Days) -> GoldOutcome:
+        runner = self._runner(catalog)
+        return self._outcome(runner, runner.build_fact(days))
+
+    def build_aggregate(self, catalog: Catalog, spec: Aggregate, days: Days) -> GoldOutcome:
+        runner = self._runner(catalog)
+        return self._outcome(runner, runner.build_aggregate(spec, days))
+
+    def _outcome(self, runner: GoldRunner, result: PartitionBuild) -> GoldOutcome:
+        days = f"{result.days[0]} .. {result.days[1]}" if result.days else "whole table"
+        return GoldOutcome(
+            summary=f"{result.table}: {result.rows:,} rows in {days}",
+            metadata={
+                "dagster/row_count": MetadataValue.int(result.rows),
+                "partitions": MetadataValue.text(days),
+                "dropped_by_expectation": MetadataValue.json(result.failures),
+                **table_metadata(runner.read(result.table), self.lake, result.table),
+            },
+            failures=result.failures,
+        )
+
+
+def table_metadata(table: DataFrame, lake: LakeStorage, name: str) -> dict[str, MetadataValue]:
+    """Schema, a few rows and the path of a gold table, for the asset's page in the UI."""
+    schema = TableSchema(
+        columns=[TableColumn(f.name, f.dataType.simpleString()) for f in table.schema.fields]
+    )
+    rows = table.limit(PREVIEW_ROWS).collect()
+    header = [f.name for f in table.schema.fields]
+    preview = "\n".join(
+        [
+            "| " + " | ".join(header) + " |",
+            "|" + " --- |" * len(header),
+            *["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows],
+        ]
+    )
+    return {
+        "dagster/column_schema": MetadataValue.table_schema(schema),
+        "preview": MetadataValue.md(preview),
+        "path": MetadataValue.path(lake.uri(f"gold/{name}")),
+    }
