@@ -73,3 +73,15 @@ def rows_by_partition(lake: LakeStorage, relative: str, partition: str) -> dict[
     grouped = actions.group_by(f"partition.{partition}").aggregate([("num_records", "sum")])
     days = grouped[f"partition.{partition}"].to_pylist()
     return dict(zip(days, grouped["num_records_sum"].to_pylist(), strict=True))
+
+
+def rows_and_nulls(lake: LakeStorage, relative: str, column: str) -> tuple[int, int] | None:
+    """Rows of a table and NULLs in one of its columns, from the log's file statistics (no
+    scan); None if some file carries no statistics for it."""
+    actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
+    nulls = f"null_count.{column}"
+    if nulls not in actions.column_names or actions[nulls].null_count:
+        return None
+    return int(pc.sum(actions["num_records"]).as_py() or 0), int(
+        pc.sum(actions[nulls]).as_py() or 0
+    )

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from resources.delta_tables import Days, delta_table, exists, partition_rows, replace_partitions
+from resources.delta_tables import (
+    Days,
+    delta_table,
+    exists,
+    partition_rows,
+    replace_partitions,
+    rows_and_nulls,
+)
 from resources.lake import LakeStorage
 from spotify_assets.catalog import CHANGE_DATE, Catalog, Table
 from spotify_assets.gold import (
@@ -88,12 +95,16 @@ class GoldRunner:
             else:
                 self._replace_keys(table, rows, changed)  # type: ignore[arg-type]
             self._commit(table, version)
-            changed_keys = versions.select(*keys).distinct().count()
-            versions_read = versions.count()
+            read = versions.agg(
+                F.count(F.lit(1)).alias("versions"), F.count_distinct(*keys).alias("keys")
+            ).collect()[0]
+            changed_keys, versions_read = int(read["keys"]), int(read["versions"])
             failures = _counts(expected.failures)
             scope = all_versions.select(*keys) if full else changed  # type: ignore[assignment]
 
         gold = self._read(f"{GOLD}/{table.lake_name}")
+        counted = rows_and_nulls(self.lake, f"{GOLD}/{table.lake_name}", END_AT)
+        rows, current = counted or (gold.count(), gold.where(F.col(END_AT).isNull()).count())
         checked = gold.join(scope, keys, "left_semi")
         live = live_keys(table, all_versions.join(scope, keys, "left_semi"))
         return DimensionApply(
@@ -102,8 +113,8 @@ class GoldRunner:
             full=full,
             changed_keys=changed_keys,
             versions_read=versions_read,
-            rows=gold.count(),
-            current=gold.where(F.col(END_AT).isNull()).count(),
+            rows=rows,
+            current=current,
             failures=failures,
             problems=scd2_problems(table, checked, live),
         )

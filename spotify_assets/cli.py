@@ -123,9 +123,10 @@ def source_stats(settings: Settings) -> dict[str, object]:
 
 
 # Storage defaults (all under DAGSTER_HOME); lake writers queue one at a time (ingest.WRITER_TAG).
-INSTANCE_CONFIG = "run_queue:\n  max_concurrent_runs: 4\n  tag_concurrency_limits:\n" + "".join(
-    f"    - key: {key}\n      limit: 1\n" for key in ingest.WRITER_TAG
-)
+INSTANCE_CONFIG = (
+    "run_queue:\n  max_concurrent_runs: 4\n  dequeue_interval_seconds: 1\n"
+    "  tag_concurrency_limits:\n"
+) + "".join(f"    - key: {key}\n      limit: 1\n" for key in ingest.WRITER_TAG)
 
 
 def dagster_instance(settings: Settings) -> DagsterInstance:

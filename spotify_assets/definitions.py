@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
 from resources import build_resources
 from spotify_assets.assets.bronze import build_bronze_assets
@@ -46,6 +46,9 @@ def build_definitions(settings: Settings) -> Definitions:
         ],
         schedules=[build_daily_schedule(catalog, settings.reconcile_lookback_days)],
         resources=resources,
+        # One process per run: each step in its own subprocess would import Dagster and the
+        # project and start Spark again (seconds per step, most of a small run's time).
+        executor=in_process_executor,
     )
 
 
