@@ -131,9 +131,8 @@ def test_observation_reports_row_counts_and_a_version(
             assert observation.tags["dagster/data_version"]
 
 
-def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
-    env = {**os.environ, "SPOTIFY_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
-    env.pop("SPOTIFY_SOURCE_ODBC", None)
+def validate_workspace(env: dict[str, str]) -> str:
+    """`dagster definitions validate -w workspace.yaml` in `env`; its output, once it passed."""
     dagster = Path(sys.executable).with_name("dagster")
     result = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
@@ -144,3 +143,10 @@ def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
         timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
+    env = {**os.environ, "SPOTIFY_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
+    env.pop("SPOTIFY_SOURCE_ODBC", None)
+    validate_workspace(env)

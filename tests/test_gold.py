@@ -175,17 +175,19 @@ def assert_gold_equals_source(settings: Settings) -> None:
         assert actual[name] == expected[name], name
 
 
+def small_source(home: Path) -> Settings:
+    """A tiny embedded source under `home`, its history ending four days ago, with the
+    dimensions as created kept aside for the reference SQL."""
+    settings = Settings.from_env({"SPOTIFY_HOME": str(home)})
+    end = datetime.now(UTC).date() - timedelta(days=4)
+    source_init(settings, 0.002, SEED, end, history_days=HISTORY_DAYS)
+    keep_initial_dimensions(settings)
+    return settings
+
+
 @pytest.fixture
 def pipeline(tmp_path: Path) -> Iterator[tuple[Settings, DagsterInstance]]:
-    settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
-    source_init(
-        settings,
-        0.002,
-        SEED,
-        datetime.now(UTC).date() - timedelta(days=4),
-        history_days=HISTORY_DAYS,
-    )
-    keep_initial_dimensions(settings)
+    settings = small_source(tmp_path)
     with DagsterInstance.ephemeral() as instance:
         yield settings, instance
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,31 +24,22 @@ from dagster import (
 from resources import copy_runner
 from spotify_assets.catalog import CATALOG
 from spotify_assets.catch_up import CatchUp
-from spotify_assets.cli import source_init, source_simulate
+from spotify_assets.cli import source_simulate
 from spotify_assets.definitions import build_definitions
 from spotify_assets.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 from spotify_assets.settings import Settings
 from tests.test_gold import (
     DIRTY,
-    HISTORY_DAYS,
     LATE,
     assert_gold_equals_source,
-    keep_initial_dimensions,
+    small_source,
 )
 from tests.test_source_db import SEED
 
 
 @pytest.fixture
 def lakehouse(tmp_path: Path) -> Iterator[tuple[Settings, Definitions, DagsterInstance]]:
-    settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
-    source_init(
-        settings,
-        0.002,
-        SEED,
-        datetime.now(UTC).date() - timedelta(days=4),
-        history_days=HISTORY_DAYS,
-    )
-    keep_initial_dimensions(settings)
+    settings = small_source(tmp_path)
     with DagsterInstance.ephemeral() as instance:
         yield settings, build_definitions(settings), instance
 
