@@ -77,12 +77,16 @@ def azure_resources(settings: Settings) -> dict[str, object]:
     source = source_database(settings)
     lake = LakeStorage(url=settings.lake_url)
     workspace = DatabricksWorkspace(host=EnvVar("DATABRICKS_HOST"))
+    data_factory = data_factory_resource()
     return {
         "source_db": source,
         "copy_runner": AzureCopyRunner(
-            source=source, lake=lake, safety_lag_seconds=settings.safety_lag_seconds
+            source=source,
+            lake=lake,
+            safety_lag_seconds=settings.safety_lag_seconds,
+            data_factory=data_factory,
         ),
-        "data_factory": data_factory_resource(),
+        "data_factory": data_factory,
         "silver_engine": DatabricksSilverRunner(
             lake=lake,
             workspace=workspace,

@@ -3,33 +3,44 @@
 The sensors and the CLI plan loads from the source's change feed and the bronze manifests on the
 lake (`LocalCopyRunner.plan`, `first_change_day`, `store`), which work unchanged against Azure SQL
 and ADLS. The copy itself is the Data Factory pipeline of `adf/` (`resources/adf.py`
-`AdfClient.ingest`), which lands one parquet file per table under `bronze/<Table>/_adf/landing/`.
-Committing those files into bronze (per-day files and the next manifest version, what
-`LocalCopyRunner.copy` does after its reads) is not written yet, so a copy fails before starting
-anything rather than land files that nothing makes visible.
+`AdfClient.ingest`), which lands one parquet file per table under
+`bronze/<Table>/_adf/landing/<ADF run id>.parquet`. `AzureCopyRunner.commit_landed` then does what
+`LocalCopyRunner.copy` does after its reads, with the same helpers: conform the rows to
+`bronze_schema`, write immutable per-day files, carry past cdc images, and publish the next
+manifest version (`Manifest.with_extraction`: the same watermark rule). A window whose copy held
+no rows (ADF deletes the empty file) is still committed, so the watermark advances as locally.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import Failure
 
-from resources.copy_runner import CopyResult, LocalCopyRunner
-from spotify_assets.catalog import Table
+from resources.adf import AdfClient, DataFactoryResource, TableCopy
+from resources.bronze_store import EXTRACTED_AT, WINDOW_END, WINDOW_START, bronze_schema
+from resources.copy_runner import CopyResult, LocalCopyRunner, _by_partition, fingerprint
+from resources.dialects import DIALECTS
+from spotify_assets.bronze_manifest import BronzeFile
+from spotify_assets.catalog import CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
 from spotify_assets.windows import Window
 
-MISSING = (
-    "bronze on Azure is not implemented yet: Data Factory's copy (adf/, resources/adf.py "
-    "AdfClient.ingest) lands bronze/<Table>/_adf/landing/<ADF run id>.parquet, but committing "
-    "the landed file into bronze's per-day files and the next manifest version is not written. "
-    "Until it is, load bronze with SPOTIFY_ENV=local against the same source and lake "
-    "(SPOTIFY_SOURCE_ODBC, SPOTIFY_LAKE_URL): silver and gold on Databricks read it from there."
-)
+# The audit columns ADF's Copy adds as strings (`additionalColumns`): bronze stores timestamps.
+_TIMESTAMP_COLUMNS = (EXTRACTED_AT, WINDOW_START, WINDOW_END)
 
 
 class AzureCopyRunner(LocalCopyRunner):
-    """Plans like `LocalCopyRunner`; `copy` refuses until the ADF landing commit exists."""
+    """Plans like `LocalCopyRunner`; copies with Data Factory, then commits the landed file."""
+
+    data_factory: DataFactoryResource
+
+    def adf_client(self) -> AdfClient:
+        return self.data_factory.client()
 
     def copy(
         self,
@@ -39,7 +50,143 @@ class AzureCopyRunner(LocalCopyRunner):
         from_watermark: bool = False,
         log: Callable[[str], None] = lambda message: None,
     ) -> CopyResult:
-        raise Failure(
-            description=f"{table.name}: {MISSING}",
-            metadata={"table": table.name, "window": str(requested) if requested else "whole"},
+        started = time.perf_counter()
+        window, high, manifest = self.plan(table, requested, from_watermark)
+        query = DIALECTS[self.source.dialect].extract_query(table, window)
+        if window is not None and window.empty:
+            log(f"{table.name}: nothing to copy up to {high} (watermark {manifest.watermark})")
+            return CopyResult(
+                table.name, window, high, query,
+                watermark_before=manifest.watermark, watermark_after=manifest.watermark,
+            )  # fmt: skip
+        run = self.adf_client().ingest({table.name: window}, run_id, log)
+        if table.name not in run.tables:
+            raise Failure(
+                description=f"{table.name}: ADF run {run.run_id} succeeded without a copy of it",
+                metadata={"adf_run_id": run.run_id, "table": table.name},
+            )
+        return self.commit_landed(
+            table, run.tables[table.name], run.run_id, run_id, high, query, log, started
         )
+
+    def commit_landed(
+        self,
+        table: Table,
+        copied: TableCopy,
+        adf_run_id: str,
+        run_id: str,
+        high: datetime,
+        query: str = "",
+        log: Callable[[str], None] = lambda message: None,
+        started: float | None = None,
+    ) -> CopyResult:
+        """Commit ADF's landed file of `copied` into bronze, as `LocalCopyRunner.copy` would."""
+        started = time.perf_counter() if started is None else started
+        store = self.store(table)
+        manifest = store.current()
+        window = copied.window
+        if table.mode is not CaptureMode.SNAPSHOT and window is None:
+            raise Failure(description=f"{table.name}: ADF reported no window for a windowed copy")
+        if window is not None and window.empty:
+            log(f"{table.name}: ADF copied an empty window (watermark {manifest.watermark})")
+            return CopyResult(
+                table.name, window, high, query,
+                watermark_before=manifest.watermark, watermark_after=manifest.watermark,
+            )  # fmt: skip
+        landed = (
+            self.lake.read_parquet([copied.file]) if copied.file else None
+        )  # None: ADF deleted the empty file
+        rows = conform_landed(table, landed)
+        if rows.num_rows != copied.rows_copied:
+            raise Failure(
+                description=f"{table.name}: ADF reported {copied.rows_copied} rows copied but "
+                f"{copied.file} holds {rows.num_rows}",
+                metadata={"adf_run_id": adf_run_id, "file": str(copied.file)},
+            )
+        if window is None and [f.fingerprint for f in manifest.files] == [
+            fingerprint(rows.select(list(table.column_names)))
+        ]:
+            log(f"{table.name}: unchanged since manifest version {manifest.version}")
+            return CopyResult(
+                table.name, None, high, query, rows_read=copied.rows_read,
+                seconds=time.perf_counter() - started,
+            )  # fmt: skip
+        end = window.end if window else high
+        extraction = f"{end:%Y%m%dT%H%M%S}-adf-{adf_run_id[:12]}-{uuid.uuid4().hex[:8]}"
+        files: list[BronzeFile] = [
+            self._write(table, partition, part, window, extraction, run_id)
+            for partition, part in _by_partition(table, rows)
+        ]
+        files += self._carry_past_images(table, manifest, window, files, extraction, run_id)
+        next_manifest = manifest.with_extraction(window, files, self.history_start(table))
+        store.commit(next_manifest)
+        log(
+            f"{table.name}: committed {rows.num_rows:,} rows of ADF run {adf_run_id} into "
+            f"{len(files)} files (manifest version {next_manifest.version})"
+        )
+        return CopyResult(
+            table=table.name,
+            window=window,
+            high=high,
+            query=query,
+            rows_read=copied.rows_read,
+            files=tuple(files),
+            watermark_before=manifest.watermark,
+            watermark_after=next_manifest.watermark,
+            manifest_version=next_manifest.version,
+            seconds=time.perf_counter() - started,
+            partitions=tuple(sorted({f.partition for f in files if f.partition})),
+        )
+
+
+def conform_landed(table: Table, landed: pa.Table | None) -> pa.Table:
+    """ADF's landed rows in `bronze_schema(table)`, exactly as `LocalCopyRunner` writes them.
+
+    The source columns (and `_op`/`_seq`/change time in cdc mode) are cast to the catalog's
+    types; the string audit columns become timestamps ('' for a snapshot's window: NULL); tables
+    not in cdc mode get `_op='S'` and a NULL `_seq`, as `_with_audit` adds them. None: no file.
+    """
+    schema = bronze_schema(table)
+    if landed is None:
+        return schema.empty_table()
+    columns: list[pa.ChunkedArray] = []
+    for field in schema:
+        if field.name in landed.column_names:
+            column = landed[field.name]
+            if field.name in _TIMESTAMP_COLUMNS and (
+                pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+            ):
+                column = _parse_timestamps(column)
+            columns.append(column.cast(field.type))
+        elif table.mode is not CaptureMode.CDC and field.name == CHANGE_OP:
+            columns.append(pa.chunked_array([pa.repeat("S", landed.num_rows)], pa.string()))
+        elif table.mode is not CaptureMode.CDC and field.name == CHANGE_SEQ:
+            columns.append(pa.chunked_array([pa.nulls(landed.num_rows, pa.int64())]))
+        else:
+            raise Failure(
+                description=f"{table.name}: the landed file lacks column {field.name}",
+                metadata={"columns": str(landed.column_names)},
+            )
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _parse_timestamps(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """ADF timestamp strings (ISO 8601, up to 7 fractional digits, 'Z') as naive UTC, in `us`.
+
+    Parsed once per distinct value: an audit column holds one or two values per file.
+    """
+    distinct = pc.unique(column)
+    parsed = pa.array([_adf_timestamp(v) for v in distinct.to_pylist()], pa.timestamp("us"))
+    positions = pc.index_in(column, value_set=distinct)
+    return pa.chunked_array(
+        [parsed.take(chunk) for chunk in positions.chunks], type=pa.timestamp("us")
+    )
+
+
+def _adf_timestamp(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment

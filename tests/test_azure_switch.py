@@ -1,26 +1,21 @@
 """`SPOTIFY_ENV=azure` selects the Azure resources, loads with placeholder values and no network,
-and keeps the asset graph of the embedded default; bronze says plainly what is not built yet."""
+and keeps the asset graph of the embedded default; bronze copies through the same Data Factory."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, materialize
 
 from resources import build_resources
 from resources.adf import DataFactoryResource
-from resources.azure_copy import MISSING, AzureCopyRunner
+from resources.azure_copy import AzureCopyRunner
 from resources.databricks import DatabricksSilverRunner, DltPipelineRunner
 from resources.engines import LocalGold, LocalSilver
-from spotify_assets.assets.bronze import build_bronze_asset
-from spotify_assets.catalog import CATALOG
 from spotify_assets.definitions import build_definitions
 from spotify_assets.settings import Environment, Settings
-from tests.test_definitions import assert_gold_graph
+from tests.test_definitions import assert_gold_graph, validate_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 # Placeholders only: every host is this machine, nothing is reachable, nothing is secret.
@@ -106,17 +101,13 @@ def test_loading_the_azure_definitions_touches_no_workspace(
     defs.resolve_all_job_defs()
 
 
-def test_bronze_on_azure_fails_saying_what_is_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name, value in AZURE.items():
-        monkeypatch.setenv(name, value)
+def test_bronze_on_azure_copies_with_the_data_factory_resource(tmp_path: Path) -> None:
     resources = build_resources(azure_settings(tmp_path))
-    dates = CATALOG["DimDate"]
-    result = materialize([build_bronze_asset(dates)], resources=resources, raise_on_error=False)
-    assert not result.success
-    (failure,) = [e for e in result.all_events if e.event_type is DagsterEventType.STEP_FAILURE]
-    assert f"DimDate: {MISSING}" in str(failure.event_specific_data.error)
+    runner = resources["copy_runner"]
+    assert isinstance(runner, AzureCopyRunner)
+    # The factory bronze runs is the one `data_factory` deploys (tests/test_adf_bronze.py: the
+    # copy and the commit of its landed file).
+    assert runner.data_factory == resources["data_factory"]
 
 
 def test_dagster_validates_the_azure_workspace_without_network(tmp_path: Path) -> None:
@@ -125,14 +116,5 @@ def test_dagster_validates_the_azure_workspace_without_network(tmp_path: Path) -
     env.update({"SPOTIFY_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)})
     # Anything that tried to connect would find only this machine's closed ports.
     env.update({"NO_PROXY": "*", "no_proxy": "*"})
-    dagster = Path(sys.executable).with_name("dagster")
-    result = subprocess.run(
-        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Validation successful" in result.stdout + result.stderr
+    output = validate_workspace(env)
+    assert "Validation successful" in output
