@@ -17,7 +17,6 @@ from spotify_assets.definitions import build_definitions
 from spotify_assets.settings import Environment, Settings
 from tests.test_definitions import assert_gold_graph, validate_workspace
 
-ROOT = Path(__file__).resolve().parents[1]
 # Placeholders only: every host is this machine, nothing is reachable, nothing is secret.
 AZURE = {
     "SPOTIFY_ENV": "azure",
