@@ -24,7 +24,13 @@ from dagster import Failure
 
 from resources.adf import AdfClient, DataFactoryResource, TableCopy
 from resources.bronze_store import EXTRACTED_AT, WINDOW_END, WINDOW_START, bronze_schema
-from resources.copy_runner import CopyResult, LocalCopyRunner, _by_partition, fingerprint
+from resources.copy_runner import (
+    CopyResult,
+    LocalCopyRunner,
+    _by_partition,
+    nothing_copied,
+    unchanged_snapshot,
+)
 from resources.dialects import DIALECTS
 from spotify_assets.bronze_manifest import BronzeFile
 from spotify_assets.catalog import CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
@@ -55,10 +61,7 @@ class AzureCopyRunner(LocalCopyRunner):
         query = DIALECTS[self.source.dialect].extract_query(table, window)
         if window is not None and window.empty:
             log(f"{table.name}: nothing to copy up to {high} (watermark {manifest.watermark})")
-            return CopyResult(
-                table.name, window, high, query,
-                watermark_before=manifest.watermark, watermark_after=manifest.watermark,
-            )  # fmt: skip
+            return nothing_copied(table, window, high, query, manifest)
         run = self.adf_client().ingest({table.name: window}, run_id, log)
         if table.name not in run.tables:
             raise Failure(
@@ -82,17 +85,13 @@ class AzureCopyRunner(LocalCopyRunner):
     ) -> CopyResult:
         """Commit ADF's landed file of `copied` into bronze, as `LocalCopyRunner.copy` would."""
         started = time.perf_counter() if started is None else started
-        store = self.store(table)
-        manifest = store.current()
+        manifest = self.store(table).current()
         window = copied.window
         if table.mode is not CaptureMode.SNAPSHOT and window is None:
             raise Failure(description=f"{table.name}: ADF reported no window for a windowed copy")
         if window is not None and window.empty:
             log(f"{table.name}: ADF copied an empty window (watermark {manifest.watermark})")
-            return CopyResult(
-                table.name, window, high, query,
-                watermark_before=manifest.watermark, watermark_after=manifest.watermark,
-            )  # fmt: skip
+            return nothing_copied(table, window, high, query, manifest)
         landed = (
             self.lake.read_parquet([copied.file]) if copied.file else None
         )  # None: ADF deleted the empty file
@@ -103,9 +102,7 @@ class AzureCopyRunner(LocalCopyRunner):
                 f"{copied.file} holds {rows.num_rows}",
                 metadata={"adf_run_id": adf_run_id, "file": str(copied.file)},
             )
-        if window is None and [f.fingerprint for f in manifest.files] == [
-            fingerprint(rows.select(list(table.column_names)))
-        ]:
+        if window is None and unchanged_snapshot(manifest, rows.select(list(table.column_names))):
             log(f"{table.name}: unchanged since manifest version {manifest.version}")
             return CopyResult(
                 table.name, None, high, query, rows_read=copied.rows_read,
@@ -117,26 +114,15 @@ class AzureCopyRunner(LocalCopyRunner):
             self._write(table, partition, part, window, extraction, run_id)
             for partition, part in _by_partition(table, rows)
         ]
-        files += self._carry_past_images(table, manifest, window, files, extraction, run_id)
-        next_manifest = manifest.with_extraction(window, files, self.history_start(table))
-        store.commit(next_manifest)
+        result = self.commit_files(
+            table, manifest, window, files, extraction, run_id, high, query, copied.rows_read,
+            started,
+        )  # fmt: skip
         log(
             f"{table.name}: committed {rows.num_rows:,} rows of ADF run {adf_run_id} into "
-            f"{len(files)} files (manifest version {next_manifest.version})"
+            f"{len(result.files)} files (manifest version {result.manifest_version})"
         )
-        return CopyResult(
-            table=table.name,
-            window=window,
-            high=high,
-            query=query,
-            rows_read=copied.rows_read,
-            files=tuple(files),
-            watermark_before=manifest.watermark,
-            watermark_after=next_manifest.watermark,
-            manifest_version=next_manifest.version,
-            seconds=time.perf_counter() - started,
-            partitions=tuple(sorted({f.partition for f in files if f.partition})),
-        )
+        return result
 
 
 def conform_landed(table: Table, landed: pa.Table | None) -> pa.Table:

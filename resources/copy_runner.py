@@ -141,10 +141,7 @@ class LocalCopyRunner(ConfigurableResource):
         query = sql.extract_query(table, window)
         if window is not None and window.empty:
             log(f"{table.name}: nothing to copy up to {high} (watermark {manifest.watermark})")
-            return CopyResult(
-                table.name, window, high, query,
-                watermark_before=manifest.watermark, watermark_after=manifest.watermark,
-            )  # fmt: skip
+            return nothing_copied(table, window, high, query, manifest)
         extraction = f"{high:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         extracted_at = datetime.now(UTC).replace(tzinfo=None)
 
@@ -163,7 +160,7 @@ class LocalCopyRunner(ConfigurableResource):
         if window is None:
             # A snapshot identical to the one bronze holds is not copied again.
             rows = self._read(table, query)
-            if [f.fingerprint for f in manifest.files] == [fingerprint(rows)]:
+            if unchanged_snapshot(manifest, rows):
                 log(f"{table.name}: unchanged since manifest version {manifest.version}")
                 return CopyResult(
                     table.name, None, high, query, rows_read=rows.num_rows,
@@ -179,7 +176,25 @@ class LocalCopyRunner(ConfigurableResource):
                     files += chunk_files
                     if chunk_rows:
                         log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
-        files += self._carry_past_images(table, manifest, window, files, extraction, run_id)
+        return self.commit_files(
+            table, manifest, window, files, extraction, run_id, high, query, rows_read, started
+        )
+
+    def commit_files(
+        self,
+        table: Table,
+        manifest: Manifest,
+        window: Window | None,
+        files: list[BronzeFile],
+        extraction: str,
+        run_id: str,
+        high: datetime,
+        query: str,
+        rows_read: int,
+        started: float,
+    ) -> CopyResult:
+        """Step 4: carry past cdc images, then publish the next manifest version."""
+        files = files + self._carry_past_images(table, manifest, window, files, extraction, run_id)
         next_manifest = manifest.with_extraction(window, files, self.history_start(table))
         self.store(table).commit(next_manifest)
         return CopyResult(
@@ -279,6 +294,21 @@ class LocalCopyRunner(ConfigurableResource):
         if partition is not None:
             window = window.intersect(_partition_window(table, partition))
         return BronzeFile(path, rows.num_rows, run_id, partition, window)
+
+
+def nothing_copied(
+    table: Table, window: Window | None, high: datetime, query: str, manifest: Manifest
+) -> CopyResult:
+    """The result of an empty window: nothing read, nothing committed, the watermark kept."""
+    return CopyResult(
+        table.name, window, high, query,
+        watermark_before=manifest.watermark, watermark_after=manifest.watermark,
+    )  # fmt: skip
+
+
+def unchanged_snapshot(manifest: Manifest, rows: pa.Table) -> bool:
+    """Whether a snapshot's source rows are exactly the ones bronze holds (not copied again)."""
+    return [f.fingerprint for f in manifest.files] == [fingerprint(rows)]
 
 
 def fingerprint(rows: pa.Table) -> str:
