@@ -901,14 +901,16 @@ def realistic_bronze() -> dict[str, list[Row]]:
     return rows
 
 
+def version_of(table: Table, r: Row) -> tuple[Any, ...]:
+    """A bronze row's (key, version time, delete or not): what dedup keeps one row of."""
+    is_delete = r.get(CHANGE_OP) == "D"
+    at = r[CHANGE_AT] if is_delete else (r[table.cdc_column] if table.cdc_column else None)
+    return (*(r[k] for k in table.key), at, is_delete)
+
+
 def distinct_versions(table: Table, rows: list[Row]) -> int:
     """How many rows silver must keep: one per (key, version time, delete or not)."""
-    versions = set()
-    for r in rows:
-        is_delete = r.get(CHANGE_OP) == "D"
-        at = r[CHANGE_AT] if is_delete else (r[table.cdc_column] if table.cdc_column else None)
-        versions.add((*(r[k] for k in table.key), at, is_delete))
-    return len(versions)
+    return len({version_of(table, r) for r in rows})
 
 
 # Rules the simulator's unfixable dirt (NULL foreign keys, bad durations) breaks; its fixable
@@ -1023,12 +1025,7 @@ def once_each(table: Table, rows: list[Row]) -> list[Row]:
     seen: set[tuple[Any, ...]] = set()
     kept = []
     for r in rows:
-        at = (
-            r[CHANGE_AT]
-            if r.get(CHANGE_OP) == "D"
-            else (r[table.cdc_column] if table.cdc_column else None)
-        )
-        identity = (*(r[k] for k in table.key), at)
+        identity = version_of(table, r)[:-1]  # (key, version time), as `has_repeats` groups
         if identity not in seen:
             seen.add(identity)
             kept.append(r)
