@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from harness import (
     Context,
     Measure,
     Payload,
     cli,
+    copy_runner,
+    create_source,
     fmt,
     measure,
     peak_mib,
@@ -58,30 +58,8 @@ GOAL_PEAK_MIB = 2048
 # subprocesses too), and each step's peak is its own.
 
 
-def _runner(ctx: Context) -> Any:
-    from resources.copy_runner import LocalCopyRunner
-    from resources.lake import LakeStorage
-    from resources.source_db import SourceDatabase, sqlite_connection_string
-
-    return LocalCopyRunner(
-        source=SourceDatabase(connection_string=sqlite_connection_string(ctx.source)),
-        lake=LakeStorage(url=str(ctx.lake)),
-        safety_lag_seconds=0,
-    )
-
-
 def step_create(ctx: Context) -> Payload:
-    """A scale-S SQLite source whose history ends two days ago."""
-    from spotify_assets.cli import source_init
-
-    end = datetime.now(UTC).date() - timedelta(days=2)
-    created = source_init(settings(ctx), ctx.scale, SEED, end, force=True)
-    return {
-        "rows": created["rows"],
-        "seconds": created["seconds"],
-        "history": created["history"],
-        "mib": ctx.source.stat().st_size / 2**20,
-    }
+    return {**create_source(ctx, SEED), "mib": ctx.source.stat().st_size / 2**20}
 
 
 def step_simulate(ctx: Context) -> Payload:
@@ -97,7 +75,7 @@ def step_initial(ctx: Context) -> Payload:
     """FactStream first (its own time and peak), then the four other tables."""
     from spotify_assets.catalog import CATALOG
 
-    runner = _runner(ctx)
+    runner = copy_runner(ctx)
     started = time.perf_counter()
     fact = runner.copy(CATALOG[FACT], None, RUN_ID, from_watermark=True)
     fact_seconds = time.perf_counter() - started
@@ -118,7 +96,7 @@ def step_incremental(ctx: Context) -> Payload:
     """Every table copied from its stored watermark (also the run with no changes)."""
     from spotify_assets.catalog import CATALOG
 
-    runner = _runner(ctx)
+    runner = copy_runner(ctx)
     started = time.perf_counter()
     results = [runner.copy(t, None, RUN_ID, from_watermark=True) for t in CATALOG]
     seconds = time.perf_counter() - started

@@ -35,10 +35,24 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
-from harness import Context, Measure, Payload, cli, fmt, measure, print_table, required, settings
+from harness import (
+    Context,
+    Measure,
+    Payload,
+    cli,
+    copy_runner,
+    create_source,
+    fmt,
+    lake_of,
+    measure,
+    print_table,
+    required,
+    sail,
+    settings,
+)
 
 SEED = 42
 RUN_ID = "bench"
@@ -74,12 +88,6 @@ def _rates() -> Any:
 # --- steps: each runs in its own subprocess (see harness.py) -----------------------------------
 
 
-def _lake(ctx: Context) -> Any:
-    from resources.lake import LakeStorage
-
-    return LakeStorage(url=settings(ctx).lake_url)
-
-
 def _catalog() -> Any:
     from spotify_assets.catalog import CATALOG
 
@@ -88,14 +96,6 @@ def _catalog() -> Any:
 
 def _today() -> date:
     return datetime.now(UTC).date()
-
-
-def _sail() -> tuple[Any, float]:
-    from resources.spark import SparkResource
-
-    started = time.perf_counter()
-    spark = SparkResource().session()
-    return spark, time.perf_counter() - started
 
 
 class Split:
@@ -140,8 +140,8 @@ def _gold(ctx: Context) -> tuple[Any, Split, float]:
 
     from resources import gold_runner
 
-    spark, startup = _sail()
-    runner = gold_runner.GoldRunner(_lake(ctx), spark, _catalog())
+    spark, startup = sail()
+    runner = gold_runner.GoldRunner(lake_of(ctx), spark, _catalog())
     split = Split()
     gold_runner.replace_partitions = split.wrap("write", gold_runner.replace_partitions)
     runner._replace_keys = split.wrap("write", runner._replace_keys)
@@ -190,26 +190,13 @@ def _apply_dimensions(ctx: Context, full: bool = False) -> Payload:
 
 
 def step_create(ctx: Context) -> Payload:
-    """A scale-S SQLite source whose history ends two days ago."""
-    from spotify_assets.cli import source_init
-
-    end = _today() - timedelta(days=2)
-    created = source_init(settings(ctx), ctx.scale, SEED, end, force=True)
-    return {"rows": created["rows"], "seconds": created["seconds"], "history": created["history"]}
+    return create_source(ctx, SEED)
 
 
 def _copy_all(ctx: Context) -> Payload:
     """Every table from its watermark into bronze (the initial load, then incremental)."""
-    from resources.copy_runner import LocalCopyRunner
-    from resources.source_db import SourceDatabase, sqlite_connection_string
 
-    runner = LocalCopyRunner(
-        source=SourceDatabase(
-            connection_string=sqlite_connection_string(settings(ctx).embedded_source_path)
-        ),
-        lake=_lake(ctx),
-        safety_lag_seconds=0,
-    )
+    runner = copy_runner(ctx)
     started = time.perf_counter()
     results = {t.name: runner.copy(t, None, RUN_ID, from_watermark=True) for t in _catalog()}
     seconds = time.perf_counter() - started
@@ -232,8 +219,8 @@ def _refresh(ctx: Context, plan: dict[str, tuple[date, date] | None]) -> Payload
     """`SilverStore.refresh` of the given tables and partitions, timed per table."""
     from resources.silver_store import SilverStore
 
-    spark, startup = _sail()
-    lake, catalog = _lake(ctx), _catalog()
+    spark, startup = sail()
+    lake, catalog = lake_of(ctx), _catalog()
     tables: dict[str, Payload] = {}
     started = time.perf_counter()
     for name, days in plan.items():

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,15 @@ from harness import (
     Measure,
     Payload,
     cli,
+    copy_runner,
+    create_source,
     fmt,
+    lake_of,
     measure,
     peak_mib,
     print_table,
     required,
-    settings,
+    sail,
 )
 
 SEED = 42
@@ -59,12 +62,6 @@ GOAL_PEAK_MIB = 2048
 # subprocesses too), and each step's peak is its own.
 
 
-def _lake(ctx: Context) -> Any:
-    from resources.lake import LakeStorage
-
-    return LakeStorage(url=settings(ctx).lake_url)
-
-
 def _fact() -> Any:
     from spotify_assets.catalog import CATALOG
 
@@ -79,18 +76,10 @@ def _bronze_files(ctx: Context) -> list[Any]:
     """FactStream's live bronze files; after a single load every file is fully live."""
     from resources.bronze_store import BronzeStore
 
-    files = list(BronzeStore(_lake(ctx), _fact()).current().files)
+    files = list(BronzeStore(lake_of(ctx), _fact()).current().files)
     partial = [f.path for f in files if not f.fully_live]
     assert not partial, f"bronze files not fully live after one load: {partial[:3]}"
     return files
-
-
-def _sail() -> tuple[Any, float]:
-    from resources.spark import SparkResource
-
-    started = time.perf_counter()
-    spark = SparkResource().session()
-    return spark, time.perf_counter() - started
 
 
 def _timed(into: dict[str, float], label: Callable[..., str], method: Callable) -> Callable:
@@ -112,8 +101,8 @@ def _refresh(ctx: Context, days: tuple[date, date]) -> Payload:
     two Delta writes, and the rest (the counts it reports, each a query of its own)."""
     from resources import silver_store
 
-    spark, startup = _sail()
-    store = silver_store.SilverStore(_lake(ctx), spark, _fact())
+    spark, startup = sail()
+    store = silver_store.SilverStore(lake_of(ctx), spark, _fact())
     parts: dict[str, float] = {}
     # Wrappers shadow what `refresh` calls: the store's code is unchanged.
     store.read_bronze = _timed(parts, lambda *_: "plan the bronze read", store.read_bronze)
@@ -140,27 +129,14 @@ def _refresh(ctx: Context, days: tuple[date, date]) -> Payload:
 
 
 def step_create(ctx: Context) -> Payload:
-    """A scale-S SQLite source whose history ends two days ago."""
-    from spotify_assets.cli import source_init
-
-    end = datetime.now(UTC).date() - timedelta(days=2)
-    created = source_init(settings(ctx), ctx.scale, SEED, end, force=True)
-    return {"rows": created["rows"], "seconds": created["seconds"], "history": created["history"]}
+    return create_source(ctx, SEED)
 
 
 def step_bronze(ctx: Context) -> Payload:
     """The initial load of every table into bronze."""
-    from resources.copy_runner import LocalCopyRunner
-    from resources.source_db import SourceDatabase, sqlite_connection_string
     from spotify_assets.catalog import CATALOG
 
-    runner = LocalCopyRunner(
-        source=SourceDatabase(
-            connection_string=sqlite_connection_string(settings(ctx).embedded_source_path)
-        ),
-        lake=_lake(ctx),
-        safety_lag_seconds=0,
-    )
+    runner = copy_runner(ctx)
     started = time.perf_counter()
     results = {t.name: runner.copy(t, None, RUN_ID, from_watermark=True) for t in CATALOG}
     return {
@@ -223,10 +199,10 @@ def step_sail_parquet(ctx: Context) -> Payload:
     """Sail: read the live bronze files, transform, write valid and quarantine as parquet."""
     from resources.silver_store import SilverStore
 
-    spark, startup = _sail()
+    spark, startup = sail()
     target = ctx.out / "sail"
     started = time.perf_counter()
-    bronze = SilverStore(_lake(ctx), spark, _fact()).read_bronze(_all_days())
+    bronze = SilverStore(lake_of(ctx), spark, _fact()).read_bronze(_all_days())
     parts = {"plan the bronze read": time.perf_counter() - started}
     parts |= _transform_and_write(spark, bronze, target)
     return _engine_payload(ctx, target, parts, startup)
@@ -252,7 +228,7 @@ def step_jvm_parquet(ctx: Context) -> Payload:
         .getOrCreate()
     )
     startup = time.perf_counter() - started
-    lake = _lake(ctx)
+    lake = lake_of(ctx)
     paths = [lake.path(f.path) for f in _bronze_files(ctx)]
     target = ctx.out / "jvm"
     started = time.perf_counter()

@@ -60,6 +60,47 @@ def settings(ctx: Context) -> Any:
     return result
 
 
+# --- shared by the steps; the project is imported inside them, so the driver stays small ---
+
+
+def create_source(ctx: Context, seed: int) -> Payload:
+    """A scale-S SQLite source whose history ends two days ago."""
+    from datetime import UTC, datetime, timedelta
+
+    from spotify_assets.cli import source_init
+
+    end = datetime.now(UTC).date() - timedelta(days=2)
+    created = source_init(settings(ctx), ctx.scale, seed, end, force=True)
+    return {"rows": created["rows"], "seconds": created["seconds"], "history": created["history"]}
+
+
+def lake_of(ctx: Context) -> Any:
+    from resources.lake import LakeStorage
+
+    return LakeStorage(url=str(ctx.lake))
+
+
+def copy_runner(ctx: Context) -> Any:
+    """The local copy runner on the step's source and lake, with no safety lag."""
+    from resources.copy_runner import LocalCopyRunner
+    from resources.source_db import SourceDatabase, sqlite_connection_string
+
+    return LocalCopyRunner(
+        source=SourceDatabase(connection_string=sqlite_connection_string(ctx.source)),
+        lake=lake_of(ctx),
+        safety_lag_seconds=0,
+    )
+
+
+def sail() -> tuple[Any, float]:
+    """A Sail session and the seconds it took to start."""
+    from resources.spark import SparkResource
+
+    started = time.perf_counter()
+    spark = SparkResource().session()
+    return spark, time.perf_counter() - started
+
+
 @dataclass
 class Measure:
     """One line of the table; `note` replaces the figures of a skipped or failed step."""
