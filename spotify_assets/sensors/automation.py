@@ -39,6 +39,7 @@ from spotify_assets.ingest import WRITER_TAG, PlannedRun, plan_incremental, plan
 
 ARRIVAL_INTERVAL_SECONDS = 15
 RECONCILIATION_INTERVAL_SECONDS = 300
+NO_SOURCE = "the source is not initialised (spotify-lakehouse source init)"
 
 
 def run_request(run: PlannedRun, catalog: Catalog, key: str) -> RunRequest:
@@ -65,7 +66,7 @@ def build_arrival_sensor(catalog: Catalog, lookback_days: int) -> SensorDefiniti
     )
     def cdc_arrival_sensor(context: SensorEvaluationContext, copy_runner: LocalCopyRunner):
         if not copy_runner.source.exists():
-            return SkipReason("the source is not initialised (spotify-lakehouse source init)")
+            return SkipReason(NO_SOURCE)
         with copy_runner.source.session() as session:
             positions = {t.name: _digest(session.table_stats(t)) for t in catalog}
         seen = json.loads(context.cursor) if context.cursor else {}
@@ -92,7 +93,7 @@ def build_reconciliation_sensor(catalog: Catalog, lookback_days: int) -> SensorD
     )
     def reconciliation_sensor(context: SensorEvaluationContext, copy_runner: LocalCopyRunner):
         if not copy_runner.source.exists():
-            return SkipReason("the source is not initialised (spotify-lakehouse source init)")
+            return SkipReason(NO_SOURCE)
         runs = plan_repairs(copy_runner, list(catalog), lookback_days)
         if not runs:
             return SkipReason(f"every loaded day of the last {lookback_days} matches the source")
@@ -118,7 +119,7 @@ def build_daily_schedule(catalog: Catalog, lookback_days: int) -> ScheduleDefini
     )
     def daily_catch_up(context: ScheduleEvaluationContext, copy_runner: LocalCopyRunner):
         if not copy_runner.source.exists():
-            return SkipReason("the source is not initialised (spotify-lakehouse source init)")
+            return SkipReason(NO_SOURCE)
         stamp = context.scheduled_execution_time.isoformat()
         runs = plan_incremental(copy_runner, list(catalog), context.instance, lookback_days)
         return [run_request(r, catalog, f"daily-{stamp}-{n}") for n, r in enumerate(runs)]
