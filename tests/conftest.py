@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -192,3 +192,73 @@ def azurite() -> Iterator[Azurite]:
             server.kill()
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class BoundedRun:
+    """A command run under a memory bound: its exit code, output and the peak RSS of its tree."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_bytes: int
+    killed_for_memory: bool
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / 2**30
+
+
+def _tree_rss(root: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc (bytes)."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(Path(stat).parent.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf(
+                "SC_PAGE_SIZE"
+            )
+    return total
+
+
+def run_bounded(
+    args: list[str], limit_gib: float, env: dict[str, str] | None = None, timeout: float = 600
+) -> BoundedRun:
+    """Run `args` in a new session, polling the RSS of its whole process tree every 50 ms; over
+    `limit_gib` the tree is SIGKILLed (the machine stays safe) and the result says so."""
+    import signal
+
+    limit = int(limit_gib * 2**30)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=err, start_new_session=True)
+        peak, killed, deadline = 0, False, time.monotonic() + timeout
+        try:
+            while process.poll() is None:
+                peak = max(peak, _tree_rss(process.pid))
+                if peak > limit:
+                    killed = True
+                    break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{' '.join(args)} ran longer than {timeout} s")
+                time.sleep(0.05)
+        finally:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        out.seek(0)
+        err.seek(0)
+        return BoundedRun(process.returncode, out.read().decode(errors="replace"),
+                          err.read().decode(errors="replace"), peak, killed)  # fmt: skip
+
+
+@pytest.fixture
+def bounded() -> Callable[..., BoundedRun]:
+    """`bounded(args, limit_gib, env=…)` -> BoundedRun: a subprocess under a memory bound."""
+    return run_bounded
