@@ -29,6 +29,7 @@ from resources.delta_tables import (
 from resources.lake import LakeStorage
 from spotify_assets.catalog import CHANGE_DATE, Catalog, Table
 from spotify_assets.gold import (
+    SCD2_INVARIANTS,
     Expected,
     aggregate,
     expect,
@@ -52,7 +53,12 @@ class DimensionApply:
     rows: int  # gold rows in all
     current: int  # rows with __END_AT NULL
     failures: dict[str, int]  # versions dropped per expectation
-    problems: dict[str, int]  # SCD2 invariants broken among the keys written (zero when correct)
+    problems: dict[str, int]  # SCD2 invariants broken by the rows written: all zero (rows
+    # breaking one are never written: `Scd2InvariantError`)
+
+
+class Scd2InvariantError(RuntimeError):
+    """Computed SCD2 rows break an invariant: a defect, so they are not written."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,7 @@ class GoldRunner:
         keys = list(table.key)
         changed_keys = versions_read = 0
         failures: dict[str, int] = {}
-        # The SCD2 invariants are checked on the keys this apply writes: all of them on a full
-        # rebuild, the changed ones otherwise (the others' rows are the ones checked before).
-        scope = self.spark.createDataFrame([], all_versions.select(*keys).schema)
+        problems = dict.fromkeys(SCD2_INVARIANTS, 0)
         if full or applied != version or not exists(self.lake, target):
             changed = (
                 None if full or applied is None else self._changed_keys(table, applied, version)
@@ -90,6 +94,16 @@ class GoldRunner:
             versions = all_versions if full else all_versions.join(changed, keys, "left_semi")
             expected = expect(table.gold.expectations, versions)  # type: ignore[union-attr]
             rows = scd2(table, expected.kept)
+            # The rows of the keys this apply writes are checked before they are written: a
+            # table breaking an invariant is never committed (the others' rows passed before).
+            problems = scd2_problems(table, rows, live_keys(table, expected.kept))
+            if any(problems.values()):
+                broken = ", ".join(f"{name}: {n}" for name, n in problems.items() if n)
+                raise Scd2InvariantError(
+                    f"gold/{table.lake_name}: the new versions break SCD2 invariants ({broken}); "
+                    "nothing was written: report this with the source's change records of the "
+                    "keys changed since the last run"
+                )
             if full:
                 replace_partitions(self.lake, rows, target, None, None)
             else:
@@ -100,13 +114,10 @@ class GoldRunner:
             ).collect()[0]
             changed_keys, versions_read = int(read["keys"]), int(read["versions"])
             failures = _counts(expected.failures)
-            scope = all_versions.select(*keys) if full else changed  # type: ignore[assignment]
 
         gold = self._read(f"{GOLD}/{table.lake_name}")
         counted = rows_and_nulls(self.lake, f"{GOLD}/{table.lake_name}", END_AT)
         rows, current = counted or (gold.count(), gold.where(F.col(END_AT).isNull()).count())
-        checked = gold.join(scope, keys, "left_semi")
-        live = live_keys(table, all_versions.join(scope, keys, "left_semi"))
         return DimensionApply(
             table=table.lake_name,
             silver_version=version,
@@ -116,7 +127,7 @@ class GoldRunner:
             rows=rows,
             current=current,
             failures=failures,
-            problems=scd2_problems(table, checked, live),
+            problems=problems,
         )
 
     def _changed_keys(self, table: Table, applied: int, version: int) -> DataFrame | None:

@@ -187,10 +187,12 @@ def _s(name: str, length: int, nullable: bool = True) -> Column:
 
 
 def _scd2(key: str, tracked: tuple[str, ...]) -> Scd2Dimension:
-    """Versions ordered by business time; a change-feed delete closes the current version."""
+    """Versions ordered by business time, then change sequence; a change-feed delete closes
+    the current version."""
     return Scd2Dimension(
         tracked=tracked,
-        sequence_by=VERSION_AT,
+        business_time=VERSION_AT,
+        change_sequence=CHANGE_SEQ,
         delete_when=f"{CHANGE_OP} = 'D'",
         expectations=(Rule(f"{key}_present", f"{key} IS NOT NULL"),),
     )

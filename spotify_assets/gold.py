@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
@@ -29,6 +30,7 @@ from spotify_assets.gold_spec import (
 from spotify_assets.rules import Rule
 from spotify_assets.silver import FAILED_RULES, flag_failures
 
+EARLIEST = datetime(1, 1, 1)
 # Silver's version bookkeeping: not carried into gold (DLT's `except_column_list`).
 SILVER_VERSION_COLUMNS = (CHANGE_OP, CHANGE_SEQ, VERSION_AT, CHANGE_DATE)
 
@@ -65,23 +67,23 @@ def dimension_columns(versions: DataFrame) -> list[str]:
 def scd2(table: Table, versions: DataFrame) -> DataFrame:
     """The SCD2 rows of every key in `versions`, which must hold all silver versions of them.
 
-    AUTO CDC semantics, as a fold over each key's changes in `sequence_by` order (at equal
-    times an upsert comes before a delete), whatever order they arrived in:
+    AUTO CDC semantics, as a fold over each key's changes in the order of `_in_sequence`,
+    whatever order they arrived in:
     - an upsert after a delete, or with a tracked column changed, starts a version;
     - an upsert changing only untracked columns updates the open version in place;
-    - a delete closes the open version (`__END_AT` = its time); one with none open is ignored.
+    - a delete closes the open version (`__END_AT` = its time); one with none open is ignored;
+    - a version that lasts no time (superseded at the instant it starts) is not kept.
     Identical input gives identical rows, so re-applying changes is a no-op."""
     spec = scd2_spec(table)
-    keys, seq = list(table.key), F.col(spec.sequence_by)
-    is_delete = F.coalesce(F.expr(spec.delete_when), F.lit(False))
-    events = versions.withColumn("_delete", is_delete)
-    in_order = _key_ordered(keys, seq, F.col("_delete"))
+    keys = list(table.key)
+    events, in_order = _in_sequence(table, versions)
+    at = F.col("_at")
     so_far = in_order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     first_of_key = ~_same_key(keys, F.lag, in_order)
     previous_deleted = F.lag("_delete").over(in_order)
     changed = [~F.col(c).eqNullSafe(F.lag(c).over(in_order)) for c in spec.tracked]
     starts = ~F.col("_delete") & (first_of_key | previous_deleted | _any(changed))
-    next_at = F.when(_same_key(keys, F.lead, in_order), F.lead(seq).over(in_order))
+    next_at = F.when(_same_key(keys, F.lead, in_order), F.lead(at).over(in_order))
     # A running count of starts numbers the versions: every version begins with a start.
     events = (
         events.withColumn("_starts", starts.cast("int"))
@@ -89,19 +91,44 @@ def scd2(table: Table, versions: DataFrame) -> DataFrame:
         .withColumn("_version", F.sum(starts.cast("int")).over(so_far))
     )
     upserts = events.where(~F.col("_delete"))
-    in_version = _key_ordered(keys, seq)
-    started_at = F.last(F.when(F.col("_starts") == 1, seq), ignorenulls=True)
+    started_at = F.last(F.when(F.col("_starts") == 1, at), ignorenulls=True)
     last_of_version = F.coalesce(
-        F.lead("_version").over(in_version) != F.col("_version"), F.lit(True)
+        F.lead("_version").over(in_order) != F.col("_version"), F.lit(True)
     )
-    rows = upserts.withColumn(
-        START_AT, started_at.over(in_version.rowsBetween(Window.unboundedPreceding, 0))
-    ).withColumn("_last", last_of_version)
-    return rows.where(F.col("_last")).select(
+    rows = upserts.withColumn(START_AT, started_at.over(so_far)).withColumn(
+        "_last", last_of_version
+    )
+    lasts = F.col("_next_at").isNull() | (F.col("_next_at") > F.col(START_AT))
+    return rows.where(F.col("_last") & lasts).select(
         *dimension_columns(versions),
         F.col(START_AT),
         F.col("_next_at").alias(END_AT),
     )
+
+
+def _in_sequence(table: Table, versions: DataFrame) -> tuple[DataFrame, WindowSpec]:
+    """`versions` with `_at`, when each change takes effect, and `_delete`; and the window
+    ordering each key's changes as AUTO CDC applies them: by `_at`, then change sequence (an
+    image, which has none, first), then an upsert before a delete (DESIGN.md §11).
+
+    `_at` is the business time, but a change record never takes effect before one preceding it
+    in the source's sequence: a row restored with its old `updated_at` is restored when it was.
+    The running maximum runs over the key-ordered bucket: the largest (key, time) so far is the
+    current key's, as every earlier row of the bucket has a smaller key."""
+    spec = scd2_spec(table)
+    keys = [F.col(k) for k in table.key]
+    time, sequence = F.col(spec.business_time), F.col(spec.change_sequence)
+    by_sequence = _key_ordered(list(table.key), sequence.asc_nulls_first()).rangeBetween(
+        Window.unboundedPreceding, Window.currentRow
+    )
+    # An image counts as the earliest time (engines disagree on where a NULL field sorts).
+    record_time = F.when(sequence.isNotNull(), time).otherwise(F.lit(EARLIEST))
+    latest = F.max(F.struct(*keys, record_time.alias("_t"))).over(by_sequence)["_t"]
+    events = versions.withColumn(
+        "_at", F.when(sequence.isNull(), time).otherwise(latest)
+    ).withColumn("_delete", F.coalesce(F.expr(spec.delete_when), F.lit(False)))
+    order = _key_ordered(list(table.key), F.col("_at"), sequence.asc_nulls_first(), "_delete")
+    return events, order
 
 
 # Window functions run over hash buckets of the key, ordered by key then time: Sail evaluates a
@@ -109,7 +136,7 @@ def scd2(table: Table, versions: DataFrame) -> DataFrame:
 KEY_BUCKETS = 64
 
 
-def _key_ordered(keys: list[str], *order: Column) -> WindowSpec:
+def _key_ordered(keys: list[str], *order: Column | str) -> WindowSpec:
     bucket = F.pmod(F.hash(*[F.col(k) for k in keys]), F.lit(KEY_BUCKETS))
     return Window.partitionBy(bucket).orderBy(*[F.col(k) for k in keys], *order)
 
@@ -179,21 +206,19 @@ def aggregate(spec: Aggregate, facts: DataFrame) -> DataFrame:
 
 
 def live_keys(table: Table, versions: DataFrame) -> DataFrame:
-    """Keys whose latest change (in sequence order) is not a delete."""
-    spec = scd2_spec(table)
+    """Keys whose latest change (in the order of `_in_sequence`) is not a delete."""
     keys = list(table.key)
-    is_delete = F.coalesce(F.expr(spec.delete_when), F.lit(False))
-    order = _key_ordered(keys, F.col(spec.sequence_by), is_delete)
-    latest = versions.withColumn("_last", ~_same_key(keys, F.lead, order)).where(F.col("_last"))
-    return latest.where(~is_delete).select(*keys)
+    events, order = _in_sequence(table, versions)
+    latest = events.withColumn("_last", ~_same_key(keys, F.lead, order)).where(F.col("_last"))
+    return latest.where(~F.col("_delete")).select(*keys)
 
 
 SCD2_INVARIANTS = {
     "one_row_per_version": "no two rows share a key and `__START_AT`",
     "one_current_version_per_live_key": "every key not deleted has exactly one row with "
     "`__END_AT` NULL, and deleted keys have none",
-    "no_overlapping_versions": "each version ends no earlier than it starts and no later than "
-    "the next version of its key starts",
+    "no_overlapping_versions": "each version ends after it starts and no later than the next "
+    "version of its key starts",
 }
 
 
@@ -210,8 +235,7 @@ def scd2_problems(table: Table, gold: DataFrame, live: DataFrame) -> dict[str, i
     order = _key_ordered(keys, F.col(START_AT))
     next_start = F.when(_same_key(keys, F.lead, order), F.lead(START_AT).over(order))
     overlapping = gold.withColumn("_next", next_start).where(
-        # A version may last no time at all (an upsert and a delete at the same instant).
-        (F.col(END_AT).isNotNull() & (F.col(END_AT) < F.col(START_AT)))
+        (F.col(END_AT).isNotNull() & (F.col(END_AT) <= F.col(START_AT)))
         | (F.col("_next").isNotNull() & (F.col(END_AT).isNull() | (F.col(END_AT) > F.col("_next"))))
     )
     return {

@@ -7,8 +7,9 @@ its rules from the table's catalog entry:
     clean    -> trim, canonical case, ISO countries, dashes, ...
     derive   -> computed columns (duration_flag)
     version  -> `_version_at` (business time of the version) and `_change_date` (the partition)
-    dedup    -> one row per (key, version): re-deliveries collapse, later versions never drop
-                (the sort runs only where a (key, version) repeats)
+    dedup    -> one row per change record, and per image no change record describes:
+                re-deliveries collapse, versions never drop (the sort runs only where a
+                (key, version time) repeats)
     check    -> `_failed_rules`; `split` sends failing rows to quarantine with their raw values
 """
 
@@ -169,18 +170,22 @@ def version(table: Table, df: DataFrame) -> DataFrame:
 
 
 def dedup(table: Table, df: DataFrame) -> DataFrame:
-    """One row per (key, version time, delete-or-not): exact re-deliveries and an image of the
-    same version as a change record collapse (the change record wins); distinct versions all
-    stay, whatever order they arrived in."""
+    """One row per change record and per image of a version no change record describes: exact
+    re-deliveries (same key, version time and sequence) collapse, an image collapses into the
+    change records of its version (key, version time, an upsert), and distinct change records
+    all stay, even with equal times (updates that kept `updated_at`), whatever order they
+    arrived in."""
     is_delete = (F.col(CHANGE_OP) == "D").alias("_is_delete")
-    identity = [*table.key, VERSION_AT, "_is_delete"]
-    preference = Window.partitionBy(*identity).orderBy(
-        (F.col(CHANGE_OP) == "S").asc(), F.col(CHANGE_SEQ).desc_nulls_last()
+    # Change records first, by sequence; an image (no sequence) last, kept only if alone.
+    version = Window.partitionBy(*table.key, VERSION_AT, "_is_delete").orderBy(
+        F.col(CHANGE_SEQ).desc_nulls_last()
     )
-    ranked = df.withColumn("_is_delete", is_delete).withColumn(
-        "_n", F.row_number().over(preference)
+    first = F.row_number().over(version) == 1
+    new_record = F.col(CHANGE_SEQ).isNotNull() & (
+        F.col(CHANGE_SEQ) != F.lag(CHANGE_SEQ).over(version)
     )
-    return ranked.where(F.col("_n") == 1).drop("_n", "_is_delete")
+    ranked = df.withColumn("_is_delete", is_delete).withColumn("_keep", first | new_record)
+    return ranked.where(F.col("_keep")).drop("_keep", "_is_delete")
 
 
 def _version_identity(table: Table) -> list[str]:

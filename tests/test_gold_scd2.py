@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import DataFrame, SparkSession
 
+from resources import gold_runner
 from resources.delta_tables import replace_partitions
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
@@ -58,10 +59,10 @@ class Change:
     delete: bool
     name: str  # tracked
     subscription: str  # tracked
-    seq: int
+    seq: int | None  # the source's change sequence; None: an image of the current row
 
     def silver_row(self) -> tuple[Any, ...]:
-        op = "D" if self.delete else "U"
+        op = "D" if self.delete else "S" if self.seq is None else "U"
         # A delete's image still carries the row's last values and an older updated_at.
         updated = self.at - timedelta(minutes=1) if self.delete else self.at
         return (self.user_id, self.name, "SE", self.subscription, date(2025, 1, 1), None,
@@ -75,15 +76,30 @@ def one_key_bucket() -> Iterator[None]:
         yield
 
 
+def effective_times(changes: list[Change]) -> dict[Change, datetime]:
+    """When each change of one key takes effect: its business time, but never before a change
+    that precedes it in the source's sequence (a restore keeps its old updated_at)."""
+    records = [c for c in changes if c.seq is not None]
+    return {
+        c: c.at if c.seq is None else max(o.at for o in records if o.seq <= c.seq)  # type: ignore[operator]
+        for c in changes
+    }
+
+
 def reference(changes: list[Change]) -> list[tuple[Any, ...]]:
-    """AUTO CDC SCD2, one change at a time in (time, upsert-before-delete) order per key."""
+    """AUTO CDC SCD2, one change at a time per key, in the order of DESIGN.md §11: business time,
+    then change sequence (an image, which has none, first), then an upsert before a delete.
+    Versions that last no time are then invisible."""
     rows: list[dict[str, Any]] = []
     for user in sorted({c.user_id for c in changes}):
+        mine = [c for c in changes if c.user_id == user]
+        when = effective_times(mine)
+        in_order = sorted(mine, key=lambda c: (when[c], c.seq is not None, c.seq or 0, c.delete))
         open_version: dict[str, Any] | None = None
-        for c in sorted((c for c in changes if c.user_id == user), key=lambda c: (c.at, c.delete)):
+        for c in in_order:
             if c.delete:
                 if open_version is not None:
-                    open_version[END_AT] = c.at
+                    open_version[END_AT] = when[c]
                 open_version = None
                 continue
             if open_version and (open_version["user_name"], open_version["subscription_type"]) == (
@@ -93,7 +109,7 @@ def reference(changes: list[Change]) -> list[tuple[Any, ...]]:
                 open_version["updated_at"] = c.at  # untracked: in place
                 continue
             if open_version is not None:
-                open_version[END_AT] = c.at
+                open_version[END_AT] = when[c]
             open_version = {
                 "user_id": user,
                 "user_name": c.name,
@@ -102,34 +118,66 @@ def reference(changes: list[Change]) -> list[tuple[Any, ...]]:
                 "start_date": date(2025, 1, 1),
                 "end_date": None,
                 "updated_at": c.at,
-                START_AT: c.at,
+                START_AT: when[c],
                 END_AT: None,
             }
             rows.append(open_version)
-    return sorted(tuple(r[c] for c in GOLD_COLUMNS) for r in rows)
+    visible = [r for r in rows if r[END_AT] != r[START_AT]]
+    return sorted(tuple(r[c] for c in GOLD_COLUMNS) for r in visible)
+
+
+EVENTS = ("upsert", "delete", "reinsert", "restore", "unbumped", "rekey", "image", "tie")
 
 
 @st.composite
 def change_sets(draw: st.DrawFn) -> list[Change]:
-    """Distinct (key, time, delete) versions over a few keys, times spread over four days so
-    silver has several partitions; few values, so unchanged tracked columns happen often. As in
-    a change feed, a delete carries the values of the row it deletes."""
-    slots = draw(
-        st.lists(
-            st.tuples(st.integers(1, 3), st.integers(0, 4 * 24 * 6), st.booleans()),
-            min_size=1,
-            max_size=24,
-            unique=True,
-        )
-    )
+    """Changes of a few keys as a source makes them, over four days so silver has several
+    partitions: updates, deletes, a delete and a re-insert in one tick, restores with their
+    original time, updates keeping their time, key changes (a delete and an insert), images of
+    the current row, and an upsert and a delete with equal time and sequence. Times often repeat
+    and values are few, so unchanged tracked columns happen often."""
     changes: list[Change] = []
-    last: dict[int, tuple[str, str]] = {}
-    for n, (user, step, delete) in enumerate(sorted(slots, key=lambda s: (s[1], s[2])), 1):
+    minutes, seq = 0, 0
+    live: dict[int, tuple[str, str, datetime]] = {}  # values and updated_at of each live key
+    upserted: dict[int, list[datetime]] = {}
+    images: set[tuple[int, datetime]] = set()
+
+    def emit(user: int, at: datetime, delete: bool, values: tuple[str, str], s: int | None) -> None:
+        changes.append(Change(user, at, delete, *values, seq=s))
+        if delete:
+            live.pop(user, None)
+        elif s is not None:
+            live[user] = (*values, at)
+            upserted.setdefault(user, []).append(at)
+
+    for event in draw(st.lists(st.sampled_from(EVENTS), min_size=1, max_size=14)):
+        minutes += draw(st.sampled_from([0, 0, 10, 70, 600, 1500]))
+        now, seq = T0 + timedelta(minutes=minutes), seq + 1
+        user = draw(st.integers(1, 3))
         values = (draw(st.sampled_from(["ANA", "BO"])), draw(st.sampled_from(["Free", "Premium"])))
-        name, subscription = last.get(user, values) if delete else values
-        last[user] = (name, subscription)
-        at = T0 + timedelta(minutes=10 * step)
-        changes.append(Change(user, at, delete, name, subscription, seq=n))
+        old = live.get(user)
+        if event == "delete" and old:
+            emit(user, now, True, old[:2], seq)
+        elif event == "reinsert" and old:
+            emit(user, now, True, old[:2], seq)
+            seq += 1
+            emit(user, now, False, values, seq)
+        elif event == "restore" and not old and user in upserted:
+            emit(user, draw(st.sampled_from(upserted[user])), False, values, seq)
+        elif event == "unbumped" and old:
+            emit(user, old[2], False, values, seq)
+        elif event == "rekey" and old and user + 3 not in live:
+            emit(user, now, True, old[:2], seq)
+            seq += 1
+            emit(user + 3, now, False, old[:2], seq)
+        elif event == "image" and old and (user, old[2]) not in images:
+            images.add((user, old[2]))
+            emit(user, old[2], False, old[:2], None)
+        elif event == "tie" and old:
+            emit(user, now, False, values, seq)
+            emit(user, now, True, values, seq)
+        else:
+            emit(user, now, False, values, seq)
     return changes
 
 
@@ -173,7 +221,7 @@ class Silver:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(changes=change_sets())
 def test_scd2_equals_the_reference_model(sail_spark: SparkSession, changes: list[Change]) -> None:
-    shuffled = sorted(changes, key=lambda c: -c.seq)  # arrival order must not matter
+    shuffled = sorted(changes, key=lambda c: -(c.seq or 0))  # arrival order must not matter
     assert gold_rows(scd2(DIM_USER, silver_frame(sail_spark, shuffled))) == reference(changes)
 
 
@@ -204,8 +252,16 @@ def at(minutes: int) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-def change(user: int, minutes: int, name: str = "ANA", sub: str = "Free", delete: bool = False):
-    return Change(user, at(minutes), delete, name, sub, seq=minutes)
+def change(
+    user: int,
+    minutes: int,
+    name: str = "ANA",
+    sub: str = "Free",
+    delete: bool = False,
+    seq: int | None = -1,
+) -> Change:
+    """A change at `minutes`; its sequence, unless given, follows its time."""
+    return Change(user, at(minutes), delete, name, sub, seq=minutes if seq == -1 else seq)
 
 
 @pytest.fixture
@@ -271,6 +327,87 @@ def test_delete_closes_the_current_version_and_a_reinsert_opens_one(
     assert result.current == 1 and set(result.problems.values()) == {0}
 
 
+def applied(tmp_path: Path, spark: SparkSession, *batches: list[Change]) -> list[tuple[Any, ...]]:
+    """The versions after applying `batches` one after the other, which must equal those after
+    applying all of them at once."""
+    whole = apply(LakeStorage(url=str(tmp_path / "whole")), spark, [c for b in batches for c in b])
+    one_by_one = apply(LakeStorage(url=str(tmp_path / "batches")), spark, *batches)
+    assert versions(one_by_one) == versions(whole)
+    return versions(whole)
+
+
+def test_a_delete_and_a_reinsert_in_one_tick_follow_the_change_sequence(
+    tmp_path: Path, sail_spark: SparkSession
+) -> None:
+    reinsert = [change(1, 60, delete=True, seq=61), change(1, 60, sub="Premium", seq=62)]
+    assert applied(tmp_path, sail_spark, [change(1, 0)], reinsert) == [
+        (1, "Free", at(0), at(0), at(60)),
+        (1, "Premium", at(60), at(60), None),
+    ]
+
+
+def test_an_upsert_and_a_delete_with_equal_time_and_sequence_the_delete_wins(
+    tmp_path: Path, sail_spark: SparkSession
+) -> None:
+    tie = [change(1, 60, sub="Premium", seq=60), change(1, 60, delete=True, seq=60)]
+    assert applied(tmp_path, sail_spark, [change(1, 0)], tie) == [
+        (1, "Free", at(0), at(0), at(60)),  # and no Premium version lasting no time
+    ]
+
+
+def test_a_restore_with_its_original_time_takes_effect_after_the_delete(
+    tmp_path: Path, sail_spark: SparkSession
+) -> None:
+    restore = change(1, 0, seq=120)  # the row as it was, updated_at included
+    assert applied(
+        tmp_path, sail_spark, [change(1, 0)], [change(1, 60, delete=True)], [restore]
+    ) == [
+        (1, "Free", at(0), at(0), at(60)),
+        (1, "Free", at(0), at(60), None),
+    ]
+
+
+def test_updates_keeping_their_time_follow_the_change_sequence(
+    tmp_path: Path, sail_spark: SparkSession
+) -> None:
+    kept_time = [[change(1, 0, sub="Premium", seq=2)], [change(1, 0, sub="Family", seq=3)]]
+    assert applied(tmp_path, sail_spark, [change(1, 0, seq=1)], *kept_time) == [
+        (1, "Family", at(0), at(0), None),
+    ]
+
+
+def test_an_image_comes_before_the_change_records_of_its_time(
+    tmp_path: Path, sail_spark: SparkSession
+) -> None:
+    """An image is read with, or after, the change records it reflects; a change record of the
+    same time committed later still wins."""
+    records = [change(1, 0, seq=1), change(1, 0, sub="Premium", seq=2)]
+    image = change(1, 0, sub="Premium", seq=None)
+    later = change(1, 0, sub="Family", seq=3)
+    assert applied(tmp_path, sail_spark, records, [image, later]) == [
+        (1, "Family", at(0), at(0), None),
+    ]
+
+
+def test_a_broken_result_is_never_written(
+    lake: LakeStorage, sail_spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SCD2 invariants are checked before the commit: a table breaking them stays unwritten
+    and the next apply retries the same changes."""
+    runner = apply(lake, sail_spark, [change(1, 0)])
+    before = (versions(runner), runner.applied_version(DIM_USER))
+    doubled = lambda table, rows: gold_runner.scd2(table, rows).unionByName(  # noqa: E731
+        gold_runner.scd2(table, rows)
+    )
+    monkeypatch.setattr(gold_runner, "scd2", doubled)
+    silver = Silver(lake, sail_spark)
+    silver.delivered = {change(1, 0)}
+    silver.deliver([change(1, 60, sub="Premium")])
+    with pytest.raises(gold_runner.Scd2InvariantError, match=r"dim_user.*one_row_per_version"):
+        runner.apply_dimension(DIM_USER)
+    assert (versions(runner), runner.applied_version(DIM_USER)) == before
+
+
 def test_reapplying_changes_nothing(lake: LakeStorage, sail_spark: SparkSession) -> None:
     batch = [change(1, 0), change(2, 5), change(1, 60, sub="Premium")]
     runner = apply(lake, sail_spark, batch)
@@ -302,18 +439,19 @@ def test_versions_in_silver_as_versions_of_the_table(sail_spark: SparkSession) -
 
 def test_invariant_checks_find_each_kind_of_broken_table(sail_spark: SparkSession) -> None:
     ddl = "user_id int, __START_AT timestamp_ntz, __END_AT timestamp_ntz"
-    good = [(1, at(0), at(60)), (1, at(60), None), (2, at(0), at(5)), (2, at(5), at(5))]
+    good = [(1, at(0), at(60)), (1, at(60), None), (2, at(0), at(5))]
     broken = [
         (3, at(0), None), (3, at(0), None),  # one version twice, and two current rows
         (4, at(0), at(90)), (4, at(60), None),  # the first version outlives the second's start
         (5, at(30), at(10)),  # ends before it starts (and 5 is live: no current row either)
+        (6, at(5), at(5)),  # lasts no time: never visible
     ]  # fmt: skip
     gold_rows = sail_spark.createDataFrame(good + broken, ddl)
     live = sail_spark.createDataFrame([(1,), (3,), (4,), (5,)], "user_id int")
     assert gold.scd2_problems(DIM_USER, gold_rows, live) == {
         "one_row_per_version": 1,
         "one_current_version_per_live_key": 2,
-        "no_overlapping_versions": 3,
+        "no_overlapping_versions": 4,
     }
     assert set(
         gold.scd2_problems(DIM_USER, sail_spark.createDataFrame(good, ddl), live.limit(1)).values()

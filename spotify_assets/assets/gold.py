@@ -4,7 +4,8 @@ runner on Sail, or the Databricks pipeline: `resources/engines.py`).
 SCD2 dimensions and the calendar are unpartitioned (a dimension applies whatever silver versions
 are new); the fact and the daily aggregates share the fact path's daily partitions. Every
 expectation is an asset check; so are the SCD2 invariants (blocking: a broken dimension must not
-feed the fact).
+feed the fact). The local runner checks them before it writes, so a broken table is never
+committed: the asset fails instead, and the dimension keeps its last correct state.
 """
 
 from dagster import (
@@ -92,8 +93,9 @@ def build_dimension_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         deps=[silver_key(table)],
         group_name=GOLD_GROUP,
         kinds={"spark", "delta"},
-        description=f"{table.description} SCD type 2 over `{spec.sequence_by}`: one row per "
-        f"version, tracked columns {', '.join(spec.tracked)}.",
+        description=f"{table.description} SCD type 2 over `{spec.business_time}`, then "
+        f"`{spec.change_sequence}`: one row per version, tracked columns "
+        f"{', '.join(spec.tracked)}.",
         check_specs=[*_expectation_checks(key, spec.expectations), *invariants],
     )
     def dimension(

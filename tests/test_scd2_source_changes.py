@@ -1,0 +1,127 @@
+"""SCD2 on real change patterns (DESIGN.md §6, issue 11 item 6), end to end through the CLI on
+the embedded source: a loaded home, the source edited by hand between runs, and after every run
+the current version of each key in gold equals the source's current row.
+
+One home carries every pattern on its own users (a test each would cost a load each):
+- a delete and a re-insert of a key in the same clock tick;
+- a delete, then a restore of the row with its original `updated_at`;
+- a change of the key (`user_id` -> 5000);
+- updates that keep `updated_at`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from spotify_assets.catalog import CATALOG
+from spotify_assets.cli import INSTANCE_CONFIG, main
+from spotify_assets.gold_spec import END_AT, START_AT
+from spotify_assets.reference import SUBSCRIPTIONS
+from spotify_assets.settings import Settings
+
+DIM_USER = CATALOG["DimUser"]
+NEW_KEY = 5000
+UNBUMPED_UPDATE = "UPDATE DimUser SET subscription_type = ? WHERE user_id = ?"  # updated_at kept
+
+
+def other_subscription(current: str) -> str:
+    return next(s for s in SUBSCRIPTIONS if s != current)
+
+
+class Source:
+    """The embedded source, edited as an application would: every statement stamped by the
+    simulated clock, which then moves on so that the next run's window holds the changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+
+    def clock(self) -> datetime:
+        (value,) = self.db.execute("SELECT now_utc FROM source_clock").fetchone()
+        return datetime.fromisoformat(value)
+
+    def tick(self) -> str:
+        """Move the clock one minute on; returns the new time as the source stores it."""
+        now = (self.clock() + timedelta(minutes=1)).isoformat(sep=" ", timespec="milliseconds")
+        self.db.execute("UPDATE source_clock SET now_utc = ?", (now,))
+        return now
+
+    def row(self, user_id: int) -> tuple:
+        return self.db.execute("SELECT * FROM DimUser WHERE user_id = ?", (user_id,)).fetchone()
+
+    def execute(self, sql: str, *parameters: object) -> None:
+        self.db.execute(sql, parameters)
+
+    def current(self) -> list[tuple]:
+        return sorted(self.db.execute("SELECT user_id, subscription_type FROM DimUser"))
+
+
+@pytest.fixture
+def loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Settings, Source]]:
+    monkeypatch.setenv("SPOTIFY_HOME", str(tmp_path))
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    monkeypatch.delenv("SPOTIFY_SOURCE_ODBC", raising=False)
+    monkeypatch.delenv("SPOTIFY_CAPTURE_MODES", raising=False)
+    end = (datetime.now(UTC).date() - timedelta(days=4)).isoformat()
+    init = ["source", "init", "--scale", "0.002", "--history-days", "21", "--end-date", end]
+    assert main(init) == 0
+    settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
+    assert main(["run"]) == 0
+    source = Source(settings.embedded_source_path)
+    yield settings, source
+    source.db.close()
+
+
+def gold_users(settings: Settings) -> list[tuple]:
+    from deltalake import DeltaTable
+
+    table = DeltaTable(f"{settings.lake_url}/gold/{DIM_USER.lake_name}").to_pyarrow_table()
+    columns = ["user_id", "subscription_type", START_AT, END_AT]
+    return list(zip(*(table[c].to_pylist() for c in columns), strict=True))
+
+
+def assert_gold_current_equals_source(settings: Settings, source: Source) -> None:
+    rows = gold_users(settings)
+    current = sorted((user, subscription) for user, subscription, _, end in rows if end is None)
+    assert current == source.current()
+    versions = [(user, start) for user, _, start, _ in rows]
+    assert len(versions) == len(set(versions)), "two versions of a key start together"
+
+
+def test_current_gold_rows_follow_the_source_whatever_its_timestamps(
+    loaded: tuple[Settings, Source],
+) -> None:
+    settings, source = loaded
+    reinserted, restored, rekeyed, unbumped = (
+        user
+        for (user,) in source.db.execute("SELECT user_id FROM DimUser ORDER BY user_id LIMIT 4")
+    )
+    assert source.row(NEW_KEY) is None
+    original = source.row(restored)
+    columns = ", ".join("?" for _ in original)
+
+    now = source.tick()
+    row = source.row(reinserted)
+    source.execute("DELETE FROM DimUser WHERE user_id = ?", reinserted)
+    source.execute(f"INSERT INTO DimUser VALUES ({columns})", *row[:3], "Family", *row[4:6], now)
+    source.execute("DELETE FROM DimUser WHERE user_id = ?", restored)
+    source.execute("UPDATE DimUser SET user_id = ?, updated_at = ? WHERE user_id = ?",
+                   NEW_KEY, now, rekeyed)  # fmt: skip
+    source.execute(UNBUMPED_UPDATE, other_subscription(source.row(unbumped)[3]), unbumped)
+    source.tick()
+    assert main(["run"]) == 0
+    assert_gold_current_equals_source(settings, source)
+
+    source.execute(f"INSERT INTO DimUser VALUES ({columns})", *original)  # as it was, timestamp too
+    source.execute(UNBUMPED_UPDATE, other_subscription(source.row(unbumped)[3]), unbumped)
+    source.tick()
+    assert main(["run"]) == 0
+    assert_gold_current_equals_source(settings, source)
+    assert main(["run"]) == 0  # nothing new: still passes every check
