@@ -93,6 +93,10 @@ class SqlDialect(ABC):
             f"ON {self.qualified(table.change_table)} ({self.quote(CHANGE_AT)})",
         ]
 
+    def key_changed(self, table: Table) -> str:
+        """Whether an update trigger's row changed its key (key columns are NOT NULL)."""
+        return " OR ".join(f"OLD.{self.quote(k)} <> NEW.{self.quote(k)}" for k in table.key)
+
     # --- DML templates (bound parameters) ---
 
     def insert(self, table: str, columns: tuple[str, ...], rows: int = 1) -> str:
@@ -254,20 +258,29 @@ class SqliteDialect(SqlDialect):
         return f"'{value.isoformat(sep=' ', timespec='milliseconds')}'"
 
     def change_capture(self, table: Table) -> list[str]:
+        """One trigger per kind of change; an update of the key is recorded as the delete of
+        the old row and the insert of the new one, so the old key's history closes."""
         ct = self.quote(table.change_table)
         statements = self.change_table(table, "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT")
         columns = self.column_list((CHANGE_OP, CHANGE_AT, *table.column_names))
-        for event, op, row in (
-            ("INSERT", "I", "NEW"),
-            ("UPDATE", "U", "NEW"),
-            ("DELETE", "D", "OLD"),
-        ):
+
+        def capture(op: str, row: str) -> str:
             values = ", ".join(f"{row}.{self.quote(c)}" for c in table.column_names)
-            trigger = self.quote(f"{table.name}_capture_{op.lower()}")
+            clock = self.clock_expression()
+            return f"  INSERT INTO {ct} ({columns})\n  VALUES ('{op}', {clock}, {values});\n"
+
+        key_changed = self.key_changed(table)
+        triggers = (
+            ("i", "INSERT", "", capture("I", "NEW")),
+            ("u", "UPDATE", f" WHEN NOT ({key_changed})", capture("U", "NEW")),
+            ("k", "UPDATE", f" WHEN {key_changed}", capture("D", "OLD") + capture("I", "NEW")),
+            ("d", "DELETE", "", capture("D", "OLD")),
+        )
+        for name, event, when, records in triggers:
+            trigger = self.quote(f"{table.name}_capture_{name}")
             statements.append(
-                f"CREATE TRIGGER {trigger} AFTER {event} ON {self.quote(table.name)}\nBEGIN\n"
-                f"  INSERT INTO {ct} ({columns})\n"
-                f"  VALUES ('{op}', {self.clock_expression()}, {values});\nEND"
+                f"CREATE TRIGGER {trigger} AFTER {event} ON {self.quote(table.name)}{when}\n"
+                f"BEGIN\n{records}END"
             )
         return statements
 
@@ -302,11 +315,15 @@ class PostgresDialect(SqlDialect):
             values = ", ".join(f"{row}.{self.quote(c)}" for c in table.column_names)
             return f"INSERT INTO {ct} ({columns}) VALUES ({op}, {clock}, {values});"
 
+        # An update of the key is the delete of the old row and the insert of the new one.
         return [
             *self.change_table(table, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "CHAR(1)"),
             f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
             f"  IF TG_OP = 'DELETE' THEN\n    {capture('OLD', quote_literal('D'))}\n"
-            f"    RETURN OLD;\n  END IF;\n  {capture('NEW', 'left(TG_OP, 1)')}\n"
+            f"    RETURN OLD;\n  END IF;\n"
+            f"  IF TG_OP = 'UPDATE' AND ({self.key_changed(table)}) THEN\n"
+            f"    {capture('OLD', quote_literal('D'))}\n    {capture('NEW', quote_literal('I'))}\n"
+            f"    RETURN NEW;\n  END IF;\n  {capture('NEW', 'left(TG_OP, 1)')}\n"
             "  RETURN NEW;\nEND\n$$",
             f"CREATE TRIGGER {function} AFTER INSERT OR UPDATE OR DELETE ON "
             f"{self.quote(table.name)} FOR EACH ROW EXECUTE FUNCTION {function}()",
@@ -392,7 +409,9 @@ class TsqlDialect(SqlDialect):
         """The native CDC records committed in the window plus the current images.
 
         `_seq` is the low 8 bytes of the 10-byte seqval as BIGINT: ordered like the LSN as long
-        as the log's virtual-file sequence number stays below 2^16.
+        as the log's virtual-file sequence number stays below 2^16. SQL Server logs an update of
+        a primary-key column as a delete and an insert (operations 1 and 2), so the old key is
+        closed as the triggers of the other dialects close it.
         """
         assert table.cdc_column is not None
         columns = self.column_list(table.column_names)

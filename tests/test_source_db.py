@@ -99,6 +99,27 @@ def test_triggers_capture_inserts_updates_deletes_in_order(source: SourceDatabas
     assert [i[3] for i in images] == ["Free", "Premium", "Premium"], "D carries the old image"
 
 
+def test_a_key_change_is_captured_as_a_delete_and_an_insert(source: SourceDatabase) -> None:
+    """The old key is closed in gold only if its delete is recorded (as SQL Server's CDC does)."""
+    initialise(source)
+    user = source.catalog["DimUser"]
+    at = datetime(2026, 4, 1, 9, 30)
+    with source.connect() as conn:
+        session = source.session_on(conn)
+        q = session.sql.quote
+        session.set_clock(at)
+        row = [900001, "Ada", "GB", "Free", None, None, at - timedelta(minutes=5)]
+        session.execute(session.sql.insert(user.name, user.column_names), row)
+        session.execute(
+            f"UPDATE {q(user.name)} SET {q('user_id')} = ? WHERE {q('user_id')} = ?",
+            [900002, 900001],
+        )
+    rows = change_rows(source, "DimUser")
+    assert [(r[1], r[3]) for r in rows] == [("I", 900001), ("D", 900001), ("I", 900002)]
+    assert [r[0] for r in rows] == sorted({r[0] for r in rows})
+    assert {r[6] for r in rows} == {"Free"}
+
+
 def _as_datetime(value: object) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
