@@ -7,11 +7,14 @@ runner (`resources/gold_runner.py`) applies the same specs on Sail, and both run
     silver_<dim>    temporary view     silver's change data feed; rows failing the spec's
                                        expectations dropped (`expect_all_or_drop`)
     <dim>           streaming table    AUTO CDC from silver_<dim>: SCD type 2, keys, sequence,
-                                       deletes and tracked columns from the spec
+                                       deletes and tracked columns from the spec; the sequence
+                                       is a struct (business time, change sequence), and so are
+                                       `__START_AT`/`__END_AT`
     <calendar>      materialized view  silver's rows passing the expectations
     silver_<fact>   temporary view     silver's fact rows passing the fact's expectations
-    <fact>          materialized view  `point_in_time` over silver_<fact> and the gold dimensions,
-                                       partitioned by the spec's date column
+    <fact>          materialized view  `point_in_time` over silver_<fact> and the gold dimensions
+                                       (their versions by business time, as the local runner
+                                       keeps them), partitioned by the spec's date column
     <aggregate>     materialized view  `aggregate` of the gold fact, with its expectations,
                                        partitioned like the fact
 
@@ -20,6 +23,10 @@ Silver partitions are replaced (replaceWhere) on refresh, so the dimensions stre
 data feed, keeping inserts and update post-images (a removed silver row is a replaced partition,
 not a source delete: those arrive as versions matching the spec's `delete_when`). Silver tables
 therefore need `delta.enableChangeDataFeed = true` on Databricks.
+
+One difference from the local runner remains: `sequence_by` is a value of each row, so a change
+whose business time precedes a delete committed before it (a row restored with its original
+`updated_at`) is ordered by that time here; the local runner applies it after the delete.
 
 `spotify_assets` must be importable: the asset bundle ships the whole repository and the bundle
 root goes on `sys.path`; when this file knows its path (not in a notebook) it adds the repository
@@ -58,6 +65,8 @@ if "__file__" in globals():
 from spotify_assets.catalog import CATALOG, Catalog, Table
 from spotify_assets.gold import SILVER_VERSION_COLUMNS, aggregate, point_in_time
 from spotify_assets.gold_spec import (
+    END_AT,
+    START_AT,
     Aggregate,
     Calendar,
     PointInTimeFact,
@@ -163,6 +172,20 @@ def _calendar(table: Table, spec: Calendar) -> None:
     )
 
 
+def _by_business_time(catalog: Catalog, name: str, versions: DataFrame) -> DataFrame:
+    """A dimension's versions with `__START_AT`/`__END_AT` as business time, as the local runner
+    stores them: versions superseded within their instant (at the same business time, by a
+    later change sequence) last no time, and are left out."""
+    spec = catalog[name].gold
+    assert isinstance(spec, Scd2Dimension)
+    # The field of a NULL struct is read as NULL explicitly: Sail reads it as the epoch.
+    end = F.when(F.col(END_AT).isNotNull(), F.col(END_AT)[spec.business_time])
+    timed = versions.withColumn(START_AT, F.col(START_AT)[spec.business_time]).withColumn(
+        END_AT, end
+    )
+    return timed.where(F.col(END_AT).isNull() | (F.col(END_AT) > F.col(START_AT)))
+
+
 def _fact(catalog: Catalog, table: Table, spec: PointInTimeFact) -> None:
     # The rules are about silver's fact rows, so they filter before the lookups (as the local
     # runner does), not after them, when dimension columns have joined the row.
@@ -173,7 +196,9 @@ def _fact(catalog: Catalog, table: Table, spec: PointInTimeFact) -> None:
     def rows() -> DataFrame:
         spark = _spark()
         dimensions = {
-            lookup.dimension: spark.read.table(catalog[lookup.dimension].lake_name)
+            lookup.dimension: _by_business_time(
+                catalog, lookup.dimension, spark.read.table(catalog[lookup.dimension].lake_name)
+            )
             for lookup in spec.lookups
         }
         return point_in_time(catalog, spark.read.table(_silver_view(table)), dimensions)

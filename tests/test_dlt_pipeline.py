@@ -2,7 +2,8 @@
 
 Registration only: the source runs inside a recording graph registry, with open-source
 `pyspark.pipelines` (the SCD type 1 / no-expectations fallback) and with a fake module exposing
-the Databricks signatures. No query function runs here: that needs Delta and a pipeline update.
+the Databricks signatures. No query function runs here (that needs Delta and a pipeline update);
+one helper of the fact's query does, on a plain DataFrame.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import runpy
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,12 @@ from pyspark.pipelines.graph_element_registry import (
     graph_element_registration_context,
 )
 from pyspark.pipelines.output import MaterializedView, Output, StreamingTable, TemporaryView
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.connect.functions import col, expr
 
-from spotify_assets.catalog import CATALOG, Table
+from spotify_assets.catalog import CATALOG, CHANGE_SEQ, VERSION_AT, Table
 from spotify_assets.gold import SILVER_VERSION_COLUMNS
-from spotify_assets.gold_spec import Calendar, PointInTimeFact, Scd2Dimension
+from spotify_assets.gold_spec import END_AT, START_AT, Calendar, PointInTimeFact, Scd2Dimension
 from spotify_assets.rules import Rule
 
 PIPELINE = Path(__file__).resolve().parent.parent / "dlt" / "gold_pipeline.py"
@@ -210,6 +212,7 @@ class FakeDatabricksPipelines:
     __name__ = "pyspark.pipelines"  # the source names the API in its fallback warnings
 
     def __init__(self) -> None:
+        self.namespace: dict[str, Any] = {}  # the source's globals once it has run
         self.datasets: dict[str, Dataset] = {}
         self.cdc_flows: dict[str, dict[str, Any]] = {}
         self._expected: dict[int, dict[str, str]] = {}  # by id() of a query not yet declared
@@ -283,7 +286,7 @@ def databricks(
     monkeypatch.setitem(sys.modules, "pyspark.pipelines", fake)
     monkeypatch.setattr(pyspark, "pipelines", fake, raising=False)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        runpy.run_path(str(PIPELINE))
+        fake.namespace = runpy.run_path(str(PIPELINE))
     return fake
 
 
@@ -309,6 +312,32 @@ def test_databricks_dimensions_are_scd2_with_tracked_columns(
             "track_history_column_list": list(spec.tracked),
         }
         assert databricks.datasets[table.lake_name].kind == "streaming_table"
+        # Business time, then the source's change sequence: one value, as AUTO CDC takes it.
+        assert (spec.business_time, spec.change_sequence) == (VERSION_AT, CHANGE_SEQ)
+        assert flow["sequence_by"] == f"struct({VERSION_AT}, {CHANGE_SEQ})"
+
+
+def test_the_fact_reads_dimension_versions_by_business_time(
+    databricks: FakeDatabricksPipelines, sail_spark: SparkSession
+) -> None:
+    """AUTO CDC stores `__START_AT`/`__END_AT` as the struct it sequences by; the fact's lookups
+    read them as business time, without versions superseded within their instant, as the
+    local runner stores them."""
+    t0, t5 = datetime(2026, 3, 1), datetime(2026, 3, 1, 5)
+    sequence = f"struct<{VERSION_AT}: timestamp_ntz, {CHANGE_SEQ}: bigint>"
+    versions = sail_spark.createDataFrame(
+        [
+            (1, "Free", (t0, 1), (t5, 2)),
+            (1, "Premium", (t5, 2), (t5, 3)),  # superseded by an update that kept updated_at
+            (1, "Family", (t5, 3), None),
+        ],
+        f"user_id int, subscription_type string, {START_AT} {sequence}, {END_AT} {sequence}",
+    )
+    by_time = databricks.namespace["_by_business_time"](CATALOG, "DimUser", versions)
+    assert sorted(tuple(r) for r in by_time.collect()) == [
+        (1, "Family", t5, None),
+        (1, "Free", t0, t5),
+    ]
 
 
 def test_databricks_expectations_come_from_the_specs(
