@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
@@ -30,7 +29,6 @@ from spotify_assets.gold_spec import (
 from spotify_assets.rules import Rule
 from spotify_assets.silver import FAILED_RULES, flag_failures
 
-EARLIEST = datetime(1, 1, 1)
 # Silver's version bookkeeping: not carried into gold (DLT's `except_column_list`).
 SILVER_VERSION_COLUMNS = (CHANGE_OP, CHANGE_SEQ, VERSION_AT, CHANGE_DATE)
 
@@ -113,7 +111,7 @@ def _in_sequence(table: Table, versions: DataFrame) -> tuple[DataFrame, WindowSp
 
     `_at` is the business time, but a change record never takes effect before one preceding it
     in the source's sequence: a row restored with its old `updated_at` is restored when it was.
-    The running maximum runs over the key-ordered bucket: the largest (key, time) so far is the
+    The running maximum runs over the key-ordered bucket: the largest (key, ...) so far is the
     current key's, as every earlier row of the bucket has a smaller key."""
     spec = scd2_spec(table)
     keys = [F.col(k) for k in table.key]
@@ -121,9 +119,9 @@ def _in_sequence(table: Table, versions: DataFrame) -> tuple[DataFrame, WindowSp
     by_sequence = _key_ordered(list(table.key), sequence.asc_nulls_first()).rangeBetween(
         Window.unboundedPreceding, Window.currentRow
     )
-    # An image counts as the earliest time (engines disagree on where a NULL field sorts).
-    record_time = F.when(sequence.isNotNull(), time).otherwise(F.lit(EARLIEST))
-    latest = F.max(F.struct(*keys, record_time.alias("_t"))).over(by_sequence)["_t"]
+    # Images rank below change records, so a change record's maximum is over change records.
+    is_record = sequence.isNotNull().alias("_record")
+    latest = F.max(F.struct(*keys, is_record, time.alias("_t"))).over(by_sequence)["_t"]
     events = versions.withColumn(
         "_at", F.when(sequence.isNull(), time).otherwise(latest)
     ).withColumn("_delete", F.coalesce(F.expr(spec.delete_when), F.lit(False)))

@@ -26,7 +26,7 @@ from resources.delta_tables import replace_partitions
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
 from spotify_assets import gold
-from spotify_assets.catalog import CATALOG, CHANGE_DATE, CHANGE_OP, CHANGE_SEQ, VERSION_AT
+from spotify_assets.catalog import CATALOG, CHANGE_DATE, CHANGE_OP, CHANGE_SEQ, VERSION_AT, Table
 from spotify_assets.gold import scd2
 from spotify_assets.gold_spec import END_AT, START_AT
 
@@ -396,10 +396,11 @@ def test_a_broken_result_is_never_written(
     and the next apply retries the same changes."""
     runner = apply(lake, sail_spark, [change(1, 0)])
     before = (versions(runner), runner.applied_version(DIM_USER))
-    doubled = lambda table, rows: gold_runner.scd2(table, rows).unionByName(  # noqa: E731
-        gold_runner.scd2(table, rows)
-    )
-    monkeypatch.setattr(gold_runner, "scd2", doubled)
+
+    def every_version_twice(table: Table, changes: DataFrame) -> DataFrame:
+        return scd2(table, changes).unionByName(scd2(table, changes))
+
+    monkeypatch.setattr(gold_runner, "scd2", every_version_twice)
     silver = Silver(lake, sail_spark)
     silver.delivered = {change(1, 0)}
     silver.deliver([change(1, 60, sub="Premium")])
