@@ -18,7 +18,7 @@ from resources.delta_tables import replace_partitions
 from resources.lake import LakeStorage
 from spotify_assets.bronze_manifest import BronzeFile
 from spotify_assets.catalog import Table
-from spotify_assets.silver import CHANGE_DATE, SilverFrames, rule_counts, transform
+from spotify_assets.silver import CHANGE_DATE, SilverFrames, in_windows, rule_counts, transform
 
 _SPARK_TYPES = {
     pa.int32(): "int",
@@ -70,12 +70,7 @@ class SilverStore:
 
     def _live(self, file: BronzeFile) -> DataFrame:
         rows = self.spark.read.parquet(self.lake.path(file.path))
-        time = F.col(self.table.change_time_column)
-        keep = None
-        for window in file.live:
-            inside = (time >= F.lit(window.start)) & (time < F.lit(window.end))
-            keep = inside if keep is None else keep | inside
-        return rows.where(keep)
+        return rows.where(in_windows(F.col(self.table.change_time_column), file.live))
 
     def refresh(self, days: tuple[date, date] | None, run_id: str) -> SilverResult:
         """Rebuild the silver partitions `days` (and their quarantine) from bronze."""

@@ -27,7 +27,7 @@ from spotify_assets.gold_spec import (
     Scd2Dimension,
 )
 from spotify_assets.rules import Rule
-from spotify_assets.silver import FAILED_RULES, flag_failures
+from spotify_assets.silver import FAILED_RULES, any_of, flag_failures
 
 # Silver's version bookkeeping: not carried into gold (DLT's `except_column_list`).
 SILVER_VERSION_COLUMNS = (CHANGE_OP, CHANGE_SEQ, VERSION_AT, CHANGE_DATE)
@@ -80,7 +80,7 @@ def scd2(table: Table, versions: DataFrame) -> DataFrame:
     first_of_key = ~_same_key(keys, F.lag, in_order)
     previous_deleted = F.lag("_delete").over(in_order)
     changed = [~F.col(c).eqNullSafe(F.lag(c).over(in_order)) for c in spec.tracked]
-    starts = ~F.col("_delete") & (first_of_key | previous_deleted | _any(changed))
+    starts = ~F.col("_delete") & (first_of_key | previous_deleted | any_of(changed))
     next_at = F.when(_same_key(keys, F.lead, in_order), F.lead(at).over(in_order))
     # A running count of starts numbers the versions: every version begins with a start.
     events = (
@@ -146,13 +146,6 @@ def _same_key(keys: list[str], neighbour: Callable[..., Column], window: WindowS
     for condition in same[1:]:
         result = result & condition
     return F.coalesce(result, F.lit(False))
-
-
-def _any(conditions: list[Column]) -> Column:
-    result = F.lit(False)
-    for condition in conditions:
-        result = result | condition
-    return result
 
 
 def point_in_time(

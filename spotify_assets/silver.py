@@ -15,6 +15,7 @@ its rules from the table's catalog entry:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
@@ -35,6 +36,7 @@ from spotify_assets.catalog import (
 )
 from spotify_assets.reference import COUNTRY_NAMES
 from spotify_assets.rules import Clean, DriftPolicy, Rule
+from spotify_assets.windows import Window as TimeWindow
 
 FAILED_RULES = "_failed_rules"
 RULE = "_rule"
@@ -172,6 +174,22 @@ def version(table: Table, df: DataFrame) -> DataFrame:
     return df.withColumn(VERSION_AT, business).withColumn(
         CHANGE_DATE, F.greatest(F.to_date(change_time(table)), first)
     )
+
+
+def any_of(conditions: Sequence[Column]) -> Column:
+    """OR of `conditions`, as a balanced tree: a chain one level per condition nests deeper than
+    Spark Connect's protobuf messages may (50 time windows already failed to encode)."""
+    if not conditions:
+        return F.lit(False)
+    if len(conditions) == 1:
+        return conditions[0]
+    middle = len(conditions) // 2
+    return any_of(conditions[:middle]) | any_of(conditions[middle:])
+
+
+def in_windows(time: Column, windows: Iterable[TimeWindow]) -> Column:
+    """Whether `time` falls in one of the half-open `windows`."""
+    return any_of([(time >= F.lit(w.start)) & (time < F.lit(w.end)) for w in windows])
 
 
 def dedup(table: Table, df: DataFrame) -> DataFrame:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 from deltalake import DeltaTable
+from pyspark.sql import functions as F
 
 from resources.silver_store import SilverStore
 from spotify_assets import ingest
 from spotify_assets.catalog import CATALOG, Table
 from spotify_assets.cli import source_init, source_simulate
 from spotify_assets.settings import Settings
-from spotify_assets.silver import CHANGE_DATE, RULE
+from spotify_assets.silver import CHANGE_DATE, RULE, in_windows
 from spotify_assets.simulator import SimulationRates, simulate
 from spotify_assets.windows import Window
 from tests.conftest import HISTORY_END
@@ -135,3 +136,17 @@ def test_cli_run_builds_bronze_and_silver_with_asset_checks(
     assert False in {
         evaluations[("fact_stream", r)] for r in ("user_id_not_null", "listen_duration_in_range")
     }
+
+
+def test_a_file_live_in_hundreds_of_windows_is_read(sail_spark) -> None:
+    """A bronze file superseded in many places keeps its rows in as many windows; the filter
+    must still encode (a chain of ORs nested past Spark Connect's protobuf limit did not)."""
+    start = datetime(2026, 3, 1)
+    windows = [
+        Window(start + timedelta(minutes=10 * i), start + timedelta(minutes=10 * i + 5))
+        for i in range(300)
+    ]
+    times = sail_spark.createDataFrame(
+        [(start + timedelta(minutes=m),) for m in range(3000)], "at timestamp_ntz"
+    )
+    assert times.where(in_windows(F.col("at"), windows)).count() == 1500
