@@ -65,8 +65,8 @@ def silver_probe(directory: str) -> None:
     spark = SparkResource().session()
     counts = {}
     for table in CATALOG:
-        # One scan per file, as silver reads a partition's bronze file: a scan of several
-        # files does not rewrite its predicate per file.
+        # One scan per file, as silver reads a day's bronze: one scan of the whole directory
+        # did not set the blow-up off.
         files = sorted(str(f) for f in Path(directory, table.name).iterdir())
         bronze = spark.read.parquet(files[0])
         for file in files[1:]:
