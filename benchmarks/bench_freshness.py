@@ -403,7 +403,7 @@ def cli_step(title: str, *args: str) -> None:
 def change_source(settings: Settings, seed: int) -> tuple[int, range]:
     """Commit the next simulated hour (more if it held no stream) in one transaction; returns
     the rows changed and the new stream ids."""
-    source = source_database(settings, in_dagster=False)
+    source = source_database(settings)
     with source.session() as session:
         state = session.read_state()
         first = state.next_ids[FACT]

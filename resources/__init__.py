@@ -1,4 +1,5 @@
-"""Dagster resources. `build_resources` picks the set for the environment, once, at load.
+"""Dagster resources. `build_resources` picks the set for the environment, once, at load;
+`source_database` and `copy_runner` give the same source and lake, resolved, outside Dagster.
 
 The Azure set is imported only when chosen: the local environment loads without the azure extra.
 """
@@ -19,21 +20,32 @@ if TYPE_CHECKING:  # settings imports resources.odbc: a runtime import here woul
     from spotify_assets.settings import Settings
 
 
-def source_database(settings: Settings, *, in_dagster: bool = True) -> SourceDatabase:
-    """The source resource; in Dagster a configured connection string stays an `EnvVar`, so its
-    password never appears in the UI or in run config. Outside Dagster (the CLI) it is resolved."""
-    if not settings.source_odbc:
-        connection: str | EnvVar = sqlite_connection_string(settings.embedded_source_path)
-    elif in_dagster:
-        connection = EnvVar("SPOTIFY_SOURCE_ODBC")
-    else:
-        connection = settings.source_odbc
+def source_database(settings: Settings) -> SourceDatabase:
+    """The source with its connection string resolved: for code that runs outside Dagster (the
+    CLI, the planning of runs, reports). Dagster's resources come from `build_resources`."""
+    return _source(settings, settings.source_odbc)
+
+
+def copy_runner(settings: Settings) -> LocalCopyRunner:
+    """A copy runner over `source_database`: what plans runs and reads bronze outside Dagster,
+    in either environment (the Azure runner plans the same way)."""
+    return _copy_runner(settings, source_database(settings))
+
+
+def _source(settings: Settings, configured: str | EnvVar | None) -> SourceDatabase:
+    connection = configured or sqlite_connection_string(settings.embedded_source_path)
     return SourceDatabase(connection_string=connection, capture_modes=settings.capture_modes)
 
 
-def copy_runner(settings: Settings, *, in_dagster: bool = True) -> LocalCopyRunner:
+def _dagster_source(settings: Settings) -> SourceDatabase:
+    """In Dagster a configured connection string stays an `EnvVar`, resolved when a run or a
+    sensor starts, so its password never appears in the UI, in run config or in storage."""
+    return _source(settings, EnvVar("SPOTIFY_SOURCE_ODBC") if settings.source_odbc else None)
+
+
+def _copy_runner(settings: Settings, source: SourceDatabase) -> LocalCopyRunner:
     return LocalCopyRunner(
-        source=source_database(settings, in_dagster=in_dagster),
+        source=source,
         lake=LakeStorage(url=settings.lake_url),
         safety_lag_seconds=settings.safety_lag_seconds,
     )
@@ -44,7 +56,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
 
     if settings.env is Environment.AZURE:
         return azure_resources(settings)
-    runner = copy_runner(settings)
+    runner = _copy_runner(settings, _dagster_source(settings))
     spark = (
         SparkResource(kind=SparkKind.REMOTE, remote_url=settings.spark_remote)
         if settings.spark_remote
@@ -74,7 +86,7 @@ def azure_resources(settings: Settings) -> dict[str, object]:
             f"SPOTIFY_ENV=azure needs the project's azure extra (pip install -e '.[azure]'): "
             f"{error}"
         ) from error
-    source = source_database(settings)
+    source = _dagster_source(settings)
     lake = LakeStorage(url=settings.lake_url)
     workspace = DatabricksWorkspace(host=EnvVar("DATABRICKS_HOST"))
     data_factory = data_factory_resource()

@@ -35,10 +35,6 @@ DEMO_DAYS = 3
 _DAYS_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total} days [{elapsed}<{remaining}]"
 
 
-def _source(settings: Settings) -> SourceDatabase:
-    return source_database(settings, in_dagster=False)
-
-
 def source_init(
     settings: Settings,
     scale: float,
@@ -48,7 +44,7 @@ def source_init(
     history_days: int | None = None,
 ) -> dict[str, object]:
     """Create the source database with a generated history ending at `end` (exclusive)."""
-    source = _source(settings)
+    source = source_database(settings)
     if source.exists():
         if not force:
             raise SourceConfigError(
@@ -91,7 +87,7 @@ def source_simulate(
     """Advance the source `days` simulated days of inserts, updates, deletes and late data."""
     if days < 1:
         raise SourceConfigError(f"--days must be at least 1 (got {days})")
-    source = _source(settings)
+    source = source_database(settings)
     source.require_initialised()
     started = time.perf_counter()
     with source.session() as session:
@@ -116,7 +112,7 @@ def source_simulate(
 
 
 def source_stats(settings: Settings) -> dict[str, object]:
-    source = _source(settings)
+    source = source_database(settings)
     source.require_initialised()
     with source.session() as session:
         return session.stats()
@@ -143,7 +139,7 @@ def dagster_instance(settings: Settings) -> DagsterInstance:
 def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[str, object]]]:
     """Bring every layer up to date with the source: incremental and CDC loads from each
     table's watermark, then the refresh of any loaded day reconciliation finds stale."""
-    _source(settings).require_initialised()
+    source_database(settings).require_initialised()
     instance = dagster_instance(settings)
     loads = ingest.incremental(settings, instance, tables)
     repairs = ingest.repair(settings, instance, tables)
@@ -157,7 +153,7 @@ def refresh(
     settings: Settings, first: date, last: date, tables: Sequence[str] = ()
 ) -> list[dict[str, object]]:
     """Re-extract the days `first`..`last` from the source (a backdated refresh)."""
-    _source(settings).require_initialised()
+    source_database(settings).require_initialised()
     instance = dagster_instance(settings)
     return [asdict(load) for load in ingest.refresh(settings, instance, first, last, tables)]
 
@@ -243,7 +239,7 @@ def _scd2_summary(settings: Settings, name: str) -> dict[str, int]:
 
 def _bronze_rows(settings: Settings, table: str) -> int:
     """Rows bronze holds for a table: for cdc tables, every image and change record."""
-    runner = copy_runner(settings, in_dagster=False)
+    runner = copy_runner(settings)
     return runner.store(runner.source.catalog[table]).read_all().num_rows
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from dagster import AssetKey, AssetsDefinition, DagsterEventType, DagsterInstance, materialize
 
-from resources import build_resources
+from resources import build_resources, copy_runner
 from resources.copy_runner import LocalCopyRunner
 from resources.reconciler import reconcile
 from spotify_assets.assets.bronze import build_bronze_asset
@@ -247,9 +247,9 @@ def _materialize(
 
 
 def _runner(settings: Settings) -> tuple[LocalCopyRunner, dict[str, object]]:
-    resources = build_resources(settings)
-    runner: LocalCopyRunner = resources["copy_runner"]  # type: ignore[assignment]
-    return runner, resources
+    """A runner that plans here, outside Dagster (its source resolved), and the resources the
+    runs get (Dagster resolves their configuration when each run starts)."""
+    return copy_runner(settings), build_resources(settings)
 
 
 def _select(catalog: Catalog, tables: Sequence[str]) -> list[Table]:

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -22,6 +23,7 @@ import pytest
 
 from resources.lake import EMULATOR_ACCOUNT, EMULATOR_KEY
 from resources.source_db import SourceDatabase, sqlite_connection_string
+from spotify_assets.settings import Settings
 
 PG_DRIVER = "PostgreSQL Unicode"
 PG_PASSWORD = "s3cr3t-Pa55;word"
@@ -262,3 +264,52 @@ def run_bounded(
 def bounded() -> Callable[..., BoundedRun]:
     """`bounded(args, limit_gib, env=…)` -> BoundedRun: a subprocess under a memory bound."""
     return run_bounded
+
+
+CLI = str(Path(sys.executable).with_name("spotify-lakehouse"))
+CLI_MEMORY_GIB = 3.0
+
+
+@dataclass(frozen=True)
+class Lakehouse:
+    """`spotify-lakehouse` as a user runs it: a subprocess with `SPOTIFY_HOME` and, when given,
+    `SPOTIFY_SOURCE_ODBC` (nothing else of the caller's SPOTIFY_* or DAGSTER_HOME), under a
+    memory bound."""
+
+    home: Path
+    source_odbc: str | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SPOTIFY_") and k != "DAGSTER_HOME"}  # fmt: skip
+        env["SPOTIFY_HOME"] = str(self.home)
+        if self.source_odbc:
+            env["SPOTIFY_SOURCE_ODBC"] = self.source_odbc
+        return env
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def __call__(self, *args: str) -> str:
+        """Run one command; it must exit 0 within the bound, print no traceback and never the
+        source's password. Returns its standard output."""
+        result = run_bounded([CLI, *args], CLI_MEMORY_GIB, env=self.env)
+        output = result.stdout + result.stderr
+        assert not result.killed_for_memory, f"{args}: passed {CLI_MEMORY_GIB} GiB"
+        assert "Traceback" not in output, f"{args}:\n{result.stderr[-4000:]}"
+        assert PG_PASSWORD not in output, f"{args}: the password is in the output"
+        assert result.returncode == 0, f"{args}: exit {result.returncode}\n{result.stderr[-4000:]}"
+        return result.stdout
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def lakehouse_cli(request: pytest.FixtureRequest, tmp_path: Path) -> Lakehouse:
+    """The CLI on a source named by SPOTIFY_SOURCE_ODBC: the SQLite file by its ODBC string, or
+    a fresh database on the throwaway PostgreSQL server."""
+    home = tmp_path / "home"
+    if request.param == "postgresql":
+        source: SourceDatabase = request.getfixturevalue("postgres_source")
+        return Lakehouse(home, source.connection_string)
+    return Lakehouse(home, f"Driver=SQLite3;Database={home / 'source.db'}")

@@ -89,7 +89,7 @@ def assert_dimensions_equal_source(settings: Settings) -> None:
 def run_killed_mid_way(settings: Settings, rng: random.Random) -> None:
     """`spotify-lakehouse run` in a subprocess, SIGKILLed once bronze has committed new rows
     (silver and gold not yet, or partly, rebuilt)."""
-    store = copy_runner(settings, in_dagster=False).store(CATALOG.fact)
+    store = copy_runner(settings).store(CATALOG.fact)
     before = store.current().watermark
     env = {**os.environ, "SPOTIFY_HOME": str(settings.home),
            "DAGSTER_HOME": str(settings.dagster_home)}  # fmt: skip

@@ -93,7 +93,7 @@ def test_reconciliation_sensor_refreshes_exactly_the_days_with_late_rows(lakehou
         execute(defs, request, instance)
     assert evaluate(defs, "reconciliation_sensor", instance)[0] == []
 
-    before = copy_runner(settings, in_dagster=False).store(CATALOG.fact).current().watermark
+    before = copy_runner(settings).store(CATALOG.fact).current().watermark
     source_simulate(settings, 2, SEED, replace(LATE, late_max_days=2))
     for request in evaluate(defs, "cdc_arrival_sensor", instance)[0]:
         execute(defs, request, instance)
