@@ -164,9 +164,9 @@ def adf_build(out: Path) -> list[str]:
 
 
 def demo(settings: Settings) -> None:
-    """The pipeline end to end on the embedded source: the initial load through to gold,
-    simulated days of changes (late streams, deletes, dirty values), the sensors catching up
-    (arrival: incremental runs; reconciliation: refresh of the days late streams fell into), a
+    """The pipeline end to end on the configured source (recreated): the initial load through to
+    gold, simulated days of changes (late streams, deletes, dirty values), the sensors catching
+    up (arrival: incremental runs; reconciliation: refresh of the days late streams fell into), a
     backdated refresh, and a report."""
     today = datetime.now(UTC).date()
     timings: dict[str, float] = {}

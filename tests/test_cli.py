@@ -14,7 +14,6 @@ from resources import copy_runner
 from spotify_assets.catalog import CATALOG
 from spotify_assets.cli import main
 from spotify_assets.settings import Settings
-from tests.conftest import PG_PASSWORD, Lakehouse
 
 SECRET = "not-in-any-output-42"
 
@@ -141,27 +140,3 @@ def test_bad_run_arguments_fail_clearly(
     capsys.readouterr()
     assert main(argv) == 2
     assert message in capsys.readouterr().err
-
-
-def test_run_and_refresh_on_a_source_named_by_its_connection_string(
-    lakehouse_cli: Lakehouse,
-) -> None:
-    """Every command works whatever SPOTIFY_SOURCE_ODBC names, and the password stays out of
-    the output and of Dagster's storage (the resource keeps it as an environment variable)."""
-    end = datetime.now(UTC).date() - timedelta(days=2)
-    lakehouse_cli("source", "init", "--scale", "0.002", "--history-days", "7",
-                  "--end-date", end.isoformat())  # fmt: skip
-    initial = {load["table"]: load for load in json.loads(lakehouse_cli("run"))["incremental"]}
-    assert initial["FactStream"]["rows"] == 10_000
-
-    lakehouse_cli("source", "simulate", "--days", "1", "--late-fraction", "0.2")
-    refreshed = json.loads(lakehouse_cli("refresh", "--from", str(end - timedelta(days=7)),
-                                         "--to", str(end + timedelta(days=1))))  # fmt: skip
-    assert {load["table"] for load in refreshed} == {"DimUser", "DimArtist", "DimTrack",
-                                                     "FactStream"}  # fmt: skip
-    stats = json.loads(lakehouse_cli("source", "stats"))["tables"]
-    streams = copy_runner(lakehouse_cli.settings).store(CATALOG.fact).read_all()
-    assert streams.num_rows == stats["FactStream"]["rows"]
-    for stored in (lakehouse_cli.home / "dagster").rglob("*"):
-        if stored.is_file():
-            assert PG_PASSWORD.encode() not in stored.read_bytes(), stored

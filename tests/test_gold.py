@@ -1,9 +1,10 @@
 """Gold end to end: what the pipeline builds equals plain SQL on the source (DESIGN.md §6).
 
-The reference is written here by hand in SQLite's SQL, straight from the source: its tables as
-they were created (copied aside, since the change tables start after them) and its change
-tables, with the same cleaning and validity rules silver applies, each stream's user and track
-as they were at stream time (a stream older than a row's first known version takes that
+The reference is written here by hand in SQL that SQLite and PostgreSQL both run, straight from
+the source through ODBC: its tables as they were created (copied aside, since the change tables
+start after them) and its change tables, with the same cleaning and validity rules silver
+applies, each stream's user and track as they were at stream time (versions ordered by business
+time, then change sequence; a stream older than a row's first known version takes that
 version), then the four daily aggregates. The pipeline runs as a user runs it: in-process Dagster
 runs from `ingest`, after the initial load, after incremental rounds of dirty changes, and after a
 backdated refresh that brings late streams in.
@@ -11,10 +12,11 @@ backdated refresh that brings late streams in.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,10 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance
 from deltalake import DeltaTable
 
+from resources import source_database
 from resources.delta_tables import delta_table
 from resources.lake import LakeStorage
+from resources.source_db import SourceSession
 from spotify_assets import ingest
 from spotify_assets.catalog import CATALOG
 from spotify_assets.cli import source_init, source_simulate
@@ -46,55 +50,59 @@ COUNTRY = (
     "COALESCE((SELECT code FROM country_names WHERE name = upper(trim({0}))), upper(trim({0})))"
 )
 INITCAP = "upper(substr(trim({0}), 1, 1)) || lower(substr(trim({0}), 2))"
+COUNTRY_NAMES_CTE = (
+    "country_names(name, code) AS (VALUES "
+    + ", ".join(f"('{name.upper()}', '{code}')" for code, name in COUNTRY_NAMES.items())
+    + ")"
+)
+# A dimension's versions: the rows as created (kept aside, `keep_initial_dimensions`; they come
+# before every change record) and its change records, ordered by (updated_at, seq).
+VERSIONS = """SELECT {columns}, updated_at, 0 AS seq FROM "initial_{table}"
+    UNION ALL SELECT {columns}, updated_at, "_seq" FROM "{table}_changes"
+    WHERE "_op" IN ('I', 'U')"""
+# The version a stream sees: the last one at or before its time, else the first visible one.
+AT_STREAM = """COALESCE(
+    (SELECT v.seq FROM {versions} v WHERE v.{key} = s.{key} AND v.updated_at <= s.stream_timestamp
+     ORDER BY v.updated_at DESC, v.seq DESC LIMIT 1),
+    (SELECT v.seq FROM {versions} v WHERE v.{key} = s.{key}
+     ORDER BY v.updated_at, v.seq DESC LIMIT 1))"""
 
+# Standard SQL that SQLite and PostgreSQL both run: gold's fact, straight from the source.
 REFERENCE = f"""
-WITH country_names(name, code) AS (
-    VALUES {", ".join(f"('{name.upper()}', '{code}')" for code, name in COUNTRY_NAMES.items())}
-),
-user_versions AS (
-    SELECT DISTINCT user_id, updated_at, {COUNTRY.format("country")} AS country,
-           {INITCAP.format("subscription_type")} AS subscription_type
-    FROM (SELECT user_id, updated_at, country, subscription_type FROM DimUser_changes
-          WHERE _op IN ('I', 'U')
-          UNION SELECT user_id, updated_at, country, subscription_type FROM initial.DimUser)
-),
+WITH {COUNTRY_NAMES_CTE},
 valid_users AS (
-    SELECT * FROM user_versions
+    SELECT * FROM (
+        SELECT user_id, updated_at, seq, {COUNTRY.format("country")} AS country,
+               {INITCAP.format("subscription_type")} AS subscription_type
+        FROM ({VERSIONS.format(table="DimUser", columns="user_id, country, subscription_type")})
+            AS versions
+    ) AS cleaned
     WHERE country IN ({_values(list(COUNTRY_NAMES))})
       AND subscription_type IN ({_values(list(SUBSCRIPTIONS))})
 ),
 valid_tracks AS (
-    SELECT DISTINCT track_id, updated_at, artist_id
-    FROM (SELECT track_id, updated_at, artist_id, duration_sec FROM DimTrack_changes
-          WHERE _op IN ('I', 'U')
-          UNION SELECT track_id, updated_at, artist_id, duration_sec FROM initial.DimTrack)
+    SELECT * FROM ({VERSIONS.format(table="DimTrack", columns="track_id, artist_id, duration_sec")})
+        AS versions
     WHERE artist_id IS NOT NULL AND duration_sec > 0
 ),
 streams AS (
     SELECT stream_id, user_id, track_id, listen_duration, stream_timestamp,
            date(stream_timestamp) AS stream_date, lower(trim(device_type)) AS device_type
-    FROM FactStream
+    FROM "FactStream"
     WHERE user_id IS NOT NULL AND track_id IS NOT NULL
       AND listen_duration BETWEEN 0 AND 86400
       AND lower(trim(device_type)) IN ({_values(list(DEVICES))})
 ),
 picked AS (
-    SELECT s.*,
-        COALESCE((SELECT max(updated_at) FROM valid_users v
-                  WHERE v.user_id = s.user_id AND v.updated_at <= s.stream_timestamp),
-                 (SELECT min(updated_at) FROM valid_users v WHERE v.user_id = s.user_id))
-            AS user_version,
-        COALESCE((SELECT max(updated_at) FROM valid_tracks v
-                  WHERE v.track_id = s.track_id AND v.updated_at <= s.stream_timestamp),
-                 (SELECT min(updated_at) FROM valid_tracks v WHERE v.track_id = s.track_id))
-            AS track_version
+    SELECT s.*, {AT_STREAM.format(versions="valid_users", key="user_id")} AS user_seq,
+           {AT_STREAM.format(versions="valid_tracks", key="track_id")} AS track_seq
     FROM streams s
 )
 SELECT p.stream_id, p.stream_date, p.user_id, p.track_id, p.device_type, p.listen_duration,
        u.country, u.subscription_type, t.artist_id
 FROM picked p
-LEFT JOIN valid_users u ON u.user_id = p.user_id AND u.updated_at = p.user_version
-LEFT JOIN valid_tracks t ON t.track_id = p.track_id AND t.updated_at = p.track_version
+LEFT JOIN valid_users u ON u.user_id = p.user_id AND u.seq = p.user_seq
+LEFT JOIN valid_tracks t ON t.track_id = p.track_id AND t.seq = p.track_seq
 """
 
 MEASURES = "count(*), count(DISTINCT user_id), sum(listen_duration)"
@@ -120,37 +128,42 @@ FACT_COLUMNS = [
 
 
 def normalised(rows: Any) -> list[tuple[Any, ...]]:
-    """Rows in a total order, dates as ISO text (SQLite has no date type)."""
-    as_text = [tuple(v.isoformat() if isinstance(v, date) else v for v in r) for r in rows]
+    """Rows in a total order, dates as ISO text (SQLite has no date type), whole numbers as int
+    (PostgreSQL sums to NUMERIC)."""
+    as_text = [
+        tuple(
+            v.isoformat() if isinstance(v, date) else int(v) if isinstance(v, Decimal) else v
+            for v in r
+        )
+        for r in rows
+    ]
     return sorted(as_text, key=lambda r: tuple((v is not None, str(v)) for v in r))
 
 
-def initial_copy(settings: Settings) -> Path:
-    return settings.home / "initial.db"
+@contextmanager
+def source_session(settings: Settings) -> Iterator[SourceSession]:
+    """The source through ODBC, as the pipeline reads it, whichever database it is."""
+    source = source_database(settings)
+    with source.connect() as conn:
+        yield source.session_on(conn)
 
 
 def keep_initial_dimensions(settings: Settings) -> None:
-    """Copy the dimensions as created: every version after them is in the change tables."""
-    db = sqlite3.connect(settings.embedded_source_path)
-    db.execute("ATTACH DATABASE ? AS initial", (str(initial_copy(settings)),))
-    for table in ("DimUser", "DimTrack"):
-        db.execute(f"CREATE TABLE initial.{table} AS SELECT * FROM main.{table}")
-    db.commit()
-    db.close()
+    """Copy the dimensions as created (`initial_<table>`, which the pipeline never reads):
+    every version after them is in the change tables."""
+    with source_session(settings) as session:
+        for table in ("DimUser", "DimTrack"):
+            session.execute(f'CREATE TABLE "initial_{table}" AS SELECT * FROM "{table}"')
 
 
 def source_reference(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
-    db = sqlite3.connect(settings.embedded_source_path)
-    db.execute("ATTACH DATABASE ? AS initial", (str(initial_copy(settings)),))
-    try:
-        db.execute(f"CREATE TEMP TABLE fact AS {REFERENCE}")
+    with source_session(settings) as session:
+        session.execute(f"CREATE TEMPORARY TABLE fact AS {REFERENCE}")
         expected = {
-            "fact_stream": normalised(db.execute(f"SELECT {', '.join(FACT_COLUMNS)} FROM fact"))
+            "fact_stream": normalised(session.query(f"SELECT {', '.join(FACT_COLUMNS)} FROM fact"))
         }
         for name, sql in AGGREGATES.items():
-            expected[name] = normalised(db.execute(sql))
-    finally:
-        db.close()
+            expected[name] = normalised(session.query(sql))
     return expected
 
 

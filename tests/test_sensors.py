@@ -22,12 +22,14 @@ from dagster import (
 )
 
 from resources import copy_runner
+from resources.source_db import SourceDatabase
 from spotify_assets.catalog import CATALOG
 from spotify_assets.catch_up import CatchUp
-from spotify_assets.cli import source_simulate
+from spotify_assets.cli import source_init, source_simulate
 from spotify_assets.definitions import build_definitions
 from spotify_assets.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 from spotify_assets.settings import Settings
+from tests.conftest import PG_PASSWORD
 from tests.test_gold import (
     DIRTY,
     LATE,
@@ -162,3 +164,24 @@ def test_sensors_skip_until_the_source_exists(tmp_path: Path) -> None:
         for name in ("cdc_arrival_sensor", "reconciliation_sensor"):
             requests, skip, _ = evaluate(defs, name, instance)
             assert requests == [] and "not initialised" in skip
+
+
+def test_sensors_plan_on_a_server_source_named_by_its_connection_string(
+    tmp_path: Path, postgres_source: SourceDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster resolves the resource's `EnvVar` when a sensor starts: the sensors (and the demo,
+    which ticks them in process) plan on the server, and the definitions never hold the
+    password."""
+    env = {"SPOTIFY_HOME": str(tmp_path), "SPOTIFY_SOURCE_ODBC": postgres_source.connection_string}
+    monkeypatch.setenv("SPOTIFY_SOURCE_ODBC", env["SPOTIFY_SOURCE_ODBC"])
+    settings = Settings.from_env(env)
+    source_init(settings, 0.001, SEED, datetime.now(UTC).date(), history_days=7)
+    defs = build_definitions(settings)
+    assert PG_PASSWORD not in repr(defs.resources)
+    with DagsterInstance.ephemeral() as instance:
+        requests, _, _ = evaluate(defs, "cdc_arrival_sensor", instance)
+        assert {t for r in requests for t in requested_tables(r)} == {
+            "DimUser", "DimArtist", "DimTrack", "DimDate", "FactStream"
+        }  # fmt: skip
+        requests, skip, _ = evaluate(defs, "reconciliation_sensor", instance)
+        assert requests == [] and "matches the source" in skip
