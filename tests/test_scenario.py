@@ -1,0 +1,70 @@
+"""A user's week on a source with years of history (issue 11, "Done means"): the embedded default
+through the CLI, a history starting more than two years back, then simulated days with late,
+dirty and deleted rows, deleted users restored with their original `updated_at`, and `run`
+after each day. Gold equals plain SQL over the source; no command passes the memory bound or
+prints a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from resources import source_database
+from spotify_assets.catalog import CATALOG
+from spotify_assets.cli import source_simulate
+from spotify_assets.settings import Settings
+from tests.conftest import Lakehouse
+from tests.test_end_to_end import BUSY_DAY, assert_dimensions_equal_source
+from tests.test_gold import assert_gold_equals_source, keep_initial_dimensions
+
+USERS = CATALOG["DimUser"]
+HISTORY_DAYS = 800
+DAYS = 3
+
+
+def restore_deleted_users(settings: Settings) -> int:
+    """Insert every deleted user back as it was when deleted (its original `updated_at`), as an
+    application undoing a delete would. Returns how many."""
+    columns = ", ".join(USERS.column_names)
+    changes, table = USERS.change_table, USERS.name
+    with source_database(settings).session() as session:
+        before = session.scalar(f'SELECT COUNT(*) FROM "{table}"')
+        session.execute(
+            f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM "{changes}" c '
+            f"""WHERE "_op" = 'D' AND "_seq" = (SELECT MAX("_seq") FROM "{changes}" d """
+            f"""WHERE d.user_id = c.user_id AND d."_op" = 'D') """
+            f'AND user_id NOT IN (SELECT user_id FROM "{table}")'
+        )
+        return session.scalar(f'SELECT COUNT(*) FROM "{table}"') - before
+
+
+# Not run until then: on today's main the first load of this history alone takes minutes.
+@pytest.mark.xfail(
+    reason="needs time-bounds, scd2: history before 2026-01-01 is re-dated to it; restored "
+    "users stay deleted in gold",
+    strict=False,
+    run=False,
+)
+def test_years_of_history_then_a_busy_week(tmp_path: Path) -> None:
+    cli = Lakehouse(tmp_path / "home")
+    today = datetime.now(UTC).date()
+    cli("source", "init", "--scale", "0.002", "--history-days", str(HISTORY_DAYS),
+        "--end-date", str(today - timedelta(days=DAYS + 1)))  # fmt: skip
+    settings = cli.settings
+    keep_initial_dimensions(settings)
+    cli("run")
+
+    restored = 0
+    for day in range(DAYS):
+        if day:  # before the day's changes: the simulated clock moves past the restores
+            restored += restore_deleted_users(settings)
+        source_simulate(settings, 1, 100 + day, replace(BUSY_DAY, user_deletes=0.05))
+        cli("run")
+    assert restored > 0, "the scenario must restore deleted users"
+
+    assert_gold_equals_source(settings)
+    assert_dimensions_equal_source(settings)
