@@ -33,7 +33,7 @@ from resources.copy_runner import (
 )
 from resources.dialects import DIALECTS
 from spotify_assets.bronze_manifest import BronzeFile
-from spotify_assets.catalog import CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
+from spotify_assets.catalog import CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
 from spotify_assets.windows import Window
 
 # The audit columns ADF's Copy adds as strings (`additionalColumns`): bronze stores timestamps.
@@ -58,6 +58,10 @@ class AzureCopyRunner(LocalCopyRunner):
     ) -> CopyResult:
         started = time.perf_counter()
         window, high, manifest = self.plan(table, requested, from_watermark)
+        carried = self.source_columns(table, log).carried
+        if carried:
+            # Data Factory runs the catalog's query (adf/): declare a column to copy it there.
+            log(f"{table.name}: new source column(s) {', '.join(carried)} not copied by ADF")
         query = DIALECTS[self.source.dialect].extract_query(table, window)
         if window is not None and window.empty:
             log(f"{table.name}: nothing to copy up to {high} (watermark {manifest.watermark})")
@@ -148,6 +152,9 @@ def conform_landed(table: Table, landed: pa.Table | None) -> pa.Table:
             columns.append(pa.chunked_array([pa.repeat("S", landed.num_rows)], pa.string()))
         elif table.mode is not CaptureMode.CDC and field.name == CHANGE_SEQ:
             columns.append(pa.chunked_array([pa.nulls(landed.num_rows, pa.int64())]))
+        elif field.name == UNTYPED:
+            # The server enforced the column types: every value fitted.
+            columns.append(pa.chunked_array([pa.nulls(landed.num_rows, pa.string())]))
         else:
             raise Failure(
                 description=f"{table.name}: the landed file lacks column {field.name}",

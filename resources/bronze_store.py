@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from resources.lake import LakeStorage
 from spotify_assets.bronze_manifest import BronzeFile, Manifest
-from spotify_assets.catalog import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
+from spotify_assets.catalog import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
 
 _VERSION = re.compile(r"^v(\d{10})\.json$")
 
@@ -31,7 +31,9 @@ WINDOW_END = "_window_end"
 RUN_ID = "_run_id"
 
 
-def bronze_schema(table: Table) -> pa.Schema:
+def bronze_schema(table: Table, carried: tuple[str, ...] = ()) -> pa.Schema:
+    """Source columns (the catalog's, then new ones carried as text), then the audit columns;
+    `_untyped` holds the raw text of values that did not fit their type (source_schema.py)."""
     audit = [pa.field(CHANGE_OP, pa.string(), nullable=False), pa.field(CHANGE_SEQ, pa.int64())]
     if table.mode is CaptureMode.CDC:
         audit.append(pa.field(CHANGE_AT, pa.timestamp("us"), nullable=False))
@@ -40,8 +42,10 @@ def bronze_schema(table: Table) -> pa.Schema:
         pa.field(WINDOW_START, pa.timestamp("us")),
         pa.field(WINDOW_END, pa.timestamp("us")),
         pa.field(RUN_ID, pa.string(), nullable=False),
+        pa.field(UNTYPED, pa.string()),
     ]
-    return pa.schema(list(table.arrow_schema) + audit)
+    new = [pa.field(name, pa.string()) for name in carried]
+    return pa.schema(list(table.arrow_schema) + new + audit)
 
 
 class BronzeStore:
@@ -76,12 +80,12 @@ class BronzeStore:
         """The live rows of one partition (None: a snapshot table) of the current version."""
         manifest = manifest or self.current()
         parts = [self._live_rows(f) for f in manifest.files_of(partition)]
-        return pa.concat_tables(parts) if parts else self.empty()
+        return _concat(parts) if parts else self.empty()
 
     def read_all(self, manifest: Manifest | None = None) -> pa.Table:
         manifest = manifest or self.current()
         parts = [self._live_rows(f) for f in manifest.files]
-        return pa.concat_tables(parts) if parts else self.empty()
+        return _concat(parts) if parts else self.empty()
 
     def empty(self) -> pa.Table:
         return bronze_schema(self.table).empty_table()
@@ -100,3 +104,8 @@ class BronzeStore:
 
     def _manifest_path(self, version: int) -> str:
         return f"{self._manifests}/v{version:010d}.json"
+
+
+def _concat(parts: list[pa.Table]) -> pa.Table:
+    # Older files lack the columns added since (new source columns, `_untyped`): NULL there.
+    return pa.concat_tables(parts, promote_options="default")

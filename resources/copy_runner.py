@@ -35,10 +35,18 @@ from resources.bronze_store import (
 )
 from resources.dialects import DIALECTS
 from resources.lake import LakeStorage
+from resources.odbc import SourceUnavailableError
 from resources.source_db import SourceDatabase
 from resources.source_reader import ReaderKind, read_arrow
 from spotify_assets.bronze_manifest import BronzeFile, Manifest
 from spotify_assets.catalog import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
+from spotify_assets.source_schema import (
+    SourceColumns,
+    all_typed,
+    compare_columns,
+    text_schema,
+    type_values,
+)
 from spotify_assets.windows import Window, midnight
 
 _EPOCH = date(1970, 1, 1)
@@ -138,7 +146,10 @@ class LocalCopyRunner(ConfigurableResource):
         started = time.perf_counter()
         window, high, manifest = self.plan(table, requested, from_watermark)
         sql = DIALECTS[self.source.dialect]
-        query = sql.extract_query(table, window)
+        carried = self.source_columns(table, log).carried
+        if carried:
+            log(f"{table.name}: new source column(s) {', '.join(carried)} carried as text")
+        query = sql.extract_query(table, window, carried)
         if window is not None and window.empty:
             log(f"{table.name}: nothing to copy up to {high} (watermark {manifest.watermark})")
             return nothing_copied(table, window, high, query, manifest)
@@ -146,21 +157,21 @@ class LocalCopyRunner(ConfigurableResource):
         extracted_at = datetime.now(UTC).replace(tzinfo=None)
 
         def copy_rows(rows: pa.Table) -> list[BronzeFile]:
-            audited = _with_audit(table, rows, window, extracted_at, run_id)
+            audited = _with_audit(table, carried, rows, window, extracted_at, run_id)
             return [
                 self._write(table, partition, part, window, extraction, run_id)
                 for partition, part in _by_partition(table, audited)
             ]
 
         def copy_chunk(chunk: Window) -> tuple[int, list[BronzeFile]]:
-            rows = self._read(table, sql.extract_query(table, chunk))
+            rows = self._read(table, sql.extract_query(table, chunk, carried), carried)
             return rows.num_rows, copy_rows(rows)
 
         rows_read, files = 0, []
         if window is None:
             # A snapshot identical to the one bronze holds is not copied again.
-            rows = self._read(table, query)
-            if unchanged_snapshot(manifest, rows):
+            rows = self._read(table, query, carried)
+            if unchanged_snapshot(manifest, rows.select(list(table.column_names))):
                 log(f"{table.name}: unchanged since manifest version {manifest.version}")
                 return CopyResult(
                     table.name, None, high, query, rows_read=rows.num_rows,
@@ -267,15 +278,48 @@ class LocalCopyRunner(ConfigurableResource):
             yield Window(start, end)
             start = end
 
-    def _read(self, table: Table, query: str) -> pa.Table:
-        batches = read_arrow(
-            self.source.connection_string,
-            self.source.dialect,
-            query,
-            table.extract_schema,
-            self.reader,
-        )
-        return pa.Table.from_batches(list(batches), schema=table.extract_schema)
+    def source_columns(
+        self, table: Table, log: Callable[[str], None] = lambda message: None
+    ) -> SourceColumns:
+        """The source's columns of `table` checked against the catalog (and, in cdc mode, its
+        change capture): before every extraction, one catalog query each."""
+        sql = DIALECTS[self.source.dialect]
+        with self.source.connect() as conn:
+            session = self.source.session_on(conn)
+            found = [name for (name,) in session.query(sql.columns_query(table.name))]
+            captured = None
+            if table.mode is CaptureMode.CDC:
+                captured = [name for (name,) in session.query(sql.captured_columns_query(table))]
+        columns = compare_columns(table, found, captured)
+        if columns.ignored:
+            log(
+                f"{table.name}: new source column(s) {', '.join(columns.ignored)} not copied "
+                f"(drift policy {table.silver.new_columns}, or not in the change capture)"
+            )
+        return columns
+
+    def _read(self, table: Table, query: str, carried: tuple[str, ...] = ()) -> pa.Table:
+        """The rows of `query` in the catalog's types, plus `_untyped`.
+
+        The fast read types values as it reads and fails on one that does not fit (text in an
+        integer column, an integer out of range); the query is then read again as text and each
+        value typed on its own, so one bad value reaches silver's quarantine instead of stopping
+        the load."""
+        schema = pa.schema([*table.extract_schema, *(pa.field(c, pa.string()) for c in carried)])
+        conn_str, dialect = self.source.connection_string, self.source.dialect
+        try:
+            batches = read_arrow(conn_str, dialect, query, schema, self.reader)
+            return all_typed(pa.Table.from_batches(list(batches), schema=schema))
+        except SourceUnavailableError as error:
+            # Change times stay typed: they place the row in its window and partition.
+            times = (CHANGE_AT, table.cdc_column) if table.cdc_column else (CHANGE_AT,)
+            text = text_schema(schema, keep=(CHANGE_OP, CHANGE_SEQ, *times))
+            try:
+                batches = read_arrow(conn_str, dialect, query, text, ReaderKind.ARROW_ODBC)
+                rows = pa.Table.from_batches(list(batches), schema=text)
+            except SourceUnavailableError:
+                raise error from None
+            return type_values(rows, schema)
 
     def _write(
         self,
@@ -331,9 +375,14 @@ def _partition_window(table: Table, partition: date) -> Window:
 
 
 def _with_audit(
-    table: Table, rows: pa.Table, window: Window | None, extracted_at: datetime, run_id: str
+    table: Table,
+    carried: tuple[str, ...],
+    rows: pa.Table,
+    window: Window | None,
+    extracted_at: datetime,
+    run_id: str,
 ) -> pa.Table:
-    schema = bronze_schema(table)
+    schema = bronze_schema(table, carried)
     audit: dict[str, object] = {
         EXTRACTED_AT: extracted_at,
         WINDOW_START: window.start if window else None,

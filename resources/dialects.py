@@ -7,7 +7,7 @@ bound parameters (`?`) or typed literals.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import ClassVar
 
 from resources.odbc import Dialect
@@ -23,6 +23,8 @@ from spotify_assets.catalog import (
 )
 from spotify_assets.windows import Window
 
+# The text SQLite stores timestamps as (the driver's): what windows compare after normalising.
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
 CLOCK_TABLE = "source_clock"
 CLOCK_COLUMN = "now_utc"
 META_TABLE = "source_meta"
@@ -180,16 +182,19 @@ class SqlDialect(ABC):
             f"WHERE {self._within(time, window)} GROUP BY {day}"
         )
 
-    def extract_query(self, table: Table, window: Window | None) -> str:
+    def extract_query(
+        self, table: Table, window: Window | None, carried: tuple[str, ...] = ()
+    ) -> str:
         """The bounded copy query of `table` for a window of change time (DESIGN.md §4).
 
         snapshot: the whole table. watermark: rows whose cdc column is in the window. cdc: the
         change records of the window plus the current images whose cdc column is in it (op 'S',
         no sequence), in one statement so both parts come from one consistent read. The images
         carry rows that no change record describes: those loaded before capture was enabled, or
-        whose records were pruned.
+        whose records were pruned. `carried`: new source columns read after the catalog's.
         """
-        select = f"SELECT {self.column_list(table.column_names)} FROM {self.qualified(table.name)}"
+        columns = self.column_list((*table.column_names, *carried))
+        select = f"SELECT {columns} FROM {self.qualified(table.name)}"
         if table.mode is CaptureMode.SNAPSHOT:
             return select
         if window is None:
@@ -197,11 +202,11 @@ class SqlDialect(ABC):
         assert table.cdc_column is not None
         if table.mode is CaptureMode.WATERMARK:
             return f"{select} WHERE {self._within(table.cdc_column, window)}"
-        return self._cdc_extract(table, window)
+        return self._cdc_extract(table, window, carried)
 
-    def _cdc_extract(self, table: Table, window: Window) -> str:
+    def _cdc_extract(self, table: Table, window: Window, carried: tuple[str, ...]) -> str:
         assert table.cdc_column is not None
-        columns = self.column_list(table.column_names)
+        columns = self.column_list((*table.column_names, *carried))
         return (
             f"SELECT {self.column_list((CHANGE_OP, CHANGE_SEQ, CHANGE_AT))}, {columns}\n"
             f"FROM {self.qualified(table.change_table)} WHERE {self._within(CHANGE_AT, window)}\n"
@@ -209,6 +214,18 @@ class SqlDialect(ABC):
             f"SELECT 'S', CAST(NULL AS BIGINT), {self.quote(table.cdc_column)}, {columns}\n"
             f"FROM {self.qualified(table.name)} WHERE {self._within(table.cdc_column, window)}"
         )
+
+    def columns_query(self, name: str) -> str:
+        """The columns table `name` has now, one name per row (a catalog read, no scan)."""
+        return (
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            f"current_schema() AND table_name = {quote_literal(validate_identifier(name))} "
+            "ORDER BY ordinal_position"
+        )
+
+    def captured_columns_query(self, table: Table) -> str:
+        """The columns of `table` its change capture records (the change table's row image)."""
+        return self.columns_query(table.change_table)
 
     def first_change_query(self, table: Table) -> str:
         """The oldest change time of a table (its first partition with data)."""
@@ -244,11 +261,35 @@ class SqliteDialect(SqlDialect):
         ColumnType.TIMESTAMP: "TIMESTAMP",
     }
 
+    def quote(self, name: str) -> str:
+        # Backticks: SQLite reads an unknown "double-quoted" name as a string literal, so a
+        # renamed column would be copied as its own name; an unknown `name` is an error.
+        return f"`{validate_identifier(name)}`"
+
     def column_type(self, column: Column) -> str:
         return self._TYPES[column.type]
 
+    def columns_query(self, name: str) -> str:
+        return (
+            f"SELECT name FROM pragma_table_info({quote_literal(validate_identifier(name))}) "
+            "ORDER BY cid"
+        )
+
     def server_now(self) -> str:
-        return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+        return f"strftime('{_SQLITE_TIME}', 'now')"
+
+    def _within(self, column: str, window: Window) -> str:
+        """SQLite compares the stored text, and timestamps come as '… 12:00:00', '….000' or
+        '…T…': the text range of whole days uses the index, the normalised text decides."""
+        quoted = self.quote(column)
+        normal = f"strftime('{_SQLITE_TIME}', {quoted})"
+        first = window.start.date()
+        after = window.end.date() + timedelta(days=1)
+        return (
+            f"{quoted} >= '{first.isoformat()}' AND {quoted} < '{after.isoformat()}' AND "
+            f"{normal} >= {self.timestamp_literal(window.start)} AND "
+            f"{normal} < {self.timestamp_literal(window.end)}"
+        )
 
     def day_of(self, column: str) -> str:
         return f"date({self.quote(column)})"
@@ -361,6 +402,20 @@ class TsqlDialect(SqlDialect):
             )
         return super().daily_profile_query(table, window)
 
+    def columns_query(self, name: str) -> str:
+        table = quote_literal(f"{TSQL_SCHEMA}.{validate_identifier(name)}", national=True)
+        return (
+            f"SELECT name FROM sys.columns WHERE object_id = OBJECT_ID({table}) ORDER BY column_id"
+        )
+
+    def captured_columns_query(self, table: Table) -> str:
+        instance = quote_literal(self.capture_instance(table), national=True)
+        return (
+            "SELECT cc.column_name FROM cdc.captured_columns AS cc JOIN cdc.change_tables AS ct "
+            f"ON cc.object_id = ct.object_id WHERE ct.capture_instance = {instance} "
+            "ORDER BY cc.column_ordinal"
+        )
+
     def capture_instance(self, table: Table) -> str:
         return validate_identifier(f"{TSQL_SCHEMA}_{table.name}")
 
@@ -405,7 +460,7 @@ class TsqlDialect(SqlDialect):
             )
         return f"SELECT MIN(t) FROM ({oldest}) AS oldest"
 
-    def _cdc_extract(self, table: Table, window: Window) -> str:
+    def _cdc_extract(self, table: Table, window: Window, carried: tuple[str, ...]) -> str:
         """The native CDC records committed in the window plus the current images.
 
         `_seq` is the low 8 bytes of the 10-byte seqval as BIGINT: ordered like the LSN as long
@@ -414,8 +469,9 @@ class TsqlDialect(SqlDialect):
         closed as the triggers of the other dialects close it.
         """
         assert table.cdc_column is not None
-        columns = self.column_list(table.column_names)
-        changes = ", ".join(f"c.{self.quote(n)}" for n in table.column_names)
+        names = (*table.column_names, *carried)
+        columns = self.column_list(names)
+        changes = ", ".join(f"c.{self.quote(n)}" for n in names)
         function = f"cdc.fn_cdc_get_all_changes_{self.capture_instance(table)}"
         return (
             "DECLARE @from_lsn BINARY(10) = sys.fn_cdc_map_time_to_lsn("

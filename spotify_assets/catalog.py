@@ -178,6 +178,10 @@ CHANGE_AT = "_changed_at"
 # partition date of a row.
 VERSION_AT = "_version_at"
 CHANGE_DATE = "_change_date"
+# Bronze's audit column of values that did not fit their declared type: {column: raw text}.
+UNTYPED = "_untyped"
+# Every table's rows with such a value go to quarantine, raw text and all.
+VALUES_TYPED = Rule("values_typed", f"{UNTYPED} IS NULL")
 
 HISTORY_START = date(2026, 1, 1)
 
@@ -224,6 +228,7 @@ DIM_USER = Table(
         ),
         rules=(
             Rule("user_id_not_null", "user_id IS NOT NULL", critical=True),
+            VALUES_TYPED,
             Rule("subscription_type_known", in_list("subscription_type", SUBSCRIPTIONS)),
             Rule("country_is_iso", in_list("country", COUNTRY_CODES)),
         ),
@@ -255,6 +260,7 @@ DIM_ARTIST = Table(
         ),
         rules=(
             Rule("artist_id_not_null", "artist_id IS NOT NULL", critical=True),
+            VALUES_TYPED,
             Rule("artist_name_present", "artist_name IS NOT NULL AND artist_name <> ''"),
             Rule("country_is_iso", in_list("country", COUNTRY_CODES)),
         ),
@@ -295,6 +301,7 @@ DIM_TRACK = Table(
         ),
         rules=(
             Rule("track_id_not_null", "track_id IS NOT NULL", critical=True),
+            VALUES_TYPED,
             Rule("artist_id_not_null", "artist_id IS NOT NULL"),
             Rule("duration_positive", "duration_sec > 0"),
         ),
@@ -324,7 +331,7 @@ DIM_DATE = Table(
     partition_start=HISTORY_START,
     silver=SilverSpec(
         clean=(("weekday", (Clean.TRIM, Clean.INITCAP)),),
-        rules=(Rule("date_key_not_null", "date_key IS NOT NULL", critical=True),),
+        rules=(Rule("date_key_not_null", "date_key IS NOT NULL", critical=True), VALUES_TYPED),
     ),
     gold=Calendar(expectations=(Rule("date_key_present", "date_key IS NOT NULL"),)),
 )
@@ -351,6 +358,7 @@ FACT_STREAM = Table(
         clean=(("device_type", (Clean.TRIM, Clean.LOWER)),),
         rules=(
             Rule("stream_id_not_null", "stream_id IS NOT NULL", critical=True),
+            VALUES_TYPED,
             Rule("user_id_not_null", "user_id IS NOT NULL"),
             Rule("track_id_not_null", "track_id IS NOT NULL"),
             Rule("listen_duration_in_range", "listen_duration BETWEEN 0 AND 86400"),

@@ -26,6 +26,7 @@ from spotify_assets.catalog import (
     CHANGE_DATE,
     CHANGE_OP,
     CHANGE_SEQ,
+    UNTYPED,
     VERSION_AT,
     CaptureMode,
     ColumnType,
@@ -54,7 +55,8 @@ SPARK_TYPES = {
 _SAFE_CASTS = {("int", "bigint"), ("smallint", "int"), ("smallint", "bigint"), ("void", "*")}
 # Bronze's own columns: not source columns, so never schema drift.
 _BRONZE_AUDIT = {
-    CHANGE_OP, CHANGE_SEQ, CHANGE_AT, "_extracted_at", "_window_start", "_window_end", "_run_id"
+    CHANGE_OP, CHANGE_SEQ, CHANGE_AT, "_extracted_at", "_window_start", "_window_end", "_run_id",
+    UNTYPED,
 }  # fmt: skip
 
 
@@ -100,6 +102,8 @@ def conform(table: Table, bronze: DataFrame) -> DataFrame:
             )
         columns.append(F.col(column.name).cast(declared).alias(column.name))
     audit = [F.col(name) for name in actual if name in _BRONZE_AUDIT]
+    if UNTYPED not in actual:  # bronze extracted before values were checked
+        audit.append(F.lit(None).cast("string").alias(UNTYPED))
     new = [n for n in actual if n not in table.column_names and n not in _BRONZE_AUDIT]
     if new and table.silver.new_columns is DriftPolicy.FAIL:
         raise SchemaDriftError(f"{table.name}: new column(s) {', '.join(new)} in bronze")
@@ -257,7 +261,9 @@ def split(table: Table, checked: DataFrame, run_id: str) -> SilverFrames:
             return F.date_format(value, "yyyy-MM-dd HH:mm:ss.SSSSSS").alias(column.name)
         return value.alias(column.name)
 
-    raw = F.to_json(F.struct(*[raw_value(c) for c in table.columns]))
+    # The raw text of values that fitted no type rides along ({column: text}; absent if none).
+    untyped = F.from_json(F.col(UNTYPED), "map<string,string>").alias(UNTYPED)
+    raw = F.to_json(F.struct(*[raw_value(c) for c in table.columns], untyped))
     quarantine = failed.select(
         *[F.col(k) for k in table.key],
         F.split(F.col(FAILED_RULES), ",").getItem(0).alias(RULE),

@@ -1,0 +1,121 @@
+"""The source as it is against the catalog, before and during every extraction (DESIGN.md §11).
+
+- Columns: a catalog column the source no longer has (renamed or dropped) stops the extraction,
+  naming the table and the columns; a column the catalog does not declare follows the table's
+  drift policy (`rules.DriftPolicy`): carried into bronze as text and on into silver, dropped,
+  or an error. In cdc mode the change table must capture every column bronze reads.
+- Values: a value that does not fit its declared type (text in an integer column, an integer
+  too large) is read as NULL and its raw text kept in the audit column `_untyped`, a JSON object
+  {column: raw text}; silver quarantines the row with the rule `values_typed`. Bronze stays raw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from spotify_assets.catalog import UNTYPED, CatalogError, Table, validate_identifier
+from spotify_assets.rules import DriftPolicy
+
+
+class SourceSchemaError(ValueError):
+    """The source's columns do not match the catalog in a way the drift policy does not allow."""
+
+
+@dataclass(frozen=True)
+class SourceColumns:
+    """What an extraction reads beyond the catalog's columns."""
+
+    carried: tuple[str, ...] = ()  # new columns bronze copies as text, silver carries
+    ignored: tuple[str, ...] = ()  # new columns not copied: policy drop, or not captured
+
+
+def compare_columns(
+    table: Table, found: Sequence[str], captured: Sequence[str] | None = None
+) -> SourceColumns:
+    """Check the source's columns of `table` (and, in cdc mode, those its change capture
+    records) against the catalog. Names compare case-insensitively, as SQL does."""
+    if not found:
+        raise SourceSchemaError(
+            f"{table.name}: the source has no such table; create it or check SPOTIFY_SOURCE_ODBC"
+        )
+    missing = _missing(table.column_names, found)
+    if missing:
+        raise SourceSchemaError(
+            f"{table.name}: the source has no column(s) {', '.join(missing)} (renamed or "
+            f"dropped; it has {', '.join(found)}): restore them or update the catalog"
+        )
+    if captured is not None and (missing := _missing(table.column_names, captured)):
+        raise SourceSchemaError(
+            f"{table.name}: its change capture records no column(s) {', '.join(missing)}: "
+            "add them to the change table and its triggers (or re-enable CDC on SQL Server)"
+        )
+    new = tuple(_missing(found, table.column_names))
+    if not new:
+        return SourceColumns()
+    policy = table.silver.new_columns
+    if policy is DriftPolicy.FAIL:
+        raise SourceSchemaError(
+            f"{table.name}: new column(s) {', '.join(new)} in the source and the drift policy is "
+            "fail: declare them in the catalog or change the table's policy"
+        )
+    if policy is DriftPolicy.DROP:
+        return SourceColumns(ignored=new)
+    uncaptured = _missing(new, captured) if captured is not None else []
+    carried = tuple(c for c in new if c not in uncaptured)
+    for name in carried:
+        try:
+            validate_identifier(name)
+        except CatalogError:
+            raise SourceSchemaError(
+                f"{table.name}: new column {name!r} cannot be carried (not a plain identifier): "
+                "rename it in the source or set the table's drift policy to drop"
+            ) from None
+    return SourceColumns(carried=carried, ignored=tuple(uncaptured))
+
+
+def _missing(wanted: Sequence[str], present: Sequence[str]) -> list[str]:
+    have = {name.lower() for name in present}
+    return [name for name in wanted if name.lower() not in have]
+
+
+def text_schema(schema: pa.Schema, keep: Sequence[str]) -> pa.Schema:
+    """`schema` with every column but `keep` read as text: a read that cannot fail on a value."""
+    return pa.schema(f if f.name in keep else pa.field(f.name, pa.string()) for f in schema)
+
+
+def type_values(text: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows read as text, cast to `schema`, plus `_untyped`: the raw text of every value that
+    does not fit its type (NULL in its column), as a JSON object per row (NULL: all fitted)."""
+    columns, untyped = [], {}
+    for field in schema:
+        column = text[field.name]
+        try:
+            columns.append(column.cast(field.type))
+            continue
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        values = []
+        for i, raw in enumerate(column.to_pylist()):
+            try:
+                values.append(pa.scalar(raw, column.type).cast(field.type).as_py())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                values.append(None)
+                untyped.setdefault(i, {})[field.name] = raw
+        columns.append(pa.chunked_array([pa.array(values, field.type)], field.type))
+    raw = [json.dumps(untyped[i]) if i in untyped else None for i in range(text.num_rows)]
+    typed = pa.Table.from_arrays(columns, schema=schema)
+    return typed.append_column(UNTYPED, pa.array(raw, pa.string()))
+
+
+def all_typed(rows: pa.Table) -> pa.Table:
+    """Rows read with their declared types: `_untyped` is NULL throughout."""
+    return rows.append_column(UNTYPED, pa.nulls(rows.num_rows, pa.string()))
+
+
+def untyped_rows(rows: pa.Table) -> int:
+    return rows.num_rows - pc.count(rows[UNTYPED]).as_py() if UNTYPED in rows.column_names else 0

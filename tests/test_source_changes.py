@@ -1,0 +1,200 @@
+"""The source as users change it (issue 11 §4, §5): renamed, dropped and added columns, values
+that do not fit their type, timestamps in any text format."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from resources.copy_runner import LocalCopyRunner
+from resources.dialects import DIALECTS
+from resources.odbc import Dialect
+from resources.silver_store import SilverStore
+from resources.source_db import SourceDatabase
+from spotify_assets.catalog import CATALOG, Table
+from spotify_assets.rules import DriftPolicy
+from spotify_assets.source_schema import type_values
+from spotify_assets.windows import Window
+from tests.test_bronze import CLOCK0, runner_for
+from tests.test_source_db import initialise
+
+FACT, USERS = CATALOG["FactStream"], CATALOG["DimUser"]
+LATER = CLOCK0 + timedelta(hours=12)
+
+
+@pytest.fixture
+def loaded(sqlite_source: SourceDatabase, tmp_path: Path) -> tuple[LocalCopyRunner, Path]:
+    """A source whose whole history is in bronze; returns the runner and the source file."""
+    initialise(sqlite_source)
+    runner = runner_for(sqlite_source, tmp_path / "lake")
+    for table in (USERS, FACT):
+        runner.copy(table, None, "initial", from_watermark=True)
+    return runner, sqlite_source.sqlite_path()
+
+
+def edit(db: Path, *statements: str, params: Sequence[tuple] = ()) -> None:
+    """Run statements on the source file, then insert streams (id, listen_duration, time)."""
+    with sqlite3.connect(db) as conn:
+        for statement in statements:
+            conn.execute(statement)
+        for row in params:
+            conn.execute(
+                "INSERT INTO FactStream (stream_id, user_id, track_id, date_key, listen_duration, "
+                "device_type, stream_timestamp) VALUES (?, 1, 1, 20260401, ?, 'mobile', ?)",
+                row,
+            )
+
+
+def set_clock(db: Path, text: str) -> None:
+    edit(db, "DELETE FROM source_clock", f"INSERT INTO source_clock VALUES ('{text}')")
+
+
+def test_an_unknown_column_is_an_error_not_a_literal(loaded) -> None:
+    _, db = loaded
+    edit(db, "ALTER TABLE DimUser RENAME COLUMN user_name TO full_name")
+    query = DIALECTS[Dialect.SQLITE].extract_query(USERS, Window(CLOCK0, LATER))
+    with sqlite3.connect(db) as conn, pytest.raises(sqlite3.OperationalError, match="user_name"):
+        conn.execute(query).fetchall()
+
+
+@pytest.mark.parametrize(
+    ("table", "change", "named"),
+    [
+        (USERS, "ALTER TABLE DimUser RENAME COLUMN user_name TO full_name", "user_name"),
+        (USERS, "ALTER TABLE DimUser RENAME COLUMN country TO land", "country"),
+        (FACT, "ALTER TABLE FactStream DROP COLUMN device_type", "device_type"),
+        (USERS, "ALTER TABLE DimUser_changes DROP COLUMN end_date", "change capture"),
+    ],
+    ids=["rename", "rename-country", "drop", "change-table"],
+)
+def test_a_missing_column_stops_the_copy_in_one_line(
+    loaded, table: Table, change: str, named: str
+) -> None:
+    runner, db = loaded
+    before = runner.store(table).current().version
+    edit(db, change)
+    with pytest.raises(ValueError) as error:
+        runner.copy(table, None, "after", from_watermark=True)
+    message = str(error.value)
+    assert table.name in message and named in message and "\n" not in message
+    assert runner.store(table).current().version == before, "nothing committed"
+
+
+def test_a_new_column_follows_the_drift_policy(loaded, sail_spark) -> None:
+    runner, db = loaded
+    silver = SilverStore(runner.lake, sail_spark, FACT)
+    silver.refresh(None, "initial")
+    edit(db, "ALTER TABLE FactStream ADD COLUMN email TEXT", params=[(900_001, 120, str(LATER))])
+    edit(db, "UPDATE FactStream SET email = 'a@b.c' WHERE stream_id = 900001")
+    set_clock(db, str(LATER + timedelta(hours=1)))
+
+    for policy in (DriftPolicy.DROP, DriftPolicy.FAIL):
+        strict = replace(FACT, silver=replace(FACT.silver, new_columns=policy))
+        if policy is DriftPolicy.FAIL:
+            with pytest.raises(ValueError, match=r"FactStream: new column.* email"):
+                runner.copy(strict, None, "fail", from_watermark=True)
+        else:
+            assert runner.source_columns(strict).carried == ()
+            assert runner.source_columns(strict).ignored == ("email",)
+
+    result = runner.copy(FACT, None, "carry", from_watermark=True)
+    bronze = runner.store(FACT).read(LATER.date())
+    new = bronze.filter(pc.equal(bronze["stream_id"], 900_001))
+    assert new["email"].to_pylist() == ["a@b.c"]
+    (day,) = result.partitions
+    silver.refresh((day, day), "carry")
+    rows = silver.read().where("stream_id = 900001").select("email").collect()
+    assert [r.email for r in rows] == ["a@b.c"]
+    silver.refresh(None, "again")  # partitions extracted before the column appeared
+    assert silver.read().where("email IS NULL").count() > 0, "older rows: NULL"
+    assert silver.read().where("email = 'a@b.c'").count() == 1
+
+
+def test_a_new_column_only_in_the_table_is_not_captured(loaded) -> None:
+    runner, db = loaded
+    edit(db, "ALTER TABLE DimUser ADD COLUMN email TEXT")
+    columns = runner.source_columns(USERS)
+    assert columns.carried == () and columns.ignored == ("email",)
+
+
+def test_values_that_do_not_fit_their_type_reach_quarantine(loaded, sail_spark) -> None:
+    runner, db = loaded
+    bad = {900_001: "abc", 900_002: "12.5", 900_003: "", 900_004: 9_999_999_999}
+    rows = [(k, v, str(LATER)) for k, v in bad.items()] + [(900_005, 200, str(LATER))]
+    edit(db, params=rows)
+    set_clock(db, str(LATER + timedelta(hours=1)))
+    result = runner.copy(FACT, None, "dirty", from_watermark=True)
+
+    bronze = runner.store(FACT).read(LATER.date())
+    new = bronze.filter(pc.greater(bronze["stream_id"], 900_000)).sort_by("stream_id")
+    assert new["listen_duration"].to_pylist() == [None, None, None, None, 200]
+    raw = [json.loads(v) if v else None for v in new["_untyped"].to_pylist()]
+    assert raw == [{"listen_duration": str(v)} for v in bad.values()] + [None]
+
+    silver = SilverStore(runner.lake, sail_spark, FACT)
+    (day,) = result.partitions
+    counted = silver.refresh((day, day), "dirty")
+    assert counted.failures["values_typed"] == 4
+    quarantined = {
+        r.stream_id: (r._rule, json.loads(r._raw)["_untyped"]["listen_duration"])
+        for r in silver.read_quarantine().where("stream_id > 900000").collect()
+    }
+    assert quarantined == {k: ("values_typed", str(v)) for k, v in bad.items()}
+    assert silver.read().where("stream_id = 900005").count() == 1
+
+
+@pytest.mark.parametrize("clock_format", ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"])
+def test_any_timestamp_text_lands_in_the_window_of_its_time(loaded, clock_format: str) -> None:
+    runner, db = loaded
+    second = timedelta(seconds=1)
+    times = {
+        900_001: f"{LATER - second:%Y-%m-%dT%H:%M:%S}",
+        900_002: f"{LATER:%Y-%m-%d %H:%M:%S}",
+        900_003: f"{LATER:%Y-%m-%dT%H:%M:%S.000}",
+        900_004: f"{LATER + second:%Y-%m-%d %H:%M:%S}",
+        900_005: f"{LATER - second:%Y-%m-%d %H:%M:%S.999}",
+    }
+    edit(db, params=[(k, 100, t) for k, t in times.items()])
+    for clock in (LATER, LATER + timedelta(hours=6)):
+        set_clock(db, f"{clock:{clock_format}}")
+        runner.copy(FACT, None, f"to {clock}", from_watermark=True)
+
+    bronze = runner.store(FACT).read_all()
+    new = bronze.filter(pc.greater(bronze["stream_id"], 900_000)).sort_by("stream_id")
+    assert new["stream_id"].to_pylist() == sorted(times), "each row exactly once"
+    for row in new.to_pylist():
+        assert row["_window_start"] <= row["stream_timestamp"] < row["_window_end"], row
+    assert runner.store(FACT).current().watermark == LATER + timedelta(hours=6)
+
+
+def test_sqlite_windows_use_the_change_time_index(loaded) -> None:
+    _, db = loaded
+    query = DIALECTS[Dialect.SQLITE].extract_query(FACT, Window(CLOCK0, LATER))
+    with sqlite3.connect(db) as conn:
+        plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+    assert "ix_FactStream_stream_timestamp" in plan
+
+
+def test_untyped_values_keep_their_raw_text() -> None:
+
+    schema = pa.schema([("n", pa.int32()), ("t", pa.timestamp("us"))])
+    text = pa.table(
+        {
+            "n": ["1", "x", None, "3000000000"],
+            "t": ["2026-01-01 00:00:00", "2026-01-01T01:00", "", None],
+        }
+    )
+    typed = type_values(text, schema)
+    assert typed["n"].to_pylist() == [1, None, None, None]
+    assert typed["t"].to_pylist() == [datetime(2026, 1, 1), datetime(2026, 1, 1, 1), None, None]
+    assert [json.loads(v) if v else None for v in typed["_untyped"].to_pylist()] == [
+        None, {"n": "x"}, {"t": ""}, {"n": "3000000000"},
+    ]  # fmt: skip
