@@ -21,10 +21,11 @@ from spotify_assets.catalog import (
     Table,
     validate_identifier,
 )
-from spotify_assets.windows import Window
+from spotify_assets.windows import Window, midnight
 
 # The text SQLite stores timestamps as (the driver's): what windows compare after normalising.
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
+_DAY = timedelta(days=1)
 CLOCK_TABLE = "source_clock"
 CLOCK_COLUMN = "now_utc"
 META_TABLE = "source_meta"
@@ -280,19 +281,22 @@ class SqliteDialect(SqlDialect):
 
     def _within(self, column: str, window: Window) -> str:
         """SQLite compares the stored text, and timestamps come as '… 12:00:00', '….000' or
-        '…T…': the text range of whole days uses the index, the normalised text decides."""
+        '…T…'. The text's date alone places a row of a day wholly inside the window (windows of
+        whole days: every row); rows of a day the window cuts compare normalised. The range of
+        days uses the index."""
         quoted = self.quote(column)
+        start, end = window.start, window.end
+        whole_from = start.date() if start == midnight(start.date()) else start.date() + _DAY
+        upto = end.date() if end == midnight(end.date()) else end.date() + _DAY
+        days = f"{quoted} >= '{start.date()}' AND {quoted} < '{upto}'"
+        if whole_from == start.date() and upto == end.date():
+            return days
         normal = f"strftime('{_SQLITE_TIME}', {quoted})"
-        first = window.start.date()
-        after = window.end.date() + timedelta(days=1)
         return (
-            f"{quoted} >= '{first.isoformat()}' AND {quoted} < '{after.isoformat()}' AND "
-            f"{normal} >= {self.timestamp_literal(window.start)} AND "
-            f"{normal} < {self.timestamp_literal(window.end)}"
+            f"{days} AND (({quoted} >= '{whole_from}' AND {quoted} < '{end.date()}') OR ("
+            f"{normal} >= {self.timestamp_literal(start)} AND "
+            f"{normal} < {self.timestamp_literal(end)}))"
         )
-
-    def day_of(self, column: str) -> str:
-        return f"date({self.quote(column)})"
 
     def timestamp_literal(self, value: datetime) -> str:
         # SQLite compares the stored text: match the driver's 'YYYY-MM-DD HH:MM:SS.fff' exactly.
