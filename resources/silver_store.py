@@ -14,10 +14,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from resources.bronze_store import BronzeStore, bronze_schema
-from resources.delta_tables import replace_partitions
+from resources.delta_tables import exists, replace_partitions
 from resources.lake import LakeStorage
 from spotify_assets.bronze_manifest import BronzeFile
-from spotify_assets.catalog import Table
+from spotify_assets.catalog import Table, TableRole
 from spotify_assets.silver import CHANGE_DATE, SilverFrames, in_windows, rule_counts, transform
 
 _SPARK_TYPES = {
@@ -75,7 +75,7 @@ class SilverStore:
     def refresh(self, days: tuple[date, date] | None, run_id: str) -> SilverResult:
         """Rebuild the silver partitions `days` (and their quarantine) from bronze."""
         bronze = self.read_bronze(days)
-        frames: SilverFrames = transform(self.table, bronze, run_id)
+        frames: SilverFrames = transform(self.table, bronze, run_id, self._accepted(days))
         partition = CHANGE_DATE if self.table.change_time_column else None
         replace_partitions(self.lake, frames.valid, self.path, partition, days)
         replace_partitions(self.lake, frames.quarantine, self.quarantine_path, partition, days)
@@ -89,6 +89,13 @@ class SilverStore:
             quarantined=quarantine.count(),
             failures=rule_counts(self.table, quarantine),
         )
+
+    def _accepted(self, days: tuple[date, date] | None) -> DataFrame | None:
+        """A fact's rows silver holds outside the partitions `days` (a key there is taken)."""
+        fact = self.table.role is TableRole.FACT
+        if not fact or days is None or not exists(self.lake, self.path):
+            return None
+        return self.read().where(~F.col(CHANGE_DATE).between(F.lit(days[0]), F.lit(days[1])))
 
     def _read(self, path: str, days: tuple[date, date] | None) -> DataFrame:
         rows = self.spark.read.format("delta").load(path)

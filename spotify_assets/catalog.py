@@ -182,6 +182,8 @@ CHANGE_DATE = "_change_date"
 UNTYPED = "_untyped"
 # Every table's rows with such a value go to quarantine, raw text and all.
 VALUES_TYPED = Rule("values_typed", f"{UNTYPED} IS NULL")
+# Silver's rank of a fact row among the rows of its key (1: the one kept; see silver.rank_keys).
+KEY_RANK = "_key_rank"
 
 HISTORY_START = date(2026, 1, 1)
 
@@ -359,6 +361,7 @@ FACT_STREAM = Table(
         rules=(
             Rule("stream_id_not_null", "stream_id IS NOT NULL", critical=True),
             VALUES_TYPED,
+            Rule("stream_id_unique", f"{KEY_RANK} = 1"),
             Rule("user_id_not_null", "user_id IS NOT NULL"),
             Rule("track_id_not_null", "track_id IS NOT NULL"),
             Rule("listen_duration_in_range", "listen_duration BETWEEN 0 AND 86400"),

@@ -26,11 +26,13 @@ from spotify_assets.catalog import (
     CHANGE_DATE,
     CHANGE_OP,
     CHANGE_SEQ,
+    KEY_RANK,
     UNTYPED,
     VERSION_AT,
     CaptureMode,
     ColumnType,
     Table,
+    TableRole,
 )
 from spotify_assets.catalog import (
     Column as CatalogColumn,
@@ -70,13 +72,20 @@ class SilverFrames:
     quarantine: DataFrame  # rows failing a rule, with the rule names and their raw values
 
 
-def transform(table: Table, bronze: DataFrame, run_id: str) -> SilverFrames:
+def transform(
+    table: Table, bronze: DataFrame, run_id: str, accepted: DataFrame | None = None
+) -> SilverFrames:
     """Bronze rows of some partitions -> the silver rows of the same partitions.
 
     Equal to `split(check(dedup(prepared)))`, but the dedup sort (most of the cost) only runs
     where it can change something: over all rows when some (key, version) repeats, which one
-    small query tells; and for the quarantine, over the groups that hold a failing row."""
+    small query tells; and for the quarantine, over the groups that hold a failing row.
+
+    A fact has one row per key and no versions: nothing collapses, a repeated key is quarantined
+    (`rank_keys`; `accepted`: the keys silver holds in other partitions)."""
     prepared = version(table, derive(table, clean(table, conform(table, bronze))))
+    if table.role is TableRole.FACT:
+        return split(table, check(table, rank_keys(table, prepared, accepted)), run_id)
     deduped = dedup(table, prepared) if has_repeats(table, prepared) else prepared
     valid = split(table, check(table, deduped), run_id).valid
     suspects = dedup(table, failing_groups(table, prepared))
@@ -215,6 +224,29 @@ def dedup(table: Table, df: DataFrame) -> DataFrame:
     return ranked.where(F.col("_keep")).drop("_keep", "_is_delete")
 
 
+def rank_keys(table: Table, df: DataFrame, accepted: DataFrame | None = None) -> DataFrame:
+    """`_key_rank`: 1 for the row of each key silver keeps, 2, 3… for the repeats of the key (a
+    source defect in a table of events, failing the key's uniqueness rule). A key silver already
+    holds in other partitions (`accepted`) keeps that row; otherwise the earliest row wins,
+    ties broken by value, so that every rebuild keeps the same one. The sort runs only where a
+    key repeats or was accepted before, which two small queries tell."""
+    key = list(table.key)
+    repeats = df.groupBy(*key).count().where(F.col("count") > 1).drop("count")
+    seen = accepted.select(*key).join(df.select(*key), key, "left_semi") if accepted else None
+    if repeats.limit(1).count() == 0 and (seen is None or seen.limit(1).count() == 0):
+        return df.withColumn(KEY_RANK, F.lit(1))
+    assert table.cdc_column is not None
+    order = [F.col(table.cdc_column), *(F.col(c).asc_nulls_first() for c in table.column_names)]
+    rank = F.row_number().over(Window.partitionBy(*key).orderBy(*order))
+    if seen is None:
+        return df.withColumn(KEY_RANK, rank)
+    marks = seen.distinct().withColumn("_accepted", F.lit(1))
+    ranked = df.join(marks, key, "left").withColumn(
+        KEY_RANK, rank + F.coalesce(F.col("_accepted"), F.lit(0))
+    )
+    return ranked.drop("_accepted")
+
+
 def _version_identity(table: Table) -> list[str]:
     return [*table.key, VERSION_AT]
 
@@ -278,7 +310,7 @@ def split(table: Table, checked: DataFrame, run_id: str) -> SilverFrames:
 def silver_columns(table: Table, df: DataFrame) -> list[str]:
     """Declared, carried and derived columns, then the version columns, partition last."""
     audit = [CHANGE_OP, CHANGE_SEQ, VERSION_AT]
-    bronze_only = _BRONZE_AUDIT | {CHANGE_DATE}
+    bronze_only = _BRONZE_AUDIT | {CHANGE_DATE, KEY_RANK}
     data = [
         c
         for c in df.columns

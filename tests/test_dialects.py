@@ -44,8 +44,12 @@ def tsql_statements() -> list[str]:
         statements += [TSQL.create_table(table), *TSQL.create_indexes(table)]
         statements += TSQL.change_capture(table)
         statements += [TSQL.insert(table.name, table.column_names, rows=3), TSQL.select(table)]
+        statements.append(TSQL.columns_query(table.name))
         if table.cdc_column:
             statements.append(TSQL.first_change_query(table))
+            statements.append(TSQL.captured_columns_query(table))
+            window = Window(datetime(2026, 1, 1), datetime(2026, 1, 2))
+            statements.append(TSQL.extract_query(table, window, carried=("email",)))
         if table.key != table.column_names:
             statements += [TSQL.update(table), TSQL.delete(table)]
     return statements

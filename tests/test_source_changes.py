@@ -20,6 +20,7 @@ from resources.odbc import Dialect
 from resources.silver_store import SilverStore
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog import CATALOG, Table
+from spotify_assets.cli import main
 from spotify_assets.rules import DriftPolicy
 from spotify_assets.source_schema import type_values
 from spotify_assets.windows import Window
@@ -198,3 +199,81 @@ def test_untyped_values_keep_their_raw_text() -> None:
     assert [json.loads(v) if v else None for v in typed["_untyped"].to_pylist()] == [
         None, {"n": "x"}, {"t": ""}, {"n": "3000000000"},
     ]  # fmt: skip
+
+
+# --- through the command line, as the issue reproduces them ---
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("SPOTIFY_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    monkeypatch.delenv("SPOTIFY_SOURCE_ODBC", raising=False)
+    monkeypatch.delenv("SPOTIFY_CAPTURE_MODES", raising=False)
+    (home / "dagster").mkdir(parents=True)
+    argv = ["source", "init", "--scale", "0.002", "--history-days", "21", "--end-date"]
+    assert main([*argv, "2026-11-20"]) == 0
+    return home
+
+
+def test_run_after_a_rename_fails_in_one_line(home: Path, capsys: pytest.CaptureFixture[str]):
+    edit(home / "source.db", "ALTER TABLE DimUser RENAME COLUMN user_name TO full_name")
+    capsys.readouterr()
+    assert main(["run", "--tables", "DimUser"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("error: DimUser: the source has no column(s) user_name")
+
+
+def test_a_second_run_changes_nothing_whatever_the_timestamp_text(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = home / "source.db"
+    set_clock(db, "2026-11-21 12:00:00")
+    edit(
+        db,
+        "UPDATE DimUser SET subscription_type = 'Family', updated_at = '2026-11-21 12:00:00' "
+        "WHERE user_id = 1",
+        "UPDATE DimUser SET country = 'GB', updated_at = '2026-11-21T06:00:00' WHERE user_id = 2",
+    )
+    capsys.readouterr()
+    assert main(["run", "--tables", "DimUser"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--tables", "DimUser"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["incremental"][0]["rows"] == 0 and again["repaired"] == []
+
+
+def test_a_repeated_fact_key_is_quarantined_and_one_row_kept(loaded, sail_spark) -> None:
+    runner, db = loaded
+    silver = SilverStore(runner.lake, sail_spark, FACT)
+    silver.refresh(None, "initial")
+    ddl = DIALECTS[Dialect.SQLITE].create_table(FACT).replace("FactStream", "Unkeyed")
+    ddl = ddl.replace(",\n  PRIMARY KEY (`stream_id`)", "")
+    (taken,) = silver.read().orderBy("stream_id").limit(1).collect()
+    edit(
+        db,
+        ddl,
+        "INSERT INTO Unkeyed SELECT * FROM FactStream",
+        "DROP TABLE FactStream",
+        "ALTER TABLE Unkeyed RENAME TO FactStream",
+        params=[
+            (taken.stream_id, 1, str(LATER)),
+            (900_001, 2, str(LATER)),
+            (900_001, 1, str(LATER)),
+        ],
+    )
+    set_clock(db, str(LATER + timedelta(hours=1)))
+    day = runner.copy(FACT, None, "dup", from_watermark=True).partitions[0]
+
+    for rerun in ("dup", "again"):
+        result = silver.refresh((day, day), rerun)
+        assert result.failures["stream_id_unique"] == 2
+        assert result.silver_rows + result.quarantined == result.bronze_rows
+        kept = silver.read().where(f"stream_id IN ({taken.stream_id}, 900001)").collect()
+        assert sorted((r.stream_id, r.listen_duration) for r in kept) == [
+            (taken.stream_id, taken.listen_duration), (900_001, 1),
+        ]  # fmt: skip
+    silver.refresh(None, "whole")
+    valid = silver.read()
+    assert valid.count() == valid.select("stream_id").distinct().count()
