@@ -113,3 +113,18 @@ def test_rows_committed_during_copies_are_neither_lost_nor_duplicated(
     assert pc.count_distinct(bronze_ids).as_py() == len(bronze_ids), "duplicated rows"
     assert set(written) <= set(bronze_ids.to_pylist()), "lost rows"
     assert sorted(bronze_ids.to_pylist()) == sorted(source_ids.to_pylist())
+
+
+def test_schema_changes_are_checked_on_a_server(
+    postgres_source: SourceDatabase, tmp_path: Path
+) -> None:
+    initialise(postgres_source)
+    runner = runner_for(postgres_source, tmp_path / "lake")
+    users, streams = postgres_source.catalog["DimUser"], postgres_source.catalog["FactStream"]
+    with postgres_source.session() as session:
+        session.execute('ALTER TABLE "FactStream" ADD COLUMN email VARCHAR(50)')
+        session.execute('ALTER TABLE "DimUser_changes" RENAME COLUMN country TO land')
+    runner.copy(streams, None, "carried", from_watermark=True)
+    assert "email" in runner.store(streams).read_all().column_names
+    with pytest.raises(ValueError, match=r"DimUser: its change capture records no .* country"):
+        runner.copy(users, None, "renamed", from_watermark=True)
