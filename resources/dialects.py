@@ -298,6 +298,9 @@ class SqliteDialect(SqlDialect):
             f"{normal} < {self.timestamp_literal(end)}))"
         )
 
+    def day_of(self, column: str) -> str:
+        return f"date({self.quote(column)})"
+
     def timestamp_literal(self, value: datetime) -> str:
         # SQLite compares the stored text: match the driver's 'YYYY-MM-DD HH:MM:SS.fff' exactly.
         return f"'{value.isoformat(sep=' ', timespec='milliseconds')}'"
