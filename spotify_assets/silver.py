@@ -81,11 +81,15 @@ def transform(
     where it can change something: over all rows when some (key, version) repeats, which one
     small query tells; and for the quarantine, over the groups that hold a failing row.
 
-    A fact has one row per key and no versions: nothing collapses, a repeated key is quarantined
-    (`rank_keys`; `accepted`: the keys silver holds in other partitions)."""
+    A fact has one row per key and no versions: only exact re-deliveries collapse, any other
+    repeat of a key is quarantined (`rank_keys`; `accepted`: the rows silver holds in other
+    partitions)."""
     prepared = version(table, derive(table, clean(table, conform(table, bronze))))
     if table.role is TableRole.FACT:
-        return split(table, check(table, rank_keys(table, prepared, accepted)), run_id)
+        # Exact re-deliveries collapse; any other repeat of a key is a defect (`rank_keys`).
+        if has_repeats(table, prepared):
+            prepared = prepared.dropDuplicates(list(table.column_names))
+        return split(table, check(table, prepared, accepted), run_id)
     deduped = dedup(table, prepared) if has_repeats(table, prepared) else prepared
     valid = split(table, check(table, deduped), run_id).valid
     suspects = dedup(table, failing_groups(table, prepared))
@@ -267,7 +271,10 @@ def failing_groups(table: Table, df: DataFrame) -> DataFrame:
     return marks.join(df, same, "inner").select(*df.columns)
 
 
-def check(table: Table, df: DataFrame) -> DataFrame:
+def check(table: Table, df: DataFrame, accepted: DataFrame | None = None) -> DataFrame:
+    """`_failed_rules` of each row; a fact's rows are first ranked within their key."""
+    if table.role is TableRole.FACT and KEY_RANK not in df.columns:
+        df = rank_keys(table, df, accepted)
     return flag_failures(table.silver.rules, df)
 
 
