@@ -13,6 +13,7 @@ from dagster import EnvVar
 from resources.copy_runner import LocalCopyRunner
 from resources.engines import LocalGold, LocalSilver
 from resources.lake import LakeStorage
+from resources.lease import LakeWriter
 from resources.source_db import SourceDatabase, sqlite_connection_string
 from resources.spark import SparkKind, SparkResource
 
@@ -67,6 +68,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "copy_runner": runner,
         "silver_engine": LocalSilver(lake=runner.lake, spark=spark),
         "gold_engine": LocalGold(lake=runner.lake, spark=spark),
+        "lake_writer": LakeWriter(lake=runner.lake, wait_seconds=settings.writer_wait_seconds),
     }
 
 
@@ -108,4 +110,5 @@ def azure_resources(settings: Settings) -> dict[str, object]:
         "gold_engine": DltPipelineRunner(
             lake=lake, workspace=workspace, pipeline_id=EnvVar("SPOTIFY_DLT_PIPELINE_ID")
         ),
+        "lake_writer": LakeWriter(lake=lake, wait_seconds=settings.writer_wait_seconds),
     }

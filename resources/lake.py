@@ -11,6 +11,7 @@ never reach Dagster's config, logs or metadata (`uri()` is the configured URL, w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -305,6 +306,11 @@ class LakeStorage(ConfigurableResource):
             self.fs.pipe_file(path, data, mode="create")
         except FileExistsError:
             raise LakeConflictError(f"{self.uri(relative)} already exists") from None
+
+    def delete(self, relative: str) -> None:
+        """Remove a file; nothing happens if it is already gone."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(relative))
 
     def list_names(self, relative_dir: str) -> list[str]:
         """Names directly below a directory; empty if it does not exist."""

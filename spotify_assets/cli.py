@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from dagster import BetaWarning, DagsterInstance
 from tqdm import tqdm
@@ -19,6 +21,7 @@ from tqdm import tqdm
 from resources import copy_runner, source_database
 from resources.delta_tables import delta_table, exists
 from resources.lake import LakeStorage
+from resources.lease import LakeBusyError, lake_writer
 from resources.odbc import Dialect, SourceConfigError, SourceUnavailableError
 from resources.source_db import SourceDatabase
 from spotify_assets import adf_pipeline, ingest
@@ -32,6 +35,8 @@ from spotify_assets.simulator import ChangeBatch, SimulationRates, simulate
 DEFAULT_SCALE = 0.1
 DEFAULT_SEED = 42
 DEMO_DAYS = 3
+# A waiting writer gives up with EX_TEMPFAIL: a temporary failure, worth retrying later.
+EXIT_LAKE_BUSY = 75
 _DAYS_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total} days [{elapsed}<{remaining}]"
 
 
@@ -136,6 +141,30 @@ def dagster_instance(settings: Settings) -> DagsterInstance:
     return DagsterInstance.get()
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _writes_lake(
+    command: Callable[Concatenate[Settings, P], R],
+) -> Callable[Concatenate[Settings, P], R]:
+    """`spotify-lakehouse <command>` holds the lake writer lease throughout (DESIGN.md §11): a
+    second writer waits for it, saying for whom, up to SPOTIFY_WRITER_WAIT_SECONDS."""
+
+    @functools.wraps(command)
+    def holding(settings: Settings, *args: P.args, **kwargs: P.kwargs) -> R:
+        lake = LakeStorage(url=settings.lake_url)
+        with lake_writer(lake, f"CLI {command.__name__}", settings.writer_wait_seconds, _say):
+            return command(settings, *args, **kwargs)
+
+    return holding
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@_writes_lake
 def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[str, object]]]:
     """Bring every layer up to date with the source: incremental and CDC loads from each
     table's watermark, then the refresh of any loaded day reconciliation finds stale."""
@@ -149,6 +178,7 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
     }
 
 
+@_writes_lake
 def refresh(
     settings: Settings, first: date, last: date, tables: Sequence[str] = ()
 ) -> list[dict[str, object]]:
@@ -163,6 +193,7 @@ def adf_build(out: Path) -> list[str]:
     return adf_pipeline.write(out, adf_pipeline.build())
 
 
+@_writes_lake
 def demo(settings: Settings) -> None:
     """The pipeline end to end on the configured source (recreated): the initial load through to
     gold, simulated days of changes (late streams, deletes, dirty values), the sensors catching
@@ -341,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SourceConfigError, SourceUnavailableError, CatalogError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except LakeBusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_LAKE_BUSY
     return 0
 
 

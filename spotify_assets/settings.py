@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from resources.lease import DEFAULT_WAIT_SECONDS, WAIT_SETTING
 from resources.odbc import Dialect, dialect_of
 
 
@@ -34,6 +36,7 @@ class Settings:
     spark_remote: str  # empty: Sail in process
     reconcile_lookback_days: int = DEFAULT_RECONCILE_LOOKBACK_DAYS
     databricks_silver_cluster: str = ""  # azure: an existing cluster for silver; empty: new ones
+    writer_wait_seconds: float = DEFAULT_WAIT_SECONDS  # for another writer of the lake
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -55,6 +58,13 @@ class Settings:
             raise ValueError(
                 f"SPOTIFY_RECONCILE_LOOKBACK_DAYS={lookback!r} must be a whole number >= 1"
             )
+        wait = environ.get(WAIT_SETTING) or str(DEFAULT_WAIT_SECONDS)
+        try:
+            writer_wait = float(wait)
+        except ValueError:
+            writer_wait = math.nan
+        if not 0 <= writer_wait < math.inf:
+            raise ValueError(f"{WAIT_SETTING}={wait!r} must be a number of seconds >= 0")
         if env == Environment.AZURE:
             _require_azure(environ)
         return cls(
@@ -67,6 +77,7 @@ class Settings:
             spark_remote=environ.get("SPOTIFY_SPARK_REMOTE", ""),
             reconcile_lookback_days=int(lookback),
             databricks_silver_cluster=environ.get("SPOTIFY_DATABRICKS_SILVER_CLUSTER_ID", ""),
+            writer_wait_seconds=writer_wait,
         )
 
     @property

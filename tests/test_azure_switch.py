@@ -13,6 +13,7 @@ from resources.adf import DataFactoryResource
 from resources.azure_copy import AzureCopyRunner
 from resources.databricks import DatabricksSilverRunner, DltPipelineRunner
 from resources.engines import LocalGold, LocalSilver
+from resources.lease import LakeWriter
 from spotify_assets.definitions import build_definitions
 from spotify_assets.settings import Environment, Settings
 from tests.test_definitions import assert_gold_graph, validate_workspace
@@ -47,6 +48,7 @@ def test_the_azure_environment_selects_the_azure_resources(tmp_path: Path) -> No
         "data_factory": DataFactoryResource,
         "silver_engine": DatabricksSilverRunner,
         "gold_engine": DltPipelineRunner,
+        "lake_writer": LakeWriter,
     }
     silver = resources["silver_engine"]
     assert isinstance(silver, DatabricksSilverRunner)

@@ -50,6 +50,7 @@ from resources.databricks import (
     lake_environment,
 )
 from resources.lake import LakeStorage
+from resources.lease import LakeWriter
 from resources.silver_store import SilverResult
 from spotify_assets import databricks_silver
 from spotify_assets.assets.gold import build_dimension_asset, build_fact_asset
@@ -326,23 +327,23 @@ def pipes_over_files(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def materialize_fact_silver(first: date, last: date) -> Any:
+def materialize_fact_silver(lake_writer: LakeWriter, first: date, last: date) -> Any:
     return materialize(
         [build_silver_asset(FACT)],
-        resources={"silver_engine": runner()},
+        resources={"silver_engine": runner(), "lake_writer": lake_writer},
         tags=partition_range_tags(first, last),
         raise_on_error=False,
     )
 
 
 def test_a_partition_range_runs_one_job_task_and_reports_silver_through_pipes(
-    no_real_workspace: Callable[[FakeApi], None], pipes_over_files: None
+    no_real_workspace: Callable[[FakeApi], None], pipes_over_files: None, lake_writer: LakeWriter
 ) -> None:
     jobs = FakeJobs(
         [run_state("PENDING"), run_state("RUNNING"), run_state("TERMINATED", "SUCCESS")]
     )
     no_real_workspace(jobs.api)
-    result = materialize_fact_silver(date(2026, 3, 1), date(2026, 3, 3))
+    result = materialize_fact_silver(lake_writer, date(2026, 3, 1), date(2026, 3, 3))
     assert result.success
     (submitted,) = jobs.submitted
     assert submitted["run_name"] == "spotify silver fact_stream 2026-03-01..2026-03-03"
@@ -376,12 +377,12 @@ def test_a_partition_range_runs_one_job_task_and_reports_silver_through_pipes(
 
 
 def test_a_failed_job_run_surfaces_databricks_message(
-    no_real_workspace: Callable[[FakeApi], None], pipes_over_files: None
+    no_real_workspace: Callable[[FakeApi], None], pipes_over_files: None, lake_writer: LakeWriter
 ) -> None:
     message = "Task silver_fact_stream failed with message: ValueError: bronze/FactStream ..."
     jobs = FakeJobs([run_state("RUNNING"), run_state("TERMINATED", "FAILED", message)], False)
     no_real_workspace(jobs.api)
-    result = materialize_fact_silver(date(2026, 3, 1), date(2026, 3, 1))
+    result = materialize_fact_silver(lake_writer, date(2026, 3, 1), date(2026, 3, 1))
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type is DagsterEventType.STEP_FAILURE]
     assert message in str(failure.event_specific_data.error)
@@ -389,7 +390,7 @@ def test_a_failed_job_run_surfaces_databricks_message(
 
 
 def test_terminating_the_dagster_run_cancels_the_job_run(
-    no_real_workspace: Callable[[FakeApi], None], pipes_over_files: None
+    no_real_workspace: Callable[[FakeApi], None], pipes_over_files: None, lake_writer: LakeWriter
 ) -> None:
     jobs = FakeJobs(
         [
@@ -401,7 +402,7 @@ def test_terminating_the_dagster_run_cancels_the_job_run(
         task_runs=False,
     )
     no_real_workspace(jobs.api)
-    result = materialize_fact_silver(date(2026, 3, 1), date(2026, 3, 1))
+    result = materialize_fact_silver(lake_writer, date(2026, 3, 1), date(2026, 3, 1))
     assert not result.success
     cancel = [s for s in jobs.api.sent if s.path == "/api/2.2/jobs/runs/cancel"]
     assert [(s.method, s.body) for s in cancel] == [("POST", {"run_id": 4242})]
@@ -595,12 +596,14 @@ def test_a_start_refused_for_another_reason_surfaces_the_error(
 
 
 def test_gold_assets_on_databricks_send_their_tables_and_say_which_checks_ran(
-    no_real_workspace: Callable[[FakeApi], None], monkeypatch: pytest.MonkeyPatch
+    no_real_workspace: Callable[[FakeApi], None],
+    monkeypatch: pytest.MonkeyPatch,
+    lake_writer: LakeWriter,
 ) -> None:
     monkeypatch.setattr(databricks.time, "sleep", lambda seconds: None)
     fake = FakePipelines(["COMPLETED"])
     no_real_workspace(fake.api)
-    resources = {"gold_engine": dlt_runner()}
+    resources = {"gold_engine": dlt_runner(), "lake_writer": lake_writer}
     fact = build_fact_asset(CATALOG)
     # A backdated refresh of a few fact days refreshes the fact's materialized view.
     result = materialize([fact], resources=resources, tags=partition_range_tags(

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from resources.bronze_store import bronze_schema
 from resources.copy_runner import CopyResult, LocalCopyRunner
+from resources.lease import LakeWriter
 from spotify_assets.assets.source import source_key
 from spotify_assets.catalog import Catalog, Table
 from spotify_assets.partitions import daily_partitions, partition_window
@@ -63,8 +64,12 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
         },
     )
     def bronze(
-        context: AssetExecutionContext, config: BronzeConfig, copy_runner: LocalCopyRunner
+        context: AssetExecutionContext,
+        config: BronzeConfig,
+        copy_runner: LocalCopyRunner,
+        lake_writer: LakeWriter,
     ) -> MaterializeResult:
+        lake_writer.check()
         requested = partition_window(context) if partitioned else None
         result = copy_runner.copy(
             table, requested, context.run.run_id, config.from_watermark, log=context.log.info

@@ -23,6 +23,7 @@ from dagster import (
 from pydantic import Field
 
 from resources.engines import GoldEngine, GoldOutcome
+from resources.lease import LakeWriter
 from spotify_assets.assets.silver import silver_key
 from spotify_assets.catalog import Catalog, Table
 from spotify_assets.gold import SCD2_INVARIANTS
@@ -99,8 +100,12 @@ def build_dimension_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         check_specs=[*_expectation_checks(key, spec.expectations), *invariants],
     )
     def dimension(
-        context: AssetExecutionContext, config: DimensionConfig, gold_engine: GoldEngine
+        context: AssetExecutionContext,
+        config: DimensionConfig,
+        gold_engine: GoldEngine,
+        lake_writer: LakeWriter,
     ) -> MaterializeResult:
+        lake_writer.check()
         outcome = gold_engine.apply_dimension(catalog, table, full=config.full_refresh)
         context.log.info(outcome.summary)
         if outcome.problems is None:
@@ -136,7 +141,10 @@ def build_calendar_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         description=f"{table.description} Silver's current rows.",
         check_specs=_expectation_checks(key, spec.expectations),
     )
-    def calendar(context: AssetExecutionContext, gold_engine: GoldEngine) -> MaterializeResult:
+    def calendar(
+        context: AssetExecutionContext, gold_engine: GoldEngine, lake_writer: LakeWriter
+    ) -> MaterializeResult:
+        lake_writer.check()
         return _result(context, gold_engine.build_calendar(catalog, table), spec.expectations)
 
     return calendar
@@ -161,7 +169,10 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
         backfill_policy=BackfillPolicy.single_run(),
         check_specs=_expectation_checks(key, spec.expectations),
     )
-    def fact_table(context: AssetExecutionContext, gold_engine: GoldEngine) -> MaterializeResult:
+    def fact_table(
+        context: AssetExecutionContext, gold_engine: GoldEngine, lake_writer: LakeWriter
+    ) -> MaterializeResult:
+        lake_writer.check()
         outcome = gold_engine.build_fact(catalog, partition_days(context))
         return _result(context, outcome, spec.expectations)
 
@@ -183,8 +194,9 @@ def build_aggregate_asset(catalog: Catalog, spec: Aggregate) -> AssetsDefinition
         check_specs=_expectation_checks(key, spec.expectations),
     )
     def daily_aggregate(
-        context: AssetExecutionContext, gold_engine: GoldEngine
+        context: AssetExecutionContext, gold_engine: GoldEngine, lake_writer: LakeWriter
     ) -> MaterializeResult:
+        lake_writer.check()
         outcome = gold_engine.build_aggregate(catalog, spec, partition_days(context))
         return _result(context, outcome, spec.expectations)
 

@@ -20,6 +20,7 @@ from dagster import (
 
 from resources.engines import SilverEngine
 from resources.lake import LakeStorage
+from resources.lease import LakeWriter
 from resources.silver_store import SilverResult
 from spotify_assets.assets.bronze import bronze_key
 from spotify_assets.catalog import Catalog, Table
@@ -56,7 +57,10 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
         backfill_policy=BackfillPolicy.single_run() if partitioned else None,
         check_specs=checks,
     )
-    def silver(context: AssetExecutionContext, silver_engine: SilverEngine) -> MaterializeResult:
+    def silver(
+        context: AssetExecutionContext, silver_engine: SilverEngine, lake_writer: LakeWriter
+    ) -> MaterializeResult:
+        lake_writer.check()
         days = partition_days(context) if partitioned else None
         result = silver_engine.refresh(context, table, days)
         context.log.info(

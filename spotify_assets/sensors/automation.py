@@ -10,8 +10,9 @@
 - `daily_catch_up` is the fallback when sensors are off: an incremental run of every table.
 
 All are off until turned on (UI: Automation). Their runs carry `WRITER_TAG`, which the instance's
-run queue limits to one at a time (`dagster.yaml`, written by the CLI): two runs must never write
-one table's bronze manifest or gold MERGE concurrently.
+run queue limits to one at a time (`dagster.yaml`, written by the CLI), so that they do not start
+only to wait for the lake writer lease (`resources/lease.py`), which every writer holds: two runs
+must never write one table's bronze manifest or gold MERGE concurrently.
 """
 
 from __future__ import annotations
