@@ -21,7 +21,8 @@ from pathlib import Path
 import pyodbc
 import pytest
 
-from resources.lake import EMULATOR_ACCOUNT, EMULATOR_KEY
+from resources.lake import EMULATOR_ACCOUNT, EMULATOR_KEY, LakeStorage
+from resources.lease import LakeWriter
 from resources.source_db import SourceDatabase, sqlite_connection_string
 from spotify_assets.settings import Settings
 
@@ -258,6 +259,13 @@ def run_bounded(
         err.seek(0)
         return BoundedRun(process.returncode, out.read().decode(errors="replace"),
                           err.read().decode(errors="replace"), peak, killed)  # fmt: skip
+
+
+@pytest.fixture
+def lake_writer(tmp_path: Path) -> LakeWriter:
+    """The writer lease every lake-writing asset requires, of a local lake: for tests whose
+    engines' lake is one no test can reach (a stand-in Azure account)."""
+    return LakeWriter(lake=LakeStorage(url=str(tmp_path / "lease")))
 
 
 @pytest.fixture

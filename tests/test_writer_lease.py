@@ -34,9 +34,9 @@ from spotify_assets.assets.silver import build_silver_asset
 from spotify_assets.catalog import CATALOG
 from spotify_assets.cli import EXIT_LAKE_BUSY, source_init
 from spotify_assets.settings import Settings
-from tests.conftest import Azurite, BoundedRun, keep_initial_dimensions
+from tests.conftest import CLI, Azurite, BoundedRun
+from tests.test_gold import assert_gold_equals_source, keep_initial_dimensions
 
-CLI = str(Path(sys.executable).with_name("spotify-lakehouse"))
 # Holds the lease of the lake at argv[1] as the CLI does, says so, and sleeps until killed.
 HOLDER = """
 import sys, time
@@ -256,7 +256,6 @@ def test_the_wait_is_a_number_of_seconds() -> None:
 def test_two_runs_started_together_write_one_after_the_other(
     tmp_path: Path,
     bounded: Callable[..., BoundedRun],
-    gold_matches_source: Callable[[Settings], None],
 ) -> None:
     env = cli_env(tmp_path, SPOTIFY_WRITER_WAIT_SECONDS="600")
     end = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
@@ -274,4 +273,4 @@ def test_two_runs_started_together_write_one_after_the_other(
     waited = [run for run in runs if "waiting up to 600 s" in run.stderr]
     assert len(waited) == 1, [run.stderr[-2000:] for run in runs]
     assert "held by CLI run (pid " in waited[0].stderr
-    gold_matches_source(settings)
+    assert_gold_equals_source(settings)
