@@ -35,7 +35,11 @@ def copy_runner(settings: Settings) -> LocalCopyRunner:
 
 def _source(settings: Settings, configured: str | EnvVar | None) -> SourceDatabase:
     connection = configured or sqlite_connection_string(settings.embedded_source_path)
-    return SourceDatabase(connection_string=connection, capture_modes=settings.capture_modes)
+    return SourceDatabase(
+        connection_string=connection,
+        capture_modes=settings.capture_modes,
+        partition_start=settings.partition_start.isoformat(),
+    )
 
 
 def _dagster_source(settings: Settings) -> SourceDatabase:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from azure.core import PipelineClient
@@ -242,10 +242,11 @@ class AdfClient:
         self,
         windows: Mapping[str, Window | None],
         run_id: str,
+        partition_start: date,
         log: Callable[[str], None] = lambda message: None,
     ) -> AdfRun:
         """One pipeline run for the given tables and windows (see `run_parameters`)."""
-        adf_run_id = self.create_run(run_parameters(windows, run_id))
+        adf_run_id = self.create_run(run_parameters(windows, run_id, partition_start))
         log(f"started ADF run {adf_run_id} of {self.pipeline_name} for {', '.join(windows)}")
         return self.result(self.wait(adf_run_id, log))
 

@@ -66,7 +66,7 @@ class AzureCopyRunner(LocalCopyRunner):
         if window is not None and window.empty:
             log(f"{table.name}: nothing to copy up to {high} (watermark {manifest.watermark})")
             return nothing_copied(table, window, high, query, manifest)
-        run = self.adf_client().ingest({table.name: window}, run_id, log)
+        run = self.adf_client().ingest({table.name: window}, run_id, table.first_partition, log)
         if table.name not in run.tables:
             raise Failure(
                 description=f"{table.name}: ADF run {run.run_id} succeeded without a copy of it",

@@ -50,8 +50,25 @@ from spotify_assets.source_schema import (
 from spotify_assets.windows import Window, midnight
 
 _EPOCH = date(1970, 1, 1)
-# Rows whose change time precedes the first partition belong to it: the initial load reads them.
-EARLIEST = datetime(1900, 1, 1)
+
+
+class RowsBeforePartitionStart(ValueError):
+    """The source holds rows older than the first partition: they would have no partition."""
+
+    def __init__(self, table: Table, oldest: datetime) -> None:
+        super().__init__(
+            f"{table.name}: the source holds rows from {oldest.isoformat(sep=' ')}, before the "
+            f"partition start {table.first_partition} (SPOTIFY_PARTITION_START): set it to "
+            f"{oldest.date()} or earlier"
+        )
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Source rows an incremental load could not take yet: count and oldest change time."""
+
+    rows: int
+    oldest: datetime | None
 
 
 @dataclass(frozen=True)
@@ -111,29 +128,48 @@ class LocalCopyRunner(ConfigurableResource):
     ) -> tuple[Window | None, datetime, Manifest]:
         """The window to copy: the request, bounded by `high`.
 
-        `from_watermark` (incremental) starts where the last load ended, or at the very beginning
-        on a first load, and runs to the end of the request: loads stay contiguous.
+        `from_watermark` (incremental) starts where the last load ended, or at the partition
+        start on a first load, and runs to the end of the request: loads stay contiguous. A
+        source holding rows older than the partition start fails here, before any copy.
         """
         manifest = self.store(table).current()
         high = self.high()
         if table.mode is CaptureMode.SNAPSHOT:
             return None, high, manifest
-        requested = requested or Window(EARLIEST, high)
-        start = EARLIEST if requested.start <= self.history_start(table) else requested.start
+        self.first_change(table)
+        requested = requested or Window(self.history_start(table), high)
+        start = requested.start
         if from_watermark:
-            start = manifest.watermark or EARLIEST
+            start = manifest.watermark or self.history_start(table)
         end = min(requested.end, high)
         return Window(start, max(start, end)), high, manifest
 
-    def first_change_day(self, table: Table) -> date | None:
-        """The UTC day of the oldest change time in the source (None: nothing to load)."""
+    def first_change(self, table: Table) -> datetime | None:
+        """The oldest change time in the source (None: nothing to load); one older than the
+        partition start is an error: such a row has no partition, and is never re-dated."""
         sql = DIALECTS[self.source.dialect]
         with self.source.connect() as conn:
             value = self.source.session_on(conn).scalar(sql.first_change_query(table))
-        return None if value is None else max(_as_datetime(value).date(), table.partition_start)
+        oldest = None if value is None else _as_datetime(value)
+        if oldest is not None and oldest < self.history_start(table):
+            raise RowsBeforePartitionStart(table, oldest)
+        return oldest
+
+    def first_change_day(self, table: Table) -> date | None:
+        """The UTC day of the oldest change time in the source (None: nothing to load)."""
+        oldest = self.first_change(table)
+        return None if oldest is None else oldest.date()
+
+    def not_loaded_yet(self, table: Table, bound: datetime) -> Waiting:
+        """The source's rows at or after `bound`: past the source's clock or the last partition
+        (today, UTC), they wait for a later load."""
+        sql = DIALECTS[self.source.dialect]
+        with self.source.connect() as conn:
+            ((rows, oldest),) = self.source.session_on(conn).query(sql.pending_query(table, bound))
+        return Waiting(int(rows or 0), None if oldest is None else _as_datetime(oldest))
 
     def history_start(self, table: Table) -> datetime:
-        return midnight(table.partition_start)
+        return midnight(table.first_partition)
 
     def copy(
         self,
@@ -182,7 +218,7 @@ class LocalCopyRunner(ConfigurableResource):
             # Each worker reads, splits and writes whole chunks: the engines release the GIL,
             # so both cores work, and memory holds at most `workers` chunks.
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                for chunk_rows, chunk_files in pool.map(copy_chunk, self._chunks(table, window)):
+                for chunk_rows, chunk_files in pool.map(copy_chunk, self._chunks(window)):
                     rows_read += chunk_rows
                     files += chunk_files
                     if chunk_rows:
@@ -246,7 +282,7 @@ class LocalCopyRunner(ConfigurableResource):
         touched = {f.partition for f in manifest.files if any(w.intersect(window) for w in f.live)}
         carried = []
         for partition in sorted(p for p in touched if p is not None):
-            part = window.intersect(_partition_window(table, partition))
+            part = window.intersect(Window.of_days(partition, partition))
             assert part is not None
             old = store.read(partition, manifest)
             time_ = old[CHANGE_AT]
@@ -268,10 +304,10 @@ class LocalCopyRunner(ConfigurableResource):
                 )
         return carried
 
-    def _chunks(self, table: Table, window: Window) -> Iterator[Window]:
-        """Query windows of at most `chunk_days` days (the first one also takes older rows)."""
+    def _chunks(self, window: Window) -> Iterator[Window]:
+        """Query windows of at most `chunk_days` days."""
         start = window.start
-        boundary = midnight(max(start, self.history_start(table)).date())
+        boundary = midnight(start.date())
         while start < window.end:
             boundary += timedelta(days=self.chunk_days)
             end = min(boundary, window.end)
@@ -336,7 +372,7 @@ class LocalCopyRunner(ConfigurableResource):
             return BronzeFile(path, rows.num_rows, run_id, None, None, fingerprint=fingerprint(
                 rows.select(list(table.column_names))))  # fmt: skip
         if partition is not None:
-            window = window.intersect(_partition_window(table, partition))
+            window = window.intersect(Window.of_days(partition, partition))
         return BronzeFile(path, rows.num_rows, run_id, partition, window)
 
 
@@ -369,11 +405,6 @@ def _as_datetime(value: object) -> datetime:
     return moment.replace(tzinfo=None)
 
 
-def _partition_window(table: Table, partition: date) -> Window:
-    start = EARLIEST if partition <= table.partition_start else midnight(partition)
-    return Window(start, midnight(partition) + timedelta(days=1))
-
-
 def _with_audit(
     table: Table,
     carried: tuple[str, ...],
@@ -399,7 +430,7 @@ def _with_audit(
 
 
 def _by_partition(table: Table, rows: pa.Table) -> Iterator[tuple[date | None, pa.Table]]:
-    """Split rows by UTC day of their change time; earlier rows go to the first partition.
+    """Split rows by UTC day of their change time.
 
     Rows usually arrive ordered by change time (the index the query uses), so each batch is cut
     into runs of one day without copying; unordered batches are sorted first.
@@ -407,13 +438,12 @@ def _by_partition(table: Table, rows: pa.Table) -> Iterator[tuple[date | None, p
     if table.change_time_column is None:
         yield None, rows
         return
-    first = (table.partition_start - _EPOCH).days
     pieces: dict[int, list[pa.RecordBatch]] = {}
     for batch in rows.to_batches():
         if batch.num_rows == 0:
             continue
         days = pc.cast(pc.cast(batch[table.change_time_column], pa.date32()), pa.int32())
-        days = np.maximum(days.to_numpy(zero_copy_only=False), first)
+        days = days.to_numpy(zero_copy_only=False)
         if np.any(days[1:] < days[:-1]):
             order = np.argsort(days, kind="stable")
             batch, days = batch.take(pa.array(order)), days[order]

@@ -241,6 +241,22 @@ class SqlDialect(ABC):
             )
         return f"SELECT MIN(t) FROM ({oldest}) AS oldest"
 
+    def pending_query(self, table: Table, bound: datetime) -> str:
+        """Count and oldest change time of the rows at or after `bound` (not loadable yet):
+        watermark: the table's rows; cdc: the change records."""
+        source, time = self._change_source(table)
+        return (
+            f"SELECT COUNT(*), MIN({self.quote(time)}) FROM {self.qualified(source)} "
+            f"WHERE {self.quote(time)} >= {self.timestamp_literal(bound)}"
+        )
+
+    def _change_source(self, table: Table) -> tuple[str, str]:
+        """Where a table's changes are found by their time: its rows, or its change table."""
+        assert table.cdc_column is not None
+        if table.mode is CaptureMode.CDC:
+            return table.change_table, CHANGE_AT
+        return table.name, table.cdc_column
+
     def change_feed(self, table: Table) -> str:
         """Change records with `after < _seq <= upto` (two bound parameters), in sequence order."""
         columns = (CHANGE_SEQ, CHANGE_OP, CHANGE_AT, *table.column_names)
@@ -466,6 +482,11 @@ class TsqlDialect(SqlDialect):
                 f"sys.fn_cdc_get_min_lsn({instance})) AS t"
             )
         return f"SELECT MIN(t) FROM ({oldest}) AS oldest"
+
+    def _change_source(self, table: Table) -> tuple[str, str]:
+        # Native CDC stamps commit times, never ahead of the server: only rows can run ahead.
+        assert table.cdc_column is not None
+        return table.name, table.cdc_column
 
     def _cdc_extract(self, table: Table, window: Window, carried: tuple[str, ...]) -> str:
         """The native CDC records committed in the window plus the current images.

@@ -46,7 +46,7 @@ def reconcile(runner: LocalCopyRunner, table: Table, lookback_days: int) -> Reco
     manifest = runner.store(table).current()
     window = None
     if table.mode is not CaptureMode.SNAPSHOT:
-        window = lookback_window(manifest.watermark, lookback_days, table.partition_start)
+        window = lookback_window(manifest.watermark, lookback_days, table.first_partition)
     if window is None:
         return Reconciliation(table.name, None, {}, {}, ())
     with runner.source.session() as session:

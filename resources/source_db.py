@@ -31,14 +31,13 @@ from resources.odbc import (
     parse_connection_string,
 )
 from spotify_assets.catalog import (
-    CATALOG,
     CHANGE_SEQ,
     CaptureMode,
     Catalog,
     ColumnType,
     Table,
     TableRole,
-    parse_mode_overrides,
+    configured_catalog,
 )
 from spotify_assets.generator import InitialData
 from spotify_assets.simulator import ChangeBatch, SourceState
@@ -67,6 +66,11 @@ class SourceDatabase(ConfigurableResource):
         default="",
         description="Overrides of the catalog's capture modes, e.g. 'DimUser=watermark'.",
     )
+    partition_start: str = Field(
+        default="",
+        description="First daily partition, YYYY-MM-DD (SPOTIFY_PARTITION_START, or what "
+        "`source init` recorded); empty where only the source is administered.",
+    )
     login_timeout_s: int = Field(default=5, description="Seconds to wait for a login.")
 
     @property
@@ -75,7 +79,8 @@ class SourceDatabase(ConfigurableResource):
 
     @property
     def catalog(self) -> Catalog:
-        return CATALOG.with_modes(parse_mode_overrides(self.capture_modes))
+        start = date.fromisoformat(self.partition_start) if self.partition_start else None
+        return configured_catalog(self.capture_modes, start)
 
     @contextmanager
     def connect(self) -> Iterator[Any]:

@@ -34,13 +34,12 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from resources.bronze_store import EXTRACTED_AT, RUN_ID, WINDOW_END, WINDOW_START, BronzeStore
-from resources.copy_runner import EARLIEST
 from resources.dialects import TsqlDialect
 from spotify_assets.catalog import CATALOG, CaptureMode, Catalog, Table, validate_identifier
 from spotify_assets.settings import DEFAULT_SAFETY_LAG_SECONDS
@@ -90,9 +89,6 @@ def timestamp_text(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds")
 
 
-EARLIEST_TEXT = timestamp_text(EARLIEST)
-
-
 def query_template(table: Table) -> str:
     """The dialect's own extraction query with `{low}` and `{high}` where the window goes."""
     window = None if table.mode is CaptureMode.SNAPSHOT else _SENTINELS
@@ -123,13 +119,14 @@ _STATE = f"activity('{LOOKUP_STATE}').output.firstRow.watermark"
 _HIGH = f"activity('{CAPTURE_HIGH}').output.firstRow.high"
 _REQUESTED_END = f"coalesce(item().high, {_HIGH})"
 _CAPPED_END = f"if(less(ticks({_REQUESTED_END}), ticks({_HIGH})), {_REQUESTED_END}, {_HIGH})"
-LOW = f"coalesce(item().low, {_STATE}, '{EARLIEST_TEXT}')"
+_PARTITION_START = "pipeline().parameters.partition_start"
+LOW = f"coalesce(item().low, {_STATE}, {_PARTITION_START})"
 # An end before `low` (high not past the watermark yet) makes the window empty, not inverted.
 END = f"if(less(ticks({_CAPPED_END}), ticks({LOW})), {LOW}, {_CAPPED_END})"
 LOW_TEXT = f"formatDateTime({LOW}, '{ADF_TIMESTAMP}')"
 END_TEXT = f"formatDateTime({END}, '{ADF_TIMESTAMP}')"
 QUERY = f"replace(replace({_ENTRY}.query, '{LOW_TOKEN}', {LOW_TEXT}), '{HIGH_TOKEN}', {END_TEXT})"
-_REACHED = f"coalesce({_STATE}, {_ENTRY}.history_start)"
+_REACHED = f"coalesce({_STATE}, {_PARTITION_START})"
 NEXT_WATERMARK = (
     f"if(equals({_ENTRY}.mode, '{CaptureMode.SNAPSHOT.value}'), {_STATE}, "
     f"if(and(lessOrEquals(ticks({LOW}), ticks({_REACHED})), "
@@ -253,9 +250,8 @@ def datasets() -> dict[str, dict[str, Any]]:
 
 
 def catalog_entry(table: Table) -> dict[str, str]:
-    """What the pipeline knows of a table: capture mode, query template, history start."""
+    """What the pipeline knows of a table: capture mode and query template."""
     return {
-        "history_start": timestamp_text(midnight(table.partition_start)),
         "mode": table.mode.value,
         "query": query_template(table),
     }
@@ -511,6 +507,8 @@ def pipeline(catalog: Catalog) -> dict[str, Any]:
             "tables": {"type": "Array", "defaultValue": tables},
             "run_id": {"type": "String", "defaultValue": ""},
             "safety_lag_seconds": {"type": "Int", "defaultValue": int(DEFAULT_SAFETY_LAG_SECONDS)},
+            # Configuration, not part of the catalog: every run passes it (no default).
+            "partition_start": {"type": "String"},
             "catalog": {
                 "type": "Object",
                 "defaultValue": {t.name: catalog_entry(t) for t in catalog},
@@ -611,8 +609,11 @@ def render(document: dict[str, Any], settings: DeploySettings) -> dict[str, Any]
     return fill(document)
 
 
-def run_parameters(windows: Mapping[str, Window | None], run_id: str) -> dict[str, object]:
-    """The `createRun` parameters of a Dagster run: the tables and each one's window.
+def run_parameters(
+    windows: Mapping[str, Window | None], run_id: str, partition_start: date
+) -> dict[str, object]:
+    """The `createRun` parameters of a Dagster run: the tables, each one's window, and the
+    partition start (where a first load without a window starts).
 
     A window is `[low, high)` computed by Dagster from the bronze manifests; the pipeline caps
     `high` at the source's clock. None: a snapshot, or let the pipeline start from its state.
@@ -624,4 +625,8 @@ def run_parameters(windows: Mapping[str, Window | None], run_id: str) -> dict[st
             (timestamp_text(window.start), timestamp_text(window.end)) if window else (None, None)
         )
         tables.append({"name": name, "low": low, "high": high})
-    return {"tables": tables, "run_id": run_id}
+    return {
+        "tables": tables,
+        "run_id": run_id,
+        "partition_start": timestamp_text(midnight(partition_start)),
+    }

@@ -105,10 +105,12 @@ class Table:
     role: TableRole
     mode: CaptureMode
     cdc_column: str | None
-    partition_start: date
     description: str = ""
     silver: SilverSpec = field(default_factory=SilverSpec, compare=False)
     gold: GoldSpec | None = field(default=None, compare=False)
+    # The first daily partition: configuration (Settings.partition_start), never a constant;
+    # None until `Catalog.with_partition_start` sets it.
+    partition_start: date | None = None
 
     def __post_init__(self) -> None:
         validate_identifier(self.name)
@@ -128,6 +130,13 @@ class Table:
             raise CatalogError(f"{self.name}: mode {self.mode} needs a cdc column of the table")
         elif self.column(self.cdc_column).type is not ColumnType.TIMESTAMP:
             raise CatalogError(f"{self.name}: cdc column {self.cdc_column!r} must be a timestamp")
+
+    @property
+    def first_partition(self) -> date:
+        """The configured partition start: no change time before it is loaded."""
+        if self.partition_start is None:
+            raise CatalogError(f"{self.name}: the partition start is not configured")
+        return self.partition_start
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -185,8 +194,6 @@ VALUES_TYPED = Rule("values_typed", f"{UNTYPED} IS NULL")
 # Silver's rank of a fact row among the rows of its key (1: the one kept; see silver.rank_keys).
 KEY_RANK = "_key_rank"
 
-HISTORY_START = date(2026, 1, 1)
-
 
 def _s(name: str, length: int, nullable: bool = True) -> Column:
     return Column(name, ColumnType.STRING, nullable, length)
@@ -221,7 +228,6 @@ DIM_USER = Table(
     role=TableRole.DIMENSION,
     mode=CaptureMode.CDC,
     cdc_column="updated_at",
-    partition_start=HISTORY_START,
     silver=SilverSpec(
         clean=(
             ("user_name", (Clean.TRIM, Clean.UPPER)),
@@ -253,7 +259,6 @@ DIM_ARTIST = Table(
     role=TableRole.DIMENSION,
     mode=CaptureMode.CDC,
     cdc_column="updated_at",
-    partition_start=HISTORY_START,
     silver=SilverSpec(
         clean=(
             ("artist_name", (Clean.TRIM,)),
@@ -287,7 +292,6 @@ DIM_TRACK = Table(
     role=TableRole.DIMENSION,
     mode=CaptureMode.CDC,
     cdc_column="updated_at",
-    partition_start=HISTORY_START,
     silver=SilverSpec(
         clean=(
             ("track_name", (Clean.DASHES_TO_SPACES, Clean.TRIM)),
@@ -330,7 +334,6 @@ DIM_DATE = Table(
     role=TableRole.CALENDAR,
     mode=CaptureMode.SNAPSHOT,
     cdc_column=None,
-    partition_start=HISTORY_START,
     silver=SilverSpec(
         clean=(("weekday", (Clean.TRIM, Clean.INITCAP)),),
         rules=(Rule("date_key_not_null", "date_key IS NOT NULL", critical=True), VALUES_TYPED),
@@ -355,7 +358,6 @@ FACT_STREAM = Table(
     role=TableRole.FACT,
     mode=CaptureMode.WATERMARK,
     cdc_column="stream_timestamp",
-    partition_start=HISTORY_START,
     silver=SilverSpec(
         clean=(("device_type", (Clean.TRIM, Clean.LOWER)),),
         rules=(
@@ -465,6 +467,10 @@ class Catalog:
             ),
         )
 
+    def with_partition_start(self, start: date) -> Catalog:
+        """The catalog with every table's partitions starting on `start`."""
+        return replace(self, tables=tuple(replace(t, partition_start=start) for t in self.tables))
+
     @property
     def fact(self) -> Table:
         """The table gold's point-in-time fact and the aggregates are built from."""
@@ -473,6 +479,12 @@ class Catalog:
 
 
 CATALOG = Catalog((DIM_USER, DIM_ARTIST, DIM_TRACK, DIM_DATE, FACT_STREAM), DAILY_AGGREGATES)
+
+
+def configured_catalog(capture_modes: str, partition_start: date | None) -> Catalog:
+    """The catalog as the settings shape it: capture-mode overrides and the partition start."""
+    catalog = CATALOG.with_modes(parse_mode_overrides(capture_modes))
+    return catalog if partition_start is None else catalog.with_partition_start(partition_start)
 
 
 def parse_mode_overrides(spec: str) -> dict[str, CaptureMode]:

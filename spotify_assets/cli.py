@@ -48,7 +48,14 @@ def source_init(
     force: bool = False,
     history_days: int | None = None,
 ) -> dict[str, object]:
-    """Create the source database with a generated history ending at `end` (exclusive)."""
+    """Create the source database with a generated history ending at `end` (exclusive), and
+    record its first day as the partition start (SPOTIFY_PARTITION_START still wins)."""
+    today = datetime.now(UTC).date()
+    if end > today:
+        raise SourceConfigError(
+            f"--end-date {end} is after today ({today}, UTC): the source's clock would run "
+            "ahead of the current time"
+        )
     source = source_database(settings)
     if source.exists():
         if not force:
@@ -69,10 +76,12 @@ def source_init(
         if source.dialect is Dialect.SQLITE:
             session.execute("PRAGMA journal_mode=WAL")
         loaded = session.load_initial(data, meta, on_rows=bar.update)
+    settings.record_partition_start(data.start)
     return {
         "rows": loaded,
         "seconds": round(time.perf_counter() - started, 2),
         "history": [data.start.isoformat(), data.end.isoformat()],
+        "partition_start": settings.partition_start.isoformat(),
     }
 
 
@@ -99,6 +108,13 @@ def source_simulate(
         state = session.read_state()
         run_seed = int(session.meta()["seed"]) if seed is None else seed
         start_clock = state.clock
+        now = datetime.now(UTC).replace(tzinfo=None)
+        fit = max(0, (now - start_clock) // timedelta(days=1))
+        if days > fit:
+            raise SourceConfigError(
+                f"simulating {days} days would move the source's clock from {start_clock} past "
+                f"the current UTC time ({now:%Y-%m-%d %H:%M}): {fit} whole days fit"
+            )
         with tqdm(total=days, unit="day", desc="simulating", bar_format=_DAYS_BAR) as bar:
 
             def advance(batch: ChangeBatch) -> None:

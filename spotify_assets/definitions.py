@@ -9,7 +9,6 @@ from spotify_assets.assets.bronze import build_bronze_assets
 from spotify_assets.assets.gold import build_gold_assets
 from spotify_assets.assets.silver import build_silver_assets
 from spotify_assets.assets.source import build_source_observation
-from spotify_assets.catalog import CATALOG, parse_mode_overrides
 from spotify_assets.sensors.alerts import run_failure_alert
 from spotify_assets.sensors.automation import (
     build_arrival_sensor,
@@ -22,7 +21,7 @@ OBSERVE_SOURCE_JOB = "observe_source_job"
 
 
 def build_definitions(settings: Settings) -> Definitions:
-    catalog = CATALOG.with_modes(parse_mode_overrides(settings.capture_modes))
+    catalog = settings.catalog
     resources = build_resources(settings)
     observe_source = build_source_observation(catalog, settings.source_dialect)
     return Definitions(

@@ -20,7 +20,11 @@ from dagster import AssetKey, AssetsDefinition, DagsterEventType, DagsterInstanc
 from resources import build_resources, copy_runner
 from resources.copy_runner import LocalCopyRunner
 from resources.reconciler import reconcile
-from spotify_assets.assets.bronze import build_bronze_asset
+from spotify_assets.assets.bronze import (
+    NOT_LOADED_YET_OLDEST,
+    NOT_LOADED_YET_ROWS,
+    build_bronze_asset,
+)
 from spotify_assets.assets.gold import build_gold_assets_of
 from spotify_assets.assets.silver import build_silver_asset
 from spotify_assets.catalog import Catalog, Table
@@ -93,7 +97,10 @@ def plan_incremental(
         ]
     runs = []
     if partitioned and days:
-        runs.append(PlannedRun(tuple(t.name for t in partitioned), (min(days), _today()), True))
+        # A watermark can reach tomorrow (a source clock ahead of the wall clock): the run still
+        # ends with today's partition, the last one.
+        first = min(min(days), _today())
+        runs.append(PlannedRun(tuple(t.name for t in partitioned), (first, _today()), True))
     if snapshots:
         runs.append(PlannedRun(snapshots, None, True))
     return runs
@@ -131,8 +138,13 @@ def plan_refresh(tables: Sequence[Table], first: date, last: date) -> list[Plann
     selected = [t for t in tables if t.change_time_column]
     if not selected:
         return []
-    start = max(first, min(t.partition_start for t in selected))
-    return [PlannedRun(tuple(t.name for t in selected), (start, last), False)]
+    start = min(t.first_partition for t in selected)
+    if first < start:
+        raise ValueError(
+            f"--from {first} is before the partition start {start} (SPOTIFY_PARTITION_START): "
+            f"refresh from {start} on, or set the partition start earlier"
+        )
+    return [PlannedRun(tuple(t.name for t in selected), (first, last), False)]
 
 
 def plan_repairs(
@@ -166,6 +178,9 @@ class TableLoad:
     silver_rows: int
     quarantined: int
     gold_rows: dict[str, int]
+    # Incremental loads: source rows past the source's clock bound or today, left for later.
+    not_loaded_yet_rows: int = 0
+    not_loaded_yet_oldest: str = "none"
 
 
 def incremental(
@@ -241,6 +256,11 @@ def _materialize(
                 silver_rows=cleaned["dagster/row_count"].value,
                 quarantined=cleaned["quarantined"].value,
                 gold_rows={k.path[-1]: metadata(k)["dagster/row_count"].value for k in gold},
+                **{
+                    name: copied[name].value
+                    for name in (NOT_LOADED_YET_ROWS, NOT_LOADED_YET_OLDEST)
+                    if name in copied
+                },
             )
         )
     return loads
@@ -261,7 +281,7 @@ def _resume_day(runner: LocalCopyRunner, table: Table) -> date | None:
     (the empty partitions before it need no run of their own)."""
     watermark = runner.store(table).current().watermark
     if watermark:
-        return max(watermark.date(), table.partition_start)
+        return watermark.date()
     return runner.first_change_day(table)
 
 

@@ -6,11 +6,13 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 
 from resources.lease import DEFAULT_WAIT_SECONDS, WAIT_SETTING
 from resources.odbc import Dialect, dialect_of
+from spotify_assets.catalog import Catalog, configured_catalog
 
 
 class Environment(StrEnum):
@@ -23,6 +25,10 @@ DEFAULT_SAFETY_LAG_SECONDS = 300.0
 # How far back of the watermark reconciliation looks for late or missing rows: longer than
 # streams arrive late (the simulator: up to 5 days) plus the longest pause between runs.
 DEFAULT_RECONCILE_LOOKBACK_DAYS = 10
+# The setting that names the first daily partition, and the file under SPOTIFY_HOME where
+# `source init` records the first day of the history it generates (the variable wins).
+PARTITION_START_VARIABLE = "SPOTIFY_PARTITION_START"
+PARTITION_START_FILE = "partition_start"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class Settings:
     reconcile_lookback_days: int = DEFAULT_RECONCILE_LOOKBACK_DAYS
     databricks_silver_cluster: str = ""  # azure: an existing cluster for silver; empty: new ones
     writer_wait_seconds: float = DEFAULT_WAIT_SECONDS  # for another writer of the lake
+    partition_start_override: date | None = None  # SPOTIFY_PARTITION_START
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -65,6 +72,7 @@ class Settings:
             writer_wait = math.nan
         if not 0 <= writer_wait < math.inf:
             raise ValueError(f"{WAIT_SETTING}={wait!r} must be a number of seconds >= 0")
+        override = environ.get(PARTITION_START_VARIABLE)
         if env == Environment.AZURE:
             _require_azure(environ)
         return cls(
@@ -78,7 +86,34 @@ class Settings:
             reconcile_lookback_days=int(lookback),
             databricks_silver_cluster=environ.get("SPOTIFY_DATABRICKS_SILVER_CLUSTER_ID", ""),
             writer_wait_seconds=writer_wait,
+            partition_start_override=_day(override, PARTITION_START_VARIABLE) if override else None,
         )
+
+    @property
+    def partition_start_file(self) -> Path:
+        return self.home / PARTITION_START_FILE
+
+    @property
+    def partition_start(self) -> date:
+        """The first daily partition of every partitioned table: SPOTIFY_PARTITION_START, else
+        what `source init` recorded under SPOTIFY_HOME, else today (UTC): a source nobody
+        described has no history yet. Read on use, so `source init` then `run` just works."""
+        if self.partition_start_override:
+            return self.partition_start_override
+        path = self.partition_start_file
+        if path.is_file():
+            return _day(path.read_text().strip(), str(path))
+        return datetime.now(UTC).date()
+
+    def record_partition_start(self, start: date) -> None:
+        """What `source init` does: the history it generated starts the partitions."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.partition_start_file.write_text(f"{start.isoformat()}\n")
+
+    @property
+    def catalog(self) -> Catalog:
+        """The table catalog as these settings configure it (capture modes, partition start)."""
+        return configured_catalog(self.capture_modes, self.partition_start)
 
     @property
     def embedded_source_path(self) -> Path:
@@ -91,6 +126,13 @@ class Settings:
     @property
     def source_dialect(self) -> Dialect:
         return dialect_of(self.source_odbc) if self.source_odbc else Dialect.SQLITE
+
+
+def _day(text: str, origin: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{origin}={text!r} is not a day (YYYY-MM-DD)") from None
 
 
 def _require_azure(environ: Mapping[str, str]) -> None:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pyodbc
@@ -24,6 +24,7 @@ import pytest
 from resources.lake import EMULATOR_ACCOUNT, EMULATOR_KEY, LakeStorage
 from resources.lease import LakeWriter
 from resources.source_db import SourceDatabase, sqlite_connection_string
+from spotify_assets.generator import BASE_SHAPE
 from spotify_assets.settings import Settings
 
 PG_DRIVER = "PostgreSQL Unicode"
@@ -113,7 +114,10 @@ def postgres_source(postgres_server: PostgresServer) -> Iterator[SourceDatabase]
     admin = pyodbc.connect(postgres_server.connection_string("postgres"), autocommit=True)
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield SourceDatabase(connection_string=postgres_server.connection_string(name))
+        yield SourceDatabase(
+            connection_string=postgres_server.connection_string(name),
+            partition_start=HISTORY_START.isoformat(),
+        )
     finally:
         with contextlib.suppress(pyodbc.Error):
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -122,10 +126,16 @@ def postgres_source(postgres_server: PostgresServer) -> Iterator[SourceDatabase]
 
 @pytest.fixture
 def sqlite_source(tmp_path: Path) -> SourceDatabase:
-    return SourceDatabase(connection_string=sqlite_connection_string(tmp_path / "source.db"))
+    return SourceDatabase(
+        connection_string=sqlite_connection_string(tmp_path / "source.db"),
+        partition_start=HISTORY_START.isoformat(),
+    )
 
 
+# The generated history of the fixtures' sources (the generator's default length), whose first
+# day is the partition start they are configured with.
 HISTORY_END = date(2026, 4, 1)
+HISTORY_START = HISTORY_END - timedelta(days=BASE_SHAPE.history_days)
 
 
 @pytest.fixture(scope="session")

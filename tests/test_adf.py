@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,7 +33,6 @@ from resources.adf import (
     DataFactoryResource,
     data_factory_resource,
 )
-from resources.copy_runner import EARLIEST
 from spotify_assets import adf_pipeline as adf
 from spotify_assets.bronze_manifest import Manifest
 from spotify_assets.catalog import CATALOG, CaptureMode, Table
@@ -48,6 +47,9 @@ FOR_EACH = PIPELINE["activities"][0]
 ITERATION = {a["name"]: a for a in FOR_EACH["typeProperties"]["activities"]}
 TOP = {a["name"]: a for a in PIPELINE["activities"]}
 DEFAULTS = {name: p.get("defaultValue") for name, p in PIPELINE["parameters"].items()}
+PARTITION_START = date(2026, 1, 1)
+# What a run passes: the defaults, and the partition start (it has none).
+PARAMETERS = DEFAULTS | {"partition_start": adf.timestamp_text(midnight(PARTITION_START))}
 
 
 # --- a small evaluator of the ADF expression language ---
@@ -221,7 +223,7 @@ def iteration(
             adf.CAPTURE_HIGH: {"output": {"firstRow": {"high": captured}}},
             adf.COPY: {"output": {"rowsRead": rows, "rowsCopied": rows}},
         },
-        DEFAULTS,
+        PARAMETERS,
     )
 
 
@@ -301,7 +303,7 @@ SCENARIOS = {
         Window(datetime(2026, 3, 2, 10), datetime(2026, 3, 4, 5, 6, 7, 89000)),
     ),
     # The first standalone run: everything up to `high`.
-    "first run": ({}, Window(EARLIEST, datetime(2026, 3, 4, 5, 6, 7, 89000))),
+    "first run": ({}, Window(midnight(PARTITION_START), datetime(2026, 3, 4, 5, 6, 7, 89000))),
     # The clock has not passed the watermark: an empty window, never an inverted one.
     "clock behind": (
         {"state": "2026-03-05T00:00:00.000"},
@@ -393,7 +395,7 @@ def test_state_advances_exactly_like_the_bronze_manifest_watermark(
     written = run.value(ITERATION[adf.WRITE_STATE]["typeProperties"]["body"])
     copied = Window(ts(written["window_start"]), ts(written["window_end"]))
     manifest = Manifest(table.name, version=1, watermark=ts(watermark) if watermark else None)
-    expected = manifest.with_extraction(copied, [], midnight(table.partition_start)).watermark
+    expected = manifest.with_extraction(copied, [], midnight(PARTITION_START)).watermark
     assert (ts(written["watermark"]) if written["watermark"] else None) == expected
     assert written["rows"] == 7 and written["file"].endswith("/_adf/landing/adf-run-1.parquet")
 
@@ -473,7 +475,7 @@ def test_failure_posts_the_alert_json_and_still_fails_the_run() -> None:
             adf.FOR_EACH: {"error": {"message": error}},
             "GetAlertWebhook": {"output": {"value": "https://alerts.example/hook"}},
         },
-        DEFAULTS,
+        PARAMETERS,
     )
     assert run.value(post["typeProperties"]["body"]) == {
         "pipeline_name": adf.PIPELINE_NAME,
@@ -712,7 +714,9 @@ def test_a_partition_run_sends_its_windows_polls_with_backoff_and_reports_rows()
     sleeps: list[float] = []
     windows = {"FactStream": Window(datetime(2026, 3, 1), datetime(2026, 3, 2)), "DimDate": None}
     log: list[str] = []
-    run = client_for(arm, sleeps.append).ingest(windows, "dagster-run-42", log.append)
+    run = client_for(arm, sleeps.append).ingest(
+        windows, "dagster-run-42", PARTITION_START, log.append
+    )
 
     create = arm.sent[0]
     assert (create.method, create.path) == ("POST", f"/pipelines/{adf.PIPELINE_NAME}/createRun")
@@ -726,6 +730,7 @@ def test_a_partition_run_sends_its_windows_polls_with_backoff_and_reports_rows()
             {"name": "DimDate", "low": None, "high": None},
         ],
         "run_id": "dagster-run-42",
+        "partition_start": "2026-01-01T00:00:00.000",
     }
     polls = [s for s in arm.sent if s.method == "GET"]
     assert len(polls) == 4 and sleeps == [5.0, 10.0, 20.0]
@@ -764,7 +769,9 @@ def test_a_failed_run_surfaces_adfs_message_verbatim() -> None:
         ["InProgress", "Failed"], [copy_run("DimUser", "Failed", 0, ("", ""), inner)], message
     )
     with pytest.raises(AdfRunError) as failure:
-        client_for(arm).ingest({"DimUser": Window(datetime(2026, 3, 1), datetime(2026, 3, 2))}, "r")
+        client_for(arm).ingest(
+            {"DimUser": Window(datetime(2026, 3, 1), datetime(2026, 3, 2))}, "r", PARTITION_START
+        )
     assert str(failure.value) == message
     assert failure.value.metadata["failed_copies"].value == [f"{adf.COPY} (DimUser): {inner}"]
     assert not [s for s in arm.sent if s.path.endswith("/cancel")]
@@ -807,7 +814,7 @@ def test_terminating_the_dagster_run_cancels_the_adf_run(interruption: type[Base
 
     client = client_for(arm, sleep)
     with pytest.raises(interruption):
-        client.ingest({"FactStream": None}, "dagster-run-7")
+        client.ingest({"FactStream": None}, "dagster-run-7", PARTITION_START)
     cancel = arm.sent[-1]
     assert (cancel.method, cancel.path) == ("POST", f"/pipelineruns/{RUN_ID}/cancel")
     assert cancel.query == {"api-version": ["2018-06-01"]}

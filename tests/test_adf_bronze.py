@@ -182,7 +182,9 @@ def test_copy_runs_data_factory_for_the_window_then_commits_its_landing(
     log: list[str] = []
     result = azure.copy(table, None, "dagster-run", from_watermark=True, log=log.append)
 
-    assert arm.sent[0].body == adf.run_parameters({table.name: window}, "dagster-run")
+    assert arm.sent[0].body == adf.run_parameters(
+        {table.name: window}, "dagster-run", table.first_partition
+    )
     for field in ("table", "window", "high", "query", "rows_read", "watermark_before"):
         assert getattr(result, field) == getattr(expected, field), field
     assert (result.rows_written, result.watermark_after, result.manifest_version) == (

@@ -116,7 +116,7 @@ def test_initial_load_equals_the_source(
                         store.lake.read_parquet([file.path])[table.change_time_column], pa.date32()
                     )
                 ).to_pylist()
-                assert days == [file.partition] or file.partition == table.partition_start
+                assert days == [file.partition]
 
 
 def canonical(bronze: pa.Table, table: Table) -> pa.Table:

@@ -9,11 +9,10 @@ from dagster import DagsterInstance, materialize
 
 from resources import build_resources
 from spotify_assets.assets.bronze import build_bronze_asset
-from spotify_assets.catalog import CATALOG
 from spotify_assets.cli import source_init
 from spotify_assets.partitions import partition_range_tags
 from spotify_assets.settings import Settings
-from tests.conftest import HISTORY_END
+from tests.conftest import HISTORY_END, HISTORY_START
 from tests.test_source_db import SCALE, SEED
 
 
@@ -21,7 +20,7 @@ def test_initial_load_is_one_run_over_every_partition_then_incremental(tmp_path:
     settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
     source_init(settings, SCALE, SEED, HISTORY_END)
     resources = build_resources(settings)
-    facts = CATALOG["FactStream"]
+    facts = settings.catalog["FactStream"]
     asset = build_bronze_asset(facts)
     instance = DagsterInstance.ephemeral()
     last = HISTORY_END  # the open partition: the day the source clock is in
@@ -29,10 +28,10 @@ def test_initial_load_is_one_run_over_every_partition_then_incremental(tmp_path:
         [asset],
         resources=resources,
         instance=instance,
-        tags=partition_range_tags(facts.partition_start, last),
+        tags=partition_range_tags(HISTORY_START, last),
     )
     materializations = result.asset_materializations_for_node(asset.op.name)
-    partitions = (last - facts.partition_start).days + 1
+    partitions = (last - HISTORY_START).days + 1
     assert len(instance.get_runs()) == 1
     assert len(materializations) == partitions
     metadata = materializations[0].metadata
@@ -59,7 +58,7 @@ def test_initial_load_is_one_run_over_every_partition_then_incremental(tmp_path:
 def test_snapshot_table_is_unpartitioned(tmp_path: Path) -> None:
     settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
     source_init(settings, SCALE, SEED, HISTORY_END)
-    dates = CATALOG["DimDate"]
+    dates = settings.catalog["DimDate"]
     result = materialize([build_bronze_asset(dates)], resources=build_resources(settings))
     (materialization,) = result.asset_materializations_for_node("bronze__DimDate")
     days = (HISTORY_END - (HISTORY_END - timedelta(days=90))).days + 1

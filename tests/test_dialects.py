@@ -142,7 +142,6 @@ def test_catalog_entries_are_validated() -> None:
             TableRole.DIMENSION,
             CaptureMode.CDC,
             "updated_at",
-            good.partition_start,
         )
     with pytest.raises(CatalogError, match="needs a cdc column"):
         Table(
@@ -153,7 +152,6 @@ def test_catalog_entries_are_validated() -> None:
             TableRole.DIMENSION,
             CaptureMode.WATERMARK,
             None,
-            good.partition_start,
         )
     with pytest.raises(CatalogError, match="must be a timestamp"):
         Table(
@@ -164,7 +162,6 @@ def test_catalog_entries_are_validated() -> None:
             TableRole.DIMENSION,
             CaptureMode.CDC,
             "genre",
-            good.partition_start,
         )
 
 

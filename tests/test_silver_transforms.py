@@ -469,15 +469,15 @@ DEDUP: dict[str, list[Row]] = {
     ],
 }
 
-# 4. Versions and partitions: change times around midnight and before the first partition.
-FIRST_MIDNIGHT = datetime.combine(CATALOG["DimUser"].partition_start, datetime.min.time())
+# 4. Versions and partitions: change times around midnight, and old ones kept on their own day.
+NEW_YEAR = datetime(2026, 1, 1)
 LATE_EVENING = datetime(2026, 3, 10, 23, 59, 59)
 NEXT_DAY = datetime(2026, 3, 11, 0, 0, 2)
 DELETED_AT = datetime(2026, 3, 12, 8, 0)
 LAST_INSTANT = datetime(2026, 3, 5, 23, 59, 59, 999_999)
 VERSIONS: dict[str, list[Row]] = {
     "DimUser": [
-        {"user_id": 301, "updated_at": FIRST_MIDNIGHT - timedelta(days=12)},
+        {"user_id": 301, "updated_at": NEW_YEAR - timedelta(days=12)},
         {
             "user_id": 302,
             "updated_at": LATE_EVENING,
@@ -495,7 +495,7 @@ VERSIONS: dict[str, list[Row]] = {
         },
     ],
     "FactStream": [
-        {"stream_id": 301, "stream_timestamp": FIRST_MIDNIGHT - timedelta(hours=1)},
+        {"stream_id": 301, "stream_timestamp": NEW_YEAR - timedelta(hours=1)},
         {"stream_id": 302, "stream_timestamp": datetime(2026, 3, 5)},
         {"stream_id": 303, "stream_timestamp": LAST_INSTANT},
     ],
@@ -672,7 +672,7 @@ def test_versions_and_change_dates_of_cdc_rows(scenario: Callable[[str], Outcome
         for r in result.valid_in(VERSION_KEYS, "user_id")
     }
     assert got == {
-        301: (FIRST_MIDNIGHT - timedelta(days=12), table.partition_start),
+        301: (NEW_YEAR - timedelta(days=12), date(2025, 12, 20)),
         302: (LATE_EVENING, NEXT_DAY.date()),
         303: (T0, T0.date()),
         304: (DELETED_AT, DELETED_AT.date()),
@@ -693,7 +693,7 @@ def test_versions_and_change_dates_of_watermark_rows(scenario: Callable[[str], O
         for r in result.valid_in(VERSION_KEYS, "stream_id")
     }
     assert got == {
-        301: ("S", None, FIRST_MIDNIGHT - timedelta(hours=1), table.partition_start),
+        301: ("S", None, NEW_YEAR - timedelta(hours=1), date(2025, 12, 31)),
         302: ("S", None, datetime(2026, 3, 5), date(2026, 3, 5)),
         303: ("S", None, LAST_INSTANT, date(2026, 3, 5)),
     }

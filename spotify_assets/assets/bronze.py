@@ -22,7 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from resources.bronze_store import bronze_schema
-from resources.copy_runner import CopyResult, LocalCopyRunner
+from resources.copy_runner import CopyResult, LocalCopyRunner, Waiting
 from resources.lease import LakeWriter
 from spotify_assets.assets.source import source_key
 from spotify_assets.catalog import Catalog, Table
@@ -53,7 +53,7 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
         group_name=BRONZE_GROUP,
         kinds={"parquet"},
         description=f"Raw copy of `{table.name}` ({table.mode.value}), with audit columns.",
-        partitions_def=daily_partitions(table.partition_start) if partitioned else None,
+        partitions_def=daily_partitions(table.first_partition) if partitioned else None,
         backfill_policy=BackfillPolicy.single_run() if partitioned else None,
         metadata={
             "dagster/column_schema": TableSchema(
@@ -74,7 +74,13 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
         result = copy_runner.copy(
             table, requested, context.run.run_id, config.from_watermark, log=context.log.info
         )
-        return MaterializeResult(metadata=copy_metadata(result, copy_runner))
+        metadata = copy_metadata(result, copy_runner)
+        if config.from_watermark and result.window is not None:
+            waiting = copy_runner.not_loaded_yet(table, result.window.end)
+            metadata |= waiting_metadata(waiting)
+            if waiting.rows:
+                context.log.warning(f"{table.name}: {describe_waiting(waiting)}")
+        return MaterializeResult(metadata=metadata)
 
     return bronze
 
@@ -101,6 +107,27 @@ def copy_metadata(result: CopyResult, runner: LocalCopyRunner) -> dict[str, Meta
         "source_query": MetadataValue.md(f"```sql\n{result.query}\n```"),
         "path": MetadataValue.path(runner.lake.uri(runner.store_root(result.table))),
     }
+
+
+# Metadata of an incremental load: source rows past what it could load (the source's clock or
+# the last partition, today UTC).
+NOT_LOADED_YET_ROWS = "not_loaded_yet_rows"
+NOT_LOADED_YET_OLDEST = "not_loaded_yet_oldest"
+
+
+def waiting_metadata(waiting: Waiting) -> dict[str, MetadataValue]:
+    return {
+        NOT_LOADED_YET_ROWS: MetadataValue.int(waiting.rows),
+        NOT_LOADED_YET_OLDEST: MetadataValue.text(_text(waiting.oldest)),
+    }
+
+
+def describe_waiting(waiting: Waiting) -> str:
+    return (
+        f"{waiting.rows:,} source rows not loaded yet, the oldest at {_text(waiting.oldest)}: "
+        "they are ahead of the source's clock bound or after today (UTC), the last partition; "
+        "a later run loads them once their day has begun"
+    )
 
 
 def _text(moment: datetime | None) -> str:

@@ -165,7 +165,7 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
         kinds={"spark", "delta"},
         description=f"{fact.description} With {carried} as they were at `{spec.time_column}`; "
         f"partitioned by `{spec.date_column}`.",
-        partitions_def=daily_partitions(fact.partition_start),
+        partitions_def=daily_partitions(fact.first_partition),
         backfill_policy=BackfillPolicy.single_run(),
         check_specs=_expectation_checks(key, spec.expectations),
     )
@@ -189,7 +189,7 @@ def build_aggregate_asset(catalog: Catalog, spec: Aggregate) -> AssetsDefinition
         group_name=GOLD_GROUP,
         kinds={"spark", "delta"},
         description=f"{spec.description} Partitioned like the fact.",
-        partitions_def=daily_partitions(fact.partition_start),
+        partitions_def=daily_partitions(fact.first_partition),
         backfill_policy=BackfillPolicy.single_run(),
         check_specs=_expectation_checks(key, spec.expectations),
     )

@@ -53,7 +53,7 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
         kinds={"spark", "delta"},
         description=f"Cleaned versions of `{table.name}`; failing rows in "
         f"silver/_quarantine/{table.lake_name}.",
-        partitions_def=daily_partitions(table.partition_start) if partitioned else None,
+        partitions_def=daily_partitions(table.first_partition) if partitioned else None,
         backfill_policy=BackfillPolicy.single_run() if partitioned else None,
         check_specs=checks,
     )
