@@ -88,10 +88,8 @@ def _rates() -> Any:
 # --- steps: each runs in its own subprocess (see harness.py) -----------------------------------
 
 
-def _catalog() -> Any:
-    from spotify_assets.catalog import CATALOG
-
-    return CATALOG
+def _catalog(ctx: Context) -> Any:
+    return settings(ctx).catalog
 
 
 def _today() -> date:
@@ -141,7 +139,7 @@ def _gold(ctx: Context) -> tuple[Any, Split, float]:
     from resources import gold_runner
 
     spark, startup = sail()
-    runner = gold_runner.GoldRunner(lake_of(ctx), spark, _catalog())
+    runner = gold_runner.GoldRunner(lake_of(ctx), spark, _catalog(ctx))
     split = Split()
     gold_runner.replace_partitions = split.wrap("write", gold_runner.replace_partitions)
     runner._replace_keys = split.wrap("write", runner._replace_keys)
@@ -173,7 +171,7 @@ def _apply(split: Split, runner: Any, table: Any, full: bool = False) -> Payload
 
 def _apply_dimensions(ctx: Context, full: bool = False) -> Payload:
     runner, split, startup = _gold(ctx)
-    catalog = _catalog()
+    catalog = _catalog(ctx)
     started = time.perf_counter()
     tables = {
         catalog[name].lake_name: _apply(split, runner, catalog[name], full) for name in DIMENSIONS
@@ -198,7 +196,7 @@ def _copy_all(ctx: Context) -> Payload:
 
     runner = copy_runner(ctx)
     started = time.perf_counter()
-    results = {t.name: runner.copy(t, None, RUN_ID, from_watermark=True) for t in _catalog()}
+    results = {t.name: runner.copy(t, None, RUN_ID, from_watermark=True) for t in _catalog(ctx)}
     seconds = time.perf_counter() - started
     touched = {name: sorted(d.isoformat() for d in r.partitions) for name, r in results.items()}
     (ctx.work / TOUCHED).write_text(json.dumps(touched))
@@ -220,7 +218,7 @@ def _refresh(ctx: Context, plan: dict[str, tuple[date, date] | None]) -> Payload
     from resources.silver_store import SilverStore
 
     spark, startup = sail()
-    lake, catalog = lake_of(ctx), _catalog()
+    lake, catalog = lake_of(ctx), _catalog(ctx)
     tables: dict[str, Payload] = {}
     started = time.perf_counter()
     for name, days in plan.items():
@@ -243,18 +241,18 @@ def _refresh(ctx: Context, plan: dict[str, tuple[date, date] | None]) -> Payload
 
 def step_silver(ctx: Context) -> Payload:
     """Silver for every table, every partition (the gold build's input)."""
-    catalog = _catalog()
+    catalog = _catalog(ctx)
     return _refresh(
         ctx,
-        {t.name: (t.partition_start, _today()) if t.change_time_column else None for t in catalog},
+        {t.name: (t.first_partition, _today()) if t.change_time_column else None for t in catalog},
     )
 
 
 def step_gold_build(ctx: Context) -> Payload:
     """Every gold table from an empty gold folder: dimensions, calendar, fact, aggregates."""
     runner, split, startup = _gold(ctx)
-    catalog = _catalog()
-    days = (catalog.fact.partition_start, _today())
+    catalog = _catalog(ctx)
+    days = (catalog.fact.first_partition, _today())
     tables: dict[str, Payload] = {}
     started = time.perf_counter()
     for name in DIMENSIONS:

@@ -45,6 +45,7 @@ from harness import (
     print_table,
     required,
     sail,
+    settings,
 )
 
 SEED = 42
@@ -68,8 +69,8 @@ def _fact() -> Any:
     return CATALOG[FACT]
 
 
-def _all_days() -> tuple[date, date]:
-    return _fact().partition_start, datetime.now(UTC).date()
+def _all_days(ctx: Context) -> tuple[date, date]:
+    return settings(ctx).partition_start, datetime.now(UTC).date()
 
 
 def _bronze_files(ctx: Context) -> list[Any]:
@@ -134,11 +135,11 @@ def step_create(ctx: Context) -> Payload:
 
 def step_bronze(ctx: Context) -> Payload:
     """The initial load of every table into bronze."""
-    from spotify_assets.catalog import CATALOG
-
     runner = copy_runner(ctx)
     started = time.perf_counter()
-    results = {t.name: runner.copy(t, None, RUN_ID, from_watermark=True) for t in CATALOG}
+    results = {
+        t.name: runner.copy(t, None, RUN_ID, from_watermark=True) for t in runner.source.catalog
+    }
     return {
         "rows": sum(r.rows_read for r in results.values()),
         "seconds": time.perf_counter() - started,
@@ -150,7 +151,7 @@ def step_bronze(ctx: Context) -> Payload:
 
 def step_sail_build(ctx: Context) -> Payload:
     """Sail: the full silver build of every partition, Delta valid rows and quarantine."""
-    return _refresh(ctx, _all_days())
+    return _refresh(ctx, _all_days(ctx))
 
 
 def step_sail_replay(ctx: Context) -> Payload:
@@ -202,7 +203,7 @@ def step_sail_parquet(ctx: Context) -> Payload:
     spark, startup = sail()
     target = ctx.out / "sail"
     started = time.perf_counter()
-    bronze = SilverStore(lake_of(ctx), spark, _fact()).read_bronze(_all_days())
+    bronze = SilverStore(lake_of(ctx), spark, _fact()).read_bronze(_all_days(ctx))
     parts = {"plan the bronze read": time.perf_counter() - started}
     parts |= _transform_and_write(spark, bronze, target)
     return _engine_payload(ctx, target, parts, startup)

@@ -86,7 +86,10 @@ def copy_runner(ctx: Context) -> Any:
     from resources.source_db import SourceDatabase, sqlite_connection_string
 
     return LocalCopyRunner(
-        source=SourceDatabase(connection_string=sqlite_connection_string(ctx.source)),
+        source=SourceDatabase(
+            connection_string=sqlite_connection_string(ctx.source),
+            partition_start=settings(ctx).partition_start.isoformat(),
+        ),
         lake=lake_of(ctx),
         safety_lag_seconds=0,
     )

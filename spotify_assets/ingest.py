@@ -222,6 +222,10 @@ def execute(
     resources: dict[str, object],
     instance: DagsterInstance,
 ) -> list[TableLoad]:
+    runner: LocalCopyRunner = resources["copy_runner"]  # type: ignore[assignment]
+    for table in dict.fromkeys(catalog[name] for run in runs for name in run.tables):
+        if table.change_time_column:
+            runner.first_change(table)  # rows older than the partition start: fail before a run
     loads: list[TableLoad] = []
     for run in runs:
         loads += _materialize(run, catalog, resources, instance)

@@ -357,7 +357,7 @@ import sys
 from resources.copy_runner import LocalCopyRunner
 from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase
-source = SourceDatabase(connection_string=sys.argv[1])
+source = SourceDatabase(connection_string=sys.argv[1], partition_start=sys.argv[3])
 runner = LocalCopyRunner(source=source, lake=LakeStorage(url=sys.argv[2]), safety_lag_seconds=0,
                          chunk_days=1, workers=1)
 print("ready", flush=True)
@@ -372,7 +372,8 @@ def test_a_copy_killed_at_any_moment_is_recovered_by_the_next(
     sqlite_setup, after_seconds: float
 ) -> None:
     source, runner = sqlite_setup
-    args = [sys.executable, "-c", KILLABLE_COPY, source.connection_string, runner.lake.url]
+    args = [sys.executable, "-c", KILLABLE_COPY, source.connection_string, runner.lake.url,
+            source.partition_start]  # fmt: skip
     process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     assert process.stdout and process.stdout.readline() == "ready\n"
     time.sleep(after_seconds)
