@@ -65,8 +65,10 @@ HOST = "https://adb-1234567890123456.7.azuredatabricks.net"
 LAKE_URL = "abfss://lake@spotifylake.dfs.core.windows.net/spotify"
 FILES = "/Workspace/Users/de@example.com/.bundle/spotify-lakehouse/prod/files"
 PIPELINE = "9a1f5c3e-0000-4000-8000-00000000beef"
-FACT = CATALOG.fact
-DIM_USER = CATALOG["DimUser"]
+# The partitions of the tests' days (2026-03-01..03) exist from this partition start on.
+CONFIGURED = CATALOG.with_partition_start(date(2026, 1, 1))
+FACT = CONFIGURED.fact
+DIM_USER = CONFIGURED["DimUser"]
 
 
 # --- a fake of the SDK's API client ---
@@ -604,11 +606,11 @@ def test_gold_assets_on_databricks_send_their_tables_and_say_which_checks_ran(
     fake = FakePipelines(["COMPLETED"])
     no_real_workspace(fake.api)
     resources = {"gold_engine": dlt_runner(), "lake_writer": lake_writer}
-    fact = build_fact_asset(CATALOG)
+    fact = build_fact_asset(CONFIGURED)
     # A backdated refresh of a few fact days refreshes the fact's materialized view.
     result = materialize([fact], resources=resources, tags=partition_range_tags(
         date(2026, 3, 1), date(2026, 3, 2)))  # fmt: skip
-    dimension = build_dimension_asset(CATALOG, DIM_USER)
+    dimension = build_dimension_asset(CONFIGURED, DIM_USER)
     config = {"ops": {dimension.op.name: {"config": {"full_refresh": True}}}}
     again = materialize([dimension], resources=resources, run_config=config)
     assert result.success and again.success
