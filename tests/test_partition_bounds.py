@@ -99,7 +99,7 @@ def test_a_row_older_than_the_partition_start_is_never_re_dated(
     init(capsys, TODAY - timedelta(days=1), 3)
     run_json(capsys, "run")
     settings = Settings.from_env()
-    with source_database(settings, in_dagster=False).session() as session:
+    with source_database(settings).session() as session:
         session.execute(
             "INSERT INTO FactStream (stream_id, user_id, track_id, date_key, listen_duration, "
             "device_type, stream_timestamp) VALUES (999999, 1, 1, 19700101, 60, 'mobile', "
@@ -112,7 +112,7 @@ def test_a_row_older_than_the_partition_start_is_never_re_dated(
         "earlier"
     )
     fact = settings.catalog.fact
-    store = copy_runner(settings, in_dagster=False).store(fact)
+    store = copy_runner(settings).store(fact)
     assert 999999 not in store.read_all()["stream_id"].to_pylist()
 
 
@@ -148,7 +148,7 @@ def test_rows_after_the_last_partition_are_reported_until_they_load(
     init(capsys, TODAY, 3)
     settings = Settings.from_env()
     tomorrow = datetime.combine(TODAY + timedelta(days=1), datetime.min.time())
-    with source_database(settings, in_dagster=False).session() as session:
+    with source_database(settings).session() as session:
         session.set_clock(tomorrow + timedelta(hours=6))
         session.execute("UPDATE DimUser SET country = 'SE', updated_at = ? WHERE user_id = 1",
                         [f"{tomorrow.date()} 05:00:00.000"])  # fmt: skip
@@ -165,5 +165,5 @@ def test_rows_after_the_last_partition_are_reported_until_they_load(
         assert result["FactStream"]["not_loaded_yet_oldest"] == f"{tomorrow.date()} 05:00:00"
         assert result["DimUser"]["not_loaded_yet_rows"] == 1
         assert result["DimArtist"]["not_loaded_yet_rows"] == 0
-    store = copy_runner(settings, in_dagster=False).store(settings.catalog.fact)
+    store = copy_runner(settings).store(settings.catalog.fact)
     assert store.current().watermark == tomorrow
