@@ -88,7 +88,7 @@ def run_all(ctx: Context) -> None:
 
 def report(source: Measure, load: Measure) -> None:
     first, last = source.extra["history"]
-    partitions = DAYS + 1  # the history's days and today's open partition
+    partitions = DAYS + 2  # the history's days, its end day (yesterday) and today's
     assert load.seconds is not None
     print(f"\nhistory {first}..{last} (exclusive): {partitions} daily partitions")
     print(
