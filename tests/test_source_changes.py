@@ -24,10 +24,13 @@ from spotify_assets.cli import main
 from spotify_assets.rules import DriftPolicy
 from spotify_assets.source_schema import type_values
 from spotify_assets.windows import Window
+from tests.conftest import HISTORY_START
 from tests.test_bronze import CLOCK0, runner_for
 from tests.test_source_db import initialise
 
-FACT, USERS = CATALOG["FactStream"], CATALOG["DimUser"]
+# The fixtures' sources start their partitions on their history's first day.
+CONFIGURED = CATALOG.with_partition_start(HISTORY_START)
+FACT, USERS = CONFIGURED["FactStream"], CONFIGURED["DimUser"]
 LATER = CLOCK0 + timedelta(hours=12)
 
 
