@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyodbc
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from resources import source_database
@@ -49,6 +49,17 @@ change = st.tuples(
     st.sampled_from([0, 0, 1, 90]),  # seconds the clock moves first: 0 = the same tick
 )
 histories = st.lists(st.lists(change, min_size=1, max_size=6), min_size=1, max_size=2)
+# Every pattern at least once, whatever the generated examples hold: a re-insert in the delete's
+# tick, an update keeping updated_at, two updates at one timestamp, a restore with the original
+# updated_at, a key update, and streams after the changes.
+EVERY_PATTERN = [
+    [("delete", 0, "US", "Free", 60), ("reinsert", 0, "SE", "Premium", 0),
+     ("update_keeping_time", 0, "GB", "Family", 1), ("delete", 2, "US", "Free", 1),
+     ("stream", 0, "US", "Free", 90)],
+    [("restore", 0, "US", "Free", 1), ("rekey", 1, "US", "Free", 0),
+     ("update", 0, "US", "Free", 60), ("update", 0, "GB", "Premium", 0),
+     ("stream", 2, "US", "Free", 1)],
+]  # fmt: skip
 
 
 @dataclass
@@ -155,15 +166,16 @@ def loaded(lakehouse_cli: Lakehouse, request: pytest.FixtureRequest) -> Callable
 
 
 @pytest.mark.xfail(
-    reason="needs memory, scd2: a run after deleting three users passes 3 GiB (silver); "
-    "restores, key updates and updates keeping updated_at leave stale current rows",
+    reason="needs a fix no branch owns yet: a dimension version dated before fact days already "
+    "built (an update keeping an old updated_at) reaches those days only through a refresh",
     strict=False,
 )
 def test_gold_follows_any_change_history(loaded: Callable[[], Lakehouse]) -> None:
     # No shrinking: each step would cost CLI runs; the failing history is printed as generated.
-    @settings(max_examples=3, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=2, deadline=None, derandomize=True, database=None,
               phases=[Phase.explicit, Phase.generate])  # fmt: skip
     @given(histories)
+    @example(EVERY_PATTERN)
     def check(history: list[list[tuple[str, int, str, str, int]]]) -> None:
         cli = loaded()
         source = source_database(cli.settings)

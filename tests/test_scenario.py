@@ -44,8 +44,7 @@ def restore_deleted_users(settings: Settings) -> int:
 
 # Not run until then: on today's main the first load of this history alone takes minutes.
 @pytest.mark.xfail(
-    reason="needs time-bounds, scd2: history before 2026-01-01 is re-dated to it; restored "
-    "users stay deleted in gold",
+    reason="needs time-bounds: history before 2026-01-01 is re-dated to it",
     strict=False,
     run=False,
 )
