@@ -42,9 +42,11 @@ def restore_deleted_users(settings: Settings) -> int:
         return session.scalar(f'SELECT COUNT(*) FROM "{table}"') - before
 
 
-# Not run until then: on today's main the first load of this history alone takes minutes.
+# Not run in the suite: the first load of 800 daily partitions alone takes tens of minutes on a
+# busy machine, nearly all of it Dagster's per-partition events (benchmarks/README.md).
 @pytest.mark.xfail(
-    reason="needs time-bounds: history before 2026-01-01 is re-dated to it",
+    reason="not verified yet: needs time-bounds (merged) and a first load of 800 days that "
+    "fits the suite's time",
     strict=False,
     run=False,
 )
