@@ -417,13 +417,33 @@ class TsqlDialect(SqlDialect):
             return f"NVARCHAR({column.length})"
         return self._TYPES[column.type]
 
+    # How a native CDC record becomes a bronze change record: the change sequence (the low
+    # 8 bytes of the 10-byte seqval, see `_cdc_extract`) and the commit time of its LSN.
+    _CDC_SEQ = "CONVERT(BIGINT, SUBSTRING(c.__$seqval, 3, 8))"
+    _CDC_CHANGED_AT = "sys.fn_cdc_map_lsn_to_time(c.__$start_lsn)"
+    _CDC_OPERATIONS = "c.__$operation IN (1, 2, 4)"  # delete, insert, update after-image
+
     def daily_profile_query(self, table: Table, window: Window) -> str:
-        if table.mode is CaptureMode.CDC:
-            # Native CDC has no change table of ours with a sequence and a change time.
-            raise NotImplementedError(
-                f"{table.name}: reconciling SQL Server native CDC is not implemented"
-            )
-        return super().daily_profile_query(table, window)
+        """Native CDC: per day of commit time, the change records of the capture instance's
+        change table (as `cdc.fn_cdc_get_all_changes_*` returns them with N'all') and the sum
+        of their `_seq`, exactly as bronze stores them. The change table is read directly and
+        bounded by LSN, so a window without changes gives no rows rather than error 313."""
+        if table.mode is not CaptureMode.CDC:
+            return super().daily_profile_query(table, window)
+        change_table = f"cdc.{self.quote(self.capture_instance(table) + '_CT')}"
+        day = f"CAST(t.{self.quote(CHANGE_AT)} AS DATE)"
+        return (
+            f"SELECT {day}, COUNT(*), SUM(CAST(t.{self.quote(CHANGE_SEQ)} AS DECIMAL(38, 0)))\n"
+            f"FROM (SELECT {self._CDC_CHANGED_AT} AS {self.quote(CHANGE_AT)}, "
+            f"{self._CDC_SEQ} AS {self.quote(CHANGE_SEQ)}\n"
+            f"  FROM {change_table} AS c\n"
+            f"  WHERE {self._CDC_OPERATIONS}\n"
+            "    AND c.__$start_lsn >= sys.fn_cdc_map_time_to_lsn("
+            f"'smallest greater than or equal', {self.timestamp_literal(window.start)})\n"
+            "    AND c.__$start_lsn <= sys.fn_cdc_map_time_to_lsn("
+            f"'largest less than', {self.timestamp_literal(window.end)})) AS t\n"
+            f"GROUP BY {day}"
+        )
 
     def columns_query(self, name: str) -> str:
         table = quote_literal(f"{TSQL_SCHEMA}.{validate_identifier(name)}", national=True)
@@ -508,11 +528,11 @@ class TsqlDialect(SqlDialect):
             f"'largest less than', {self.timestamp_literal(window.end)});\n"
             "SELECT CASE c.__$operation WHEN 1 THEN 'D' WHEN 2 THEN 'I' ELSE 'U' END "
             f"AS {self.quote(CHANGE_OP)}, "
-            f"CONVERT(BIGINT, SUBSTRING(c.__$seqval, 3, 8)) AS {self.quote(CHANGE_SEQ)}, "
-            f"sys.fn_cdc_map_lsn_to_time(c.__$start_lsn) AS {self.quote(CHANGE_AT)}, "
+            f"{self._CDC_SEQ} AS {self.quote(CHANGE_SEQ)}, "
+            f"{self._CDC_CHANGED_AT} AS {self.quote(CHANGE_AT)}, "
             f"{changes}\n"
             f"FROM {function}(@from_lsn, @to_lsn, N'all') AS c\n"
-            "WHERE c.__$operation IN (1, 2, 4)\n"
+            f"WHERE {self._CDC_OPERATIONS}\n"
             "UNION ALL\n"
             f"SELECT 'S', CAST(NULL AS BIGINT), {self.quote(table.cdc_column)}, {columns}\n"
             f"FROM {self.qualified(table.name)} WHERE {self._within(table.cdc_column, window)}"

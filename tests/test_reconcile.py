@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import pytest
+from sqlglot import exp
 
 from resources.dialects import DIALECTS
 from resources.odbc import Dialect
 from resources.reconciler import reconcile
-from spotify_assets.catalog import CATALOG
+from spotify_assets.catalog import CATALOG, CHANGE_AT, CHANGE_SEQ
 from spotify_assets.reconcile import DayProfile, day_ranges, lookback_window, stale_days
 from spotify_assets.windows import Window
 from tests.test_dialects import parse_tsql
@@ -40,14 +41,33 @@ def test_lookback_stops_at_the_watermark_and_the_first_partition() -> None:
 @pytest.mark.parametrize("name", ["FactStream", "DimUser"])
 def test_profile_query_is_bounded_and_parses_as_tsql(name: str) -> None:
     window = Window(datetime(2026, 3, 1), datetime(2026, 3, 4, 12))
-    table = CATALOG[name]
-    if name == "DimUser":  # cdc: SQL Server's native CDC has no change table of ours
-        with pytest.raises(NotImplementedError, match="native CDC"):
-            DIALECTS[Dialect.TSQL].daily_profile_query(table, window)
-        return
-    sql = DIALECTS[Dialect.TSQL].daily_profile_query(table, window)
-    parse_tsql(sql)
+    sql = DIALECTS[Dialect.TSQL].daily_profile_query(CATALOG[name], window)
+    (statement,) = parse_tsql(sql)
+    assert isinstance(statement, exp.Select) and statement.args.get("group")
     assert "'2026-03-01T00:00:00.000'" in sql and "'2026-03-04T12:00:00.000'" in sql
+
+
+def test_native_cdc_profile_counts_what_the_extraction_writes_to_bronze() -> None:
+    """SQL Server native CDC: the profile reads the capture instance's change records bounded
+    by the LSNs of the window, and counts and sums them by the same `_seq` and `_changed_at`
+    expressions the extraction writes into bronze (as the trigger change tables' profile
+    does with their own columns), so bronze and the source agree record for record."""
+    tsql, table = DIALECTS[Dialect.TSQL], CATALOG["DimUser"]
+    window = Window(datetime(2026, 3, 1), datetime(2026, 3, 4, 12))
+    profile = parse_tsql(tsql.daily_profile_query(table, window))[0]
+    extract = parse_tsql(tsql.extract_query(table, window))[-1]
+
+    def expressions(statement: exp.Expression) -> dict[str, str]:
+        return {a.alias: a.this.sql("tsql") for a in statement.find_all(exp.Alias) if a.alias}
+
+    from_profile, from_extract = expressions(profile), expressions(extract)
+    for column in (CHANGE_SEQ, CHANGE_AT):
+        assert from_profile[column] == from_extract[column], column
+    assert "sys.fn_cdc_map_lsn_to_time" in from_profile[CHANGE_AT]
+    assert {(t.db, t.name) for t in profile.find_all(exp.Table)} == {("cdc", "dbo_DimUser_CT")}
+    sql = profile.sql("tsql")
+    assert "__$operation IN (1, 2, 4)" in sql  # the records fn_cdc_get_all_changes_* returns
+    assert sql.count("sys.fn_cdc_map_time_to_lsn") == 2
 
 
 def test_reconcile_sees_rows_the_lake_lacks(sqlite_source, tmp_path) -> None:
