@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,9 +23,11 @@ from pathlib import Path
 import pyodbc
 import pytest
 
+from resources import copy_runner
 from resources.lake import EMULATOR_ACCOUNT, EMULATOR_KEY, LakeStorage
 from resources.lease import LakeWriter
 from resources.source_db import SourceDatabase, sqlite_connection_string
+from spotify_assets.catalog import CATALOG
 from spotify_assets.generator import BASE_SHAPE
 from spotify_assets.settings import Settings
 
@@ -331,3 +335,31 @@ def lakehouse_cli(request: pytest.FixtureRequest, tmp_path: Path) -> Lakehouse:
         source: SourceDatabase = request.getfixturevalue("postgres_source")
         return Lakehouse(home, source.connection_string)
     return Lakehouse(home, f"Driver=SQLite3;Database={home / 'source.db'}")
+
+
+def run_killed_after_bronze(cli: Lakehouse, rng: random.Random) -> None:
+    """`spotify-lakehouse run` in a subprocess, SIGKILLed 0-3 s after bronze committed new fact
+    rows (silver and gold not yet, or partly, rebuilt)."""
+    store = copy_runner(cli.settings).store(CATALOG.fact)
+    before = store.current().watermark
+    process = subprocess.Popen(
+        [CLI, "run"], env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while store.current().watermark == before:
+            assert process.poll() is None, "the run ended before bronze committed"
+            assert time.monotonic() < deadline, "bronze never committed"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))  # somewhere in silver or gold
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture
+def killed_run() -> Callable[[Lakehouse, random.Random], None]:
+    """`killed_run(cli, rng)`: a CLI `run` SIGKILLed at a random moment after bronze committed
+    (see `run_killed_after_bronze`)."""
+    return run_killed_after_bronze

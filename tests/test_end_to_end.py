@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from resources import copy_runner
 from resources.delta_tables import delta_table
 from resources.lake import LakeStorage
-from spotify_assets.catalog import CATALOG
 from spotify_assets.cli import source_simulate
 from spotify_assets.gold_spec import END_AT
 from spotify_assets.settings import Settings
-from tests.conftest import CLI, PG_PASSWORD, Lakehouse
+from tests.conftest import PG_PASSWORD, Lakehouse
 from tests.test_gold import (
     COUNTRY,
     COUNTRY_NAMES_CTE,
@@ -76,29 +71,10 @@ def assert_dimensions_equal_source(settings: Settings) -> None:
             assert actual == [tuple(row) for row in expected], name
 
 
-def run_killed_mid_way(cli: Lakehouse, rng: random.Random) -> None:
-    """`spotify-lakehouse run` in a subprocess, SIGKILLed once bronze has committed new rows
-    (silver and gold not yet, or partly, rebuilt)."""
-    store = copy_runner(cli.settings).store(CATALOG.fact)
-    before = store.current().watermark
-    process = subprocess.Popen(
-        [CLI, "run"], env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        while store.current().watermark == before:
-            assert process.poll() is None, "the run ended before bronze committed"
-            assert time.monotonic() < deadline, "bronze never committed"
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 3.0))  # somewhere in silver or gold
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @pytest.mark.parametrize("seed", SEEDS, ids=lambda s: f"seed{s}")
-def test_gold_equals_the_source_whatever_happens(lakehouse_cli: Lakehouse, seed: int) -> None:
+def test_gold_equals_the_source_whatever_happens(
+    lakehouse_cli: Lakehouse, killed_run, seed: int
+) -> None:
     """Through the CLI on a source named by SPOTIFY_SOURCE_ODBC (SQLite, PostgreSQL): a
     SIGKILLed run and a backdated refresh, in a random order between simulated days, then
     `run`; every command exits 0, bounded, without a traceback or the password."""
@@ -115,7 +91,7 @@ def test_gold_equals_the_source_whatever_happens(lakehouse_cli: Lakehouse, seed:
     for n, step in enumerate(steps):
         source_simulate(settings, rng.choice([1, 2]), seed + n, BUSY_DAY)
         if step == "kill":
-            run_killed_mid_way(cli, rng)
+            killed_run(cli, rng)
         else:
             cli("refresh", "--from", str(today - timedelta(days=rng.randint(1, 5))),
                 "--to", str(today))  # fmt: skip
