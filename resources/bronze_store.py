@@ -87,6 +87,24 @@ class BronzeStore:
         parts = [self._live_rows(f) for f in manifest.files]
         return _concat(parts) if parts else self.empty()
 
+    def rows_by_partition(self, manifest: Manifest | None = None) -> dict[date, int]:
+        """Live rows per partition: the manifest's counts; only files partly superseded by a
+        newer extraction are read (their change time column), to count their live part."""
+        manifest = manifest or self.current()
+        rows: dict[date, int] = {}
+        for file in manifest.files:
+            if file.partition is None:
+                continue
+            live = file.rows if file.fully_live else self._live_count(file)
+            rows[file.partition] = rows.get(file.partition, 0) + live
+        return rows
+
+    def _live_count(self, file: BronzeFile) -> int:
+        column = self.table.change_time_column
+        assert column is not None
+        time = self.lake.read_parquet([file.path], columns=[column])[column]
+        return int(pc.sum(self._live(file, time)).as_py() or 0)
+
     def empty(self) -> pa.Table:
         return bronze_schema(self.table).empty_table()
 
@@ -94,9 +112,13 @@ class BronzeStore:
         rows = self.lake.read_parquet([file.path])
         if file.fully_live:
             return rows
-        time = rows[self.table.change_time_column]
+        return rows.filter(self._live(file, rows[self.table.change_time_column]))
+
+    @staticmethod
+    def _live(file: BronzeFile, time: pa.ChunkedArray) -> pa.ChunkedArray:
+        """Which rows of a partly superseded file are live: change time in a live window."""
         masks = [pc.and_(pc.greater_equal(time, w.start), pc.less(time, w.end)) for w in file.live]
-        return rows.filter(functools.reduce(pc.or_, masks))
+        return functools.reduce(pc.or_, masks)
 
     @property
     def _manifests(self) -> str:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from dagster import (
     AssetExecutionContext,
@@ -209,6 +209,7 @@ class DltUpdate:
 class DltPipelineRunner(GoldEngine):
     """Gold on Databricks: each gold asset is an update of its tables in the bundle's pipeline."""
 
+    tables_on_lake: ClassVar[bool] = False  # the pipeline publishes gold to its catalog
     workspace: DatabricksWorkspace
     pipeline_id: str = Field(description="Id of the deployed gold pipeline.")
     poll_initial_seconds: float = 10.0

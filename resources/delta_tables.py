@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from resources.lake import LakeStorage
+from spotify_assets.reconcile import PartitionStats
 
 Days = tuple[date, date]  # inclusive range of daily partitions
 
@@ -80,14 +81,24 @@ def partition_rows(
     return int(pc.sum(records).as_py() or 0)
 
 
-def rows_by_partition(lake: LakeStorage, relative: str, partition: str) -> dict[date, int]:
-    """Rows per daily partition, from the log's file statistics; empty if no table yet."""
+def partition_stats(lake: LakeStorage, relative: str, partition: str) -> dict[date, PartitionStats]:
+    """Rows per daily partition and when its newest file was written, from the log's add
+    actions (no scan); empty if no table yet."""
     if not exists(lake, lake.path(relative)):
         return {}
     actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
-    grouped = actions.group_by(f"partition.{partition}").aggregate([("num_records", "sum")])
-    days = grouped[f"partition.{partition}"].to_pylist()
-    return dict(zip(days, grouped["num_records_sum"].to_pylist(), strict=True))
+    grouped = actions.group_by(f"partition.{partition}").aggregate(
+        [("num_records", "sum"), ("modification_time", "max")]
+    )
+    return {
+        day: PartitionStats(int(rows or 0), written)
+        for day, rows, written in zip(
+            grouped[f"partition.{partition}"].to_pylist(),
+            grouped["num_records_sum"].to_pylist(),
+            grouped["modification_time_max"].to_pylist(),
+            strict=True,
+        )
+    }
 
 
 def rows_and_nulls(lake: LakeStorage, relative: str, column: str) -> tuple[int, int] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 from dagster import (
     AssetExecutionContext,
@@ -68,6 +69,8 @@ class GoldEngine(ConfigurableResource, ABC):
     """Builds the gold tables of DESIGN.md §6 from their specs in the catalog."""
 
     lake: LakeStorage
+    # Whether gold is Delta tables at `gold/<table>` on the lake, for reconciliation to compare.
+    tables_on_lake: ClassVar[bool] = True
 
     @abstractmethod
     def apply_dimension(self, catalog: Catalog, table: Table, full: bool) -> GoldOutcome:

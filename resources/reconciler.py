@@ -1,62 +1,164 @@
-"""The lake side of reconciliation: per-day profiles of the source, bronze and silver.
+"""The lake side of reconciliation: what each layer holds per day, boundary by boundary.
 
-`reconcile` finds the loaded days of a table that no longer match the source (bronze stale), and
-the days whose silver no longer matches bronze (silver stale: one row per bronze row, valid or
-quarantined, for tables without re-deliveries). Refreshing those days repairs both.
+- source ↔ bronze, over the lookback: the source's per-day profile query against bronze's live
+  rows of those days, profiled the same way;
+- bronze ↔ silver (+ quarantine) ↔ gold fact ↔ aggregates, over every loaded day: partition
+  statistics from the bronze manifest and the Delta logs (no data read, no Spark), and the fact's
+  days against the dimensions' silver days up to them (the fact's point-in-time lookups).
+
+`reconcile_all` gives, per table, the stale days and the layer each must be rebuilt from.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass
 from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.copy_runner import LocalCopyRunner
-from resources.delta_tables import rows_by_partition
+from resources.delta_tables import partition_stats
 from spotify_assets.catalog import CHANGE_DATE, CHANGE_SEQ, CaptureMode, Table
-from spotify_assets.reconcile import DayProfile, lookback_window, stale_days
+from spotify_assets.gold_spec import PointInTimeFact
+from spotify_assets.reconcile import (
+    ABSENT,
+    DayProfile,
+    Layer,
+    PartitionStats,
+    first_layers,
+    lookback_window,
+    stale_days,
+    stale_partitions,
+    written_before,
+)
 from spotify_assets.windows import Window
+
+Partitions = dict[date, PartitionStats]
 
 
 @dataclass(frozen=True)
 class Reconciliation:
     table: str
-    window: Window | None  # what was compared; None: nothing loaded yet, or a snapshot
+    window: Window | None  # compared with the source; None: nothing loaded yet, or a snapshot
     source: dict[date, DayProfile]
     bronze: dict[date, DayProfile]
-    stale: tuple[date, ...]  # days to refresh: bronze or silver differ
+    lake: dict[str, Partitions]  # per lake table (its path in the lake), what it holds per day
+    stale: dict[date, Layer]  # stale day -> the first layer to rebuild it from
+
+    def evidence(self, first: date, last: date) -> dict[str, dict[str, list[int | None]]]:
+        """What each side holds of the stale days `first`..`last` (a repair's identity)."""
+        sides = {"source": self.source, "bronze profile": self.bronze, **self.lake}
+        return {
+            str(day): {
+                name: list(astuple(held[day])) for name, held in sides.items() if day in held
+            }
+            for day in sorted(self.stale)
+            if first <= day <= last
+        }
 
     def describe(self) -> str:
-        if self.window is None:
-            return f"{self.table}: nothing to reconcile"
         if not self.stale:
-            return f"{self.table}: {len(self.source)} days match the source in {self.window}"
-        diffs = ", ".join(
-            f"{d} (source {self.source.get(d, DayProfile(0, 0)).rows}, "
-            f"bronze {self.bronze.get(d, DayProfile(0, 0)).rows})"
-            for d in self.stale
+            return f"{self.table}: every loaded day matches its upstream"
+        days = sorted(self.stale.items())
+        return f"{self.table}: stale " + ", ".join(
+            f"{day} (rebuild from {layer.name.lower()})" for day, layer in days
         )
-        return f"{self.table}: stale {diffs}"
 
 
-def reconcile(runner: LocalCopyRunner, table: Table, lookback_days: int) -> Reconciliation:
-    """Compare the days within `lookback_days` before the table's watermark."""
+def reconcile_all(
+    runner: LocalCopyRunner, tables: Sequence[Table], lookback_days: int, gold_on_lake: bool
+) -> list[Reconciliation]:
+    """Every table of `tables`; the fact's days on and after a dimension day rebuilt are
+    rebuilt from gold too (once the dimension is, so after it in `tables`' catalog order)."""
+    found = [reconcile(runner, t, lookback_days, gold_on_lake) for t in tables]
+    fact = runner.source.catalog.fact
+    spec = fact.gold
+    if not gold_on_lake or not isinstance(spec, PointInTimeFact):
+        return found
+    lookups = {lookup.dimension for lookup in spec.lookups}
+    rebuilt = [day for r in found if r.table in lookups for day in r.stale]
+    return [
+        _with_gold_from(r, min(rebuilt)) if r.table == fact.name and rebuilt else r for r in found
+    ]
+
+
+def _with_gold_from(found: Reconciliation, first: date) -> Reconciliation:
+    days = {day for held in found.lake.values() for day, stats in held.items() if stats.rows}
+    later = [(Layer.GOLD, [day for day in days if day >= first])]
+    stale = first_layers([*((layer, [day]) for day, layer in found.stale.items()), *later])
+    return Reconciliation(found.table, found.window, found.source, found.bronze, found.lake, stale)
+
+
+def reconcile(
+    runner: LocalCopyRunner, table: Table, lookback_days: int, gold_on_lake: bool = True
+) -> Reconciliation:
+    """The days of `table` stale in some layer: bronze against the source within
+    `lookback_days` before the watermark; the lake's layers against each other on every day.
+    `gold_on_lake`: gold is Delta tables on the lake (not with Databricks' pipeline, which
+    publishes to its catalog)."""
+    if table.mode is CaptureMode.SNAPSHOT:
+        return Reconciliation(table.name, None, {}, {}, {}, {})
     manifest = runner.store(table).current()
-    window = None
-    if table.mode is not CaptureMode.SNAPSHOT:
-        window = lookback_window(manifest.watermark, lookback_days, table.first_partition)
-    if window is None:
-        return Reconciliation(table.name, None, {}, {}, ())
-    with runner.source.session() as session:
-        rows = session.query(session.sql.daily_profile_query(table, window))
-    source = {_as_date(day): DayProfile(int(n), int(total or 0)) for day, n, total in rows}
-    bronze = bronze_profile(runner, table, window)
-    stale = set(stale_days(source, bronze))
-    if table.mode is CaptureMode.WATERMARK:
-        stale |= _silver_stale(runner, table, bronze)
-    return Reconciliation(table.name, window, source, bronze, tuple(sorted(stale)))
+    window = lookback_window(manifest.watermark, lookback_days, table.first_partition)
+    source: dict[date, DayProfile] = {}
+    bronze: dict[date, DayProfile] = {}
+    if window is not None:
+        with runner.source.session() as session:
+            rows = session.query(session.sql.daily_profile_query(table, window))
+        source = {_as_date(day): DayProfile(int(n), int(total or 0)) for day, n, total in rows}
+        bronze = bronze_profile(runner, table, window)
+    live = runner.store(table).rows_by_partition(manifest)
+    lake, boundaries = _lake_layers(runner, table, live, gold_on_lake)
+    stale = first_layers([(Layer.BRONZE, stale_days(source, bronze)), *boundaries])
+    return Reconciliation(table.name, window, source, bronze, lake, stale)
+
+
+def _lake_layers(
+    runner: LocalCopyRunner, table: Table, live: dict[date, int], gold_on_lake: bool
+) -> tuple[dict[str, Partitions], list[tuple[Layer, set[date]]]]:
+    """What each lake layer of `table` holds per day, and the days each boundary finds stale
+    (tagged with the layer to rebuild them from)."""
+    lake, catalog = runner.lake, runner.source.catalog
+    bronze = {day: PartitionStats(rows) for day, rows in live.items()}
+    names = [f"silver/{table.lake_name}", f"silver/_quarantine/{table.lake_name}"]
+    silver, quarantine = (partition_stats(lake, name, CHANGE_DATE) for name in names)
+    held = {runner.store_root(table.name): bronze, names[0]: silver, names[1]: quarantine}
+    # Every bronze row is a silver or a quarantined row, once each where no row is delivered
+    # twice (watermark mode); change feeds may deliver a version as a record and as an image.
+    cleaned = {
+        day: PartitionStats(silver.get(day, ABSENT).rows + quarantine.get(day, ABSENT).rows)
+        for day in set(silver) | set(quarantine)
+    }
+    one_to_one = table.mode is CaptureMode.WATERMARK
+    boundaries = [(Layer.SILVER, stale_partitions(bronze, cleaned, one_to_one))]
+    spec = table.gold
+    if gold_on_lake and isinstance(spec, PointInTimeFact):
+        fact_name = f"gold/{table.lake_name}"
+        fact = held[fact_name] = partition_stats(lake, fact_name, spec.date_column)
+        dimensions = _newest(
+            partition_stats(lake, f"silver/{catalog[lookup.dimension].lake_name}", CHANGE_DATE)
+            for lookup in spec.lookups
+        )
+        stale = stale_partitions(silver, fact, False) | written_before(dimensions, fact)
+        boundaries.append((Layer.GOLD, stale))
+        for aggregate in catalog.aggregates:
+            name = f"gold/{aggregate.name}"
+            held[name] = partition_stats(lake, name, spec.date_column)
+            boundaries.append((Layer.AGGREGATES, stale_partitions(fact, held[name], False)))
+    return held, boundaries
+
+
+def _newest(tables: Iterable[Partitions]) -> Partitions:
+    """Per day, when some table's partition of it was last written."""
+    newest: Partitions = {}
+    for partitions in tables:
+        for day, stats in partitions.items():
+            before = newest.get(day, ABSENT).written
+            if stats.written is not None and (before is None or stats.written > before):
+                newest[day] = PartitionStats(0, stats.written)
+    return newest
 
 
 def bronze_profile(runner: LocalCopyRunner, table: Table, window: Window) -> dict[date, DayProfile]:
@@ -72,7 +174,11 @@ def bronze_profile(runner: LocalCopyRunner, table: Table, window: Window) -> dic
     checksum = CHANGE_SEQ if table.mode is CaptureMode.CDC else table.key[0]
     rows = rows.filter(inside)
     profile = pa.table(
-        {"day": pc.cast(rows[table.change_time_column], pa.date32()), "sum": rows[checksum]}
+        {
+            "day": pc.cast(rows[table.change_time_column], pa.date32()),
+            # Summed exactly, as the source sums it (no 64-bit wrap-around on large sequences).
+            "sum": pc.cast(rows[checksum], pa.decimal128(38, 0)),
+        }
     )
     grouped = profile.group_by("day").aggregate([("sum", "count"), ("sum", "sum")])
     return {
@@ -83,23 +189,6 @@ def bronze_profile(runner: LocalCopyRunner, table: Table, window: Window) -> dic
             grouped["sum_sum"].to_pylist(),
             strict=True,
         )
-    }
-
-
-def _silver_stale(
-    runner: LocalCopyRunner, table: Table, bronze: dict[date, DayProfile]
-) -> set[date]:
-    """Days where silver's rows (valid plus quarantined) are not bronze's rows one for one."""
-    valid = rows_by_partition(runner.lake, f"silver/{table.lake_name}", CHANGE_DATE)
-    if not valid:
-        return set()  # silver not built yet: nothing to compare
-    quarantined = rows_by_partition(
-        runner.lake, f"silver/_quarantine/{table.lake_name}", CHANGE_DATE
-    )
-    return {
-        day
-        for day, profile in bronze.items()
-        if valid.get(day, 0) + quarantined.get(day, 0) != profile.rows
     }
 
 

@@ -5,21 +5,23 @@ A `PlannedRun` is one Dagster run over bronze, silver and gold of some tables:
 - incremental: every table from its watermark up to the source's clock, rebuilding the silver and
   gold partitions it touched, and applying new dimension versions to gold;
 - refresh: a date range re-extracted and everything downstream of it rebuilt (a backdated
-  refresh, or the repair of partitions reconciliation found stale).
+  refresh), or rebuilt from the first layer reconciliation found stale (a repair).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from dagster import AssetKey, AssetsDefinition, DagsterEventType, DagsterInstance, materialize
 
 from resources import build_resources, copy_runner
 from resources.copy_runner import LocalCopyRunner
-from resources.reconciler import reconcile
+from resources.engines import GoldEngine
+from resources.reconciler import reconcile_all
 from spotify_assets.assets.bronze import (
     NOT_LOADED_YET_OLDEST,
     NOT_LOADED_YET_ROWS,
@@ -29,7 +31,7 @@ from spotify_assets.assets.gold import build_gold_assets_of
 from spotify_assets.assets.silver import build_silver_asset
 from spotify_assets.catalog import Catalog, Table
 from spotify_assets.partitions import partition_range_tags
-from spotify_assets.reconcile import day_ranges
+from spotify_assets.reconcile import Layer, repair_ranges
 from spotify_assets.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
 
 # Runs that write the lake carry this tag; the run queue admits one at a time (see cli.py).
@@ -38,13 +40,14 @@ WRITER_TAG = {"spotify/writer": "lakehouse"}
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run: bronze, silver and gold of `tables`, over the days `first`..`last` for
-    partitioned tables (None for a run of unpartitioned tables)."""
+    """One run: bronze, silver and gold of `tables` (or the layers from `start` down), over the
+    days `first`..`last` for partitioned tables (None for a run of unpartitioned tables)."""
 
     tables: tuple[str, ...]
     days: tuple[date, date] | None
     from_watermark: bool  # incremental; False: re-extract the whole days (refresh)
-    evidence: str = ""  # why a repair: the profiles that differ (part of its run key)
+    evidence: str = ""  # why a repair: what each layer holds of the days (part of its run key)
+    start: Layer = Layer.BRONZE  # the first layer rebuilt; every layer below it follows
 
     @property
     def tags(self) -> dict[str, str]:
@@ -52,15 +55,26 @@ class PlannedRun:
 
     def assets(self, catalog: Catalog) -> list[AssetsDefinition]:
         tables = [catalog[name] for name in self.tables]
-        bronze = [build_bronze_asset(t) for t in tables]
-        silver = [build_silver_asset(t) for t in tables]
-        return bronze + silver + [a for t in tables for a in build_gold_assets_of(catalog, t)]
+        bronze = [build_bronze_asset(t) for t in tables] if self.start <= Layer.BRONZE else []
+        silver = [build_silver_asset(t) for t in tables] if self.start <= Layer.SILVER else []
+        # A table's own gold table comes first, the fact's aggregates after it.
+        gold = [
+            asset
+            for t in tables
+            for n, asset in enumerate(build_gold_assets_of(catalog, t))
+            if self.start <= (Layer.GOLD if n == 0 else Layer.AGGREGATES)
+        ]
+        return bronze + silver + gold
 
     def asset_keys(self, catalog: Catalog) -> list[AssetKey]:
         return [key for a in self.assets(catalog) for key in a.keys]
 
     def run_config(self, catalog: Catalog) -> dict:
-        bronze_ops = [build_bronze_asset(catalog[name]).op.name for name in self.tables]
+        bronze_ops = [
+            build_bronze_asset(catalog[name]).op.name
+            for name in self.tables
+            if self.start is Layer.BRONZE
+        ]
         return {
             "ops": {op: {"config": {"from_watermark": self.from_watermark}} for op in bronze_ops},
             # Progress and results at INFO; Dagster's per-event DEBUG lines stay in the run's log.
@@ -70,7 +84,8 @@ class PlannedRun:
     def describe(self) -> str:
         what = "incremental" if self.from_watermark else "refresh"
         days = f" {self.days[0]}..{self.days[1]}" if self.days else ""
-        return f"{what} of {', '.join(self.tables)}{days}"
+        start = f" from {self.start.name.lower()}" if self.start is not Layer.BRONZE else ""
+        return f"{what} of {', '.join(self.tables)}{days}{start}"
 
 
 def plan_incremental(
@@ -148,35 +163,35 @@ def plan_refresh(tables: Sequence[Table], first: date, last: date) -> list[Plann
 
 
 def plan_repairs(
-    runner: LocalCopyRunner, tables: Sequence[Table], lookback_days: int
+    runner: LocalCopyRunner, tables: Sequence[Table], lookback_days: int, gold_on_lake: bool
 ) -> list[PlannedRun]:
-    """A refresh of every range of days reconciliation finds stale, per table."""
-    runs = []
-    for table in tables:
-        found = reconcile(runner, table, lookback_days)
-        for first, last in day_ranges(found.stale):
-            evidence = {
-                str(d): [
-                    astuple(p) if p else None for p in (found.source.get(d), found.bronze.get(d))
-                ]
-                for d in found.stale
-                if first <= d <= last
-            }
-            runs.append(PlannedRun((table.name,), (first, last), False, json.dumps(evidence)))
-    return runs
+    """Per table, a rebuild of every range of days reconciliation finds stale, from the first
+    layer that differs (`gold_on_lake`: gold's Delta tables are on the lake to compare)."""
+    return [
+        PlannedRun(
+            (found.table,),
+            (first, last),
+            False,
+            json.dumps(found.evidence(first, last), sort_keys=True),
+            start=layer,
+        )
+        for found in reconcile_all(runner, tables, lookback_days, gold_on_lake)
+        for layer, first, last in repair_ranges(found.stale)
+    ]
 
 
 @dataclass(frozen=True)
 class TableLoad:
     """What one run did to one table: rows copied into bronze, rows now in silver and gold
-    (in the run's partitions; all of it for unpartitioned tables)."""
+    (in the run's partitions; all of it for unpartitioned tables). None: a layer the run (a
+    repair from a later layer) did not rebuild."""
 
     table: str
-    rows: int
-    window: str
-    watermark: str
-    silver_rows: int
-    quarantined: int
+    rows: int | None
+    window: str | None
+    watermark: str | None
+    silver_rows: int | None
+    quarantined: int | None
     gold_rows: dict[str, int]
     # Incremental loads: source rows past the source's clock bound or today, left for later.
     not_loaded_yet_rows: int = 0
@@ -212,7 +227,8 @@ def repair(
     """Refresh the loaded days that no longer match the source (late or missing rows)."""
     runner, resources = _runner(settings)
     selected = _select(runner.source.catalog, tables)
-    runs = plan_repairs(runner, selected, settings.reconcile_lookback_days)
+    gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
+    runs = plan_repairs(runner, selected, settings.reconcile_lookback_days, gold.tables_on_lake)
     return execute(runs, runner.source.catalog, resources, instance)
 
 
@@ -241,25 +257,32 @@ def _materialize(
                          run_config=run.run_config(catalog))  # fmt: skip
 
     def metadata(key: AssetKey) -> dict:
+        """The asset's materialization metadata; empty if the run did not select it."""
+        op = next((a.op.name for a in assets if key in a.keys), None)
+        if op is None:
+            return {}
         # A range run records one materialization per partition, all with the same metadata.
-        op = next(a.op.name for a in assets if key in a.keys)
         return result.asset_materializations_for_node(op)[0].metadata
+
+    def value(entries: dict, name: str) -> Any:
+        return entries[name].value if entries else None
 
     loads = []
     for name in run.tables:
         table = catalog[name]
         copied = metadata(AssetKey(["bronze", table.name]))
         cleaned = metadata(AssetKey(["silver", table.lake_name]))
-        gold = [k for a in build_gold_assets_of(catalog, table) for k in a.keys]
+        keys = [k for a in build_gold_assets_of(catalog, table) for k in a.keys]
+        gold = {k.path[-1]: metadata(k) for k in keys}
         loads.append(
             TableLoad(
                 table=table.name,
-                rows=copied["rows_read"].value,
-                window=copied["window"].value,
-                watermark=copied["watermark_after"].value,
-                silver_rows=cleaned["dagster/row_count"].value,
-                quarantined=cleaned["quarantined"].value,
-                gold_rows={k.path[-1]: metadata(k)["dagster/row_count"].value for k in gold},
+                rows=value(copied, "rows_read"),
+                window=value(copied, "window"),
+                watermark=value(copied, "watermark_after"),
+                silver_rows=value(cleaned, "dagster/row_count"),
+                quarantined=value(cleaned, "quarantined"),
+                gold_rows={k: m["dagster/row_count"].value for k, m in gold.items() if m},
                 **{
                     name: copied[name].value
                     for name in (NOT_LOADED_YET_ROWS, NOT_LOADED_YET_OLDEST)

@@ -1,8 +1,13 @@
-"""Reconciliation (DESIGN.md §7): which loaded partitions no longer match the source.
+"""Reconciliation (DESIGN.md §7, §11): which loaded partitions no longer match their upstream.
 
-Per day of change time, the source and the lake each give a profile — rows and a checksum. A day
-whose profiles differ is stale: rows arrived late, were missed, or the lake holds what the source
-no longer has. The days are then refreshed (bronze, and everything downstream of it).
+Every layer boundary is compared per day, each by what it costs:
+- source ↔ bronze, over the lookback only (the source's side is a query on the source): a row
+  count and a checksum per day of change time (`DayProfile`). A day that differs is stale: rows
+  arrived late, were missed, or the lake holds what the source no longer has.
+- bronze ↔ silver (+ quarantine) ↔ gold fact ↔ aggregates, over every loaded day, from what the
+  bronze manifests and the Delta logs say of each partition (`PartitionStats`: rows and when its
+  newest file was written), without reading the data.
+A stale day is rebuilt from the first layer that differs (`Layer`), with everything below it.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from enum import IntEnum
 
 from spotify_assets.windows import Window, midnight
 
@@ -23,10 +29,84 @@ class DayProfile:
 EMPTY = DayProfile(0, 0)
 
 
+class Layer(IntEnum):
+    """Where the rebuild of a stale partition starts; every layer below it follows."""
+
+    BRONZE = 0  # re-extracted from the source
+    SILVER = 1
+    GOLD = 2  # the table's own gold table (the fact)
+    AGGREGATES = 3  # the fact's daily aggregates
+
+
+@dataclass(frozen=True)
+class PartitionStats:
+    """What a layer holds of one partition, as its manifest or Delta log tells (no scan)."""
+
+    rows: int
+    written: int | None = None  # when its newest file was written (ms); None: unknown, no file
+
+
+ABSENT = PartitionStats(0)
+
+
 def stale_days(source: Mapping[date, DayProfile], lake: Mapping[date, DayProfile]) -> list[date]:
     """Days whose profiles differ (a day missing on one side counts as empty there)."""
     days = set(source) | set(lake)
     return sorted(d for d in days if source.get(d, EMPTY) != lake.get(d, EMPTY))
+
+
+def behind(upstream: PartitionStats, downstream: PartitionStats, one_to_one: bool) -> bool:
+    """Whether a downstream partition was not built from its upstream partition as it is now.
+
+    `one_to_one`: every upstream row gives exactly one downstream row (bronze to silver plus
+    quarantine, where rows are never re-delivered). Otherwise downstream holds at most as many
+    rows (re-deliveries collapse, expectations drop rows, aggregates group them), holds rows
+    exactly where upstream does (an empty partition that should hold data is a fault), and was
+    written no earlier than upstream's newest file."""
+    if one_to_one:
+        return upstream.rows != downstream.rows
+    if downstream.rows > upstream.rows or (upstream.rows > 0) != (downstream.rows > 0):
+        return True
+    if upstream.written is None or downstream.written is None:
+        return False
+    return downstream.written < upstream.written
+
+
+def stale_partitions(
+    upstream: Mapping[date, PartitionStats],
+    downstream: Mapping[date, PartitionStats],
+    one_to_one: bool,
+) -> set[date]:
+    """Partitions `behind` their upstream (a partition missing on one side is `ABSENT`)."""
+    days = set(upstream) | set(downstream)
+    return {
+        d for d in days if behind(upstream.get(d, ABSENT), downstream.get(d, ABSENT), one_to_one)
+    }
+
+
+def written_before(
+    dependency: Mapping[date, PartitionStats], built: Mapping[date, PartitionStats]
+) -> set[date]:
+    """Partitions P of `built` older than some partition on or before P of `dependency`: what a
+    point-in-time fact holds of day P depends on every dimension version up to P."""
+    stale, newest = set(), None
+    for day in sorted(set(dependency) | set(built)):
+        changed = dependency.get(day, ABSENT).written
+        if changed is not None:
+            newest = changed if newest is None else max(newest, changed)
+        written = built.get(day, ABSENT).written
+        if written is not None and newest is not None and written < newest:
+            stale.add(day)
+    return stale
+
+
+def first_layers(stale: Iterable[tuple[Layer, Iterable[date]]]) -> dict[date, Layer]:
+    """Per stale day, the first layer to rebuild it from."""
+    first: dict[date, Layer] = {}
+    for layer, days in stale:
+        for day in days:
+            first[day] = min(layer, first.get(day, layer))
+    return first
 
 
 def day_ranges(days: Iterable[date]) -> list[tuple[date, date]]:
@@ -38,6 +118,15 @@ def day_ranges(days: Iterable[date]) -> list[tuple[date, date]]:
         else:
             ranges.append((day, day))
     return ranges
+
+
+def repair_ranges(first: Mapping[date, Layer]) -> list[tuple[Layer, date, date]]:
+    """Consecutive days rebuilt from the same layer, merged: one run each."""
+    return [
+        (layer, start, end)
+        for layer in sorted(set(first.values()))
+        for start, end in day_ranges(d for d, at in first.items() if at is layer)
+    ]
 
 
 def lookback_window(

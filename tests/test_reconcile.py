@@ -1,19 +1,49 @@
-"""Reconciliation's pure parts and its profile query on each dialect (DESIGN.md §7)."""
+"""Reconciliation (DESIGN.md §7, §11): its pure parts, its profile query on each dialect, and
+every layer boundary (source, bronze, silver, gold fact, aggregates) repaired by the next `run`
+after an interrupted one, or by the reconciliation sensor, over all loaded days."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+import random
+import sqlite3
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from dagster import DagsterInstance, build_sensor_context
 from sqlglot import exp
 
+from resources.delta_tables import delta_table
 from resources.dialects import DIALECTS
+from resources.gold_runner import GoldRunner
+from resources.lake import LakeStorage
 from resources.odbc import Dialect
 from resources.reconciler import reconcile
-from spotify_assets.catalog import CATALOG, CHANGE_AT, CHANGE_SEQ
-from spotify_assets.reconcile import DayProfile, day_ranges, lookback_window, stale_days
+from resources.silver_store import SilverStore
+from spotify_assets.catalog import CATALOG, CHANGE_AT, CHANGE_SEQ, CaptureMode
+from spotify_assets.catch_up import CatchUp
+from spotify_assets.cli import INSTANCE_CONFIG, refresh, run
+from spotify_assets.definitions import build_definitions
+from spotify_assets.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
+from spotify_assets.reconcile import (
+    ABSENT,
+    DayProfile,
+    Layer,
+    PartitionStats,
+    behind,
+    day_ranges,
+    first_layers,
+    lookback_window,
+    repair_ranges,
+    stale_days,
+    stale_partitions,
+    written_before,
+)
+from spotify_assets.settings import Settings
 from spotify_assets.windows import Window
+from tests.conftest import Lakehouse
 from tests.test_dialects import parse_tsql
+from tests.test_gold import assert_gold_equals_source, small_source
 
 D1, D2, D3, D5 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3), date(2026, 3, 5)
 
@@ -28,6 +58,37 @@ def test_a_day_differs_by_rows_checksum_or_presence() -> None:
 def test_consecutive_days_make_one_range() -> None:
     assert day_ranges([D5, D1, D2, D3, D2]) == [(D1, D3), (D5, D5)]
     assert day_ranges([]) == []
+
+
+def test_a_partition_is_behind_its_upstream_by_rows_presence_or_age() -> None:
+    rows = PartitionStats(5, written=100)
+    assert not behind(rows, PartitionStats(5, written=100), one_to_one=False)
+    assert not behind(rows, PartitionStats(3, written=101), one_to_one=False)  # dropped, grouped
+    assert behind(rows, PartitionStats(3, written=99), one_to_one=False)  # built before upstream
+    assert behind(rows, PartitionStats(6, written=101), one_to_one=False)  # more than upstream
+    assert behind(rows, ABSENT, one_to_one=False)  # empty where it should hold data
+    assert behind(ABSENT, PartitionStats(1, written=1), one_to_one=False)
+    assert behind(rows, PartitionStats(4, written=101), one_to_one=True)
+    assert not behind(PartitionStats(5), PartitionStats(5, written=1), one_to_one=True)
+    upstream = {D1: rows, D2: rows}
+    assert stale_partitions(upstream, {D1: rows, D3: rows}, one_to_one=False) == {D2, D3}
+
+
+def test_a_fact_day_is_stale_once_a_dimension_day_up_to_it_was_rewritten() -> None:
+    dimensions = {D2: PartitionStats(0, written=50)}
+    fact = {d: PartitionStats(1, written=40) for d in (D1, D2, D3)} | {D5: PartitionStats(1, 60)}
+    assert written_before(dimensions, fact) == {D2, D3}
+
+
+def test_a_day_is_rebuilt_from_its_first_stale_layer_in_ranges() -> None:
+    first = first_layers(
+        [(Layer.BRONZE, [D3]), (Layer.SILVER, [D1, D3]), (Layer.AGGREGATES, [D2, D5])]
+    )
+    assert first == {D1: Layer.SILVER, D2: Layer.AGGREGATES, D3: Layer.BRONZE, D5: Layer.AGGREGATES}
+    assert repair_ranges(first) == [
+        (Layer.BRONZE, D3, D3), (Layer.SILVER, D1, D1), (Layer.AGGREGATES, D2, D2),
+        (Layer.AGGREGATES, D5, D5),
+    ]  # fmt: skip
 
 
 def test_lookback_stops_at_the_watermark_and_the_first_partition() -> None:
@@ -78,7 +139,8 @@ def test_reconcile_sees_rows_the_lake_lacks(sqlite_source, tmp_path) -> None:
     runner = runner_for(sqlite_source, tmp_path / "lake")
     load_everything(runner, sqlite_source.catalog)
     fact = sqlite_source.catalog["FactStream"]
-    assert reconcile(runner, fact, 7).stale == ()
+    # Silver is not built here: every loaded day is stale from silver, none from bronze.
+    assert set(reconcile(runner, fact, 7).stale.values()) == {Layer.SILVER}
     with sqlite_source.session() as session:
         stream_id, ts = session.query(
             "SELECT stream_id, stream_timestamp FROM FactStream ORDER BY stream_timestamp DESC"
@@ -86,6 +148,109 @@ def test_reconcile_sees_rows_the_lake_lacks(sqlite_source, tmp_path) -> None:
         session.execute("DELETE FROM FactStream WHERE stream_id = ?", [stream_id])
     found = reconcile(runner, fact, 7)
     day = datetime.fromisoformat(str(ts)).date()
-    assert found.stale == (day,)
+    assert [d for d, layer in found.stale.items() if layer is Layer.BRONZE] == [day]
     assert found.source[day].rows == found.bronze[day].rows - 1
     assert "stale" in found.describe()
+
+
+# Days reconciliation used to skip: older than the lookback of the resume logic and of the
+# source comparison (the small source's history ends 4 days ago and spans 21 days).
+OLD = 15
+
+
+def _lakehouse(home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A small embedded source; CLI runs and in-process runs share one Dagster instance."""
+    settings = small_source(home)
+    settings.dagster_home.mkdir(parents=True)
+    (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    return settings
+
+
+def _delta_versions(settings: Settings) -> dict[str, int]:
+    """Versions of every silver and gold table but the calendar's (a snapshot is copied whole
+    by every run)."""
+    tables = [t for t in CATALOG if t.mode is not CaptureMode.SNAPSHOT]
+    names = [f"silver/{t.lake_name}" for t in tables]
+    names += [f"gold/{t.lake_name}" for t in tables if t.gold]
+    names += [f"gold/{a.name}" for a in CATALOG.aggregates]
+    lake = LakeStorage(url=settings.lake_url)
+    return {name: delta_table(lake, name).version() for name in names}
+
+
+def _drop_source_streams(settings: Settings, day: date, count: int) -> None:
+    """Streams deleted at the source (watermark mode cannot see it): only a refresh of `day`
+    brings the lake level again."""
+    db = sqlite3.connect(settings.embedded_source_path)
+    db.execute(
+        "DELETE FROM FactStream WHERE stream_id IN (SELECT stream_id FROM FactStream "
+        "WHERE date(stream_timestamp) = ? LIMIT ?)",
+        (day.isoformat(), count),
+    )
+    db.commit()
+    db.close()
+
+
+# Each test loads a small lakehouse and runs the pipeline several times (Dagster runs).
+@pytest.mark.timeout(600)
+def test_the_next_run_repairs_a_run_killed_after_bronze_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_run
+) -> None:
+    settings = _lakehouse(tmp_path, monkeypatch)
+    killed_run(Lakehouse(settings.home), random.Random(5))  # the initial load: all the history
+    run(settings)
+    assert_gold_equals_source(settings)
+
+
+def _fail(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("injected failure")
+
+
+@pytest.mark.timeout(600)
+def test_the_next_run_repairs_a_failure_in_each_layer_and_lost_gold_partitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _lakehouse(tmp_path, monkeypatch)
+    run(settings)
+    today = datetime.now(UTC).date()
+    failing = {"silver": (SilverStore, "refresh"), "gold fact": (GoldRunner, "build_fact"),
+               "aggregates": (GoldRunner, "build_aggregate")}  # fmt: skip
+    for n, (owner, method) in enumerate(failing.values()):
+        day = today - timedelta(days=OLD + n)
+        _drop_source_streams(settings, day, 3)
+        with monkeypatch.context() as patch, pytest.raises(Exception, match="injected"):
+            patch.setattr(owner, method, _fail)
+            refresh(settings, day, day, [CATALOG.fact.name])  # bronze re-extracted, then fails
+    run(settings)
+    assert_gold_equals_source(settings)
+
+    # Gold partitions lost outside any run, older than the lookback: the reconciliation
+    # sensor requests the rebuild of exactly those days, from the layer that lost them.
+    lake = LakeStorage(url=settings.lake_url)
+    fact, aggregate = CATALOG.fact.lake_name, CATALOG.aggregates[0].name
+    deleted, emptied = today - timedelta(days=OLD + 4), today - timedelta(days=OLD + 5)
+    delta_table(lake, f"gold/{fact}").delete(f"stream_date = '{deleted}'")
+    delta_table(lake, f"gold/{aggregate}").delete(f"stream_date = '{emptied}'")
+    defs, instance = build_definitions(settings), DagsterInstance.get()
+    sensor = defs.resolve_sensor_def("reconciliation_sensor")
+    with build_sensor_context(instance=instance, resources=defs.resources,
+                              definitions=defs) as context:  # fmt: skip
+        requests = sensor.evaluate_tick(context).run_requests or []
+    selected = {
+        (r.tags[PARTITION_RANGE_START_TAG], r.tags[PARTITION_RANGE_END_TAG]): {
+            k.path[-1] for k in r.asset_selection
+        }
+        for r in requests
+    }
+    aggregates = {a.name for a in CATALOG.aggregates}
+    assert selected == {
+        (str(deleted), str(deleted)): {fact, *aggregates},
+        (str(emptied), str(emptied)): aggregates,
+    }
+    for request in requests:
+        CatchUp(defs, instance).execute(request)
+    assert_gold_equals_source(settings)
+
+    versions = _delta_versions(settings)
+    assert run(settings)["repaired"] == []
+    assert _delta_versions(settings) == versions, "a run with nothing to do writes nothing"

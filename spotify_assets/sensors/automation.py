@@ -3,10 +3,12 @@
 - `cdc_arrival_sensor` polls each table's change feed or watermark cheaply (a count and a max per
   table; the cursor keeps one position per table) and requests an incremental run of the tables
   that moved: bronze from their watermark, then silver and gold of the partitions touched.
-- `reconciliation_sensor` compares per-day row counts and checksums of the source, bronze and
-  silver over the lookback and requests a refresh run (bronze, silver, gold) for exactly the
-  ranges of days that differ: late or missing rows reach gold with no manual step. Eager
-  automation would only request the latest partition, so these runs select downstream themselves.
+- `reconciliation_sensor` compares every layer boundary (`resources/reconciler.py`): per-day row
+  counts and checksums of the source and bronze over the lookback, and bronze, silver, gold fact
+  and aggregates on every loaded day from manifests and Delta logs. It requests a rebuild of
+  exactly the ranges of days that differ, from the first layer that differs down: late or missing
+  rows and interrupted runs reach gold with no manual step. Eager automation would only request
+  the latest partition, so these runs select downstream themselves.
 - `daily_catch_up` is the fallback when sensors are off: an incremental run of every table.
 
 All are off until turned on (UI: Automation). Their runs carry `WRITER_TAG`, which the instance's
@@ -35,6 +37,7 @@ from dagster import (
 )
 
 from resources.copy_runner import LocalCopyRunner
+from resources.engines import GoldEngine
 from spotify_assets.catalog import Catalog
 from spotify_assets.ingest import WRITER_TAG, PlannedRun, plan_incremental, plan_repairs
 
@@ -89,19 +92,25 @@ def build_reconciliation_sensor(catalog: Catalog, lookback_days: int) -> SensorD
         minimum_interval_seconds=RECONCILIATION_INTERVAL_SECONDS,
         target=AssetSelection.groups("bronze", "silver", "gold"),
         default_status=DefaultSensorStatus.STOPPED,
-        description=f"Compares per-day counts and checksums of the source, bronze and silver "
-        f"over the last {lookback_days} loaded days and refreshes the days that differ.",
+        description=f"Compares per-day counts and checksums of the source and bronze over the "
+        f"last {lookback_days} loaded days, and of bronze, silver, gold fact and aggregates over "
+        "every loaded day, and rebuilds the days that differ from the first layer that differs.",
     )
-    def reconciliation_sensor(context: SensorEvaluationContext, copy_runner: LocalCopyRunner):
+    def reconciliation_sensor(
+        context: SensorEvaluationContext, copy_runner: LocalCopyRunner, gold_engine: GoldEngine
+    ):
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)
-        runs = plan_repairs(copy_runner, list(catalog), lookback_days)
+        runs = plan_repairs(copy_runner, list(catalog), lookback_days, gold_engine.tables_on_lake)
         if not runs:
-            return SkipReason(f"every loaded day of the last {lookback_days} matches the source")
+            return SkipReason(
+                f"bronze matches the source over the last {lookback_days} loaded days, and every "
+                "layer its upstream on every loaded day"
+            )
         for run in runs:
             context.log.info(f"stale: {run.describe()}")
-        # The same stale days with the same source profile are requested once (run_key);
-        # new late rows in them change the key and request a new refresh.
+        # The same stale days holding the same rows are requested once (run_key); new late
+        # rows in them, or a rebuild that did not fix them, change the key and request again.
         return [
             run_request(r, catalog, f"repair-{_digest([r.describe(), r.evidence])}") for r in runs
         ]
