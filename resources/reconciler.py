@@ -12,16 +12,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.copy_runner import LocalCopyRunner
-from resources.delta_tables import partition_stats
+from resources.delta_tables import exists, partition_rows, partition_stats
+from resources.lake import LakeStorage
 from spotify_assets.catalog import CHANGE_DATE, CHANGE_SEQ, CaptureMode, Table
-from spotify_assets.gold_spec import PointInTimeFact
+from spotify_assets.gold_spec import PointInTimeFact, Scd2Dimension
 from spotify_assets.reconcile import (
     ABSENT,
     DayProfile,
@@ -46,6 +47,7 @@ class Reconciliation:
     bronze: dict[date, DayProfile]
     lake: dict[str, Partitions]  # per lake table (its path in the lake), what it holds per day
     stale: dict[date, Layer]  # stale day -> the first layer to rebuild it from
+    rebuild_gold: bool = False  # its unpartitioned gold table is empty while silver is not
 
     def evidence(self, first: date, last: date) -> dict[str, dict[str, list[int | None]]]:
         """What each side holds of the stale days `first`..`last` (a repair's identity)."""
@@ -59,19 +61,21 @@ class Reconciliation:
         }
 
     def describe(self) -> str:
+        gold = "; gold empty while silver holds rows" if self.rebuild_gold else ""
         if not self.stale:
-            return f"{self.table}: every loaded day matches its upstream"
-        days = sorted(self.stale.items())
-        return f"{self.table}: stale " + ", ".join(
-            f"{day} (rebuild from {layer.name.lower()})" for day, layer in days
+            return f"{self.table}: every loaded day matches its upstream{gold}"
+        days = ", ".join(
+            f"{day} (from {layer.name.lower()})" for day, layer in sorted(self.stale.items())
         )
+        return f"{self.table}: stale {days}{gold}"
 
 
 def reconcile_all(
     runner: LocalCopyRunner, tables: Sequence[Table], lookback_days: int, gold_on_lake: bool
 ) -> list[Reconciliation]:
-    """Every table of `tables`; the fact's days on and after a dimension day rebuilt are
-    rebuilt from gold too (once the dimension is, so after it in `tables`' catalog order)."""
+    """Every table of `tables`; the fact's days on and after a dimension day rebuilt (all of
+    them when a dimension's gold is rebuilt whole) are rebuilt from gold too, once the
+    dimension is (after it, in the catalog's order of `tables`)."""
     found = [reconcile(runner, t, lookback_days, gold_on_lake) for t in tables]
     fact = runner.source.catalog.fact
     spec = fact.gold
@@ -79,6 +83,7 @@ def reconcile_all(
         return found
     lookups = {lookup.dimension for lookup in spec.lookups}
     rebuilt = [day for r in found if r.table in lookups for day in r.stale]
+    rebuilt += [date.min for r in found if r.table in lookups and r.rebuild_gold]
     return [
         _with_gold_from(r, min(rebuilt)) if r.table == fact.name and rebuilt else r for r in found
     ]
@@ -88,7 +93,7 @@ def _with_gold_from(found: Reconciliation, first: date) -> Reconciliation:
     days = {day for held in found.lake.values() for day, stats in held.items() if stats.rows}
     later = [(Layer.GOLD, [day for day in days if day >= first])]
     stale = first_layers([*((layer, [day]) for day, layer in found.stale.items()), *later])
-    return Reconciliation(found.table, found.window, found.source, found.bronze, found.lake, stale)
+    return replace(found, stale=stale)
 
 
 def reconcile(
@@ -112,7 +117,21 @@ def reconcile(
     live = runner.store(table).rows_by_partition(manifest)
     lake, boundaries = _lake_layers(runner, table, live, gold_on_lake)
     stale = first_layers([(Layer.BRONZE, stale_days(source, bronze)), *boundaries])
-    return Reconciliation(table.name, window, source, bronze, lake, stale)
+    # An SCD2 dimension applies what silver gained since its last apply: emptied, it would stay
+    # empty, so it is rebuilt whole.
+    silver_rows = sum(s.rows for s in lake[f"silver/{table.lake_name}"].values())
+    empty_gold = (
+        gold_on_lake
+        and isinstance(table.gold, Scd2Dimension)
+        and silver_rows > 0
+        and _rows(runner.lake, f"gold/{table.lake_name}") == 0
+    )
+    return Reconciliation(table.name, window, source, bronze, lake, stale, empty_gold)
+
+
+def _rows(lake: LakeStorage, relative: str) -> int:
+    """Rows of a Delta table, from its log; 0 if it does not exist."""
+    return partition_rows(lake, relative, None, None) if exists(lake, lake.path(relative)) else 0
 
 
 def _lake_layers(

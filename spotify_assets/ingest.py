@@ -27,9 +27,10 @@ from spotify_assets.assets.bronze import (
     NOT_LOADED_YET_ROWS,
     build_bronze_asset,
 )
-from spotify_assets.assets.gold import build_gold_assets_of
+from spotify_assets.assets.gold import build_dimension_asset, build_gold_assets_of
 from spotify_assets.assets.silver import build_silver_asset
 from spotify_assets.catalog import Catalog, Table
+from spotify_assets.gold_spec import Scd2Dimension
 from spotify_assets.partitions import partition_range_tags
 from spotify_assets.reconcile import Layer, repair_ranges
 from spotify_assets.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
@@ -70,13 +71,18 @@ class PlannedRun:
         return [key for a in self.assets(catalog) for key in a.keys]
 
     def run_config(self, catalog: Catalog) -> dict:
-        bronze_ops = [
-            build_bronze_asset(catalog[name]).op.name
-            for name in self.tables
-            if self.start is Layer.BRONZE
-        ]
+        extracted = self.tables if self.start is Layer.BRONZE else ()
+        bronze_ops = [build_bronze_asset(catalog[name]).op.name for name in extracted]
+        ops = {op: {"config": {"from_watermark": self.from_watermark}} for op in bronze_ops}
+        if self.start is Layer.GOLD:  # rebuilt from silver: a dimension in full
+            tables = [catalog[name] for name in self.tables]
+            dimensions = [t for t in tables if isinstance(t.gold, Scd2Dimension)]
+            ops |= {
+                build_dimension_asset(catalog, t).op.name: {"config": {"full_refresh": True}}
+                for t in dimensions
+            }
         return {
-            "ops": {op: {"config": {"from_watermark": self.from_watermark}} for op in bronze_ops},
+            "ops": ops,
             # Progress and results at INFO; Dagster's per-event DEBUG lines stay in the run's log.
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
         }
@@ -167,17 +173,21 @@ def plan_repairs(
 ) -> list[PlannedRun]:
     """Per table, a rebuild of every range of days reconciliation finds stale, from the first
     layer that differs (`gold_on_lake`: gold's Delta tables are on the lake to compare)."""
-    return [
-        PlannedRun(
-            (found.table,),
-            (first, last),
-            False,
-            json.dumps(found.evidence(first, last), sort_keys=True),
-            start=layer,
-        )
-        for found in reconcile_all(runner, tables, lookback_days, gold_on_lake)
-        for layer, first, last in repair_ranges(found.stale)
-    ]
+    runs = []
+    for found in reconcile_all(runner, tables, lookback_days, gold_on_lake):
+        if found.rebuild_gold:
+            runs.append(PlannedRun((found.table,), None, False, found.describe(), Layer.GOLD))
+        runs += [
+            PlannedRun(
+                (found.table,),
+                (first, last),
+                False,
+                json.dumps(found.evidence(first, last), sort_keys=True),
+                start=layer,
+            )
+            for layer, first, last in repair_ranges(found.stale)
+        ]
+    return runs
 
 
 @dataclass(frozen=True)
@@ -224,7 +234,8 @@ def refresh(
 def repair(
     settings: Settings, instance: DagsterInstance, tables: Sequence[str] = ()
 ) -> list[TableLoad]:
-    """Refresh the loaded days that no longer match the source (late or missing rows)."""
+    """Rebuild the loaded days some layer holds differently from the one above it (late or
+    missing rows, an interrupted run), from that layer down."""
     runner, resources = _runner(settings)
     selected = _select(runner.source.catalog, tables)
     gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]

@@ -201,6 +201,15 @@ def test_the_next_run_repairs_a_run_killed_after_bronze_committed(
     run(settings)
     assert_gold_equals_source(settings)
 
+    # An SCD2 dimension emptied outside any run: applying only what silver gained since would
+    # leave it empty, so it is rebuilt whole, and the fact after it.
+    lake, users = LakeStorage(url=settings.lake_url), f"gold/{CATALOG['DimUser'].lake_name}"
+    rows = delta_table(lake, users).to_pyarrow_table().num_rows
+    delta_table(lake, users).delete()
+    run(settings)
+    assert delta_table(lake, users).to_pyarrow_table().num_rows == rows
+    assert_gold_equals_source(settings)
+
 
 def _fail(*args: object, **kwargs: object) -> None:
     raise RuntimeError("injected failure")
