@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from resources.lease import DEFAULT_WAIT_SECONDS, WAIT_SETTING
 from resources.odbc import Dialect, dialect_of
@@ -51,27 +52,11 @@ class Settings:
         env = (environ.get("SPOTIFY_ENV") or Environment.LOCAL.value).strip().lower()
         if env not in set(Environment):
             raise ValueError(f"SPOTIFY_ENV={env!r} is not one of: local, azure")
-        lag = environ.get("SPOTIFY_SAFETY_LAG_SECONDS") or str(DEFAULT_SAFETY_LAG_SECONDS)
-        try:
-            safety_lag = float(lag)
-        except ValueError:
-            raise ValueError(f"SPOTIFY_SAFETY_LAG_SECONDS={lag!r} is not a number") from None
-        if safety_lag < 0:
-            raise ValueError(f"SPOTIFY_SAFETY_LAG_SECONDS={lag!r} must not be negative")
-        lookback = environ.get("SPOTIFY_RECONCILE_LOOKBACK_DAYS") or str(
-            DEFAULT_RECONCILE_LOOKBACK_DAYS
+        safety_lag = _number(environ, "SPOTIFY_SAFETY_LAG_SECONDS", DEFAULT_SAFETY_LAG_SECONDS)
+        lookback = _number(
+            environ, "SPOTIFY_RECONCILE_LOOKBACK_DAYS", DEFAULT_RECONCILE_LOOKBACK_DAYS, minimum=1
         )
-        if not lookback.isdigit() or int(lookback) < 1:
-            raise ValueError(
-                f"SPOTIFY_RECONCILE_LOOKBACK_DAYS={lookback!r} must be a whole number >= 1"
-            )
-        wait = environ.get(WAIT_SETTING) or str(DEFAULT_WAIT_SECONDS)
-        try:
-            writer_wait = float(wait)
-        except ValueError:
-            writer_wait = math.nan
-        if not 0 <= writer_wait < math.inf:
-            raise ValueError(f"{WAIT_SETTING}={wait!r} must be a number of seconds >= 0")
+        writer_wait = _number(environ, WAIT_SETTING, DEFAULT_WAIT_SECONDS)
         override = environ.get(PARTITION_START_VARIABLE)
         if env == Environment.AZURE:
             _require_azure(environ)
@@ -83,7 +68,7 @@ class Settings:
             lake_url=environ.get("SPOTIFY_LAKE_URL") or str(home / "lake"),
             safety_lag_seconds=safety_lag,
             spark_remote=environ.get("SPOTIFY_SPARK_REMOTE", ""),
-            reconcile_lookback_days=int(lookback),
+            reconcile_lookback_days=lookback,
             databricks_silver_cluster=environ.get("SPOTIFY_DATABRICKS_SILVER_CLUSTER_ID", ""),
             writer_wait_seconds=writer_wait,
             partition_start_override=_day(override, PARTITION_START_VARIABLE) if override else None,
@@ -133,6 +118,26 @@ def _day(text: str, origin: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{origin}={text!r} is not a day (YYYY-MM-DD)") from None
+
+
+N = TypeVar("N", int, float)
+
+
+def _number(environ: Mapping[str, str], name: str, default: N, minimum: N | None = None) -> N:
+    """A numeric setting of the type of its default: finite, at least `minimum` (default 0)."""
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    kind = type(default)
+    low = kind(0) if minimum is None else minimum
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < low:
+        raise ValueError(f"{name}={text!r} must be {what} >= {low:g} (default {default:g})")
+    return value
 
 
 def _require_azure(environ: Mapping[str, str]) -> None:
