@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from resources.lake import LakeStorage
+from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from spotify_assets.bronze_manifest import BronzeFile, Manifest
 from spotify_assets.catalog import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
 
 _VERSION = re.compile(r"^v(\d{10})\.json$")
+DAMAGED = "damaged"  # where `verify --repair` sets damaged manifests aside, below _manifests
 
 # Audit columns after the source columns (DESIGN.md §4 rule 5). `_op` is I/U/D for change
 # records and S for a row image (snapshot, watermark, or the current image in cdc mode).
@@ -59,27 +61,67 @@ class BronzeStore:
         return f"bronze/{table_name}"
 
     def current(self) -> Manifest:
-        versions = [
-            int(m.group(1))
-            for n in self.lake.list_names(self._manifests)
-            if (m := _VERSION.match(n))
-        ]
-        if not versions:
+        """The latest manifest version; `LakeFileError` naming it if it cannot be read."""
+        version = self.latest_version()
+        if version is None:
             return Manifest(table=self.table.name)
-        return Manifest.from_json(self.lake.read_json(self._manifest_path(max(versions))))
+        path = self.manifest_path(version)
+        try:
+            return Manifest.from_json(self.lake.read_json(path))
+        except (ValueError, KeyError, TypeError) as error:  # truncated or not a manifest
+            problem = f"is damaged ({_first_line(error)})"
+            raise LakeFileError(
+                f"bronze {self.table.name}: manifest {self.lake.uri(path)} {problem}; run "
+                f"`{REPAIR_COMMAND}`",
+                problem,
+            ) from error
+
+    def latest_version(self) -> int | None:
+        names = self.lake.list_names(self._manifests)
+        return max((int(m.group(1)) for n in names if (m := _VERSION.match(n))), default=None)
+
+    def set_aside_latest(self) -> str | None:
+        """Move the latest manifest version into `_manifests/damaged/`: the previous version
+        becomes current (its files are intact), and the next commit takes the freed number."""
+        version = self.latest_version()
+        if version is None:
+            return None
+        return self.lake.set_aside(self.manifest_path(version), DAMAGED)
+
+    def damaged_files(self, files: Sequence[BronzeFile]) -> list[tuple[BronzeFile, str]]:
+        """The `files` that are missing or do not hold the rows their manifest lists, each with
+        what is wrong (read from the parquet footers only)."""
+        found = []
+        for file in files:
+            try:
+                rows = self.lake.parquet_rows(file.path)
+            except (OSError, pa.ArrowException) as error:
+                found.append((file, _problem(error)))
+                continue
+            if rows != file.rows:
+                found.append((file, f"holds {rows} rows, the manifest lists {file.rows}"))
+        return found
 
     def commit(self, manifest: Manifest) -> None:
         """Publish the next version; fails if another writer published it first."""
-        self.lake.create_json(self._manifest_path(manifest.version), manifest.to_json())
+        self.lake.create_json(self.manifest_path(manifest.version), manifest.to_json())
 
     def file_path(self, partition: date | None, extraction: str) -> str:
         folder = f"date={partition.isoformat()}" if partition else "snapshot"
         return f"{self.root}/{folder}/{extraction}.parquet"
 
-    def read(self, partition: date | None, manifest: Manifest | None = None) -> pa.Table:
-        """The live rows of one partition (None: a snapshot table) of the current version."""
+    def read(
+        self, partition: date | None, manifest: Manifest | None = None, intact_only: bool = False
+    ) -> pa.Table:
+        """The live rows of one partition (None: a snapshot table) of the current version.
+        A missing or damaged file fails in one line naming it, or with `intact_only` is left
+        out (a re-extraction of the partition is about to supersede it)."""
         manifest = manifest or self.current()
-        parts = [self._live_rows(f) for f in manifest.files_of(partition)]
+        files = manifest.files_of(partition)
+        if intact_only:
+            damaged = {f.path for f, _ in self.damaged_files(files)}
+            files = [f for f in files if f.path not in damaged]
+        parts = [self._live_rows(f) for f in files]
         return _concat(parts) if parts else self.empty()
 
     def read_all(self, manifest: Manifest | None = None) -> pa.Table:
@@ -109,7 +151,10 @@ class BronzeStore:
         return bronze_schema(self.table).empty_table()
 
     def _live_rows(self, file: BronzeFile) -> pa.Table:
-        rows = self.lake.read_parquet([file.path])
+        try:
+            rows = self.lake.read_parquet([file.path])
+        except (OSError, pa.ArrowException) as error:
+            raise self.file_error(file, _problem(error)) from error
         if file.fully_live:
             return rows
         return rows.filter(self._live(file, rows[self.table.change_time_column]))
@@ -120,14 +165,32 @@ class BronzeStore:
         masks = [pc.and_(pc.greater_equal(time, w.start), pc.less(time, w.end)) for w in file.live]
         return functools.reduce(pc.or_, masks)
 
+    def file_error(self, file: BronzeFile, problem: str) -> LakeFileError:
+        """A bronze file the manifest lists cannot be read: one line naming it and the fix."""
+        where = f"partition {file.partition}" if file.partition else "snapshot"
+        return LakeFileError(
+            f"bronze {self.table.name}: {self.lake.uri(file.path)} ({where}) {problem}; run "
+            f"`{REPAIR_COMMAND}` to re-extract it from the source"
+        )
+
     @property
     def _manifests(self) -> str:
         return f"{self.root}/_manifests"
 
-    def _manifest_path(self, version: int) -> str:
+    def manifest_path(self, version: int) -> str:
         return f"{self._manifests}/v{version:010d}.json"
 
 
 def _concat(parts: list[pa.Table]) -> pa.Table:
     # Older files lack the columns added since (new source columns, `_untyped`): NULL there.
     return pa.concat_tables(parts, promote_options="default")
+
+
+def _problem(error: BaseException) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "is missing"
+    return f"is unreadable ({_first_line(error)})"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]

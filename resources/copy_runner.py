@@ -205,9 +205,10 @@ class LocalCopyRunner(ConfigurableResource):
 
         rows_read, files = 0, []
         if window is None:
-            # A snapshot identical to the one bronze holds is not copied again.
+            # A snapshot identical to the one bronze holds (intact) is not copied again.
             rows = self._read(table, query, carried)
-            if unchanged_snapshot(manifest, rows.select(list(table.column_names))):
+            unchanged = unchanged_snapshot(manifest, rows.select(list(table.column_names)))
+            if unchanged and not self.store(table).damaged_files(manifest.files):
                 log(f"{table.name}: unchanged since manifest version {manifest.version}")
                 return CopyResult(
                     table.name, None, high, query, rows_read=rows.num_rows,
@@ -284,7 +285,9 @@ class LocalCopyRunner(ConfigurableResource):
         for partition in sorted(p for p in touched if p is not None):
             part = window.intersect(Window.of_days(partition, partition))
             assert part is not None
-            old = store.read(partition, manifest)
+            # A damaged file cannot be carried: its past images are lost with it, and this
+            # re-extraction (the repair of that damage) must still go through.
+            old = store.read(partition, manifest, intact_only=True)
             time_ = old[CHANGE_AT]
             old = old.filter(
                 pc.and_(

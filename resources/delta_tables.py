@@ -7,27 +7,63 @@ table is first created empty, with its schema and partitioning.
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, Field
+from deltalake.exceptions import DeltaError, TableNotFoundError
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from resources.lake import LakeStorage
+from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from spotify_assets.reconcile import PartitionStats
 
 Days = tuple[date, date]  # inclusive range of daily partitions
+_LOG = "_delta_log"
+_LOG_ENTRY = re.compile(r"^(\d{20})\.(json|crc|checkpoint\.parquet)$")
 
 
 def exists(lake: LakeStorage, path: str) -> bool:
-    return lake.fs.exists(f"{path}/_delta_log")
+    return lake.fs.exists(f"{path}/{_LOG}")
+
+
+def log_gaps(lake: LakeStorage, path: str) -> list[int]:
+    """Commits missing from a Delta table's log: every version after the latest checkpoint (or
+    from 0) up to the newest commit or commit sidecar (`.crc`) must be there. A lost newest
+    commit without its `.crc` leaves no trace here (the layers' row counts show it)."""
+    try:
+        names = lake.fs.ls(f"{path}/{_LOG}", detail=False)
+    except FileNotFoundError:
+        return []
+    commits, checkpoints, seen = set(), set(), set()
+    for name in names:
+        if match := _LOG_ENTRY.match(posixpath.basename(name.rstrip("/"))):
+            version, kind = int(match.group(1)), match.group(2)
+            seen.add(version)
+            if kind == "json":
+                commits.add(version)
+            elif kind == "checkpoint.parquet":
+                checkpoints.add(version)
+    first = max(checkpoints, default=-1) + 1
+    return [v for v in range(first, max(seen, default=-1) + 1) if v not in commits]
+
+
+def check_log(lake: LakeStorage, path: str) -> None:
+    """`LakeFileError` naming the first missing commit of a table's log, and the fix."""
+    if gaps := log_gaps(lake, path):
+        raise LakeFileError(
+            f"{path}: Delta log commit {gaps[0]} ({_LOG}/{gaps[0]:020d}.json) is missing; run "
+            f"`{REPAIR_COMMAND}` to rebuild the table from the layer below"
+        )
 
 
 def create_if_missing(
     lake: LakeStorage, frame: DataFrame, path: str, partition: str | None
 ) -> None:
+    check_log(lake, path)
     if not exists(lake, path):
         empty = frame.limit(0).write.format("delta").mode("overwrite")
         (empty.partitionBy(partition) if partition else empty).save(path)
@@ -62,10 +98,24 @@ def _with_table_columns(lake: LakeStorage, frame: DataFrame, path: str) -> DataF
 
 
 def delta_table(lake: LakeStorage, relative: str, version: int | None = None) -> DeltaTable:
-    """delta-rs's view of a lake table (its log, versions and files), without Spark."""
-    return DeltaTable(
-        lake.uri(relative), version=version, storage_options=lake.delta_storage_options()
-    )
+    """delta-rs's view of a lake table (its log, versions and files), without Spark; a
+    damaged log fails in one line naming the table."""
+    check_log(lake, lake.path(relative))
+    try:
+        return DeltaTable(
+            lake.uri(relative), version=version, storage_options=lake.delta_storage_options()
+        )
+    except TableNotFoundError:
+        if not exists(lake, lake.path(relative)):
+            raise
+        raise _damaged(lake, relative, "has a Delta log without commits") from None
+    except DeltaError as error:
+        reason = (str(error).splitlines() or ["?"])[0]
+        raise _damaged(lake, relative, f"has an unreadable Delta log ({reason})") from error
+
+
+def _damaged(lake: LakeStorage, relative: str, problem: str) -> LakeFileError:
+    return LakeFileError(f"{lake.uri(relative)} {problem}; run `{REPAIR_COMMAND}`", problem)
 
 
 def partition_rows(

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from resources.delta_tables import (
     Days,
+    check_log,
     delta_table,
     exists,
     partition_rows,
@@ -231,6 +232,7 @@ class GoldRunner:
         return self.lake.path(f"{GOLD}/{name}")
 
     def _read(self, relative: str, version: int | None = None) -> DataFrame:
+        check_log(self.lake, self.lake.path(relative))  # a damaged log, in one line
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)

@@ -17,7 +17,7 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +43,19 @@ _TOKEN_MARGIN_SECONDS = 300
 
 class LakeConflictError(RuntimeError):
     """An object that must be created exactly once already exists (a concurrent writer)."""
+
+
+class LakeFileError(RuntimeError):
+    """A lake file is missing, damaged or cannot be written (a full disk). The message is one
+    line for the user: the file, its table, and what to run; `problem` is what is wrong alone."""
+
+    def __init__(self, message: str, problem: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem or message
+
+
+# What a user runs when a lake file is missing or damaged (README, "When something goes wrong").
+REPAIR_COMMAND = "spotify-lakehouse verify --repair"
 
 
 class LakeConfigError(ValueError):
@@ -259,9 +272,10 @@ class LakeStorage(ConfigurableResource):
     def write_parquet(self, relative: str, table: pa.Table) -> int:
         """Write an immutable parquet file; returns its size in bytes."""
         path = self.path(relative)
-        self._make_parent(path)
-        pq.write_table(table, path, filesystem=self._arrow_fs(), compression="zstd")
-        return self.fs.size(path)
+        with self._writing(relative):
+            self._make_parent(path)
+            pq.write_table(table, path, filesystem=self._arrow_fs(), compression="zstd")
+            return self.fs.size(path)
 
     def read_parquet(self, relatives: list[str], columns: list[str] | None = None) -> pa.Table:
         tables = [
@@ -269,6 +283,10 @@ class LakeStorage(ConfigurableResource):
             for r in relatives
         ]
         return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+    def parquet_rows(self, relative: str) -> int:
+        """Rows of a parquet file, from its footer (`FileNotFoundError` if it is missing)."""
+        return pq.read_metadata(self.path(relative), filesystem=self._arrow_fs()).num_rows
 
     def _arrow_fs(self) -> Any:
         # pyarrow's own local filesystem is much faster than going through the fsspec handler.
@@ -289,21 +307,20 @@ class LakeStorage(ConfigurableResource):
     def create_json(self, relative: str, value: Any) -> None:
         """Publish atomically and exclusively; `LakeConflictError` if it already exists."""
         path = self.path(relative)
-        self._make_parent(path)
         data = json.dumps(value, indent=1, sort_keys=True).encode()
-        if self.is_local:
-            tmp = _durable_temp_copy(path, data)
-            try:
-                os.link(tmp, path)  # atomic, and fails if the target exists
-            except FileExistsError:
-                raise LakeConflictError(f"{self.uri(relative)} already exists") from None
-            finally:
-                os.unlink(tmp)
-            return
         try:
-            # One upload, atomic; for mode "create" adlfs sends `If-None-Match: *`, so the
-            # store itself refuses a second creation (a conditional write, no check-then-act).
-            self.fs.pipe_file(path, data, mode="create")
+            with self._writing(relative):
+                self._make_parent(path)
+                if self.is_local:
+                    tmp = _durable_temp_copy(path, data)
+                    try:
+                        os.link(tmp, path)  # atomic, and fails if the target exists
+                    finally:
+                        os.unlink(tmp)
+                else:
+                    # One upload, atomic; for mode "create" adlfs sends `If-None-Match: *`, so
+                    # the store itself refuses a second creation (no check-then-act).
+                    self.fs.pipe_file(path, data, mode="create")
         except FileExistsError:
             raise LakeConflictError(f"{self.uri(relative)} already exists") from None
 
@@ -311,6 +328,33 @@ class LakeStorage(ConfigurableResource):
         """Remove a file; nothing happens if it is already gone."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(relative))
+
+    def set_aside(self, relative: str, folder: str) -> str:
+        """Move a damaged file into `folder` (next to it), out of every reader's way, kept for
+        inspection; returns its new lake-relative path."""
+        target = posixpath.join(posixpath.dirname(relative), folder, posixpath.basename(relative))
+        with self._writing(target):
+            self._make_parent(self.path(target))
+            self.fs.mv(self.path(relative), self.path(target))
+        return target
+
+    def remove_tree(self, relative: str) -> None:
+        """Delete a folder and everything below it (a damaged table about to be rebuilt)."""
+        with self._writing(relative):
+            if self.fs.exists(self.path(relative)):
+                self.fs.rm(self.path(relative), recursive=True)
+
+    @contextlib.contextmanager
+    def _writing(self, relative: str) -> Iterator[None]:
+        """OS errors of a write (a full disk, no permission) as one line naming the file;
+        `FileExistsError` passes through: it means a concurrent writer, not a fault."""
+        try:
+            yield
+        except FileExistsError:
+            raise
+        except OSError as error:
+            reason = error.strerror or str(error).splitlines()[0]
+            raise LakeFileError(f"cannot write {self.uri(relative)}: {reason}") from error
 
     def list_names(self, relative_dir: str) -> list[str]:
         """Names directly below a directory; empty if it does not exist."""
@@ -324,8 +368,13 @@ class LakeStorage(ConfigurableResource):
 def _durable_temp_copy(path: str, data: bytes) -> str:
     """`data` written and fsynced next to `path`, ready to be renamed or linked into place."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a full disk: leave no partial copy behind
+        raise
     return tmp

@@ -50,13 +50,17 @@ class SilverStore:
         self.path = lake.path(f"silver/{table.lake_name}")
         self.quarantine_path = lake.path(f"silver/_quarantine/{table.lake_name}")
 
-    def read_bronze(self, days: tuple[date, date] | None) -> DataFrame:
-        """The live bronze rows of the partitions `days` (inclusive); None: all of them."""
-        files = [
+    def bronze_files(self, days: tuple[date, date] | None) -> list[BronzeFile]:
+        """The bronze files of the partitions `days` (inclusive); None: all of them."""
+        return [
             f
             for f in self.bronze.current().files
             if days is None or (f.partition is not None and days[0] <= f.partition <= days[1])
         ]
+
+    def read_bronze(self, days: tuple[date, date] | None) -> DataFrame:
+        """The live bronze rows of the partitions `days` (inclusive); None: all of them."""
+        files = self.bronze_files(days)
         # Fully live files are read in one scan; superseded parts of the others are filtered out.
         whole = [self.lake.path(f.path) for f in files if f.fully_live]
         frames = [self.spark.read.parquet(*whole)] if whole else []
@@ -74,10 +78,16 @@ class SilverStore:
 
     def refresh(self, days: tuple[date, date] | None, run_id: str) -> SilverResult:
         """Rebuild the silver partitions `days` (and their quarantine) from bronze."""
-        bronze = self.read_bronze(days)
-        frames: SilverFrames = transform(self.table, bronze, run_id, self._accepted(days))
         partition = CHANGE_DATE if self.table.change_time_column else None
-        replace_partitions(self.lake, frames.valid, self.path, partition, days)
+        try:
+            bronze = self.read_bronze(days)
+            frames: SilverFrames = transform(self.table, bronze, run_id, self._accepted(days))
+            replace_partitions(self.lake, frames.valid, self.path, partition, days)
+        except Exception as error:
+            # A missing bronze file surfaces in Spark's words (when it plans or reads): name it.
+            if damaged := self.bronze.damaged_files(self.bronze_files(days)):
+                raise self.bronze.file_error(*damaged[0]) from error
+            raise
         replace_partitions(self.lake, frames.quarantine, self.quarantine_path, partition, days)
         written = self._read(self.path, days)
         quarantine = self._read(self.quarantine_path, days)
