@@ -471,6 +471,14 @@ class Catalog:
         """The catalog with every table's partitions starting on `start`."""
         return replace(self, tables=tuple(replace(t, partition_start=start) for t in self.tables))
 
+    def gold_tables(self, table: Table) -> tuple[str, ...]:
+        """The gold tables built from one source table (the fact brings the aggregates)."""
+        if table.gold is None:
+            return ()
+        if isinstance(table.gold, PointInTimeFact):
+            return (table.lake_name, *(a.name for a in self.aggregates))
+        return (table.lake_name,)
+
     @property
     def fact(self) -> Table:
         """The table gold's point-in-time fact and the aggregates are built from."""

@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from dagster import BetaWarning, DagsterInstance
+from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
 from resources import copy_runner, source_database
 from resources.delta_tables import delta_table, exists
-from resources.lake import LakeStorage
+from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from resources.lease import LakeBusyError, lake_writer
 from resources.odbc import Dialect, SourceConfigError, SourceUnavailableError
 from resources.source_db import SourceDatabase
-from spotify_assets import adf_pipeline, ingest
+from spotify_assets import adf_pipeline, ingest, recovery
 from spotify_assets.catalog import CATALOG, CatalogError
 from spotify_assets.catch_up import CatchUp
 from spotify_assets.generator import generate
@@ -186,12 +187,20 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
     table's watermark, then the refresh of any loaded day reconciliation finds stale."""
     source_database(settings).require_initialised()
     instance = dagster_instance(settings)
-    loads = ingest.incremental(settings, instance, tables)
-    repairs = ingest.repair(settings, instance, tables)
-    return {
-        "incremental": [asdict(load) for load in loads],
-        "repaired": [asdict(load) for load in repairs],
-    }
+    done: dict[str, list[ingest.TableLoad]] = {}
+    failures: list[str] = []
+    # Reconciliation's repairs run even if some incremental load failed: a damaged table blocks
+    # only itself.
+    for step, work in (("incremental", ingest.incremental), ("repaired", ingest.repair)):
+        try:
+            done[step] = work(settings, instance, tables)
+        except ingest.RunFailed as failed:
+            done[step], failures = failed.loads, failures + failed.failures
+    if failures:
+        raise ingest.RunFailed(
+            list(dict.fromkeys(failures)), done["incremental"] + done["repaired"]
+        )
+    return {step: [asdict(load) for load in loads] for step, loads in done.items()}
 
 
 @_writes_lake
@@ -202,6 +211,31 @@ def refresh(
     source_database(settings).require_initialised()
     instance = dagster_instance(settings)
     return [asdict(load) for load in ingest.refresh(settings, instance, first, last, tables)]
+
+
+def verify(settings: Settings, tables: Sequence[str] = ()) -> int:
+    """Print what is missing or damaged on the lake, one line each; exit code 1 if anything."""
+    source_database(settings).require_initialised()
+    faults = recovery.verify(settings, tables)
+    for fault in faults:
+        print(fault.describe())
+    if faults:
+        print(f"to rebuild these from the layer below: {REPAIR_COMMAND}")
+        return 1
+    print("the lake is consistent: manifests, bronze files and Delta logs agree")
+    return 0
+
+
+@_writes_lake
+def repair(settings: Settings, tables: Sequence[str] = ()) -> int:
+    """Rebuild what `verify` finds from the layer below; print what was done and what remains
+    (exit code 1 while something does)."""
+    source_database(settings).require_initialised()
+    done = recovery.repair(settings, dagster_instance(settings), tables)
+    _print(asdict(done))
+    for line in done.remaining:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if done.remaining else 0
 
 
 def adf_build(out: Path) -> list[str]:
@@ -353,6 +387,13 @@ def _parser() -> argparse.ArgumentParser:
     refresh_parser.add_argument("--from", dest="first", type=date.fromisoformat, required=True)
     refresh_parser.add_argument("--to", dest="last", type=date.fromisoformat, required=True)
     refresh_parser.add_argument("--tables", nargs="+", default=(), metavar="TABLE")
+    verify_parser = commands.add_parser(
+        "verify", help="check bronze manifests and files and the Delta logs against each other"
+    )
+    verify_parser.add_argument(
+        "--repair", action="store_true", help="rebuild what is damaged from the layer below"
+    )
+    verify_parser.add_argument("--tables", nargs="+", default=(), metavar="TABLE")
     commands.add_parser("demo", help="run the embedded demo end to end")
     adf = commands.add_parser("adf", help="Azure Data Factory JSON")
     adf_commands = adf.add_subparsers(dest="adf_command", required=True)
@@ -373,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(run(settings, args.tables))
         elif args.command == "refresh":
             _print(refresh(settings, args.first, args.last, args.tables))
+        elif args.command == "verify":
+            return (repair if args.repair else verify)(settings, args.tables)
         elif args.command == "adf":
             _print(adf_build(args.out))
         elif args.source_command == "init":
@@ -391,6 +434,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LakeBusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LAKE_BUSY
+    except ingest.RunFailed as failed:
+        if failed.loads:
+            _print([asdict(load) for load in failed.loads])
+        for line in failed.failures:
+            print(f"error: {line}", file=sys.stderr)
+        return 1
+    except LakeFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:  # Dagster's own storage: on a full disk, "disk I/O error"
+        home = os.environ.get("DAGSTER_HOME")  # set by `dagster_instance` before any run
+        print(f"error: Dagster's storage under {home} failed: {exc.orig}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk or a permission, outside the lake's own writes
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     return 0
 
 

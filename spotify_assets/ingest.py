@@ -11,16 +11,31 @@ A `PlannedRun` is one Dagster run over bronze, silver and gold of some tables:
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from dagster import AssetKey, AssetsDefinition, DagsterEventType, DagsterInstance, materialize
+from dagster import (
+    AssetKey,
+    AssetsDefinition,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    Field,
+    InitLoggerContext,
+    define_asset_job,
+    logger,
+)
 
 from resources import build_resources, copy_runner
 from resources.copy_runner import LocalCopyRunner
 from resources.engines import GoldEngine
+from resources.lake import REPAIR_COMMAND, LakeFileError
+from resources.lake_check import delta_faults
 from resources.reconciler import reconcile_all
 from spotify_assets.assets.bronze import (
     NOT_LOADED_YET_OLDEST,
@@ -37,6 +52,38 @@ from spotify_assets.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
 
 # Runs that write the lake carry this tag; the run queue admits one at a time (see cli.py).
 WRITER_TAG = {"spotify/writer": "lakehouse"}
+RUN_JOB = "lakehouse_run"
+
+
+class RunFailed(RuntimeError):
+    """Some runs (or the planning of some tables) failed: one line per failure, naming the asset
+    and partitions, the root error and where the full log is. `loads`: what the others did."""
+
+    def __init__(self, failures: Sequence[str], loads: Sequence[TableLoad] = ()) -> None:
+        super().__init__("\n".join(failures))
+        self.failures, self.loads = list(failures), list(loads)
+
+
+class _ErrorInfo(Protocol):
+    """What Dagster records of an exception (its serializable error info)."""
+
+    cls_name: str | None
+    message: str
+    cause: _ErrorInfo | None
+
+
+@logger(
+    config_schema={"log_level": Field(str, default_value="INFO")},
+    description="Progress on the console; failures are summed up by the caller in one line each.",
+)
+def progress_logger(context: InitLoggerContext) -> logging.Logger:
+    """Dagster's console lines below ERROR: a failure's traceback stays in the run's log."""
+    log = logging.Logger("dagster", level=context.logger_config["log_level"])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(lambda record: record.levelno < logging.ERROR)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    log.addHandler(handler)
+    return log
 
 
 @dataclass(frozen=True)
@@ -212,10 +259,10 @@ def incremental(
     settings: Settings, instance: DagsterInstance, tables: Sequence[str] = ()
 ) -> list[TableLoad]:
     """Copy what the source has gained since each table's watermark, through to gold."""
-    runner, resources = _runner(settings)
-    selected = _select(runner.source.catalog, tables)
+    runner, resources = runner_and_resources(settings)
+    selected, failures = _intact(runner, instance, select_tables(runner.source.catalog, tables))
     runs = plan_incremental(runner, selected, instance, settings.reconcile_lookback_days)
-    return execute(runs, runner.source.catalog, resources, instance)
+    return execute(runs, runner.source.catalog, resources, instance, failures)
 
 
 def refresh(
@@ -226,9 +273,10 @@ def refresh(
     tables: Sequence[str] = (),
 ) -> list[TableLoad]:
     """Re-extract the days `first`..`last` of the selected tables (a backdated refresh)."""
-    runner, resources = _runner(settings)
-    runs = plan_refresh(_select(runner.source.catalog, tables), first, last)
-    return execute(runs, runner.source.catalog, resources, instance)
+    runner, resources = runner_and_resources(settings)
+    selected, failures = _intact(runner, instance, select_tables(runner.source.catalog, tables))
+    runs = plan_refresh(selected, first, last)
+    return execute(runs, runner.source.catalog, resources, instance, failures)
 
 
 def repair(
@@ -236,11 +284,18 @@ def repair(
 ) -> list[TableLoad]:
     """Rebuild the loaded days some layer holds differently from the one above it (late or
     missing rows, an interrupted run), from that layer down."""
-    runner, resources = _runner(settings)
-    selected = _select(runner.source.catalog, tables)
+    runner, resources = runner_and_resources(settings)
+    selected, failures = _intact(runner, instance, select_tables(runner.source.catalog, tables))
     gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
-    runs = plan_repairs(runner, selected, settings.reconcile_lookback_days, gold.tables_on_lake)
-    return execute(runs, runner.source.catalog, resources, instance)
+    runs = []
+    for table in selected:
+        try:
+            runs += plan_repairs(
+                runner, [table], settings.reconcile_lookback_days, gold.tables_on_lake
+            )
+        except LakeFileError as error:  # that table waits for its repair; the others go on
+            failures.append(str(error))
+    return execute(runs, runner.source.catalog, resources, instance, failures)
 
 
 def execute(
@@ -248,24 +303,74 @@ def execute(
     catalog: Catalog,
     resources: dict[str, object],
     instance: DagsterInstance,
+    failures: Sequence[str] = (),
 ) -> list[TableLoad]:
+    """Every run, even after one failed; `RunFailed` at the end if any did (or `failures`,
+    found while planning, are given)."""
     runner: LocalCopyRunner = resources["copy_runner"]  # type: ignore[assignment]
     for table in dict.fromkeys(catalog[name] for run in runs for name in run.tables):
         if table.change_time_column:
             runner.first_change(table)  # rows older than the partition start: fail before a run
     loads: list[TableLoad] = []
+    failed = list(failures)
     for run in runs:
-        loads += _materialize(run, catalog, resources, instance)
+        result = _materialize(run, catalog, resources, instance)
+        if result.success:
+            loads += _loads(run, catalog, result)
+        else:
+            failed += _failure_lines(run, catalog, result, instance)
+    if failed:
+        raise RunFailed(failed, loads)
     return loads
 
 
 def _materialize(
     run: PlannedRun, catalog: Catalog, resources: dict[str, object], instance: DagsterInstance
-) -> list[TableLoad]:
+) -> ExecuteInProcessResult:
+    defs = Definitions(
+        assets=run.assets(catalog),
+        resources=resources,
+        jobs=[define_asset_job(RUN_JOB)],
+        loggers={"console": progress_logger},
+    )
+    return defs.resolve_job_def(RUN_JOB).execute_in_process(
+        run_config=run.run_config(catalog),
+        instance=instance,
+        tags={**run.tags, **WRITER_TAG},
+        raise_on_error=False,
+    )
+
+
+def _failure_lines(
+    run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult, instance: DagsterInstance
+) -> list[str]:
+    """One line per failed asset: its partitions, the root error, and where the full log is."""
+    keys = {a.op.name: (key, a.partitions_def) for a in run.assets(catalog) for key in a.keys}
+    log = f"run {result.run_id}"
+    if not instance.is_ephemeral:
+        log += f" in the Dagster UI (DAGSTER_HOME={instance.root_directory})"
+    lines = []
+    for event in result.get_step_failure_events():
+        key, partitioned = keys.get(event.step_key, (AssetKey(event.step_key), None))
+        days = f" {run.days[0]}..{run.days[1]}" if run.days and partitioned else ""
+        error = event.step_failure_data.error
+        lines.append(f"{key.to_user_string()}{days} failed: {_root(error)}; full log: {log}")
+    return lines or [f"{run.describe()} failed; full log: {log}"]
+
+
+def _root(error: _ErrorInfo | None) -> str:
+    """The first error below Dagster's wrappers, on one line, without its module path."""
+    while error is not None and (error.cls_name or "").startswith("Dagster") and error.cause:
+        error = error.cause
+    if error is None:
+        return "unknown error"
+    message = (error.message.strip().splitlines() or [""])[0]
+    prefix, _, text = message.partition(": ")
+    return f"{error.cls_name}: {text}" if prefix.endswith(str(error.cls_name)) else message
+
+
+def _loads(run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult) -> list[TableLoad]:
     assets = run.assets(catalog)
-    tags = {**run.tags, **WRITER_TAG}
-    result = materialize(assets, resources=resources, instance=instance, tags=tags,
-                         run_config=run.run_config(catalog))  # fmt: skip
 
     def metadata(key: AssetKey) -> dict:
         """The asset's materialization metadata; empty if the run did not select it."""
@@ -304,13 +409,37 @@ def _materialize(
     return loads
 
 
-def _runner(settings: Settings) -> tuple[LocalCopyRunner, dict[str, object]]:
+def runner_and_resources(settings: Settings) -> tuple[LocalCopyRunner, dict[str, object]]:
     """A runner that plans here, outside Dagster (its source resolved), and the resources the
     runs get (Dagster resolves their configuration when each run starts)."""
     return copy_runner(settings), build_resources(settings)
 
 
-def _select(catalog: Catalog, tables: Sequence[str]) -> list[Table]:
+def _intact(
+    runner: LocalCopyRunner, instance: DagsterInstance, tables: Sequence[Table]
+) -> tuple[list[Table], list[str]]:
+    """The tables whose bronze manifest and Delta logs can be trusted, and one line for each of
+    the others: a damaged table blocks only itself. An empty Delta table while the layer below
+    holds rows is damage once Dagster has recorded building it (before, it is not built yet)."""
+    intact, failures = [], []
+    for table in tables:
+        try:
+            manifest = runner.store(table).current()
+        except LakeFileError as error:
+            failures.append(str(error))
+            continue
+        faults = [
+            f
+            for f in delta_faults(runner.lake, runner.source.catalog, table, manifest)
+            if not f.empty or instance.get_latest_materialization_event(AssetKey(f.path.split("/")))
+        ]
+        failures += [f"{f.describe()}; run `{REPAIR_COMMAND}`" for f in faults]
+        if not faults:
+            intact.append(table)
+    return intact, failures
+
+
+def select_tables(catalog: Catalog, tables: Sequence[str]) -> list[Table]:
     return [catalog[name] for name in tables] if tables else list(catalog)
 
 

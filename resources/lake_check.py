@@ -1,0 +1,70 @@
+"""`spotify-lakehouse verify`: bronze manifests, bronze files and Delta logs checked against each
+other, layer by layer (DESIGN.md §11: an empty layer that should hold data is a fault).
+
+Reads only what is cheap: manifests, parquet footers, Delta logs and their file statistics.
+Row-by-row agreement of the layers is reconciliation's work (`resources/reconciler.py`).
+"""
+
+from __future__ import annotations
+
+from resources.bronze_store import BronzeStore
+from resources.delta_tables import delta_table, exists, log_gaps, partition_rows
+from resources.lake import LakeFileError, LakeStorage
+from spotify_assets.bronze_manifest import Manifest
+from spotify_assets.catalog import Catalog, Table
+from spotify_assets.faults import Fault, Layer
+
+
+def verify(lake: LakeStorage, catalog: Catalog, tables: list[Table]) -> list[Fault]:
+    """Everything wrong on the lake for `tables`, bronze first."""
+    return [fault for table in tables for fault in _table_faults(lake, catalog, table)]
+
+
+def _table_faults(lake: LakeStorage, catalog: Catalog, table: Table) -> list[Fault]:
+    store = BronzeStore(lake, table)
+    try:
+        manifest = store.current()
+    except LakeFileError as error:
+        # Without its manifest bronze cannot say what it holds: nothing below can be judged.
+        path = store.manifest_path(store.latest_version() or 0)
+        return [Fault(Layer.BRONZE, table.name, path, error.problem)]
+    faults = [
+        Fault(Layer.BRONZE, table.name, f.path, problem, (f.partition,) if f.partition else None)
+        for f, problem in store.damaged_files(manifest.files)
+    ]
+    return faults + delta_faults(lake, catalog, table, manifest)
+
+
+def delta_faults(
+    lake: LakeStorage, catalog: Catalog, table: Table, manifest: Manifest
+) -> list[Fault]:
+    """The faults of a table's silver and gold Delta tables (logs and emptiness only: cheap
+    enough to check before every run)."""
+    bronze_rows = sum(f.rows for f in manifest.files if f.live or f.window is None)
+    silver = [f"{Layer.SILVER}/{table.lake_name}", f"{Layer.SILVER}/_quarantine/{table.lake_name}"]
+    faults, silver_rows = _delta_faults(lake, table, Layer.SILVER, silver, bronze_rows)
+    for name in catalog.gold_tables(table):
+        faults += _delta_faults(lake, table, Layer.GOLD, [f"{Layer.GOLD}/{name}"], silver_rows)[0]
+    return faults
+
+
+def _delta_faults(
+    lake: LakeStorage, table: Table, layer: Layer, relatives: list[str], rows_below: int
+) -> tuple[list[Fault], int]:
+    """Faults of the Delta tables holding one layer of a table (silver: valid and quarantined
+    rows), and the rows they hold together; empty while the layer below holds rows is a fault."""
+    faults, rows = [], 0
+    for relative in relatives:
+        if gaps := log_gaps(lake, lake.path(relative)):
+            missing = ", ".join(f"{v:020d}.json" for v in gaps)
+            faults.append(Fault(layer, table.name, relative, f"is missing log commit(s) {missing}"))
+        elif exists(lake, lake.path(relative)):
+            try:
+                delta_table(lake, relative)
+                rows += partition_rows(lake, relative, None, None)
+            except LakeFileError as error:
+                faults.append(Fault(layer, table.name, relative, error.problem))
+    if not faults and rows_below and not rows:
+        problem = f"is empty while the layer below holds {rows_below:,} rows (a lost Delta log?)"
+        faults.append(Fault(layer, table.name, relatives[0], problem, empty=True))
+    return faults, rows
