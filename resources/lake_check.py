@@ -43,8 +43,10 @@ def delta_faults(
     bronze_rows = sum(f.rows for f in manifest.files if f.live or f.window is None)
     silver = [f"{Layer.SILVER}/{table.lake_name}", f"{Layer.SILVER}/_quarantine/{table.lake_name}"]
     faults, silver_rows = _delta_faults(lake, table, Layer.SILVER, silver, bronze_rows)
+    # Behind a damaged silver, what gold should hold is judged from bronze.
+    below = bronze_rows if faults else silver_rows
     for name in catalog.gold_tables(table):
-        faults += _delta_faults(lake, table, Layer.GOLD, [f"{Layer.GOLD}/{name}"], silver_rows)[0]
+        faults += _delta_faults(lake, table, Layer.GOLD, [f"{Layer.GOLD}/{name}"], below)[0]
     return faults
 
 
