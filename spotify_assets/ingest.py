@@ -260,7 +260,7 @@ def incremental(
 ) -> list[TableLoad]:
     """Copy what the source has gained since each table's watermark, through to gold."""
     runner, resources = runner_and_resources(settings)
-    selected, failures = _intact(runner, instance, select_tables(runner.source.catalog, tables))
+    selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
     runs = plan_incremental(runner, selected, instance, settings.reconcile_lookback_days)
     return execute(runs, runner.source.catalog, resources, instance, failures)
 
@@ -274,7 +274,7 @@ def refresh(
 ) -> list[TableLoad]:
     """Re-extract the days `first`..`last` of the selected tables (a backdated refresh)."""
     runner, resources = runner_and_resources(settings)
-    selected, failures = _intact(runner, instance, select_tables(runner.source.catalog, tables))
+    selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
     runs = plan_refresh(selected, first, last)
     return execute(runs, runner.source.catalog, resources, instance, failures)
 
@@ -285,7 +285,7 @@ def repair(
     """Rebuild the loaded days some layer holds differently from the one above it (late or
     missing rows, an interrupted run), from that layer down."""
     runner, resources = runner_and_resources(settings)
-    selected, failures = _intact(runner, instance, select_tables(runner.source.catalog, tables))
+    selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
     gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
     runs = []
     for table in selected:
@@ -415,12 +415,10 @@ def runner_and_resources(settings: Settings) -> tuple[LocalCopyRunner, dict[str,
     return copy_runner(settings), build_resources(settings)
 
 
-def _intact(
-    runner: LocalCopyRunner, instance: DagsterInstance, tables: Sequence[Table]
-) -> tuple[list[Table], list[str]]:
-    """The tables whose bronze manifest and Delta logs can be trusted, and one line for each of
-    the others: a damaged table blocks only itself. An empty Delta table while the layer below
-    holds rows is damage once Dagster has recorded building it (before, it is not built yet)."""
+def _intact(runner: LocalCopyRunner, tables: Sequence[Table]) -> tuple[list[Table], list[str]]:
+    """The tables whose bronze manifest and Delta logs can be read, and one line for each of the
+    others: a damaged table blocks only itself. (An emptied table with an intact log is not
+    blocked: reconciliation compares the layers and rebuilds it; `verify` names it.)"""
     intact, failures = [], []
     for table in tables:
         try:
@@ -428,11 +426,8 @@ def _intact(
         except LakeFileError as error:
             failures.append(str(error))
             continue
-        faults = [
-            f
-            for f in delta_faults(runner.lake, runner.source.catalog, table, manifest)
-            if not f.empty or instance.get_latest_materialization_event(AssetKey(f.path.split("/")))
-        ]
+        catalog = runner.source.catalog
+        faults = [f for f in delta_faults(runner.lake, catalog, table, manifest) if not f.empty]
         failures += [f"{f.describe()}; run `{REPAIR_COMMAND}`" for f in faults]
         if not faults:
             intact.append(table)
