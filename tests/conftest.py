@@ -363,3 +363,19 @@ def killed_run() -> Callable[[Lakehouse, random.Random], None]:
     """`killed_run(cli, rng)`: a CLI `run` SIGKILLed at a random moment after bronze committed
     (see `run_killed_after_bronze`)."""
     return run_killed_after_bronze
+
+
+@dataclass(frozen=True)
+class GoldReference:
+    """Gold as plain SQL on the source (tests/test_gold.py): keep the dimensions as created
+    right after `source init`, then assert gold equals the reference."""
+
+    keep_initial_dimensions: Callable[[Settings], None]
+    assert_gold_equals_source: Callable[[Settings], None]
+
+
+@pytest.fixture(scope="session")
+def gold_reference() -> GoldReference:
+    from tests.test_gold import assert_gold_equals_source, keep_initial_dimensions
+
+    return GoldReference(keep_initial_dimensions, assert_gold_equals_source)
