@@ -132,7 +132,7 @@ def test_damaged_bronze_files_and_manifests_are_named_and_verify_repair_rebuilds
         ("FactStream", str(missing), "is missing"),
         ("DimUser", str(truncated), "is unreadable"),
     )
-    store = copy_runner(cli.settings, in_dagster=False).store(CATALOG["DimTrack"])
+    store = copy_runner(cli.settings).store(CATALOG["DimTrack"])
     assert store.current().watermark.date() > END, "the other tables were loaded"
 
     code, _ = cli("verify")
