@@ -198,17 +198,20 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_next_run_recovers(
 ) -> None:
     source_simulate(cli.settings, 1, 9, SimulationRates())
 
-    def full(write: Callable[..., object]) -> Callable[..., object]:
+    def full(write: Callable[..., object], path_arg: int) -> Callable[..., object]:
+        """`write`, failing with ENOSPC for the files under `target`."""
+
         def writing(*args: object, **kwargs: object) -> object:
-            if target in str(args[1] if write is pq.write_table else args[0]):
+            if target in str(args[path_arg]):
                 raise OSError(errno.ENOSPC, "No space left on device")
             return write(*args, **kwargs)
 
         return writing
 
     with monkeypatch.context() as disk:
-        disk.setattr(pq, "write_table", full(pq.write_table))
-        disk.setattr(resources.lake, "_durable_temp_copy", full(resources.lake._durable_temp_copy))
+        disk.setattr(pq, "write_table", full(pq.write_table, 1))
+        json_write = full(resources.lake._durable_temp_copy, 0)
+        disk.setattr(resources.lake, "_durable_temp_copy", json_write)
         code, errors = cli("run")
     assert code == 1
     assert len(errors) == 1 and target in errors[0] and "No space left on device" in errors[0]
