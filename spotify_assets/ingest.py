@@ -262,7 +262,7 @@ def incremental(
     runner, resources = runner_and_resources(settings)
     selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
     runs = plan_incremental(runner, selected, instance, settings.reconcile_lookback_days)
-    return execute(runs, runner.source.catalog, resources, instance, failures)
+    return execute(runs, runner, resources, instance, failures)
 
 
 def refresh(
@@ -276,7 +276,7 @@ def refresh(
     runner, resources = runner_and_resources(settings)
     selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
     runs = plan_refresh(selected, first, last)
-    return execute(runs, runner.source.catalog, resources, instance, failures)
+    return execute(runs, runner, resources, instance, failures)
 
 
 def repair(
@@ -295,19 +295,20 @@ def repair(
             )
         except LakeFileError as error:  # that table waits for its repair; the others go on
             failures.append(str(error))
-    return execute(runs, runner.source.catalog, resources, instance, failures)
+    return execute(runs, runner, resources, instance, failures)
 
 
 def execute(
     runs: Sequence[PlannedRun],
-    catalog: Catalog,
+    runner: LocalCopyRunner,
     resources: dict[str, object],
     instance: DagsterInstance,
     failures: Sequence[str] = (),
 ) -> list[TableLoad]:
     """Every run, even after one failed; `RunFailed` at the end if any did (or `failures`,
-    found while planning, are given)."""
-    runner: LocalCopyRunner = resources["copy_runner"]  # type: ignore[assignment]
+    found while planning, are given). `runner` is the resolved one of `runner_and_resources`:
+    Dagster's `resources` hold the source's connection string as an `EnvVar`."""
+    catalog = runner.source.catalog
     for table in dict.fromkeys(catalog[name] for run in runs for name in run.tables):
         if table.change_time_column:
             runner.first_change(table)  # rows older than the partition start: fail before a run

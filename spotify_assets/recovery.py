@@ -73,7 +73,7 @@ def repair(settings: Settings, instance: DagsterInstance, tables: Sequence[str] 
             runs.append(PlannedRun((table.name,), days, False, "", start))
     loads, failures = [], []
     try:
-        loads = execute(runs, catalog, resources, instance)
+        loads = execute(runs, runner, resources, instance)
     except RunFailed as failed:
         loads, failures = failed.loads, failed.failures
     remaining = [f.describe() for f in verify_lake(runner.lake, catalog, selected)]
