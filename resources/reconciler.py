@@ -4,7 +4,8 @@
   rows of those days, profiled the same way;
 - bronze ↔ silver (+ quarantine) ↔ gold fact ↔ aggregates, over every loaded day: partition
   statistics from the bronze manifest and the Delta logs (no data read, no Spark), and the fact's
-  days against the dimensions' silver days up to them (the fact's point-in-time lookups).
+  days against the dimension versions taking effect up to them (the fact's point-in-time
+  lookups; a version backdated in business time counts from its business day).
 
 `reconcile_all` gives, per table, the stale days and the layer each must be rebuilt from.
 """
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 from resources.copy_runner import LocalCopyRunner
 from resources.delta_tables import exists, partition_rows, partition_stats
 from resources.lake import LakeStorage
-from spotify_assets.catalog import CHANGE_DATE, CHANGE_SEQ, CaptureMode, Table
+from spotify_assets.catalog import CHANGE_DATE, CHANGE_SEQ, VERSION_AT, CaptureMode, Table
 from spotify_assets.gold_spec import PointInTimeFact, Scd2Dimension
 from spotify_assets.reconcile import (
     ABSENT,
@@ -157,7 +158,9 @@ def _lake_layers(
         fact_name = f"gold/{table.lake_name}"
         fact = held[fact_name] = partition_stats(lake, fact_name, spec.date_column)
         dimensions = _newest(
-            partition_stats(lake, f"silver/{catalog[lookup.dimension].lake_name}", CHANGE_DATE)
+            partition_stats(
+                lake, f"silver/{catalog[lookup.dimension].lake_name}", CHANGE_DATE, VERSION_AT
+            )
             for lookup in spec.lookups
         )
         stale = stale_partitions(silver, fact, False) | written_before(dimensions, fact)

@@ -9,18 +9,27 @@ import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from dagster import DagsterInstance, build_sensor_context
+from deltalake import write_deltalake
 from sqlglot import exp
 
-from resources.delta_tables import delta_table
+from resources.delta_tables import delta_table, partition_stats
 from resources.dialects import DIALECTS
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
 from resources.odbc import Dialect
 from resources.reconciler import reconcile
 from resources.silver_store import SilverStore
-from spotify_assets.catalog import CATALOG, CHANGE_AT, CHANGE_SEQ, CaptureMode
+from spotify_assets.catalog import (
+    CATALOG,
+    CHANGE_AT,
+    CHANGE_DATE,
+    CHANGE_SEQ,
+    VERSION_AT,
+    CaptureMode,
+)
 from spotify_assets.catch_up import CatchUp
 from spotify_assets.cli import INSTANCE_CONFIG, refresh, run
 from spotify_assets.definitions import build_definitions
@@ -78,6 +87,28 @@ def test_a_fact_day_is_stale_once_a_dimension_day_up_to_it_was_rewritten() -> No
     dimensions = {D2: PartitionStats(0, written=50)}
     fact = {d: PartitionStats(1, written=40) for d in (D1, D2, D3)} | {D5: PartitionStats(1, 60)}
     assert written_before(dimensions, fact) == {D2, D3}
+
+
+def test_a_backdated_dimension_version_counts_from_its_business_day(tmp_path: Path) -> None:
+    """A version changed today with an old business time (an update keeping an old updated_at)
+    changes the fact's point-in-time lookups from that old day on: its silver file counts there."""
+    lake = LakeStorage(url=str(tmp_path))
+    versions = [datetime(2026, 1, 3, 5), datetime(2026, 1, 9, 8)]
+    silver = pa.table(
+        {
+            "user_id": [1, 2],
+            VERSION_AT: pa.array(versions, pa.timestamp("us")),
+            CHANGE_DATE: pa.array([date(2026, 1, 9), date(2026, 1, 9)]),
+        }
+    )
+    write_deltalake(lake.path("silver/dim_user"), silver, partition_by=[CHANGE_DATE])
+    by_change = partition_stats(lake, "silver/dim_user", CHANGE_DATE)
+    by_effect = partition_stats(lake, "silver/dim_user", CHANGE_DATE, VERSION_AT)
+    assert list(by_change) == [date(2026, 1, 9)]
+    assert list(by_effect) == [date(2026, 1, 3)]
+    fact = {day: PartitionStats(1, 0) for day in (date(2026, 1, 2), date(2026, 1, 4))}
+    assert written_before(by_change, fact) == set()
+    assert written_before(by_effect, fact) == {date(2026, 1, 4)}
 
 
 def test_a_day_is_rebuilt_from_its_first_stale_layer_in_ranges() -> None:
