@@ -1,13 +1,12 @@
-"""Random change histories through the source, the CLI and gold (DESIGN.md §11, "SCD2 order").
+"""Change histories through the source, the CLI and gold (DESIGN.md §11, "SCD2 order").
 
 A loaded lakehouse (source, lake and Dagster home) is prepared once per source engine; each
-example starts from a copy of it, edits the source with SQL as an application would — updates,
+history starts from a copy of it, edits the source with SQL as an application would — updates,
 updates that keep `updated_at`, deletes, re-inserts of deleted keys, restores of a deleted row with
 its original `updated_at`, key updates, new streams, several changes in one clock tick or at
 equal timestamps — runs `spotify-lakehouse run` after each round, and then gold equals plain SQL
 over the source: the current version of every key, every stream with its point-in-time user, and
-every aggregate. Each CLI run costs seconds: examples are few and derandomized (replayable);
-hypothesis prints the failing history.
+every aggregate. Generated histories found the open case kept below as an expected failure.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from typing import Any
 import pyarrow as pa
 import pyodbc
 import pytest
-from hypothesis import Phase, example, given, settings
-from hypothesis import strategies as st
 
 from resources import source_database
 from resources.odbc import Dialect
@@ -40,16 +37,7 @@ NEW_KEY = 5000  # key updates move a user here and above (never allocated by the
 COUNTRIES = ("US", "GB", "SE")
 PLANS = ("Free", "Premium", "Family")
 
-KINDS = ("update", "update_keeping_time", "delete", "reinsert", "restore", "rekey", "stream")
-change = st.tuples(
-    st.sampled_from(KINDS),
-    st.integers(0, len(KEYS) - 1),  # which key (among those still known)
-    st.sampled_from(COUNTRIES),
-    st.sampled_from(PLANS),
-    st.sampled_from([0, 0, 1, 90]),  # seconds the clock moves first: 0 = the same tick
-)
-histories = st.lists(st.lists(change, min_size=1, max_size=6), min_size=1, max_size=2)
-# Every pattern at least once, whatever the generated examples hold: a re-insert in the delete's
+# Every pattern at least once: a re-insert in the delete's
 # tick, an update keeping updated_at, two updates at one timestamp, a restore with the original
 # updated_at, a key update, and streams after the changes.
 EVERY_PATTERN = [
@@ -165,29 +153,44 @@ def loaded(lakehouse_cli: Lakehouse, request: pytest.FixtureRequest) -> Callable
     return lambda: copy_of(lakehouse_cli, postgres)
 
 
-@pytest.mark.xfail(
-    reason="needs a fix no branch owns yet: a dimension version dated before fact days already "
-    "built (an update keeping an old updated_at) reaches those days only through a refresh",
-    strict=False,
-)
-def test_gold_follows_any_change_history(loaded: Callable[[], Lakehouse]) -> None:
-    # No shrinking: each step would cost CLI runs; the failing history is printed as generated.
-    @settings(max_examples=2, deadline=None, derandomize=True, database=None,
-              phases=[Phase.explicit, Phase.generate])  # fmt: skip
-    @given(histories)
-    @example(EVERY_PATTERN)
-    def check(history: list[list[tuple[str, int, str, str, int]]]) -> None:
-        cli = loaded()
-        source = source_database(cli.settings)
-        with source.session() as session:
-            editor = SourceEditor.open(session)
-            for round_ in history:
-                for kind, which, country, plan, tick in round_:
-                    editor.apply(kind, which, country, plan, tick)
-                editor.close_round()
-                cli("run")
-        assert_dimensions_equal_source(cli.settings)
-        assert_gold_equals_source(cli.settings)
-        shutil.rmtree(cli.home)
+def replay(cli: Lakehouse, history: list[list[tuple[str, int, str, str, int]]]) -> None:
+    """Edit the source round by round, `spotify-lakehouse run` after each; then gold equals
+    plain SQL over the source."""
+    source = source_database(cli.settings)
+    with source.session() as session:
+        editor = SourceEditor.open(session)
+        for round_ in history:
+            for kind, which, country, plan, tick in round_:
+                editor.apply(kind, which, country, plan, tick)
+            editor.close_round()
+            cli("run")
+    assert_dimensions_equal_source(cli.settings)
+    assert_gold_equals_source(cli.settings)
 
-    check()
+
+def test_gold_follows_every_change_pattern(loaded: Callable[[], Lakehouse]) -> None:
+    replay(loaded(), EVERY_PATTERN)
+
+
+# Found by generated histories: an update that keeps an old updated_at, after a restore of the
+# same user, changes the user's version on fact days already built (stream 1386 on 2026-11-08
+# keeps DE/Premium in gold; plain SQL gives GB/Free).
+BACKDATED_VERSION = [
+    [("reinsert", 2, "US", "Free", 1), ("rekey", 2, "GB", "Premium", 0),
+     ("update", 0, "GB", "Premium", 1), ("delete", 1, "GB", "Premium", 0),
+     ("restore", 2, "GB", "Premium", 0), ("update", 2, "GB", "Free", 1)],
+    [("restore", 1, "GB", "Family", 0), ("stream", 1, "SE", "Free", 0),
+     ("restore", 2, "GB", "Family", 0), ("stream", 2, "GB", "Free", 0),
+     ("update_keeping_time", 1, "GB", "Free", 0), ("delete", 1, "SE", "Premium", 0)],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("lakehouse_cli", ["sqlite"], indirect=True)
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: a backdated version after a restore does not reach fact days already built",
+)
+def test_a_backdated_version_reaches_fact_days_already_built(
+    loaded: Callable[[], Lakehouse],
+) -> None:
+    replay(loaded(), BACKDATED_VERSION)
