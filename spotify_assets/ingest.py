@@ -287,14 +287,20 @@ def repair(
     runner, resources = runner_and_resources(settings)
     selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
     gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
-    runs = []
-    for table in selected:
-        try:
-            runs += plan_repairs(
-                runner, [table], settings.reconcile_lookback_days, gold.tables_on_lake
-            )
-        except LakeFileError as error:  # that table waits for its repair; the others go on
-            failures.append(str(error))
+
+    def plan(tables: Sequence[Table]) -> list[PlannedRun]:
+        return plan_repairs(runner, tables, settings.reconcile_lookback_days, gold.tables_on_lake)
+
+    # Planned together: a dimension rebuilt brings the fact's days after it.
+    try:
+        runs = plan(selected)
+    except LakeFileError:  # some table's files are damaged: it waits, the others go on
+        runs = []
+        for table in selected:
+            try:
+                runs += plan([table])
+            except LakeFileError as error:
+                failures.append(str(error))
     return execute(runs, runner, resources, instance, failures)
 
 
