@@ -31,7 +31,6 @@ from resources.lease import (
 )
 from spotify_assets.assets.bronze import build_bronze_asset
 from spotify_assets.assets.silver import build_silver_asset
-from spotify_assets.catalog import CATALOG
 from spotify_assets.cli import EXIT_LAKE_BUSY, source_init
 from spotify_assets.settings import Settings
 from tests.conftest import CLI, Azurite, BoundedRun
@@ -201,7 +200,7 @@ def test_a_sensor_run_waits_for_the_cli_and_writes_nothing_until_it_may(
     )  # fmt: skip
     end = datetime.now(UTC).date() - timedelta(days=1)
     source_init(settings, 0.001, 7, end, history_days=3)
-    calendar = CATALOG["DimDate"]
+    calendar = settings.catalog["DimDate"]
     assets = [build_bronze_asset(calendar), build_silver_asset(calendar)]
     tags = {"dagster/sensor_name": "cdc_arrival_sensor"}
 
