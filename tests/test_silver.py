@@ -94,7 +94,7 @@ def test_replaying_a_partition_changes_nothing(lakehouse) -> None:
 
 def test_a_bronze_refresh_cascades_into_silver(lakehouse) -> None:
     source, runner, _ = lakehouse
-    facts = CATALOG["FactStream"]
+    facts = runner.source.catalog["FactStream"]
     store = store_of(lakehouse, "FactStream")
     store.refresh(ALL_DAYS, "build")
     with source.session() as session:
