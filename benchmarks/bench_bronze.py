@@ -65,7 +65,7 @@ def step_create(ctx: Context) -> Payload:
 def step_simulate(ctx: Context) -> Payload:
     """One simulated day of inserts, updates, deletes and late data (~1% of the rows)."""
     from spotify_assets.cli import source_simulate
-    from spotify_assets.simulator import SimulationRates
+    from spotify_assets.source.simulator import SimulationRates
 
     simulated = source_simulate(settings(ctx), 1, SEED, SimulationRates())
     return {"rows": simulated["rows_changed"], "seconds": simulated["seconds"]}
@@ -110,7 +110,7 @@ def step_floor(ctx: Context) -> Payload:
     import connectorx
     import pyarrow.parquet as pq
 
-    from spotify_assets.catalog import CATALOG
+    from spotify_assets.catalog.tables import CATALOG
 
     query = f"SELECT {', '.join(CATALOG[FACT].column_names)} FROM {FACT}"
     target = ctx.work / "floor" / f"{FACT}.parquet"

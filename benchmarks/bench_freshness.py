@@ -51,11 +51,11 @@ import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from harness import fmt, workdir
 
-from resources import source_database
 from spotify_assets.cli import dagster_instance
-from spotify_assets.sensors.automation import ARRIVAL_INTERVAL_SECONDS
-from spotify_assets.settings import Settings
-from spotify_assets.simulator import SimulationRates, simulate
+from spotify_assets.orchestration.resources import source_database
+from spotify_assets.orchestration.sensors.automation import ARRIVAL_INTERVAL_SECONDS
+from spotify_assets.orchestration.settings import Settings
+from spotify_assets.source.simulator import SimulationRates, simulate
 
 REPO = Path(__file__).resolve().parent.parent
 SENSOR = "cdc_arrival_sensor"

@@ -67,7 +67,7 @@ GOAL_INCREMENTAL_SHARE = 0.10
 
 def _rates() -> Any:
     """One simulated day: updates of about 1% of each dimension's keys, nothing else."""
-    from spotify_assets.simulator import SimulationRates
+    from spotify_assets.source.simulator import SimulationRates
 
     return SimulationRates(
         new_users=0.0,

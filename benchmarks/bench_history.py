@@ -40,8 +40,8 @@ def step_source(ctx: Context) -> Payload:
 def step_first_load(ctx: Context) -> Payload:
     from dagster import DagsterEventType
 
-    from spotify_assets import ingest
     from spotify_assets.cli import dagster_instance
+    from spotify_assets.orchestration import ingest
 
     config = settings(ctx)
     instance = dagster_instance(config)

@@ -64,7 +64,7 @@ GOAL_PEAK_MIB = 2048
 
 
 def _fact() -> Any:
-    from spotify_assets.catalog import CATALOG
+    from spotify_assets.catalog.tables import CATALOG
 
     return CATALOG[FACT]
 
@@ -166,7 +166,7 @@ def step_sail_replay(ctx: Context) -> Payload:
 
 def _transform_and_write(spark: Any, bronze: Any, target: Path) -> dict[str, float]:
     """The pure transform, then `valid` and `quarantine` as parquet (each a query of its own)."""
-    from spotify_assets.silver import transform
+    from spotify_assets.silver.transform import transform
 
     parts = {}
     started = time.perf_counter()

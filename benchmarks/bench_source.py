@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from spotify_assets.cli import source_init, source_simulate
-from spotify_assets.generator import generate
-from spotify_assets.settings import Settings
-from spotify_assets.simulator import SimulationRates, simulate, state_from_initial
+from spotify_assets.orchestration.settings import Settings
+from spotify_assets.source.generator import generate
+from spotify_assets.source.simulator import SimulationRates, simulate, state_from_initial
 
 SEED = 42
 

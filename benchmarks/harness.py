@@ -53,7 +53,7 @@ def peak_mib() -> float:
 
 
 def settings(ctx: Context) -> Any:
-    from spotify_assets.settings import Settings
+    from spotify_assets.orchestration.settings import Settings
 
     result = Settings.from_env({"SPOTIFY_HOME": str(ctx.work)})
     assert result.embedded_source_path == ctx.source, result.embedded_source_path

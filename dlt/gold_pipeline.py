@@ -1,8 +1,8 @@
 """The gold layer as a Databricks Lakeflow (DLT) declarative pipeline, declared from the catalog.
 
-Every dataset comes from a gold spec of `spotify_assets.catalog.CATALOG` (DESIGN.md §6); the local
-runner (`resources/gold_runner.py`) applies the same specs on Sail, and both run the queries of
-`spotify_assets.gold`:
+Every dataset comes from a gold spec of `spotify_assets.catalog.tables.CATALOG` (DESIGN.md §6);
+the local runner (`resources/gold_runner.py`) applies the same specs on Sail, and both run the
+queries of `spotify_assets.gold.transform`:
 
     silver_<dim>    temporary view     silver's change data feed; rows failing the spec's
                                        expectations dropped (`expect_all_or_drop`)
@@ -62,9 +62,7 @@ if "__file__" in globals():
     if _REPO_ROOT not in sys.path:
         sys.path.append(_REPO_ROOT)
 
-from spotify_assets.catalog import CATALOG, Catalog, Table
-from spotify_assets.gold import SILVER_VERSION_COLUMNS, aggregate, point_in_time
-from spotify_assets.gold_spec import (
+from spotify_assets.catalog.gold_spec import (
     END_AT,
     START_AT,
     Aggregate,
@@ -72,7 +70,9 @@ from spotify_assets.gold_spec import (
     PointInTimeFact,
     Scd2Dimension,
 )
-from spotify_assets.rules import Rule
+from spotify_assets.catalog.rules import Rule
+from spotify_assets.catalog.tables import CATALOG, Catalog, Table
+from spotify_assets.gold.transform import SILVER_VERSION_COLUMNS, aggregate, point_in_time
 
 LAKE_URL_CONF = "spotify.lake_url"
 # Delta change data feed: its metadata columns, and the change types that carry a row as it now is.
@@ -122,7 +122,8 @@ def _silver_view(table: Table) -> str:
 
 
 def _expect(rules: tuple[Rule, ...]) -> Callable[[QueryFunction], QueryFunction]:
-    """Rows failing any rule are dropped and counted per rule, like `spotify_assets.gold.expect`."""
+    """Rows failing any rule are dropped and counted per rule, like
+    `spotify_assets.gold.transform.expect`."""
     if not rules or not EXPECTATIONS_SUPPORTED:
         return lambda query: query
     return dp.expect_all_or_drop({rule.name: rule.predicate for rule in rules})

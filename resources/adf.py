@@ -29,8 +29,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from spotify_assets.adf_pipeline import PIPELINE_NAME, DeploySettings, render, run_parameters
-from spotify_assets.windows import Window
+from spotify_assets.bronze.adf_pipeline import PIPELINE_NAME, DeploySettings, render, run_parameters
+from spotify_assets.bronze.windows import Window
 
 API_VERSION = "2018-06-01"
 ARM_ENDPOINT = "https://management.azure.com"

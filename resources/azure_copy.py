@@ -31,10 +31,10 @@ from resources.copy_runner import (
     nothing_copied,
     unchanged_snapshot,
 )
-from resources.dialects import DIALECTS
-from spotify_assets.bronze_manifest import BronzeFile
-from spotify_assets.catalog import CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
-from spotify_assets.windows import Window
+from spotify_assets.bronze.dialects import DIALECTS
+from spotify_assets.bronze.manifest import BronzeFile
+from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.tables import CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
 
 # The audit columns ADF's Copy adds as strings (`additionalColumns`): bronze stores timestamps.
 _TIMESTAMP_COLUMNS = (EXTRACTED_AT, WINDOW_START, WINDOW_END)

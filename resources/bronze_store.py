@@ -19,8 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
-from spotify_assets.bronze_manifest import BronzeFile, Manifest
-from spotify_assets.catalog import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
+from spotify_assets.bronze.manifest import BronzeFile, Manifest
+from spotify_assets.catalog.tables import (
+    CHANGE_AT,
+    CHANGE_OP,
+    CHANGE_SEQ,
+    UNTYPED,
+    CaptureMode,
+    Table,
+)
 
 _VERSION = re.compile(r"^v(\d{10})\.json$")
 DAMAGED = "damaged"  # where `verify --repair` sets damaged manifests aside, below _manifests
@@ -35,7 +42,8 @@ RUN_ID = "_run_id"
 
 def bronze_schema(table: Table, carried: tuple[str, ...] = ()) -> pa.Schema:
     """Source columns (the catalog's, then new ones carried as text), then the audit columns;
-    `_untyped` holds the raw text of values that did not fit their type (source_schema.py)."""
+    `_untyped` holds the raw text of values that did not fit their type
+    (spotify_assets/source/schema.py)."""
     audit = [pa.field(CHANGE_OP, pa.string(), nullable=False), pa.field(CHANGE_SEQ, pa.int64())]
     if table.mode is CaptureMode.CDC:
         audit.append(pa.field(CHANGE_AT, pa.timestamp("us"), nullable=False))

@@ -33,21 +33,21 @@ from resources.bronze_store import (
     BronzeStore,
     bronze_schema,
 )
-from resources.dialects import DIALECTS
 from resources.lake import LakeStorage
 from resources.odbc import SourceUnavailableError
 from resources.source_db import SourceDatabase
 from resources.source_reader import ReaderKind, read_arrow
-from spotify_assets.bronze_manifest import BronzeFile, Manifest
-from spotify_assets.catalog import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
-from spotify_assets.source_schema import (
+from spotify_assets.bronze.dialects import DIALECTS
+from spotify_assets.bronze.manifest import BronzeFile, Manifest
+from spotify_assets.bronze.windows import Window, midnight
+from spotify_assets.catalog.tables import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
+from spotify_assets.source.schema import (
     SourceColumns,
     all_typed,
     compare_columns,
     text_schema,
     type_values,
 )
-from spotify_assets.windows import Window, midnight
 
 _EPOCH = date(1970, 1, 1)
 

@@ -1,7 +1,7 @@
 """Databricks: silver as a job task through Dagster Pipes, gold as a pipeline update.
 
 - `DatabricksSilverRunner` submits a one-time job run (`PipesDatabricksClient`, a
-  `jobs.SubmitTask`) of `spotify_assets/databricks_silver.py` from the asset bundle's synced
+  `jobs.SubmitTask`) of `resources/databricks_silver.py` from the asset bundle's synced
   files, with the table, the partition days and the run id as arguments. The task runs the same
   `SilverStore.refresh` as the local engine and reports its counts back through Pipes.
 - `DltPipelineRunner` starts an update of the bundle's pipeline (`dlt/gold_pipeline.py`) for the
@@ -39,17 +39,17 @@ from databricks.sdk.errors import DatabricksError
 from databricks.sdk.service import compute, jobs, pipelines
 from pydantic import Field
 
+from resources.databricks_silver import SilverTask, result_from_metadata
 from resources.delta_tables import Days
 from resources.engines import GoldEngine, GoldOutcome, SilverEngine
 from resources.silver_store import SilverResult
-from spotify_assets.catalog import Catalog, Table
-from spotify_assets.databricks_silver import SilverTask, result_from_metadata
-from spotify_assets.gold_spec import Aggregate
+from spotify_assets.catalog.gold_spec import Aggregate
+from spotify_assets.catalog.tables import Catalog, Table
 
 Log = Callable[[str], None]
 
 # The silver task's file, relative to the bundle root (the repository root).
-ENTRYPOINT = "spotify_assets/databricks_silver.py"
+ENTRYPOINT = "resources/databricks_silver.py"
 # What the silver task imports beyond the Databricks runtime (which brings pyspark, pyarrow,
 # numpy and pandas): Dagster (the lake is a Dagster resource), Pipes, delta-rs and adlfs for the
 # bronze manifests and Delta logs. `databricks.yml` installs the same list (a test checks it).

@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
-from spotify_assets.reconcile import PartitionStats
+from spotify_assets.consistency.reconcile import PartitionStats
 
 Days = tuple[date, date]  # inclusive range of daily partitions
 _LOG = "_delta_log"

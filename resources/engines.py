@@ -25,8 +25,8 @@ from resources.gold_runner import GoldRunner, PartitionBuild
 from resources.lake import LakeStorage
 from resources.silver_store import SilverResult, SilverStore
 from resources.spark import SparkResource
-from spotify_assets.catalog import Catalog, Table
-from spotify_assets.gold_spec import Aggregate
+from spotify_assets.catalog.gold_spec import Aggregate
+from spotify_assets.catalog.tables import Catalog, Table
 
 PREVIEW_ROWS = 5
 

@@ -28,8 +28,9 @@ from resources.delta_tables import (
     rows_and_nulls,
 )
 from resources.lake import LakeStorage
-from spotify_assets.catalog import CHANGE_DATE, Catalog, Table
-from spotify_assets.gold import (
+from spotify_assets.catalog.gold_spec import END_AT, Aggregate, Calendar, PointInTimeFact
+from spotify_assets.catalog.tables import CHANGE_DATE, Catalog, Table
+from spotify_assets.gold.transform import (
     SCD2_INVARIANTS,
     Expected,
     aggregate,
@@ -39,7 +40,6 @@ from spotify_assets.gold import (
     scd2,
     scd2_problems,
 )
-from spotify_assets.gold_spec import END_AT, Aggregate, Calendar, PointInTimeFact
 
 GOLD = "gold"
 

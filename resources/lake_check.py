@@ -10,9 +10,9 @@ from __future__ import annotations
 from resources.bronze_store import BronzeStore
 from resources.delta_tables import delta_table, exists, log_gaps, partition_rows
 from resources.lake import LakeFileError, LakeStorage
-from spotify_assets.bronze_manifest import Manifest
-from spotify_assets.catalog import Catalog, Table
-from spotify_assets.faults import Fault, Layer
+from spotify_assets.bronze.manifest import Manifest
+from spotify_assets.catalog.tables import Catalog, Table
+from spotify_assets.consistency.faults import Fault, Layer
 
 
 def verify(lake: LakeStorage, catalog: Catalog, tables: list[Table]) -> list[Fault]:

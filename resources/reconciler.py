@@ -22,9 +22,10 @@ import pyarrow.compute as pc
 from resources.copy_runner import LocalCopyRunner
 from resources.delta_tables import exists, partition_rows, partition_stats
 from resources.lake import LakeStorage
-from spotify_assets.catalog import CHANGE_DATE, CHANGE_SEQ, VERSION_AT, CaptureMode, Table
-from spotify_assets.gold_spec import PointInTimeFact, Scd2Dimension
-from spotify_assets.reconcile import (
+from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
+from spotify_assets.catalog.tables import CHANGE_DATE, CHANGE_SEQ, VERSION_AT, CaptureMode, Table
+from spotify_assets.consistency.reconcile import (
     ABSENT,
     DayProfile,
     Layer,
@@ -35,7 +36,6 @@ from spotify_assets.reconcile import (
     stale_partitions,
     written_before,
 )
-from spotify_assets.windows import Window
 
 Partitions = dict[date, PartitionStats]
 

@@ -16,9 +16,15 @@ from pyspark.sql import functions as F
 from resources.bronze_store import BronzeStore, bronze_schema
 from resources.delta_tables import exists, replace_partitions
 from resources.lake import LakeStorage
-from spotify_assets.bronze_manifest import BronzeFile
-from spotify_assets.catalog import Table, TableRole
-from spotify_assets.silver import CHANGE_DATE, SilverFrames, in_windows, rule_counts, transform
+from spotify_assets.bronze.manifest import BronzeFile
+from spotify_assets.catalog.tables import Table, TableRole
+from spotify_assets.silver.transform import (
+    CHANGE_DATE,
+    SilverFrames,
+    in_windows,
+    rule_counts,
+    transform,
+)
 
 _SPARK_TYPES = {
     pa.int32(): "int",

@@ -20,7 +20,6 @@ import pyarrow.compute as pc
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.dialects import CLOCK_TABLE, DIALECTS, META_TABLE, SqlDialect
 from resources.odbc import (
     Dialect,
     SourceConfigError,
@@ -30,7 +29,8 @@ from resources.odbc import (
     odbc_connect,
     parse_connection_string,
 )
-from spotify_assets.catalog import (
+from spotify_assets.bronze.dialects import CLOCK_TABLE, DIALECTS, META_TABLE, SqlDialect
+from spotify_assets.catalog.tables import (
     CHANGE_SEQ,
     CaptureMode,
     Catalog,
@@ -39,8 +39,8 @@ from spotify_assets.catalog import (
     TableRole,
     configured_catalog,
 )
-from spotify_assets.generator import InitialData
-from spotify_assets.simulator import ChangeBatch, SourceState
+from spotify_assets.source.generator import InitialData
+from spotify_assets.source.simulator import ChangeBatch, SourceState
 
 # Servers cap bound parameters per statement (SQL Server: 2100) and rows per VALUES list (1000).
 _MAX_PARAMS = 2000

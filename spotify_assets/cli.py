@@ -19,19 +19,20 @@ from dagster import BetaWarning, DagsterInstance
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
-from resources import copy_runner, source_database
 from resources.delta_tables import delta_table, exists
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from resources.lease import LakeBusyError, lake_writer
 from resources.odbc import Dialect, SourceConfigError, SourceUnavailableError
 from resources.source_db import SourceDatabase
-from spotify_assets import adf_pipeline, ingest, recovery
-from spotify_assets.catalog import CATALOG, CatalogError
-from spotify_assets.catch_up import CatchUp
-from spotify_assets.generator import generate
-from spotify_assets.gold_spec import END_AT, Scd2Dimension
-from spotify_assets.settings import Settings
-from spotify_assets.simulator import ChangeBatch, SimulationRates, simulate
+from spotify_assets.bronze import adf_pipeline
+from spotify_assets.catalog.gold_spec import END_AT, Scd2Dimension
+from spotify_assets.catalog.tables import CATALOG, CatalogError
+from spotify_assets.orchestration import ingest, recovery
+from spotify_assets.orchestration.catch_up import CatchUp
+from spotify_assets.orchestration.resources import copy_runner, source_database
+from spotify_assets.orchestration.settings import Settings
+from spotify_assets.source.generator import generate
+from spotify_assets.source.simulator import ChangeBatch, SimulationRates, simulate
 
 DEFAULT_SCALE = 0.1
 DEFAULT_SEED = 42
@@ -263,7 +264,7 @@ def demo(settings: Settings) -> None:
                                                   today - timedelta(DEMO_DAYS), True))  # fmt: skip
     step("initial load, bronze to gold", lambda: run(settings))
     # Imported here: the code location module builds its `defs` from the environment on import.
-    from spotify_assets.definitions import build_definitions
+    from spotify_assets.orchestration.definitions import build_definitions
 
     rates = SimulationRates()
     step(f"simulate {DEMO_DAYS} days", lambda: source_simulate(settings, DEMO_DAYS, None, rates))

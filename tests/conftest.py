@@ -23,13 +23,13 @@ from pathlib import Path
 import pyodbc
 import pytest
 
-from resources import copy_runner
 from resources.lake import EMULATOR_ACCOUNT, EMULATOR_KEY, LakeStorage
 from resources.lease import LakeWriter
 from resources.source_db import SourceDatabase, sqlite_connection_string
-from spotify_assets.catalog import CATALOG
-from spotify_assets.generator import BASE_SHAPE
-from spotify_assets.settings import Settings
+from spotify_assets.catalog.tables import CATALOG
+from spotify_assets.orchestration.resources import copy_runner
+from spotify_assets.orchestration.settings import Settings
+from spotify_assets.source.generator import BASE_SHAPE
 
 PG_DRIVER = "PostgreSQL Unicode"
 PG_PASSWORD = "s3cr3t-Pa55;word"

@@ -33,11 +33,11 @@ from resources.adf import (
     DataFactoryResource,
     data_factory_resource,
 )
-from spotify_assets import adf_pipeline as adf
-from spotify_assets.bronze_manifest import Manifest
-from spotify_assets.catalog import CATALOG, CaptureMode, Table
+from spotify_assets.bronze import adf_pipeline as adf
+from spotify_assets.bronze.manifest import Manifest
+from spotify_assets.bronze.windows import Window, midnight
+from spotify_assets.catalog.tables import CATALOG, CaptureMode, Table
 from spotify_assets.cli import main
-from spotify_assets.windows import Window, midnight
 from tests.test_dialects import TSQL, parse_tsql
 
 REPO = Path(__file__).resolve().parents[1]

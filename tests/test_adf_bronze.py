@@ -18,12 +18,12 @@ from resources.adf import AdfClient, DataFactoryResource, TableCopy
 from resources.azure_copy import AzureCopyRunner
 from resources.bronze_store import EXTRACTED_AT, RUN_ID, WINDOW_END, WINDOW_START, bronze_schema
 from resources.copy_runner import LocalCopyRunner
-from resources.dialects import DIALECTS
 from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase
-from spotify_assets import adf_pipeline as adf
-from spotify_assets.catalog import CaptureMode, Table
-from spotify_assets.windows import Window
+from spotify_assets.bronze import adf_pipeline as adf
+from spotify_assets.bronze.dialects import DIALECTS
+from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.tables import CaptureMode, Table
 from tests.test_adf import FACTORY, GROUP, SUBSCRIPTION, FakeArm, client_for, copy_run
 from tests.test_adf import RUN_ID as ADF_RUN_ID
 from tests.test_bronze import runner_for

@@ -26,9 +26,9 @@ from dagster import (
     materialize,
 )
 
-from spotify_assets.definitions import build_definitions
-from spotify_assets.sensors.alerts import run_failure_alert
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.definitions import build_definitions
+from spotify_assets.orchestration.sensors.alerts import run_failure_alert
+from spotify_assets.orchestration.settings import Settings
 from tests.conftest import free_port
 
 MESSAGE = "the lake is on fire"

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from resources import build_resources
 from resources.adf import DataFactoryResource
 from resources.azure_copy import AzureCopyRunner
 from resources.databricks import DatabricksSilverRunner, DltPipelineRunner
 from resources.engines import LocalGold, LocalSilver
 from resources.lease import LakeWriter
-from spotify_assets.definitions import build_definitions
-from spotify_assets.settings import Environment, Settings
+from spotify_assets.orchestration.definitions import build_definitions
+from spotify_assets.orchestration.resources import build_resources
+from spotify_assets.orchestration.settings import Environment, Settings
 from tests.test_definitions import assert_gold_graph, validate_workspace
 
 # Placeholders only: every host is this machine, nothing is reachable, nothing is secret.

@@ -31,10 +31,10 @@ from resources.lake import (
     LakeConflictError,
     LakeStorage,
 )
-from spotify_assets.catalog import CATALOG, CaptureMode
+from spotify_assets.catalog.gold_spec import Scd2Dimension
+from spotify_assets.catalog.tables import CATALOG, CaptureMode
 from spotify_assets.cli import source_init, source_simulate
-from spotify_assets.gold_spec import Scd2Dimension
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.settings import Settings
 from tests.conftest import Azurite
 from tests.test_gold import DIRTY, assert_gold_equals_source, keep_initial_dimensions
 from tests.test_source_db import SEED

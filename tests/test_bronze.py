@@ -19,7 +19,8 @@ from resources.bronze_store import RUN_ID, BronzeStore, bronze_schema
 from resources.copy_runner import LocalCopyRunner
 from resources.lake import LakeConflictError, LakeStorage
 from resources.source_db import SourceDatabase
-from spotify_assets.catalog import (
+from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.tables import (
     CHANGE_AT,
     CHANGE_OP,
     CHANGE_SEQ,
@@ -28,8 +29,7 @@ from spotify_assets.catalog import (
     Table,
     TableRole,
 )
-from spotify_assets.simulator import simulate
-from spotify_assets.windows import Window
+from spotify_assets.source.simulator import simulate
 from tests.conftest import HISTORY_END
 from tests.test_source_db import BUSY, SEED, initialise
 

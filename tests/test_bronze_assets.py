@@ -7,11 +7,11 @@ from pathlib import Path
 
 from dagster import DagsterInstance, materialize
 
-from resources import build_resources
-from spotify_assets.assets.bronze import build_bronze_asset
 from spotify_assets.cli import source_init
-from spotify_assets.partitions import partition_range_tags
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.assets.bronze import build_bronze_asset
+from spotify_assets.orchestration.partitions import partition_range_tags
+from spotify_assets.orchestration.resources import build_resources
+from spotify_assets.orchestration.settings import Settings
 from tests.conftest import HISTORY_END, HISTORY_START
 from tests.test_source_db import SCALE, SEED
 

@@ -12,7 +12,7 @@ import pytest
 
 from resources.source_db import SourceDatabase
 from resources.source_reader import ReaderKind
-from spotify_assets.simulator import simulate
+from spotify_assets.source.simulator import simulate
 from tests.test_bronze import (
     ON_TIME,
     assert_bronze_matches_source,

@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyodbc
 import pytest
 
-from resources import source_database
 from resources.odbc import Dialect
 from resources.source_db import SourceSession
-from spotify_assets.catalog import CATALOG
+from spotify_assets.catalog.tables import CATALOG
+from spotify_assets.orchestration.resources import source_database
 from tests.conftest import Lakehouse, PostgresServer
 from tests.test_end_to_end import assert_dimensions_equal_source
 from tests.test_gold import HISTORY_DAYS, assert_gold_equals_source, keep_initial_dimensions

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from resources import copy_runner
-from spotify_assets.catalog import CATALOG
+from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import main
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.resources import copy_runner
+from spotify_assets.orchestration.settings import Settings
 
 SECRET = "not-in-any-output-42"
 

@@ -39,7 +39,7 @@ from databricks.sdk.errors import DatabricksError
 from databricks.sdk.service.jobs import JobsAPI
 from databricks.sdk.service.pipelines import PipelinesAPI
 
-from resources import databricks
+from resources import databricks, databricks_silver
 from resources.databricks import (
     ENTRYPOINT,
     TASK_LIBRARIES,
@@ -49,16 +49,15 @@ from resources.databricks import (
     DltUpdateError,
     lake_environment,
 )
+from resources.databricks_silver import SilverTask
 from resources.lake import LakeStorage
 from resources.lease import LakeWriter
 from resources.silver_store import SilverResult
-from spotify_assets import databricks_silver
-from spotify_assets.assets.gold import build_dimension_asset, build_fact_asset
-from spotify_assets.assets.silver import build_silver_asset
-from spotify_assets.catalog import CATALOG, Table
-from spotify_assets.databricks_silver import SilverTask
-from spotify_assets.gold import SCD2_INVARIANTS
-from spotify_assets.partitions import partition_range_tags
+from spotify_assets.catalog.tables import CATALOG, Table
+from spotify_assets.gold.transform import SCD2_INVARIANTS
+from spotify_assets.orchestration.assets.gold import build_dimension_asset, build_fact_asset
+from spotify_assets.orchestration.assets.silver import build_silver_asset
+from spotify_assets.orchestration.partitions import partition_range_tags
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "https://adb-1234567890123456.7.azuredatabricks.net"
@@ -233,7 +232,7 @@ def test_the_submitted_task_for_a_partition_window_on_a_new_job_cluster() -> Non
     assert task == {
         "task_key": "silver_fact_stream",
         "spark_python_task": {
-            "python_file": f"{FILES}/spotify_assets/databricks_silver.py",
+            "python_file": f"{FILES}/resources/databricks_silver.py",
             "parameters": [
                 "--repo-root", FILES, "--lake-url", LAKE_URL, "--table", "FactStream",
                 "--mode", "watermark", "--days", "2026-03-01", "2026-03-03", "--run-id", "run-7",

@@ -11,11 +11,11 @@ from pathlib import Path
 from dagster import AssetKey, DagsterEventType, Definitions
 
 from resources.source_db import SourceDatabase
-from spotify_assets.catalog import CATALOG
-from spotify_assets.definitions import OBSERVE_SOURCE_JOB, build_definitions
-from spotify_assets.gold import SCD2_INVARIANTS
-from spotify_assets.gold_spec import Scd2Dimension
-from spotify_assets.settings import Settings
+from spotify_assets.catalog.gold_spec import Scd2Dimension
+from spotify_assets.catalog.tables import CATALOG
+from spotify_assets.gold.transform import SCD2_INVARIANTS
+from spotify_assets.orchestration.definitions import OBSERVE_SOURCE_JOB, build_definitions
+from spotify_assets.orchestration.settings import Settings
 from tests.test_source_db import initialise
 
 ROOT = Path(__file__).resolve().parents[1]

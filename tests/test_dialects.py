@@ -8,9 +8,10 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from resources.dialects import DIALECTS, TsqlDialect
 from resources.odbc import Dialect
-from spotify_assets.catalog import (
+from spotify_assets.bronze.dialects import DIALECTS, TsqlDialect
+from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.tables import (
     CATALOG,
     CaptureMode,
     CatalogError,
@@ -21,7 +22,6 @@ from spotify_assets.catalog import (
     parse_mode_overrides,
     validate_identifier,
 )
-from spotify_assets.windows import Window
 
 TSQL: TsqlDialect = DIALECTS[Dialect.TSQL]  # type: ignore[assignment]
 

@@ -29,10 +29,16 @@ from pyspark.pipelines.output import MaterializedView, Output, StreamingTable, T
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.connect.functions import col, expr
 
-from spotify_assets.catalog import CATALOG, CHANGE_SEQ, VERSION_AT, Table
-from spotify_assets.gold import SILVER_VERSION_COLUMNS
-from spotify_assets.gold_spec import END_AT, START_AT, Calendar, PointInTimeFact, Scd2Dimension
-from spotify_assets.rules import Rule
+from spotify_assets.catalog.gold_spec import (
+    END_AT,
+    START_AT,
+    Calendar,
+    PointInTimeFact,
+    Scd2Dimension,
+)
+from spotify_assets.catalog.rules import Rule
+from spotify_assets.catalog.tables import CATALOG, CHANGE_SEQ, VERSION_AT, Table
+from spotify_assets.gold.transform import SILVER_VERSION_COLUMNS
 
 PIPELINE = Path(__file__).resolve().parent.parent / "dlt" / "gold_pipeline.py"
 LOGGER = "spotify.gold_pipeline"

@@ -18,9 +18,9 @@ import pytest
 
 from resources.delta_tables import delta_table
 from resources.lake import LakeStorage
+from spotify_assets.catalog.gold_spec import END_AT
 from spotify_assets.cli import source_simulate
-from spotify_assets.gold_spec import END_AT
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.settings import Settings
 from tests.conftest import PG_PASSWORD, Lakehouse
 from tests.test_gold import (
     COUNTRY,

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import resources.lake
-from resources import copy_runner
-from spotify_assets.catalog import CATALOG
+from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import INSTANCE_CONFIG, main, run, source_init, source_simulate
-from spotify_assets.settings import Settings
-from spotify_assets.simulator import SimulationRates
+from spotify_assets.orchestration.resources import copy_runner
+from spotify_assets.orchestration.settings import Settings
+from spotify_assets.source.simulator import SimulationRates
 from tests.conftest import GoldReference
 
 # Each test runs the pipeline two or three times (the first one also builds the shared lake).

@@ -11,14 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from spotify_assets.catalog import CATALOG
-from spotify_assets.generator import (
-    InitialData,
-    SourceShape,
-    generate,
-    shape_for,
-)
-from spotify_assets.reference import (
+from spotify_assets.catalog.reference import (
     COUNTRY_CODES,
     COUNTRY_WEIGHTS,
     DEVICE_WEIGHTS,
@@ -26,6 +19,13 @@ from spotify_assets.reference import (
     GENRES,
     SUBSCRIPTION_WEIGHTS,
     SUBSCRIPTIONS,
+)
+from spotify_assets.catalog.tables import CATALOG
+from spotify_assets.source.generator import (
+    InitialData,
+    SourceShape,
+    generate,
+    shape_for,
 )
 
 SCALE = 0.01

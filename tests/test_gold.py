@@ -24,15 +24,15 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance
 from deltalake import DeltaTable
 
-from resources import source_database
 from resources.delta_tables import delta_table
 from resources.lake import LakeStorage
 from resources.source_db import SourceSession
-from spotify_assets import ingest
-from spotify_assets.catalog import CATALOG
+from spotify_assets.catalog.reference import COUNTRY_NAMES, DEVICES, SUBSCRIPTIONS
+from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import source_init, source_simulate
-from spotify_assets.reference import COUNTRY_NAMES, DEVICES, SUBSCRIPTIONS
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration import ingest
+from spotify_assets.orchestration.resources import source_database
+from spotify_assets.orchestration.settings import Settings
 from tests.test_bronze import ON_TIME
 from tests.test_source_db import SEED
 

@@ -25,10 +25,17 @@ from resources import gold_runner
 from resources.delta_tables import replace_partitions
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
-from spotify_assets import gold
-from spotify_assets.catalog import CATALOG, CHANGE_DATE, CHANGE_OP, CHANGE_SEQ, VERSION_AT, Table
-from spotify_assets.gold import scd2
-from spotify_assets.gold_spec import END_AT, START_AT
+from spotify_assets.catalog.gold_spec import END_AT, START_AT
+from spotify_assets.catalog.tables import (
+    CATALOG,
+    CHANGE_DATE,
+    CHANGE_OP,
+    CHANGE_SEQ,
+    VERSION_AT,
+    Table,
+)
+from spotify_assets.gold import transform as gold
+from spotify_assets.gold.transform import scd2
 
 DIM_USER = CATALOG["DimUser"]
 T0 = datetime(2026, 3, 1)

@@ -22,10 +22,10 @@ from typing import Any
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
-from spotify_assets.catalog import CATALOG, DIM_USER, ColumnType, Table
+from spotify_assets.catalog.gold_spec import END_AT
+from spotify_assets.catalog.tables import CATALOG, DIM_USER, ColumnType, Table
 from spotify_assets.cli import source_init
-from spotify_assets.gold_spec import END_AT
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.settings import Settings
 from tests.conftest import BoundedRun
 from tests.test_silver_transforms import BASE, bronze_rows
 from tests.test_source_db import SEED
@@ -60,7 +60,7 @@ def write_probe_files(directory: Path, table: Table) -> None:
 def silver_probe(directory: str) -> None:
     """Subprocess entry: silver of every table over its probe files, counts as JSON."""
     from resources.spark import SparkResource
-    from spotify_assets.silver import transform
+    from spotify_assets.silver.transform import transform
 
     spark = SparkResource().session()
     counts = {}

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from resources import copy_runner, source_database
-from spotify_assets import ingest
 from spotify_assets.cli import INSTANCE_CONFIG, main
-from spotify_assets.definitions import build_definitions
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration import ingest
+from spotify_assets.orchestration.definitions import build_definitions
+from spotify_assets.orchestration.resources import copy_runner, source_database
+from spotify_assets.orchestration.settings import Settings
 from tests.test_gold import assert_gold_equals_source, keep_initial_dimensions
 
 TODAY = datetime.now(UTC).date()

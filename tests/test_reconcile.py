@@ -16,13 +16,14 @@ from deltalake import write_deltalake
 from sqlglot import exp
 
 from resources.delta_tables import delta_table, partition_stats
-from resources.dialects import DIALECTS
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
 from resources.odbc import Dialect
 from resources.reconciler import reconcile
 from resources.silver_store import SilverStore
-from spotify_assets.catalog import (
+from spotify_assets.bronze.dialects import DIALECTS
+from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.tables import (
     CATALOG,
     CHANGE_AT,
     CHANGE_DATE,
@@ -30,11 +31,8 @@ from spotify_assets.catalog import (
     VERSION_AT,
     CaptureMode,
 )
-from spotify_assets.catch_up import CatchUp
 from spotify_assets.cli import INSTANCE_CONFIG, refresh, run
-from spotify_assets.definitions import build_definitions
-from spotify_assets.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
-from spotify_assets.reconcile import (
+from spotify_assets.consistency.reconcile import (
     ABSENT,
     DayProfile,
     Layer,
@@ -48,8 +46,13 @@ from spotify_assets.reconcile import (
     stale_partitions,
     written_before,
 )
-from spotify_assets.settings import Settings
-from spotify_assets.windows import Window
+from spotify_assets.orchestration.catch_up import CatchUp
+from spotify_assets.orchestration.definitions import build_definitions
+from spotify_assets.orchestration.partitions import (
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+)
+from spotify_assets.orchestration.settings import Settings
 from tests.conftest import Lakehouse
 from tests.test_dialects import parse_tsql
 from tests.test_gold import assert_gold_equals_source, small_source

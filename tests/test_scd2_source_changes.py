@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from spotify_assets.catalog import CATALOG
+from spotify_assets.catalog.gold_spec import END_AT, START_AT
+from spotify_assets.catalog.reference import SUBSCRIPTIONS
+from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import INSTANCE_CONFIG, main
-from spotify_assets.gold_spec import END_AT, START_AT
-from spotify_assets.reference import SUBSCRIPTIONS
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.settings import Settings
 
 DIM_USER = CATALOG["DimUser"]
 NEW_KEY = 5000

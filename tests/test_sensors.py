@@ -21,14 +21,17 @@ from dagster import (
     instance_for_test,
 )
 
-from resources import copy_runner
 from resources.source_db import SourceDatabase
-from spotify_assets.catalog import CATALOG
-from spotify_assets.catch_up import CatchUp
+from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import source_init, source_simulate
-from spotify_assets.definitions import build_definitions
-from spotify_assets.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.catch_up import CatchUp
+from spotify_assets.orchestration.definitions import build_definitions
+from spotify_assets.orchestration.partitions import (
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+)
+from spotify_assets.orchestration.resources import copy_runner
+from spotify_assets.orchestration.settings import Settings
 from tests.conftest import PG_PASSWORD
 from tests.test_gold import (
     DIRTY,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.settings import Settings
 
 NUMERIC = {
     "SPOTIFY_SAFETY_LAG_SECONDS": 0.0,

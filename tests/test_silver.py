@@ -13,13 +13,13 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
 from resources.silver_store import SilverStore
-from spotify_assets import ingest
-from spotify_assets.catalog import CATALOG, Table
+from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.tables import CATALOG, Table
 from spotify_assets.cli import source_init, source_simulate
-from spotify_assets.settings import Settings
-from spotify_assets.silver import CHANGE_DATE, RULE, in_windows
-from spotify_assets.simulator import SimulationRates, simulate
-from spotify_assets.windows import Window
+from spotify_assets.orchestration import ingest
+from spotify_assets.orchestration.settings import Settings
+from spotify_assets.silver.transform import CHANGE_DATE, RULE, in_windows
+from spotify_assets.source.simulator import SimulationRates, simulate
 from tests.conftest import HISTORY_END
 from tests.test_bronze import ON_TIME, load_everything, runner_for
 from tests.test_source_db import SEED, initialise

@@ -30,7 +30,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from resources.bronze_store import EXTRACTED_AT, RUN_ID, WINDOW_END, WINDOW_START, bronze_schema
-from spotify_assets.catalog import (
+from spotify_assets.catalog.reference import (
+    COUNTRY_CODES,
+    COUNTRY_NAMES,
+    DEVICES,
+    GENRES,
+    SUBSCRIPTIONS,
+)
+from spotify_assets.catalog.rules import DriftPolicy
+from spotify_assets.catalog.tables import (
     CATALOG,
     CHANGE_AT,
     CHANGE_OP,
@@ -39,10 +47,7 @@ from spotify_assets.catalog import (
     ColumnType,
     Table,
 )
-from spotify_assets.generator import generate
-from spotify_assets.reference import COUNTRY_CODES, COUNTRY_NAMES, DEVICES, GENRES, SUBSCRIPTIONS
-from spotify_assets.rules import DriftPolicy
-from spotify_assets.silver import (
+from spotify_assets.silver.transform import (
     CHANGE_DATE,
     FAILED_RULES,
     RAW,
@@ -61,7 +66,8 @@ from spotify_assets.silver import (
     transform,
     version,
 )
-from spotify_assets.simulator import (
+from spotify_assets.source.generator import generate
+from spotify_assets.source.simulator import (
     DIM_TABLES,
     DIRTY_KINDS,
     DIRTY_TARGETS,

@@ -12,19 +12,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from spotify_assets.catalog import CATALOG
-from spotify_assets.generator import (
-    InitialData,
-    generate,
-)
-from spotify_assets.reference import (
+from spotify_assets.catalog.reference import (
     COUNTRY_CODES,
     COUNTRY_NAMES,
     DEVICES,
     GENRES,
     SUBSCRIPTIONS,
 )
-from spotify_assets.simulator import (
+from spotify_assets.catalog.tables import CATALOG
+from spotify_assets.source.generator import (
+    InitialData,
+    generate,
+)
+from spotify_assets.source.simulator import (
     DIRTY_KINDS,
     ChangeBatch,
     SimulationRates,

@@ -15,15 +15,15 @@ import pyarrow.compute as pc
 import pytest
 
 from resources.copy_runner import LocalCopyRunner
-from resources.dialects import DIALECTS
 from resources.odbc import Dialect
 from resources.silver_store import SilverStore
 from resources.source_db import SourceDatabase
-from spotify_assets.catalog import CATALOG, Table
+from spotify_assets.bronze.dialects import DIALECTS
+from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.rules import DriftPolicy
+from spotify_assets.catalog.tables import CATALOG, Table
 from spotify_assets.cli import main
-from spotify_assets.rules import DriftPolicy
-from spotify_assets.source_schema import type_values
-from spotify_assets.windows import Window
+from spotify_assets.source.schema import type_values
 from tests.conftest import HISTORY_START
 from tests.test_bronze import CLOCK0, runner_for
 from tests.test_source_db import initialise

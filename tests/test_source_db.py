@@ -9,9 +9,9 @@ import pyarrow.compute as pc
 import pytest
 
 from resources.source_db import SourceDatabase
-from spotify_assets.catalog import CaptureMode, TableRole
-from spotify_assets.generator import InitialData, generate
-from spotify_assets.simulator import SimulationRates, simulate
+from spotify_assets.catalog.tables import CaptureMode, TableRole
+from spotify_assets.source.generator import InitialData, generate
+from spotify_assets.source.simulator import SimulationRates, simulate
 from tests.conftest import HISTORY_END
 
 SCALE = 0.002

@@ -32,14 +32,14 @@ import pytest
 from dagster import AssetRecordsFilter, DagsterInstance
 from deltalake import DeltaTable
 
-from spotify_assets import ingest
-from spotify_assets.assets.bronze import bronze_key
-from spotify_assets.assets.gold import gold_key
-from spotify_assets.assets.silver import silver_key
-from spotify_assets.catalog import CATALOG
+from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import INSTANCE_CONFIG, source_init
-from spotify_assets.settings import Settings
-from spotify_assets.silver import CHANGE_DATE
+from spotify_assets.orchestration import ingest
+from spotify_assets.orchestration.assets.bronze import bronze_key
+from spotify_assets.orchestration.assets.gold import gold_key
+from spotify_assets.orchestration.assets.silver import silver_key
+from spotify_assets.orchestration.settings import Settings
+from spotify_assets.silver.transform import CHANGE_DATE
 from tests.conftest import free_port
 from tests.test_gold import HISTORY_DAYS
 from tests.test_source_db import SEED

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, materialize
 
-from resources import build_resources
 from resources.lake import LakeStorage
 from resources.lease import (
     Holder,
@@ -29,10 +28,11 @@ from resources.lease import (
     lake_writer,
     run_entry,
 )
-from spotify_assets.assets.bronze import build_bronze_asset
-from spotify_assets.assets.silver import build_silver_asset
 from spotify_assets.cli import EXIT_LAKE_BUSY, source_init
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.assets.bronze import build_bronze_asset
+from spotify_assets.orchestration.assets.silver import build_silver_asset
+from spotify_assets.orchestration.resources import build_resources
+from spotify_assets.orchestration.settings import Settings
 from tests.conftest import CLI, Azurite, BoundedRun
 from tests.test_gold import assert_gold_equals_source, keep_initial_dimensions
 

@@ -18,16 +18,23 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
 
-from spotify_assets.catalog import CHANGE_DATE, CHANGE_OP, CHANGE_SEQ, VERSION_AT, Catalog, Table
-from spotify_assets.gold_spec import (
+from spotify_assets.catalog.gold_spec import (
     END_AT,
     START_AT,
     Aggregate,
     PointInTimeFact,
     Scd2Dimension,
 )
-from spotify_assets.rules import Rule
-from spotify_assets.silver import FAILED_RULES, any_of, flag_failures
+from spotify_assets.catalog.rules import Rule
+from spotify_assets.catalog.tables import (
+    CHANGE_DATE,
+    CHANGE_OP,
+    CHANGE_SEQ,
+    VERSION_AT,
+    Catalog,
+    Table,
+)
+from spotify_assets.silver.transform import FAILED_RULES, any_of, flag_failures
 
 # Silver's version bookkeeping: not carried into gold (DLT's `except_column_list`).
 SILVER_VERSION_COLUMNS = (CHANGE_OP, CHANGE_SEQ, VERSION_AT, CHANGE_DATE)

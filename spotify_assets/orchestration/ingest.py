@@ -31,24 +31,24 @@ from dagster import (
     logger,
 )
 
-from resources import build_resources, copy_runner
 from resources.copy_runner import LocalCopyRunner
 from resources.engines import GoldEngine
 from resources.lake import REPAIR_COMMAND, LakeFileError
 from resources.lake_check import delta_faults
 from resources.reconciler import reconcile_all
-from spotify_assets.assets.bronze import (
+from spotify_assets.catalog.gold_spec import Scd2Dimension
+from spotify_assets.catalog.tables import Catalog, Table
+from spotify_assets.consistency.reconcile import Layer, repair_ranges
+from spotify_assets.orchestration.assets.bronze import (
     NOT_LOADED_YET_OLDEST,
     NOT_LOADED_YET_ROWS,
     build_bronze_asset,
 )
-from spotify_assets.assets.gold import build_dimension_asset, build_gold_assets_of
-from spotify_assets.assets.silver import build_silver_asset
-from spotify_assets.catalog import Catalog, Table
-from spotify_assets.gold_spec import Scd2Dimension
-from spotify_assets.partitions import partition_range_tags
-from spotify_assets.reconcile import Layer, repair_ranges
-from spotify_assets.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
+from spotify_assets.orchestration.assets.gold import build_dimension_asset, build_gold_assets_of
+from spotify_assets.orchestration.assets.silver import build_silver_asset
+from spotify_assets.orchestration.partitions import partition_range_tags
+from spotify_assets.orchestration.resources import build_resources, copy_runner
+from spotify_assets.orchestration.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
 
 # Runs that write the lake carry this tag; the run queue admits one at a time (see cli.py).
 WRITER_TAG = {"spotify/writer": "lakehouse"}

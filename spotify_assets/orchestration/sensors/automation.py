@@ -38,8 +38,13 @@ from dagster import (
 
 from resources.copy_runner import LocalCopyRunner
 from resources.engines import GoldEngine
-from spotify_assets.catalog import Catalog
-from spotify_assets.ingest import WRITER_TAG, PlannedRun, plan_incremental, plan_repairs
+from spotify_assets.catalog.tables import Catalog
+from spotify_assets.orchestration.ingest import (
+    WRITER_TAG,
+    PlannedRun,
+    plan_incremental,
+    plan_repairs,
+)
 
 ARRIVAL_INTERVAL_SECONDS = 15
 RECONCILIATION_INTERVAL_SECONDS = 300

@@ -148,7 +148,7 @@ def run(task: SilverTask, spark: SparkSession, store: StoreFactory | None = None
     """Rebuild the task's silver partitions with the same `SilverStore` the local engine uses."""
     from resources.lake import LakeStorage
     from resources.silver_store import SilverStore
-    from spotify_assets.catalog import CATALOG
+    from spotify_assets.catalog.tables import CATALOG
 
     catalog = CATALOG.with_modes({task.table: task.mode}) if task.mode else CATALOG
     make = store or SilverStore

@@ -22,9 +22,9 @@ from resources.engines import SilverEngine
 from resources.lake import LakeStorage
 from resources.lease import LakeWriter
 from resources.silver_store import SilverResult
-from spotify_assets.assets.bronze import bronze_key
-from spotify_assets.catalog import Catalog, Table
-from spotify_assets.partitions import daily_partitions, partition_days
+from spotify_assets.catalog.tables import Catalog, Table
+from spotify_assets.orchestration.assets.bronze import bronze_key
+from spotify_assets.orchestration.partitions import daily_partitions, partition_days
 
 SILVER_GROUP = "silver"
 

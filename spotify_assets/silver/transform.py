@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from spotify_assets.catalog import (
+from spotify_assets.bronze.windows import Window as TimeWindow
+from spotify_assets.catalog.reference import COUNTRY_NAMES
+from spotify_assets.catalog.rules import Clean, DriftPolicy, Rule
+from spotify_assets.catalog.tables import (
     CHANGE_AT,
     CHANGE_DATE,
     CHANGE_OP,
@@ -34,12 +37,9 @@ from spotify_assets.catalog import (
     Table,
     TableRole,
 )
-from spotify_assets.catalog import (
+from spotify_assets.catalog.tables import (
     Column as CatalogColumn,
 )
-from spotify_assets.reference import COUNTRY_NAMES
-from spotify_assets.rules import Clean, DriftPolicy, Rule
-from spotify_assets.windows import Window as TimeWindow
 
 FAILED_RULES = "_failed_rules"
 RULE = "_rule"

@@ -16,8 +16,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spotify_assets.catalog import CATALOG
-from spotify_assets.generator import (
+from spotify_assets.catalog.reference import (
+    COUNTRY_CODES,
+    COUNTRY_NAMES,
+    COUNTRY_WEIGHTS,
+    DEVICE_WEIGHTS,
+    DEVICES,
+    GENRE_WEIGHTS,
+    GENRES,
+    SUBSCRIPTION_WEIGHTS,
+    SUBSCRIPTIONS,
+)
+from spotify_assets.catalog.tables import CATALOG
+from spotify_assets.source.generator import (
     ARTIST_OUTPUT_EXPONENT,
     ARTIST_SALT,
     BASE_SHAPE,
@@ -48,17 +59,6 @@ from spotify_assets.generator import (
     track_names,
     uniform_seconds,
     weighted_choice,
-)
-from spotify_assets.reference import (
-    COUNTRY_CODES,
-    COUNTRY_NAMES,
-    COUNTRY_WEIGHTS,
-    DEVICE_WEIGHTS,
-    DEVICES,
-    GENRE_WEIGHTS,
-    GENRES,
-    SUBSCRIPTION_WEIGHTS,
-    SUBSCRIPTIONS,
 )
 
 DIM_TABLES: tuple[str, ...] = ("DimUser", "DimArtist", "DimTrack")

@@ -17,8 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spotify_assets.catalog import CATALOG
-from spotify_assets.reference import (
+from spotify_assets.catalog.reference import (
     COUNTRY_CODES,
     COUNTRY_WEIGHTS,
     DEVICE_WEIGHTS,
@@ -28,6 +27,7 @@ from spotify_assets.reference import (
     SUBSCRIPTION_WEIGHTS,
     SUBSCRIPTIONS,
 )
+from spotify_assets.catalog.tables import CATALOG
 
 SECONDS_PER_DAY = 86_400
 _EPOCH = date(1970, 1, 1)

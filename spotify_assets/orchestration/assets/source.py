@@ -15,7 +15,7 @@ from dagster import (
 )
 
 from resources.source_db import SourceDatabase
-from spotify_assets.catalog import Catalog, Table
+from spotify_assets.catalog.tables import Catalog, Table
 
 SOURCE_GROUP = "source"
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
-from resources import build_resources
-from spotify_assets.assets.bronze import build_bronze_assets
-from spotify_assets.assets.gold import build_gold_assets
-from spotify_assets.assets.silver import build_silver_assets
-from spotify_assets.assets.source import build_source_observation
-from spotify_assets.sensors.alerts import run_failure_alert
-from spotify_assets.sensors.automation import (
+from spotify_assets.orchestration.assets.bronze import build_bronze_assets
+from spotify_assets.orchestration.assets.gold import build_gold_assets
+from spotify_assets.orchestration.assets.silver import build_silver_assets
+from spotify_assets.orchestration.assets.source import build_source_observation
+from spotify_assets.orchestration.resources import build_resources
+from spotify_assets.orchestration.sensors.alerts import run_failure_alert
+from spotify_assets.orchestration.sensors.automation import (
     build_arrival_sensor,
     build_daily_schedule,
     build_reconciliation_sensor,
 )
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.settings import Settings
 
 OBSERVE_SOURCE_JOB = "observe_source_job"
 

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from resources.lease import DEFAULT_WAIT_SECONDS, WAIT_SETTING
 from resources.odbc import Dialect, dialect_of
-from spotify_assets.catalog import Catalog, configured_catalog
+from spotify_assets.catalog.tables import Catalog, configured_catalog
 
 
 class Environment(StrEnum):

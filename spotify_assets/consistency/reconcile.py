@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import IntEnum
 
-from spotify_assets.windows import Window, midnight
+from spotify_assets.bronze.windows import Window, midnight
 
 
 @dataclass(frozen=True)

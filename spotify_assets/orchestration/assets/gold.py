@@ -24,12 +24,12 @@ from pydantic import Field
 
 from resources.engines import GoldEngine, GoldOutcome
 from resources.lease import LakeWriter
-from spotify_assets.assets.silver import silver_key
-from spotify_assets.catalog import Catalog, Table
-from spotify_assets.gold import SCD2_INVARIANTS
-from spotify_assets.gold_spec import Aggregate, Calendar, PointInTimeFact, Scd2Dimension
-from spotify_assets.partitions import daily_partitions, partition_days
-from spotify_assets.rules import Rule
+from spotify_assets.catalog.gold_spec import Aggregate, Calendar, PointInTimeFact, Scd2Dimension
+from spotify_assets.catalog.rules import Rule
+from spotify_assets.catalog.tables import Catalog, Table
+from spotify_assets.gold.transform import SCD2_INVARIANTS
+from spotify_assets.orchestration.assets.silver import silver_key
+from spotify_assets.orchestration.partitions import daily_partitions, partition_days
 
 GOLD_GROUP = "gold"
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-from spotify_assets.gold_spec import (
+from spotify_assets.catalog.gold_spec import (
     Aggregate,
     Calendar,
     GoldSpec,
@@ -22,8 +22,8 @@ from spotify_assets.gold_spec import (
     PointInTimeFact,
     Scd2Dimension,
 )
-from spotify_assets.reference import COUNTRY_CODES, DEVICES, SUBSCRIPTIONS
-from spotify_assets.rules import Clean, Derived, Rule, SilverSpec, in_list
+from spotify_assets.catalog.reference import COUNTRY_CODES, DEVICES, SUBSCRIPTIONS
+from spotify_assets.catalog.rules import Clean, Derived, Rule, SilverSpec, in_list
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 

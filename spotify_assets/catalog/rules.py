@@ -1,7 +1,7 @@
 """The vocabulary of silver specs: how columns are cleaned, derived and validated.
 
-Specs are data attached to catalog entries; `spotify_assets/silver.py` turns them into PySpark
-expressions. Predicates and derivations are Spark SQL, so the same text runs on Sail, on JVM
+Specs are data attached to catalog entries; `spotify_assets/silver/transform.py` turns them into
+PySpark expressions. Predicates and derivations are Spark SQL, so the same text runs on Sail, on JVM
 Spark and on Databricks.
 """
 

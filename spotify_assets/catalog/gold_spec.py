@@ -8,7 +8,7 @@ predicates and measures are Spark SQL, so the same text runs on Sail and on Data
 
 from dataclasses import dataclass
 
-from spotify_assets.rules import Rule
+from spotify_assets.catalog.rules import Rule
 
 START_AT = "__START_AT"
 END_AT = "__END_AT"

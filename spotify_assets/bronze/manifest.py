@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
-from spotify_assets.windows import Window, subtract
+from spotify_assets.bronze.windows import Window, subtract
 
 
 @dataclass(frozen=True)

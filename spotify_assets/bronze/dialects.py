@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from resources.odbc import Dialect
-from spotify_assets.catalog import (
+from spotify_assets.bronze.windows import Window, midnight
+from spotify_assets.catalog.tables import (
     CHANGE_AT,
     CHANGE_OP,
     CHANGE_SEQ,
@@ -21,7 +22,6 @@ from spotify_assets.catalog import (
     Table,
     validate_identifier,
 )
-from spotify_assets.windows import Window, midnight
 
 # The text SQLite stores timestamps as (the driver's): what windows compare after normalising.
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%f"

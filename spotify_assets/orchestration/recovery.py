@@ -14,10 +14,12 @@ from dagster import DagsterInstance
 from resources.bronze_store import BronzeStore
 from resources.lake import LakeFileError
 from resources.lake_check import verify as verify_lake
-from spotify_assets.catalog import Table
-from spotify_assets.faults import Fault, Layer
-from spotify_assets.gold_spec import Scd2Dimension
-from spotify_assets.ingest import (
+from spotify_assets.catalog.gold_spec import Scd2Dimension
+from spotify_assets.catalog.tables import Table
+from spotify_assets.consistency.faults import Fault, Layer
+from spotify_assets.consistency.reconcile import Layer as RebuildFrom
+from spotify_assets.consistency.reconcile import day_ranges
+from spotify_assets.orchestration.ingest import (
     PlannedRun,
     RunFailed,
     execute,
@@ -25,9 +27,7 @@ from spotify_assets.ingest import (
     runner_and_resources,
     select_tables,
 )
-from spotify_assets.reconcile import Layer as RebuildFrom
-from spotify_assets.reconcile import day_ranges
-from spotify_assets.settings import Settings
+from spotify_assets.orchestration.settings import Settings
 
 
 @dataclass(frozen=True)

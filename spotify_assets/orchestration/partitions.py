@@ -5,7 +5,7 @@ from functools import cache
 
 from dagster import AssetExecutionContext, DailyPartitionsDefinition
 
-from spotify_assets.windows import DAY, Window
+from spotify_assets.bronze.windows import DAY, Window
 
 
 @cache

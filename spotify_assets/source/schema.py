@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spotify_assets.catalog import UNTYPED, CatalogError, Table, validate_identifier
-from spotify_assets.rules import DriftPolicy
+from spotify_assets.catalog.rules import DriftPolicy
+from spotify_assets.catalog.tables import UNTYPED, CatalogError, Table, validate_identifier
 
 
 class SourceSchemaError(ValueError):

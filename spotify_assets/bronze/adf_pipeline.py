@@ -40,10 +40,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from resources.bronze_store import EXTRACTED_AT, RUN_ID, WINDOW_END, WINDOW_START, BronzeStore
-from resources.dialects import TsqlDialect
-from spotify_assets.catalog import CATALOG, CaptureMode, Catalog, Table, validate_identifier
-from spotify_assets.settings import DEFAULT_SAFETY_LAG_SECONDS
-from spotify_assets.windows import Window, midnight
+from spotify_assets.bronze.dialects import TsqlDialect
+from spotify_assets.bronze.windows import Window, midnight
+from spotify_assets.catalog.tables import CATALOG, CaptureMode, Catalog, Table, validate_identifier
+from spotify_assets.orchestration.settings import DEFAULT_SAFETY_LAG_SECONDS
 
 PIPELINE_NAME = "ingest_tables"
 TSQL = TsqlDialect()
