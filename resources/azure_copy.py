@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 from dagster import Failure
 
 from resources.adf import AdfClient, DataFactoryResource, TableCopy
-from resources.bronze_store import EXTRACTED_AT, WINDOW_END, WINDOW_START, bronze_schema
 from resources.copy_runner import (
     CopyResult,
     LocalCopyRunner,
@@ -33,6 +32,7 @@ from resources.copy_runner import (
 )
 from spotify_assets.bronze.dialects import DIALECTS
 from spotify_assets.bronze.manifest import BronzeFile
+from spotify_assets.bronze.schema import EXTRACTED_AT, WINDOW_END, WINDOW_START, bronze_schema
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
 

@@ -20,42 +20,11 @@ import pyarrow.compute as pc
 
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile, Manifest
-from spotify_assets.catalog.tables import (
-    CHANGE_AT,
-    CHANGE_OP,
-    CHANGE_SEQ,
-    UNTYPED,
-    CaptureMode,
-    Table,
-)
+from spotify_assets.bronze.schema import bronze_schema
+from spotify_assets.catalog.tables import Table
 
 _VERSION = re.compile(r"^v(\d{10})\.json$")
 DAMAGED = "damaged"  # where `verify --repair` sets damaged manifests aside, below _manifests
-
-# Audit columns after the source columns (DESIGN.md §4 rule 5). `_op` is I/U/D for change
-# records and S for a row image (snapshot, watermark, or the current image in cdc mode).
-EXTRACTED_AT = "_extracted_at"
-WINDOW_START = "_window_start"
-WINDOW_END = "_window_end"
-RUN_ID = "_run_id"
-
-
-def bronze_schema(table: Table, carried: tuple[str, ...] = ()) -> pa.Schema:
-    """Source columns (the catalog's, then new ones carried as text), then the audit columns;
-    `_untyped` holds the raw text of values that did not fit their type
-    (spotify_assets/source/schema.py)."""
-    audit = [pa.field(CHANGE_OP, pa.string(), nullable=False), pa.field(CHANGE_SEQ, pa.int64())]
-    if table.mode is CaptureMode.CDC:
-        audit.append(pa.field(CHANGE_AT, pa.timestamp("us"), nullable=False))
-    audit += [
-        pa.field(EXTRACTED_AT, pa.timestamp("us"), nullable=False),
-        pa.field(WINDOW_START, pa.timestamp("us")),
-        pa.field(WINDOW_END, pa.timestamp("us")),
-        pa.field(RUN_ID, pa.string(), nullable=False),
-        pa.field(UNTYPED, pa.string()),
-    ]
-    new = [pa.field(name, pa.string()) for name in carried]
-    return pa.schema(list(table.arrow_schema) + new + audit)
 
 
 class BronzeStore:

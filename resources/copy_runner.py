@@ -25,20 +25,20 @@ import pyarrow.compute as pc
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.bronze_store import (
-    EXTRACTED_AT,
-    RUN_ID,
-    WINDOW_END,
-    WINDOW_START,
-    BronzeStore,
-    bronze_schema,
-)
+from resources.bronze_store import BronzeStore
 from resources.lake import LakeStorage
 from resources.odbc import SourceUnavailableError
 from resources.source_db import SourceDatabase
 from resources.source_reader import ReaderKind, read_arrow
 from spotify_assets.bronze.dialects import DIALECTS
 from spotify_assets.bronze.manifest import BronzeFile, Manifest
+from spotify_assets.bronze.schema import (
+    EXTRACTED_AT,
+    RUN_ID,
+    WINDOW_END,
+    WINDOW_START,
+    bronze_schema,
+)
 from spotify_assets.bronze.windows import Window, midnight
 from spotify_assets.catalog.tables import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
 from spotify_assets.source.schema import (

@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 
 import pyodbc
+
+from spotify_assets.bronze.dialects import Dialect
 
 SECRET_KEYS = frozenset({"pwd", "password", "accountkey", "sharedaccesskey", "secret", "token"})
 
@@ -21,12 +22,6 @@ class SourceConfigError(ValueError):
 
 class SourceUnavailableError(ConnectionError):
     """The source is configured correctly but cannot be reached or refuses the login."""
-
-
-class Dialect(StrEnum):
-    SQLITE = "sqlite"
-    POSTGRESQL = "postgresql"
-    TSQL = "tsql"
 
 
 # Substrings of an ODBC driver name, matched case-insensitively, that identify the dialect.

@@ -13,10 +13,11 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from resources.bronze_store import BronzeStore, bronze_schema
+from resources.bronze_store import BronzeStore
 from resources.delta_tables import exists, replace_partitions
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile
+from spotify_assets.bronze.schema import bronze_schema
 from spotify_assets.catalog.tables import Table, TableRole
 from spotify_assets.silver.transform import (
     CHANGE_DATE,

@@ -21,7 +21,6 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from resources.odbc import (
-    Dialect,
     SourceConfigError,
     SourceUnavailableError,
     attribute,
@@ -29,7 +28,7 @@ from resources.odbc import (
     odbc_connect,
     parse_connection_string,
 )
-from spotify_assets.bronze.dialects import CLOCK_TABLE, DIALECTS, META_TABLE, SqlDialect
+from spotify_assets.bronze.dialects import CLOCK_TABLE, DIALECTS, META_TABLE, Dialect, SqlDialect
 from spotify_assets.catalog.tables import (
     CHANGE_SEQ,
     CaptureMode,

@@ -16,13 +16,13 @@ from urllib.parse import quote
 import pyarrow as pa
 
 from resources.odbc import (
-    Dialect,
     SourceConfigError,
     SourceUnavailableError,
     attribute,
     parse_connection_string,
     redact,
 )
+from spotify_assets.bronze.dialects import Dialect
 
 # Text columns are bounded for arrow-odbc's buffers; SQLite declares no lengths.
 _MAX_TEXT = 4000

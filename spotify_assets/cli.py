@@ -22,9 +22,10 @@ from tqdm import tqdm
 from resources.delta_tables import delta_table, exists
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from resources.lease import LakeBusyError, lake_writer
-from resources.odbc import Dialect, SourceConfigError, SourceUnavailableError
+from resources.odbc import SourceConfigError, SourceUnavailableError
 from resources.source_db import SourceDatabase
 from spotify_assets.bronze import adf_pipeline
+from spotify_assets.bronze.dialects import Dialect
 from spotify_assets.catalog.gold_spec import END_AT, Scd2Dimension
 from spotify_assets.catalog.tables import CATALOG, CatalogError
 from spotify_assets.orchestration import ingest, recovery

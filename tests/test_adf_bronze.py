@@ -16,12 +16,18 @@ import pytest
 
 from resources.adf import AdfClient, DataFactoryResource, TableCopy
 from resources.azure_copy import AzureCopyRunner
-from resources.bronze_store import EXTRACTED_AT, RUN_ID, WINDOW_END, WINDOW_START, bronze_schema
 from resources.copy_runner import LocalCopyRunner
 from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase
 from spotify_assets.bronze import adf_pipeline as adf
 from spotify_assets.bronze.dialects import DIALECTS
+from spotify_assets.bronze.schema import (
+    EXTRACTED_AT,
+    RUN_ID,
+    WINDOW_END,
+    WINDOW_START,
+    bronze_schema,
+)
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import CaptureMode, Table
 from tests.test_adf import FACTORY, GROUP, SUBSCRIPTION, FakeArm, client_for, copy_run

@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from resources.bronze_store import RUN_ID, BronzeStore, bronze_schema
+from resources.bronze_store import BronzeStore
 from resources.copy_runner import LocalCopyRunner
 from resources.lake import LakeConflictError, LakeStorage
 from resources.source_db import SourceDatabase
+from spotify_assets.bronze.schema import RUN_ID, bronze_schema
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import (
     CHANGE_AT,

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyodbc
 import pytest
 
-from resources.odbc import Dialect
 from resources.source_db import SourceSession
+from spotify_assets.bronze.dialects import Dialect
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.orchestration.resources import source_database
 from tests.conftest import Lakehouse, PostgresServer

@@ -8,8 +8,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from resources.odbc import Dialect
-from spotify_assets.bronze.dialects import DIALECTS, TsqlDialect
+from spotify_assets.bronze.dialects import DIALECTS, Dialect, TsqlDialect
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import (
     CATALOG,

@@ -7,7 +7,6 @@ import time
 import pytest
 
 from resources.odbc import (
-    Dialect,
     SourceConfigError,
     SourceUnavailableError,
     dialect_of,
@@ -16,6 +15,7 @@ from resources.odbc import (
     redact,
 )
 from resources.source_db import SourceDatabase
+from spotify_assets.bronze.dialects import Dialect
 from tests.conftest import PostgresServer, free_port
 
 SECRET = "hunter2-XyZ"

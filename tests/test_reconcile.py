@@ -18,10 +18,9 @@ from sqlglot import exp
 from resources.delta_tables import delta_table, partition_stats
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
-from resources.odbc import Dialect
 from resources.reconciler import reconcile
 from resources.silver_store import SilverStore
-from spotify_assets.bronze.dialects import DIALECTS
+from spotify_assets.bronze.dialects import DIALECTS, Dialect
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import (
     CATALOG,

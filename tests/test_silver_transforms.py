@@ -29,7 +29,13 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from resources.bronze_store import EXTRACTED_AT, RUN_ID, WINDOW_END, WINDOW_START, bronze_schema
+from spotify_assets.bronze.schema import (
+    EXTRACTED_AT,
+    RUN_ID,
+    WINDOW_END,
+    WINDOW_START,
+    bronze_schema,
+)
 from spotify_assets.catalog.reference import (
     COUNTRY_CODES,
     COUNTRY_NAMES,

@@ -15,10 +15,9 @@ import pyarrow.compute as pc
 import pytest
 
 from resources.copy_runner import LocalCopyRunner
-from resources.odbc import Dialect
 from resources.silver_store import SilverStore
 from resources.source_db import SourceDatabase
-from spotify_assets.bronze.dialects import DIALECTS
+from spotify_assets.bronze.dialects import DIALECTS, Dialect
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.rules import DriftPolicy
 from spotify_assets.catalog.tables import CATALOG, Table

@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from resources.bronze_store import EXTRACTED_AT, RUN_ID, WINDOW_END, WINDOW_START, BronzeStore
+from resources.bronze_store import BronzeStore
 from spotify_assets.bronze.dialects import TsqlDialect
-from spotify_assets.bronze.windows import Window, midnight
+from spotify_assets.bronze.schema import EXTRACTED_AT, RUN_ID, WINDOW_END, WINDOW_START
+from spotify_assets.bronze.windows import DEFAULT_SAFETY_LAG_SECONDS, Window, midnight
 from spotify_assets.catalog.tables import CATALOG, CaptureMode, Catalog, Table, validate_identifier
-from spotify_assets.orchestration.settings import DEFAULT_SAFETY_LAG_SECONDS
 
 PIPELINE_NAME = "ingest_tables"
 TSQL = TsqlDialect()

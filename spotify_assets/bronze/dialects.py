@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import ClassVar
 
-from resources.odbc import Dialect
 from spotify_assets.bronze.windows import Window, midnight
 from spotify_assets.catalog.tables import (
     CHANGE_AT,
@@ -30,6 +30,12 @@ CLOCK_TABLE = "source_clock"
 CLOCK_COLUMN = "now_utc"
 META_TABLE = "source_meta"
 TSQL_SCHEMA = "dbo"
+
+
+class Dialect(StrEnum):
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+    TSQL = "tsql"
 
 
 class SqlDialect(ABC):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 DAY = timedelta(days=1)
+# Behind the server's clock: longer than the longest write transaction plus CDC capture latency.
+DEFAULT_SAFETY_LAG_SECONDS = 300.0
 
 
 @dataclass(frozen=True, order=True)

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from resources.lease import DEFAULT_WAIT_SECONDS, WAIT_SETTING
-from resources.odbc import Dialect, dialect_of
+from resources.odbc import dialect_of
+from spotify_assets.bronze.dialects import Dialect
+from spotify_assets.bronze.windows import DEFAULT_SAFETY_LAG_SECONDS
 from spotify_assets.catalog.tables import Catalog, configured_catalog
 
 
@@ -21,8 +23,6 @@ class Environment(StrEnum):
     AZURE = "azure"
 
 
-# Behind the server's clock: longer than the longest write transaction plus CDC capture latency.
-DEFAULT_SAFETY_LAG_SECONDS = 300.0
 # How far back of the watermark reconciliation looks for late or missing rows: longer than
 # streams arrive late (the simulator: up to 5 days) plus the longest pause between runs.
 DEFAULT_RECONCILE_LOOKBACK_DAYS = 10

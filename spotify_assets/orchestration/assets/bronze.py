@@ -21,9 +21,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from resources.bronze_store import bronze_schema
 from resources.copy_runner import CopyResult, LocalCopyRunner, Waiting
 from resources.lease import LakeWriter
+from spotify_assets.bronze.schema import bronze_schema
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.partitions import daily_partitions, partition_window
