@@ -70,6 +70,7 @@ from spotify_assets.catalog.gold_spec import (
     PointInTimeFact,
     Scd2Dimension,
 )
+from spotify_assets.catalog.lake_paths import silver_path
 from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import CATALOG, Catalog, Table
 from spotify_assets.gold.transform import SILVER_VERSION_COLUMNS, aggregate, point_in_time
@@ -204,7 +205,7 @@ def _fact(catalog: Catalog, table: Table, spec: PointInTimeFact) -> None:
         }
         return point_in_time(catalog, spark.read.table(_silver_view(table)), dimensions)
 
-    comment = f"silver/{table.lake_name} rows passing the fact's expectations."
+    comment = f"{silver_path(table)} rows passing the fact's expectations."
     dp.temporary_view(name=_silver_view(table), comment=comment)(_expect(spec.expectations)(silver))
     dp.materialized_view(
         name=table.lake_name, comment=table.description, partition_cols=[spec.date_column]

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile, Manifest
 from spotify_assets.bronze.schema import bronze_schema
+from spotify_assets.catalog.lake_paths import bronze_path
 from spotify_assets.catalog.tables import Table
 
 _VERSION = re.compile(r"^v(\d{10})\.json$")
@@ -31,11 +32,7 @@ class BronzeStore:
     def __init__(self, lake: LakeStorage, table: Table) -> None:
         self.lake = lake
         self.table = table
-        self.root = self.root_of(table.name)
-
-    @staticmethod
-    def root_of(table_name: str) -> str:
-        return f"bronze/{table_name}"
+        self.root = bronze_path(table.name)
 
     def current(self) -> Manifest:
         """The latest manifest version; `LakeFileError` naming it if it cannot be read."""

@@ -40,6 +40,7 @@ from spotify_assets.bronze.schema import (
     bronze_schema,
 )
 from spotify_assets.bronze.windows import Window, midnight
+from spotify_assets.catalog.lake_paths import bronze_path
 from spotify_assets.catalog.tables import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
 from spotify_assets.source.schema import (
     SourceColumns,
@@ -112,7 +113,7 @@ class LocalCopyRunner(ConfigurableResource):
         return BronzeStore(self.lake, table)
 
     def store_root(self, table_name: str) -> str:
-        return BronzeStore.root_of(table_name)
+        return bronze_path(table_name)
 
     def high(self) -> datetime:
         """The upper bound of what may be read now, captured before any read (rule 1)."""

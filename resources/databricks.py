@@ -44,6 +44,7 @@ from resources.delta_tables import Days
 from resources.engines import GoldEngine, GoldOutcome, SilverEngine
 from resources.silver_store import SilverResult
 from spotify_assets.catalog.gold_spec import Aggregate
+from spotify_assets.catalog.lake_paths import silver_path
 from spotify_assets.catalog.tables import Catalog, Table
 
 Log = Callable[[str], None]
@@ -178,7 +179,7 @@ def silver_result(
     ]
     if not reported:
         raise Failure(
-            f"silver/{table.lake_name}: the Databricks run ended without reporting a result "
+            f"{silver_path(table)}: the Databricks run ended without reporting a result "
             "(cancelled or killed before the task finished); see the run in Databricks",
             metadata={k: MetadataValue.text(str(v)) for k, v in run.items()},
         )

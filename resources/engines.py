@@ -26,6 +26,7 @@ from resources.lake import LakeStorage
 from resources.silver_store import SilverResult, SilverStore
 from resources.spark import SparkResource
 from spotify_assets.catalog.gold_spec import Aggregate
+from spotify_assets.catalog.lake_paths import gold_path
 from spotify_assets.catalog.tables import Catalog, Table
 
 PREVIEW_ROWS = 5
@@ -159,5 +160,5 @@ def table_metadata(table: DataFrame, lake: LakeStorage, name: str) -> dict[str, 
     return {
         "dagster/column_schema": MetadataValue.table_schema(schema),
         "preview": MetadataValue.md(preview),
-        "path": MetadataValue.path(lake.uri(f"gold/{name}")),
+        "path": MetadataValue.path(lake.uri(gold_path(name))),
     }

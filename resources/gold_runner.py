@@ -29,6 +29,7 @@ from resources.delta_tables import (
 )
 from resources.lake import LakeStorage
 from spotify_assets.catalog.gold_spec import END_AT, Aggregate, Calendar, PointInTimeFact
+from spotify_assets.catalog.lake_paths import gold_path, gold_state_path, silver_path
 from spotify_assets.catalog.tables import CHANGE_DATE, Catalog, Table
 from spotify_assets.gold.transform import (
     SCD2_INVARIANTS,
@@ -40,8 +41,6 @@ from spotify_assets.gold.transform import (
     scd2,
     scd2_problems,
 )
-
-GOLD = "gold"
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class GoldRunner:
 
     def apply_dimension(self, table: Table, full: bool = False) -> DimensionApply:
         """Bring gold/<dim> up to the current silver version of the table."""
-        silver = f"silver/{table.lake_name}"
+        silver = silver_path(table)
         version = delta_table(self.lake, silver).version()
         applied = self.applied_version(table)
         target = self._path(table.lake_name)
@@ -101,9 +100,9 @@ class GoldRunner:
             if any(problems.values()):
                 broken = ", ".join(f"{name}: {n}" for name, n in problems.items() if n)
                 raise Scd2InvariantError(
-                    f"gold/{table.lake_name}: the new versions break SCD2 invariants ({broken}); "
-                    "nothing was written: report this with the source's change records of the "
-                    "keys changed since the last run"
+                    f"{gold_path(table.lake_name)}: the new versions break SCD2 invariants "
+                    f"({broken}); nothing was written: report this with the source's change "
+                    "records of the keys changed since the last run"
                 )
             if full:
                 replace_partitions(self.lake, rows, target, None, None)
@@ -116,8 +115,8 @@ class GoldRunner:
             changed_keys, versions_read = int(read["keys"]), int(read["versions"])
             failures = _counts(expected.failures)
 
-        gold = self._read(f"{GOLD}/{table.lake_name}")
-        counted = rows_and_nulls(self.lake, f"{GOLD}/{table.lake_name}", END_AT)
+        gold = self._read(gold_path(table.lake_name))
+        counted = rows_and_nulls(self.lake, gold_path(table.lake_name), END_AT)
         rows, current = counted or (gold.count(), gold.where(F.col(END_AT).isNull()).count())
         return DimensionApply(
             table=table.lake_name,
@@ -134,7 +133,7 @@ class GoldRunner:
     def _changed_keys(self, table: Table, applied: int, version: int) -> DataFrame | None:
         """Keys of the silver rows added or removed since version `applied`; None if the log
         cannot tell (the old files were vacuumed)."""
-        silver = f"silver/{table.lake_name}"
+        silver = silver_path(table)
         before = set(delta_table(self.lake, silver, applied).file_uris())
         now = set(delta_table(self.lake, silver, version).file_uris())
         touched = sorted(before ^ now)
@@ -160,32 +159,29 @@ class GoldRunner:
 
     def applied_version(self, table: Table) -> int | None:
         """The silver version gold/<dim> reflects; None before its first apply."""
-        names = self.lake.list_names(self._state_dir(table))
+        names = self.lake.list_names(gold_state_path(table))
         states = sorted(n for n in names if n.endswith(".json"))
         if not states:
             return None
-        return int(self.lake.read_json(f"{self._state_dir(table)}/{states[-1]}")["silver_version"])
+        return int(self.lake.read_json(f"{gold_state_path(table)}/{states[-1]}")["silver_version"])
 
     def _commit(self, table: Table, version: int) -> None:
-        names = [n for n in self.lake.list_names(self._state_dir(table)) if n.endswith(".json")]
+        names = [n for n in self.lake.list_names(gold_state_path(table)) if n.endswith(".json")]
         number = len(names) + 1
         self.lake.create_json(
-            f"{self._state_dir(table)}/v{number:010d}.json", {"silver_version": version}
+            f"{gold_state_path(table)}/v{number:010d}.json", {"silver_version": version}
         )
-
-    def _state_dir(self, table: Table) -> str:
-        return f"{GOLD}/_state/{table.lake_name}"
 
     # --- calendar, fact, aggregates ---
 
     def build_calendar(self, table: Table) -> PartitionBuild:
         assert isinstance(table.gold, Calendar)
-        expected = expect(table.gold.expectations, self._read(f"silver/{table.lake_name}"))
+        expected = expect(table.gold.expectations, self._read(silver_path(table)))
         replace_partitions(self.lake, expected.kept, self._path(table.lake_name), None, None)
         return PartitionBuild(
             table=table.lake_name,
             days=None,
-            rows=partition_rows(self.lake, f"{GOLD}/{table.lake_name}", None, None),
+            rows=partition_rows(self.lake, gold_path(table.lake_name), None, None),
             failures=_counts(expected.failures),
         )
 
@@ -193,7 +189,7 @@ class GoldRunner:
         fact = self.catalog.fact
         spec = fact.gold
         assert isinstance(spec, PointInTimeFact)
-        silver = self._read(f"silver/{fact.lake_name}").where(
+        silver = self._read(silver_path(fact)).where(
             F.col(CHANGE_DATE).between(F.lit(days[0]), F.lit(days[1]))
         )
         expected = expect(spec.expectations, silver)
@@ -201,15 +197,15 @@ class GoldRunner:
         for lookup in spec.lookups:
             name = self.catalog[lookup.dimension].lake_name
             if not exists(self.lake, self._path(name)):
-                raise RuntimeError(f"gold/{name} does not exist yet: materialize it first")
-            dimensions[lookup.dimension] = self._read(f"{GOLD}/{name}")
+                raise RuntimeError(f"{gold_path(name)} does not exist yet: materialize it first")
+            dimensions[lookup.dimension] = self._read(gold_path(name))
         rows = point_in_time(self.catalog, expected.kept, dimensions)
         return self._replace(fact.lake_name, rows, spec.date_column, days, expected)
 
     def build_aggregate(self, spec: Aggregate, days: Days) -> PartitionBuild:
         fact = self.catalog.fact
         date_column = fact.gold.date_column  # type: ignore[union-attr]
-        facts = self._read(f"{GOLD}/{fact.lake_name}").where(
+        facts = self._read(gold_path(fact.lake_name)).where(
             F.col(date_column).between(F.lit(days[0]), F.lit(days[1]))
         )
         expected = expect(spec.expectations, aggregate(spec, facts))
@@ -222,14 +218,14 @@ class GoldRunner:
         return PartitionBuild(
             table=name,
             days=days,
-            rows=partition_rows(self.lake, f"{GOLD}/{name}", partition, days),
+            rows=partition_rows(self.lake, gold_path(name), partition, days),
             failures=_counts(expected.failures),
         )
 
     # --- reading ---
 
     def _path(self, name: str) -> str:
-        return self.lake.path(f"{GOLD}/{name}")
+        return self.lake.path(gold_path(name))
 
     def _read(self, relative: str, version: int | None = None) -> DataFrame:
         check_log(self.lake, self.lake.path(relative))  # a damaged log, in one line
@@ -240,7 +236,7 @@ class GoldRunner:
 
     def read(self, name: str) -> DataFrame:
         """A gold table by name (`dim_user`, `fact_stream`, `agg_daily_track`, ...)."""
-        return self._read(f"{GOLD}/{name}")
+        return self._read(gold_path(name))
 
 
 def _counts(failures: DataFrame | None) -> dict[str, int]:

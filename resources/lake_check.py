@@ -11,6 +11,7 @@ from resources.bronze_store import BronzeStore
 from resources.delta_tables import delta_table, exists, log_gaps, partition_rows
 from resources.lake import LakeFileError, LakeStorage
 from spotify_assets.bronze.manifest import Manifest
+from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.faults import Fault, Layer
 
@@ -41,12 +42,12 @@ def delta_faults(
     """The faults of a table's silver and gold Delta tables (logs and emptiness only: cheap
     enough to check before every run)."""
     bronze_rows = sum(f.rows for f in manifest.files if f.live or f.window is None)
-    silver = [f"{Layer.SILVER}/{table.lake_name}", f"{Layer.SILVER}/_quarantine/{table.lake_name}"]
+    silver = [silver_path(table), quarantine_path(table)]
     faults, silver_rows = _delta_faults(lake, table, Layer.SILVER, silver, bronze_rows)
     # Behind a damaged silver, what gold should hold is judged from bronze.
     below = bronze_rows if faults else silver_rows
     for name in catalog.gold_tables(table):
-        faults += _delta_faults(lake, table, Layer.GOLD, [f"{Layer.GOLD}/{name}"], below)[0]
+        faults += _delta_faults(lake, table, Layer.GOLD, [gold_path(name)], below)[0]
     return faults
 
 

@@ -24,6 +24,7 @@ from resources.delta_tables import exists, partition_rows, partition_stats
 from resources.lake import LakeStorage
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
+from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import CHANGE_DATE, CHANGE_SEQ, VERSION_AT, CaptureMode, Table
 from spotify_assets.consistency.reconcile import (
     ABSENT,
@@ -120,12 +121,12 @@ def reconcile(
     stale = first_layers([(Layer.BRONZE, stale_days(source, bronze)), *boundaries])
     # An SCD2 dimension applies what silver gained since its last apply: emptied, it would stay
     # empty, so it is rebuilt whole.
-    silver_rows = sum(s.rows for s in lake[f"silver/{table.lake_name}"].values())
+    silver_rows = sum(s.rows for s in lake[silver_path(table)].values())
     empty_gold = (
         gold_on_lake
         and isinstance(table.gold, Scd2Dimension)
         and silver_rows > 0
-        and _rows(runner.lake, f"gold/{table.lake_name}") == 0
+        and _rows(runner.lake, gold_path(table.lake_name)) == 0
     )
     return Reconciliation(table.name, window, source, bronze, lake, stale, empty_gold)
 
@@ -142,7 +143,7 @@ def _lake_layers(
     (tagged with the layer to rebuild them from)."""
     lake, catalog = runner.lake, runner.source.catalog
     bronze = {day: PartitionStats(rows) for day, rows in live.items()}
-    names = [f"silver/{table.lake_name}", f"silver/_quarantine/{table.lake_name}"]
+    names = [silver_path(table), quarantine_path(table)]
     silver, quarantine = (partition_stats(lake, name, CHANGE_DATE) for name in names)
     held = {runner.store_root(table.name): bronze, names[0]: silver, names[1]: quarantine}
     # Every bronze row is a silver or a quarantined row, once each where no row is delivered
@@ -155,18 +156,16 @@ def _lake_layers(
     boundaries = [(Layer.SILVER, stale_partitions(bronze, cleaned, one_to_one))]
     spec = table.gold
     if gold_on_lake and isinstance(spec, PointInTimeFact):
-        fact_name = f"gold/{table.lake_name}"
+        fact_name = gold_path(table.lake_name)
         fact = held[fact_name] = partition_stats(lake, fact_name, spec.date_column)
         dimensions = _newest(
-            partition_stats(
-                lake, f"silver/{catalog[lookup.dimension].lake_name}", CHANGE_DATE, VERSION_AT
-            )
+            partition_stats(lake, silver_path(catalog[lookup.dimension]), CHANGE_DATE, VERSION_AT)
             for lookup in spec.lookups
         )
         stale = stale_partitions(silver, fact, False) | written_before(dimensions, fact)
         boundaries.append((Layer.GOLD, stale))
         for aggregate in catalog.aggregates:
-            name = f"gold/{aggregate.name}"
+            name = gold_path(aggregate.name)
             held[name] = partition_stats(lake, name, spec.date_column)
             boundaries.append((Layer.AGGREGATES, stale_partitions(fact, held[name], False)))
     return held, boundaries

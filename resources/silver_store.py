@@ -18,6 +18,7 @@ from resources.delta_tables import exists, replace_partitions
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import bronze_schema
+from spotify_assets.catalog.lake_paths import quarantine_path, silver_path
 from spotify_assets.catalog.tables import Table, TableRole
 from spotify_assets.silver.transform import (
     CHANGE_DATE,
@@ -54,8 +55,8 @@ class SilverStore:
     def __init__(self, lake: LakeStorage, spark: SparkSession, table: Table) -> None:
         self.lake, self.spark, self.table = lake, spark, table
         self.bronze = BronzeStore(lake, table)
-        self.path = lake.path(f"silver/{table.lake_name}")
-        self.quarantine_path = lake.path(f"silver/_quarantine/{table.lake_name}")
+        self.path = lake.path(silver_path(table))
+        self.quarantine_path = lake.path(quarantine_path(table))
 
     def bronze_files(self, days: tuple[date, date] | None) -> list[BronzeFile]:
         """The bronze files of the partitions `days` (inclusive); None: all of them."""

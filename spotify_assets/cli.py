@@ -27,6 +27,7 @@ from resources.source_db import SourceDatabase
 from spotify_assets.bronze import adf_pipeline
 from spotify_assets.bronze.dialects import Dialect
 from spotify_assets.catalog.gold_spec import END_AT, Scd2Dimension
+from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, CatalogError
 from spotify_assets.orchestration import ingest, recovery
 from spotify_assets.orchestration.catch_up import CatchUp
@@ -285,15 +286,13 @@ def demo(settings: Settings) -> None:
             name: {
                 "source": stats["rows"],
                 "bronze (images and changes)": _bronze_rows(settings, name),
-                "silver (versions)": _delta_rows(settings, f"silver/{CATALOG[name].lake_name}"),
-                "quarantined": _delta_rows(
-                    settings, f"silver/_quarantine/{CATALOG[name].lake_name}"
-                ),
-                "gold": _delta_rows(settings, f"gold/{CATALOG[name].lake_name}"),
+                "silver (versions)": _delta_rows(settings, silver_path(CATALOG[name])),
+                "quarantined": _delta_rows(settings, quarantine_path(CATALOG[name])),
+                "gold": _delta_rows(settings, gold_path(CATALOG[name].lake_name)),
             }
             for name, stats in source_tables.items()  # type: ignore[union-attr]
         }
-        | {a.name: {"gold": _delta_rows(settings, f"gold/{a.name}")} for a in CATALOG.aggregates},
+        | {a.name: {"gold": _delta_rows(settings, gold_path(a.name))} for a in CATALOG.aggregates},
     )
     _step("SCD2 dimensions", {t.lake_name: _scd2_summary(settings, t.lake_name)
                               for t in CATALOG if isinstance(t.gold, Scd2Dimension)})  # fmt: skip
@@ -315,7 +314,7 @@ def _missing_streams(settings: Settings) -> int:
 
 
 def _scd2_summary(settings: Settings, name: str) -> dict[str, int]:
-    table = delta_table(LakeStorage(url=settings.lake_url), f"gold/{name}").to_pyarrow_table()
+    table = delta_table(LakeStorage(url=settings.lake_url), gold_path(name)).to_pyarrow_table()
     current = table[END_AT].null_count
     return {"versions": table.num_rows, "current": current, "closed": table.num_rows - current}
 

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from resources.bronze_store import BronzeStore
 from spotify_assets.bronze.dialects import TsqlDialect
 from spotify_assets.bronze.schema import EXTRACTED_AT, RUN_ID, WINDOW_END, WINDOW_START
 from spotify_assets.bronze.windows import DEFAULT_SAFETY_LAG_SECONDS, Window, midnight
+from spotify_assets.catalog.lake_paths import bronze_path
 from spotify_assets.catalog.tables import CATALOG, CaptureMode, Catalog, Table, validate_identifier
 
 PIPELINE_NAME = "ingest_tables"
@@ -78,7 +78,7 @@ LOW_TOKEN, HIGH_TOKEN = "{low}", "{high}"
 # Windows no real load uses: their literals mark where `low` and `high` go in a template.
 _SENTINELS = Window(datetime(1111, 1, 1), datetime(2222, 2, 2))
 
-_BRONZE = BronzeStore.root_of("")
+_BRONZE = bronze_path("")
 _STATE_FILE = "state.json"
 _STORAGE_API = "2021-08-06"
 _KEY_VAULT_API = "7.4"

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 
+from spotify_assets.catalog import lake_paths
+
 
 class Layer(StrEnum):
-    BRONZE = "bronze"
-    SILVER = "silver"
-    GOLD = "gold"
+    BRONZE = lake_paths.BRONZE
+    SILVER = lake_paths.SILVER
+    GOLD = lake_paths.GOLD
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,11 @@ from spotify_assets.consistency.reconcile import Layer, repair_ranges
 from spotify_assets.orchestration.assets.bronze import (
     NOT_LOADED_YET_OLDEST,
     NOT_LOADED_YET_ROWS,
+    bronze_key,
     build_bronze_asset,
 )
 from spotify_assets.orchestration.assets.gold import build_dimension_asset, build_gold_assets_of
-from spotify_assets.orchestration.assets.silver import build_silver_asset
+from spotify_assets.orchestration.assets.silver import build_silver_asset, silver_key
 from spotify_assets.orchestration.partitions import partition_range_tags
 from spotify_assets.orchestration.resources import build_resources, copy_runner
 from spotify_assets.orchestration.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
@@ -179,7 +180,7 @@ def behind_since(
 ) -> date | None:
     """The first partition on or after `since` that some asset of the table's chain has not
     rebuilt since its upstream last changed (bronze -> silver -> gold fact -> aggregates)."""
-    chain = [AssetKey(["bronze", table.name]), AssetKey(["silver", table.lake_name])]
+    chain = [bronze_key(table), silver_key(table)]
     pairs = [(chain[0], chain[1])]
     gold = [k for a in build_gold_assets_of(catalog, table) if a.partitions_def for k in a.keys]
     if gold:
@@ -393,8 +394,8 @@ def _loads(run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult) ->
     loads = []
     for name in run.tables:
         table = catalog[name]
-        copied = metadata(AssetKey(["bronze", table.name]))
-        cleaned = metadata(AssetKey(["silver", table.lake_name]))
+        copied = metadata(bronze_key(table))
+        cleaned = metadata(silver_key(table))
         keys = [k for a in build_gold_assets_of(catalog, table) for k in a.keys]
         gold = {k.path[-1]: metadata(k) for k in keys}
         loads.append(

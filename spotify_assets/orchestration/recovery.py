@@ -15,6 +15,7 @@ from resources.bronze_store import BronzeStore
 from resources.lake import LakeFileError
 from resources.lake_check import verify as verify_lake
 from spotify_assets.catalog.gold_spec import Scd2Dimension
+from spotify_assets.catalog.lake_paths import gold_state_path
 from spotify_assets.catalog.tables import Table
 from spotify_assets.consistency.faults import Fault, Layer
 from spotify_assets.consistency.reconcile import Layer as RebuildFrom
@@ -68,7 +69,7 @@ def repair(settings: Settings, instance: DagsterInstance, tables: Sequence[str] 
             start = RebuildFrom.SILVER if silver else RebuildFrom.GOLD
             if silver and isinstance(table.gold, Scd2Dimension):
                 # Its apply state names versions of the silver table deleted above: re-apply all.
-                runner.lake.remove_tree(f"{Layer.GOLD}/_state/{table.lake_name}")
+                runner.lake.remove_tree(gold_state_path(table))
             days = every_day[table.name] if table.change_time_column else None
             runs.append(PlannedRun((table.name,), days, False, "", start))
     loads, failures = [], []

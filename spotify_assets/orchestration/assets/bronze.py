@@ -24,11 +24,10 @@ from pydantic import Field
 from resources.copy_runner import CopyResult, LocalCopyRunner, Waiting
 from resources.lease import LakeWriter
 from spotify_assets.bronze.schema import bronze_schema
+from spotify_assets.catalog.lake_paths import BRONZE
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.partitions import daily_partitions, partition_window
-
-BRONZE_GROUP = "bronze"
 
 
 class BronzeConfig(Config):
@@ -40,7 +39,7 @@ class BronzeConfig(Config):
 
 
 def bronze_key(table: Table) -> AssetKey:
-    return AssetKey(["bronze", table.name])
+    return AssetKey([BRONZE, table.name])
 
 
 def build_bronze_asset(table: Table) -> AssetsDefinition:
@@ -50,7 +49,7 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
     @asset(
         key=bronze_key(table),
         deps=[source_key(table)],
-        group_name=BRONZE_GROUP,
+        group_name=BRONZE,
         kinds={"parquet"},
         description=f"Raw copy of `{table.name}` ({table.mode.value}), with audit columns.",
         partitions_def=daily_partitions(table.first_partition) if partitioned else None,

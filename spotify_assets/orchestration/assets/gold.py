@@ -25,13 +25,12 @@ from pydantic import Field
 from resources.engines import GoldEngine, GoldOutcome
 from resources.lease import LakeWriter
 from spotify_assets.catalog.gold_spec import Aggregate, Calendar, PointInTimeFact, Scd2Dimension
+from spotify_assets.catalog.lake_paths import GOLD
 from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.gold.transform import SCD2_INVARIANTS
 from spotify_assets.orchestration.assets.silver import silver_key
 from spotify_assets.orchestration.partitions import daily_partitions, partition_days
-
-GOLD_GROUP = "gold"
 
 
 class DimensionConfig(Config):
@@ -43,7 +42,7 @@ class DimensionConfig(Config):
 
 
 def gold_key(name: str) -> AssetKey:
-    return AssetKey(["gold", name])
+    return AssetKey([GOLD, name])
 
 
 def _expectation_checks(key: AssetKey, rules: tuple[Rule, ...]) -> list[AssetCheckSpec]:
@@ -92,7 +91,7 @@ def build_dimension_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
     @asset(
         key=key,
         deps=[silver_key(table)],
-        group_name=GOLD_GROUP,
+        group_name=GOLD,
         kinds={"spark", "delta"},
         description=f"{table.description} SCD type 2 over `{spec.business_time}`, then "
         f"`{spec.change_sequence}`: one row per version, tracked columns "
@@ -136,7 +135,7 @@ def build_calendar_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
     @asset(
         key=key,
         deps=[silver_key(table)],
-        group_name=GOLD_GROUP,
+        group_name=GOLD,
         kinds={"spark", "delta"},
         description=f"{table.description} Silver's current rows.",
         check_specs=_expectation_checks(key, spec.expectations),
@@ -161,7 +160,7 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
     @asset(
         key=key,
         deps=[silver_key(fact), *lookups],
-        group_name=GOLD_GROUP,
+        group_name=GOLD,
         kinds={"spark", "delta"},
         description=f"{fact.description} With {carried} as they were at `{spec.time_column}`; "
         f"partitioned by `{spec.date_column}`.",
@@ -186,7 +185,7 @@ def build_aggregate_asset(catalog: Catalog, spec: Aggregate) -> AssetsDefinition
     @asset(
         key=key,
         deps=[gold_key(fact.lake_name)],
-        group_name=GOLD_GROUP,
+        group_name=GOLD,
         kinds={"spark", "delta"},
         description=f"{spec.description} Partitioned like the fact.",
         partitions_def=daily_partitions(fact.first_partition),

@@ -22,15 +22,14 @@ from resources.engines import SilverEngine
 from resources.lake import LakeStorage
 from resources.lease import LakeWriter
 from resources.silver_store import SilverResult
+from spotify_assets.catalog.lake_paths import SILVER, quarantine_path, silver_path
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.partitions import daily_partitions, partition_days
 
-SILVER_GROUP = "silver"
-
 
 def silver_key(table: Table) -> AssetKey:
-    return AssetKey(["silver", table.lake_name])
+    return AssetKey([SILVER, table.lake_name])
 
 
 def build_silver_asset(table: Table) -> AssetsDefinition:
@@ -49,10 +48,10 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
     @asset(
         key=key,
         deps=[bronze_key(table)],
-        group_name=SILVER_GROUP,
+        group_name=SILVER,
         kinds={"spark", "delta"},
         description=f"Cleaned versions of `{table.name}`; failing rows in "
-        f"silver/_quarantine/{table.lake_name}.",
+        f"{quarantine_path(table)}.",
         partitions_def=daily_partitions(table.first_partition) if partitioned else None,
         backfill_policy=BackfillPolicy.single_run() if partitioned else None,
         check_specs=checks,
@@ -97,5 +96,5 @@ def silver_metadata(
         "quarantined": MetadataValue.int(result.quarantined),
         "partitions": MetadataValue.text(days),
         "failures_by_rule": MetadataValue.json(result.failures),
-        "path": MetadataValue.path(lake.uri(f"silver/{table.lake_name}")),
+        "path": MetadataValue.path(lake.uri(silver_path(table))),
     }

@@ -15,13 +15,12 @@ from dagster import (
 )
 
 from resources.source_db import SourceDatabase
+from spotify_assets.catalog.lake_paths import SOURCE
 from spotify_assets.catalog.tables import Catalog, Table
-
-SOURCE_GROUP = "source"
 
 
 def source_key(table: Table) -> AssetKey:
-    return AssetKey(["source", table.name])
+    return AssetKey([SOURCE, table.name])
 
 
 def source_spec(table: Table, dialect: str) -> AssetSpec:
@@ -33,7 +32,7 @@ def source_spec(table: Table, dialect: str) -> AssetSpec:
         key=source_key(table),
         description=f"{table.description} Source table `{table.name}`, captured by "
         f"{table.mode.value}.",
-        group_name=SOURCE_GROUP,
+        group_name=SOURCE,
         kinds={dialect},
         metadata={
             "dagster/column_schema": TableSchema(columns=columns),
@@ -50,7 +49,7 @@ def build_source_observation(catalog: Catalog, dialect: str):
     specs = [source_spec(t, dialect) for t in catalog]
 
     @multi_observable_source_asset(
-        specs=specs, name="observe_source", can_subset=True, group_name=SOURCE_GROUP
+        specs=specs, name="observe_source", can_subset=True, group_name=SOURCE
     )
     def observe_source(
         context: AssetExecutionContext, source_db: SourceDatabase

@@ -38,6 +38,7 @@ from dagster import (
 
 from resources.copy_runner import LocalCopyRunner
 from resources.engines import GoldEngine
+from spotify_assets.catalog.lake_paths import BRONZE, GOLD, SILVER
 from spotify_assets.catalog.tables import Catalog
 from spotify_assets.orchestration.ingest import (
     WRITER_TAG,
@@ -68,7 +69,7 @@ def build_arrival_sensor(catalog: Catalog, lookback_days: int) -> SensorDefiniti
     @sensor(
         name="cdc_arrival_sensor",
         minimum_interval_seconds=ARRIVAL_INTERVAL_SECONDS,
-        target=AssetSelection.groups("bronze", "silver", "gold"),
+        target=AssetSelection.groups(BRONZE, SILVER, GOLD),
         default_status=DefaultSensorStatus.STOPPED,
         description="Requests an incremental run of the tables whose change feed or watermark "
         "column moved since the last evaluation.",
@@ -95,7 +96,7 @@ def build_reconciliation_sensor(catalog: Catalog, lookback_days: int) -> SensorD
     @sensor(
         name="reconciliation_sensor",
         minimum_interval_seconds=RECONCILIATION_INTERVAL_SECONDS,
-        target=AssetSelection.groups("bronze", "silver", "gold"),
+        target=AssetSelection.groups(BRONZE, SILVER, GOLD),
         default_status=DefaultSensorStatus.STOPPED,
         description=f"Compares per-day counts and checksums of the source and bronze over the "
         f"last {lookback_days} loaded days, and of bronze, silver, gold fact and aggregates over "
@@ -128,7 +129,7 @@ def build_daily_schedule(catalog: Catalog, lookback_days: int) -> ScheduleDefini
         name="daily_catch_up",
         cron_schedule="0 2 * * *",
         execution_timezone="UTC",
-        target=AssetSelection.groups("bronze", "silver", "gold"),
+        target=AssetSelection.groups(BRONZE, SILVER, GOLD),
         default_status=DefaultScheduleStatus.STOPPED,
         description="Fallback when the sensors are off: an incremental run of every table.",
     )
