@@ -27,6 +27,7 @@ test: system-test venv azurite lint
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 venv: $(INSTALLED)
 
@@ -64,4 +65,4 @@ fi
 endef
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .ruff_cache .azurite
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache .import_linter_cache .azurite
