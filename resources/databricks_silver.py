@@ -1,8 +1,8 @@
 """Silver on Databricks: the job task that runs `SilverStore.refresh` next to the data.
 
-Dagster submits it as a one-time run through Pipes (`resources/databricks.py`), and the asset
-bundle (`databricks.yml`) deploys it as the job `spotify_silver` for runs started in Databricks.
-Both run the synced file with the same arguments:
+Dagster submits it as a one-time run through Pipes (`resources/databricks_engines.py`), and the
+asset bundle (`databricks.yml`) deploys it as the job `spotify_silver` for runs started in
+Databricks. Both run the synced file with the same arguments:
 
     databricks_silver.py --repo-root <bundle files> --lake-url abfss://... --table FactStream
                          [--mode watermark] [--days 2026-03-01 2026-03-07] --run-id <run id>
@@ -12,7 +12,9 @@ an installed wheel (the project pins pyspark and Sail, which must not replace th
 Spark), and may run it without `__file__`, so the project is imported only after `--repo-root` is
 put on sys.path. Under Dagster it reports its result through Pipes; started any other way, it
 prints it. Only the standard library is imported at module level: the Dagster side imports this
-module for `SilverTask` and the result's metadata shape.
+module for `SilverTask` and the result's metadata shape. Databricks runs it from its own folder,
+which may come first on sys.path: no module of `resources/` is named like a package the task
+imports (hence `databricks_engines.py`, not `databricks.py`, which would hide the SDK's).
 """
 
 from __future__ import annotations

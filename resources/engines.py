@@ -2,7 +2,7 @@
 
 The silver and gold assets take an engine, never a Spark session or a workspace, so the same
 assets run on the embedded default (`LocalSilver`, `LocalGold`: Sail in this process) and on
-Databricks (`resources/databricks.py`: a job task through Dagster Pipes, a pipeline update).
+Databricks (`resources/databricks_engines.py`: a job task through Dagster Pipes, a pipeline update).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 from resources.adf import DataFactoryResource
 from resources.azure_copy import AzureCopyRunner
-from resources.databricks import DatabricksSilverRunner, DltPipelineRunner
+from resources.databricks_engines import DatabricksSilverRunner, DltPipelineRunner
 from resources.engines import LocalGold, LocalSilver
 from resources.lease import LakeWriter
 from spotify_assets.orchestration.definitions import build_definitions

@@ -39,8 +39,8 @@ from databricks.sdk.errors import DatabricksError
 from databricks.sdk.service.jobs import JobsAPI
 from databricks.sdk.service.pipelines import PipelinesAPI
 
-from resources import databricks, databricks_silver
-from resources.databricks import (
+from resources import databricks_engines, databricks_silver
+from resources.databricks_engines import (
     ENTRYPOINT,
     TASK_LIBRARIES,
     DatabricksSilverRunner,
@@ -241,8 +241,8 @@ def test_the_submitted_task_for_a_partition_window_on_a_new_job_cluster() -> Non
         },
         "libraries": [{"pypi": {"package": p}} for p in TASK_LIBRARIES],
         "new_cluster": {
-            "spark_version": databricks.SPARK_VERSION,
-            "node_type_id": databricks.NODE_TYPE,
+            "spark_version": databricks_engines.SPARK_VERSION,
+            "node_type_id": databricks_engines.NODE_TYPE,
             "num_workers": 2,
             "data_security_mode": "SINGLE_USER",
             "spark_conf": {
@@ -601,7 +601,7 @@ def test_gold_assets_on_databricks_send_their_tables_and_say_which_checks_ran(
     monkeypatch: pytest.MonkeyPatch,
     lake_writer: LakeWriter,
 ) -> None:
-    monkeypatch.setattr(databricks.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(databricks_engines.time, "sleep", lambda seconds: None)
     fake = FakePipelines(["COMPLETED"])
     no_real_workspace(fake.api)
     resources = {"gold_engine": dlt_runner(), "lake_writer": lake_writer}
@@ -697,7 +697,7 @@ def test_the_bundle_deploys_the_pipeline_from_dlt_and_the_silver_task() -> None:
     }
     assert environment == lake_environment()
     assert cluster["new_cluster"]["data_security_mode"] == "SINGLE_USER"
-    assert cluster["new_cluster"]["spark_conf"] == databricks.SILVER_SPARK_CONF
+    assert cluster["new_cluster"]["spark_conf"] == databricks_engines.SILVER_SPARK_CONF
     # Every variable used is declared; the bundle holds references, never a secret value.
     text = (REPO / "databricks.yml").read_text(encoding="utf-8")
     used = {piece.split("}")[0] for piece in text.split("${var.")[1:]}

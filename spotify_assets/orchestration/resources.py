@@ -82,7 +82,7 @@ def azure_resources(settings: Settings) -> dict[str, object]:
     try:
         from resources.adf import data_factory_resource
         from resources.azure_copy import AzureCopyRunner
-        from resources.databricks import (
+        from resources.databricks_engines import (
             DatabricksSilverRunner,
             DatabricksWorkspace,
             DltPipelineRunner,
