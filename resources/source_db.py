@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyodbc
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -27,8 +28,16 @@ from resources.odbc import (
     dialect_of,
     odbc_connect,
     parse_connection_string,
+    redact,
 )
-from spotify_assets.bronze.dialects import CLOCK_TABLE, DIALECTS, META_TABLE, Dialect, SqlDialect
+from spotify_assets.bronze.dialects import (
+    CLOCK_COLUMN,
+    CLOCK_TABLE,
+    DIALECTS,
+    META_TABLE,
+    Dialect,
+    SqlDialect,
+)
 from spotify_assets.catalog.tables import (
     CHANGE_SEQ,
     CaptureMode,
@@ -119,8 +128,14 @@ class SourceDatabase(ConfigurableResource):
         """Whether the source has been initialised (it holds the catalog's tables)."""
         if self.dialect is Dialect.SQLITE and not self.sqlite_path().exists():
             return False
-        with self.session() as session:
-            return session.is_initialised()
+        try:
+            with self.session() as session:
+                return session.is_initialised()
+        except (sqlite3.Error, pyodbc.Error) as error:
+            raise SourceUnavailableError(
+                f"cannot read the source ({redact(self.connection_string)}): "
+                f"{redact(str(error))}. Check that it is the database `source init` created."
+            ) from error
 
     def require_initialised(self) -> None:
         if not self.exists():
@@ -140,24 +155,12 @@ class SourceSession:
     # --- schema ---
 
     def is_initialised(self) -> bool:
-        try:
-            self.scalar(self.sql.count(META_TABLE))
-        except Exception:
-            return False
-        return True
+        """Whether the settings table exists (a catalog read: any error is a real one)."""
+        return bool(self.query(self.sql.columns_query(META_TABLE)))
 
     def drop_all(self) -> None:
-        for name in self._owned_tables():
-            self.execute(f"DROP TABLE IF EXISTS {self.sql.qualified(name)}")
-        if self.sql.dialect is Dialect.POSTGRESQL:
-            for table in self.catalog:
-                self.execute(f"DROP FUNCTION IF EXISTS {self.sql.quote(table.name + '_capture')}()")
-
-    def _owned_tables(self) -> list[str]:
-        names = [t.name for t in self.catalog] + [CLOCK_TABLE, META_TABLE]
-        if self.sql.dialect is not Dialect.TSQL:
-            names += [t.change_table for t in self.catalog]
-        return names
+        for statement in self.sql.drop_schema(list(self.catalog)):
+            self.execute(statement)
 
     def create_schema(self) -> None:
         """Tables without indexes or capture: `finish_schema` adds those after the bulk load."""
@@ -213,7 +216,7 @@ class SourceSession:
 
     def set_meta(self, values: dict[str, object]) -> None:
         for name, value in values.items():
-            self.execute(f"DELETE FROM {self.sql.qualified(META_TABLE)} WHERE name = ?", [name])
+            self.execute(self.sql.delete_meta(), [name])
             self.execute(self.sql.insert(META_TABLE, ("name", "value")), [name, str(value)])
 
     def load_initial(
@@ -300,10 +303,7 @@ class SourceSession:
         dims = {t.name: self.read_table(t) for t in self.catalog.by_role(TableRole.DIMENSION)}
         (calendar,) = self.catalog.by_role(TableRole.CALENDAR)
         day = next(c for c in calendar.columns if c.type is ColumnType.DATE)
-        first_day, last_day = self.query(
-            f"SELECT MIN({self.sql.quote(day.name)}), MAX({self.sql.quote(day.name)}) "
-            f"FROM {self.sql.qualified(calendar.name)}"
-        )[0]
+        first_day, last_day = self.query(self.sql.range_of(calendar.name, day.name))[0]
         return SourceState(
             clock=self.clock(),
             dims=dims,
@@ -315,13 +315,11 @@ class SourceSession:
     # --- reads ---
 
     def meta(self) -> dict[str, str]:
-        rows = self.query(f"SELECT name, value FROM {self.sql.qualified(META_TABLE)}")
+        rows = self.query(self.sql.select_meta())
         return {name: value for name, value in rows}
 
     def clock(self) -> datetime:
-        value = self.scalar(
-            f"SELECT MAX({self.sql.quote('now_utc')}) FROM {self.sql.qualified(CLOCK_TABLE)}"
-        )
+        value = self.scalar(self.sql.max_of(CLOCK_TABLE, CLOCK_COLUMN))
         return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
     def read_table(self, table: Table) -> pa.Table:
@@ -389,7 +387,7 @@ class SourceSession:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All-or-nothing: a crash or error mid-way leaves the source as it was."""
-        self.execute("BEGIN TRANSACTION" if self.sql.dialect is Dialect.TSQL else "BEGIN")
+        self.execute(self.sql.begin())
         try:
             yield
         except BaseException:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from resources.odbc import SourceUnavailableError
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog.tables import CaptureMode, TableRole
 from spotify_assets.source.generator import InitialData, generate
@@ -152,6 +153,29 @@ def test_simulated_days_are_mirrored_and_captured(source: SourceDatabase) -> Non
             "U": updates,
             "D": deletes,
         }
+
+
+def test_only_missing_tables_read_as_not_initialised(source: SourceDatabase) -> None:
+    assert not source.exists()
+    initialise(source)
+    assert source.exists()
+    with source.session() as session:
+        session.drop_all()  # `source init --force`: every table, change capture and function
+    assert not source.exists()
+    initialise(source)
+
+
+def test_an_unreadable_source_is_an_error_naming_it_not_an_empty_source(
+    sqlite_source: SourceDatabase,
+) -> None:
+    """A source that cannot be read must not pass for one never initialised: the sensors would
+    skip every evaluation without a word."""
+    path = sqlite_source.sqlite_path()
+    path.touch()  # an empty database: no tables yet
+    assert not sqlite_source.exists()
+    path.write_bytes(b"not a SQLite database " * 256)
+    with pytest.raises(SourceUnavailableError, match=f"{path}.*not a database"):
+        sqlite_source.exists()
 
 
 def test_watermark_mode_dimension_has_no_change_capture(sqlite_source: SourceDatabase) -> None:

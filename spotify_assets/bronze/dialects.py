@@ -7,6 +7,7 @@ bound parameters (`?`) or typed literals.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar
@@ -133,6 +134,29 @@ class SqlDialect(ABC):
 
     def max_of(self, table: str, column: str) -> str:
         return f"SELECT MAX({self.quote(column)}) FROM {self.qualified(table)}"
+
+    def range_of(self, table: str, column: str) -> str:
+        column = self.quote(column)
+        return f"SELECT MIN({column}), MAX({column}) FROM {self.qualified(table)}"
+
+    def select_meta(self) -> str:
+        return f"SELECT name, value FROM {self.qualified(META_TABLE)}"
+
+    def delete_meta(self) -> str:
+        """Deletes the one setting bound as its name."""
+        return f"DELETE FROM {self.qualified(META_TABLE)} WHERE name = ?"
+
+    def begin(self) -> str:
+        return "BEGIN"
+
+    def drop_schema(self, tables: Sequence[Table]) -> list[str]:
+        """Drops everything `source init` creates: the catalog's tables, their change capture,
+        the clock and the settings."""
+        names = [t.name for t in tables] + [CLOCK_TABLE, META_TABLE] + self._change_tables(tables)
+        return [f"DROP TABLE IF EXISTS {self.qualified(name)}" for name in names]
+
+    def _change_tables(self, tables: Sequence[Table]) -> list[str]:
+        return [t.change_table for t in tables]
 
     def set_clock(self) -> list[str]:
         """Statements (one bound timestamp in the last) that set the simulated clock."""
@@ -375,9 +399,16 @@ class PostgresDialect(SqlDialect):
     def timestamp_literal(self, value: datetime) -> str:
         return f"TIMESTAMP '{value.isoformat(sep=' ', timespec='microseconds')}'"
 
+    def drop_schema(self, tables: Sequence[Table]) -> list[str]:
+        functions = [f"DROP FUNCTION IF EXISTS {self._capture_function(t)}()" for t in tables]
+        return super().drop_schema(tables) + functions
+
+    def _capture_function(self, table: Table) -> str:
+        return self.quote(f"{table.name}_capture")
+
     def change_capture(self, table: Table) -> list[str]:
         ct = self.quote(table.change_table)
-        function = self.quote(f"{table.name}_capture")
+        function = self._capture_function(table)
         columns = self.column_list((CHANGE_OP, CHANGE_AT, *table.column_names))
         clock = self.clock_expression()
 
@@ -414,6 +445,12 @@ class TsqlDialect(SqlDialect):
 
     def quote(self, name: str) -> str:
         return f"[{validate_identifier(name)}]"
+
+    def begin(self) -> str:
+        return "BEGIN TRANSACTION"
+
+    def _change_tables(self, tables: Sequence[Table]) -> list[str]:
+        return []  # the engine's CDC owns them: dropping a captured table drops its change table
 
     def qualified(self, name: str) -> str:
         return f"{self.quote(TSQL_SCHEMA)}.{self.quote(name)}"
