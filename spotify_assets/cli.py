@@ -309,8 +309,9 @@ def demo(settings: Settings) -> None:
 
 def _missing_streams(settings: Settings) -> int:
     """Streams in the source that bronze does not hold (late arrivals in loaded days)."""
-    stats = source_stats(settings)["tables"]["FactStream"]  # type: ignore[index]
-    return int(stats["rows"]) - _bronze_rows(settings, "FactStream")
+    fact = CATALOG.fact.name
+    stats = source_stats(settings)["tables"][fact]  # type: ignore[index]
+    return int(stats["rows"]) - _bronze_rows(settings, fact)
 
 
 def _scd2_summary(settings: Settings, name: str) -> dict[str, int]:
