@@ -9,12 +9,16 @@ from datetime import date
 from pathlib import Path
 
 from dagster import AssetKey, DagsterEventType, Definitions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog.gold_spec import Scd2Dimension
-from spotify_assets.catalog.tables import CATALOG
+from spotify_assets.catalog.tables import CATALOG, configured_catalog
+from spotify_assets.consistency.reconcile import Layer
 from spotify_assets.gold.transform import SCD2_INVARIANTS
 from spotify_assets.orchestration.definitions import OBSERVE_SOURCE_JOB, build_definitions
+from spotify_assets.orchestration.ingest import PlannedRun
 from spotify_assets.orchestration.settings import Settings
 from tests.test_source_db import initialise
 
@@ -152,3 +156,26 @@ def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
     env = {**os.environ, "SPOTIFY_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
     env.pop("SPOTIFY_SOURCE_ODBC", None)
     validate_workspace(env)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    tables=st.sets(st.sampled_from([t.name for t in CATALOG]), min_size=1),
+    start=st.sampled_from(Layer),
+    from_watermark=st.booleans(),
+)
+def test_a_planned_run_knows_its_keys_and_ops_without_building_its_assets(
+    tables: set[str], start: Layer, from_watermark: bool
+) -> None:
+    """Sensors request runs by key and op config, computed from the catalog: they must name
+    exactly the assets the run executes."""
+    catalog = configured_catalog("", date(2026, 3, 1))
+    run = PlannedRun(tuple(sorted(tables)), (date(2026, 3, 1), date(2026, 3, 2)), from_watermark,
+                     start=start)  # fmt: skip
+    assets = run.assets(catalog)
+    assert run.asset_keys(catalog) == [key for a in assets for key in a.keys]
+    configured = run.run_config(catalog)["ops"]
+    assert set(configured) <= {a.op.name for a in assets}
+    extracted = len(tables) if start is Layer.BRONZE else 0
+    rebuilt = [n for n in tables if isinstance(catalog[n].gold, Scd2Dimension)]
+    assert len(configured) == extracted + (len(rebuilt) if start is Layer.GOLD else 0)

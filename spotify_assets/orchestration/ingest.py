@@ -36,7 +36,7 @@ from resources.engines import GoldEngine
 from resources.lake import REPAIR_COMMAND, LakeFileError
 from resources.lake_check import delta_faults
 from resources.reconciler import reconcile_all
-from spotify_assets.catalog.gold_spec import Scd2Dimension
+from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.reconcile import Layer, repair_ranges
 from spotify_assets.orchestration.assets.bronze import (
@@ -45,7 +45,7 @@ from spotify_assets.orchestration.assets.bronze import (
     bronze_key,
     build_bronze_asset,
 )
-from spotify_assets.orchestration.assets.gold import build_dimension_asset, build_gold_assets_of
+from spotify_assets.orchestration.assets.gold import build_gold_assets_of, gold_key
 from spotify_assets.orchestration.assets.silver import build_silver_asset, silver_key
 from spotify_assets.orchestration.partitions import partition_range_tags
 from spotify_assets.orchestration.resources import build_resources, copy_runner
@@ -103,30 +103,45 @@ class PlannedRun:
         return partition_range_tags(*self.days) if self.days else {}
 
     def assets(self, catalog: Catalog) -> list[AssetsDefinition]:
+        """The definitions the run executes (what a sensor's request needs is `asset_keys`)."""
         tables = [catalog[name] for name in self.tables]
         bronze = [build_bronze_asset(t) for t in tables] if self.start <= Layer.BRONZE else []
         silver = [build_silver_asset(t) for t in tables] if self.start <= Layer.SILVER else []
-        # A table's own gold table comes first, the fact's aggregates after it.
         gold = [
             asset
             for t in tables
             for n, asset in enumerate(build_gold_assets_of(catalog, t))
-            if self.start <= (Layer.GOLD if n == 0 else Layer.AGGREGATES)
+            if self.start <= _gold_layer(n)
         ]
         return bronze + silver + gold
 
     def asset_keys(self, catalog: Catalog) -> list[AssetKey]:
-        return [key for a in self.assets(catalog) for key in a.keys]
+        """The keys of `assets`, from the catalog alone."""
+        tables = [catalog[name] for name in self.tables]
+        bronze = [bronze_key(t) for t in tables] if self.start <= Layer.BRONZE else []
+        silver = [silver_key(t) for t in tables] if self.start <= Layer.SILVER else []
+        gold = [
+            gold_key(name)
+            for t in tables
+            for n, name in enumerate(catalog.gold_tables(t))
+            if self.start <= _gold_layer(n)
+        ]
+        return bronze + silver + gold
 
     def run_config(self, catalog: Catalog) -> dict:
-        extracted = self.tables if self.start is Layer.BRONZE else ()
-        bronze_ops = [build_bronze_asset(catalog[name]).op.name for name in extracted]
-        ops = {op: {"config": {"from_watermark": self.from_watermark}} for op in bronze_ops}
+        # An asset's op is named after its key (Dagster's default).
+        extracted = [catalog[name] for name in self.tables] if self.start is Layer.BRONZE else []
+        ops = {
+            bronze_key(t).to_python_identifier(): {
+                "config": {"from_watermark": self.from_watermark}
+            }
+            for t in extracted
+        }
         if self.start is Layer.GOLD:  # rebuilt from silver: a dimension in full
             tables = [catalog[name] for name in self.tables]
             dimensions = [t for t in tables if isinstance(t.gold, Scd2Dimension)]
             ops |= {
-                build_dimension_asset(catalog, t).op.name: {"config": {"full_refresh": True}}
+                gold_key(t.lake_name).to_python_identifier(): {"config": {"full_refresh": True}}
                 for t in dimensions
             }
         return {
@@ -140,6 +155,11 @@ class PlannedRun:
         days = f" {self.days[0]}..{self.days[1]}" if self.days else ""
         start = f" from {self.start.name.lower()}" if self.start is not Layer.BRONZE else ""
         return f"{what} of {', '.join(self.tables)}{days}{start}"
+
+
+def _gold_layer(n: int) -> Layer:
+    """The layer of a table's `n`th gold table: its own comes first, the fact's aggregates after."""
+    return Layer.GOLD if n == 0 else Layer.AGGREGATES
 
 
 def plan_incremental(
@@ -182,9 +202,9 @@ def behind_since(
     rebuilt since its upstream last changed (bronze -> silver -> gold fact -> aggregates)."""
     chain = [bronze_key(table), silver_key(table)]
     pairs = [(chain[0], chain[1])]
-    gold = [k for a in build_gold_assets_of(catalog, table) if a.partitions_def for k in a.keys]
-    if gold:
-        fact, *aggregates = gold
+    # Of gold, only the fact and its aggregates are partitioned.
+    if isinstance(table.gold, PointInTimeFact):
+        fact, *aggregates = [gold_key(name) for name in catalog.gold_tables(table)]
         pairs += [(chain[1], fact), *((fact, aggregate) for aggregate in aggregates)]
     first: date | None = None
     event = DagsterEventType.ASSET_MATERIALIZATION
@@ -322,21 +342,26 @@ def execute(
     loads: list[TableLoad] = []
     failed = list(failures)
     for run in runs:
-        result = _materialize(run, catalog, resources, instance)
+        assets = run.assets(catalog)
+        result = _materialize(run, assets, catalog, resources, instance)
         if result.success:
-            loads += _loads(run, catalog, result)
+            loads += _loads(run, assets, catalog, result)
         else:
-            failed += _failure_lines(run, catalog, result, instance)
+            failed += _failure_lines(run, assets, result, instance)
     if failed:
         raise RunFailed(failed, loads)
     return loads
 
 
 def _materialize(
-    run: PlannedRun, catalog: Catalog, resources: dict[str, object], instance: DagsterInstance
+    run: PlannedRun,
+    assets: list[AssetsDefinition],
+    catalog: Catalog,
+    resources: dict[str, object],
+    instance: DagsterInstance,
 ) -> ExecuteInProcessResult:
     defs = Definitions(
-        assets=run.assets(catalog),
+        assets=assets,
         resources=resources,
         jobs=[define_asset_job(RUN_JOB)],
         loggers={"console": progress_logger},
@@ -350,10 +375,13 @@ def _materialize(
 
 
 def _failure_lines(
-    run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult, instance: DagsterInstance
+    run: PlannedRun,
+    assets: list[AssetsDefinition],
+    result: ExecuteInProcessResult,
+    instance: DagsterInstance,
 ) -> list[str]:
     """One line per failed asset: its partitions, the root error, and where the full log is."""
-    keys = {a.op.name: (key, a.partitions_def) for a in run.assets(catalog) for key in a.keys}
+    keys = {a.op.name: (key, a.partitions_def) for a in assets for key in a.keys}
     log = f"run {result.run_id}"
     if not instance.is_ephemeral:
         log += f" in the Dagster UI (DAGSTER_HOME={instance.root_directory})"
@@ -377,9 +405,12 @@ def _root(error: _ErrorInfo | None) -> str:
     return f"{error.cls_name}: {text}" if prefix.endswith(str(error.cls_name)) else message
 
 
-def _loads(run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult) -> list[TableLoad]:
-    assets = run.assets(catalog)
-
+def _loads(
+    run: PlannedRun,
+    assets: list[AssetsDefinition],
+    catalog: Catalog,
+    result: ExecuteInProcessResult,
+) -> list[TableLoad]:
     def metadata(key: AssetKey) -> dict:
         """The asset's materialization metadata; empty if the run did not select it."""
         op = next((a.op.name for a in assets if key in a.keys), None)
@@ -396,8 +427,7 @@ def _loads(run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult) ->
         table = catalog[name]
         copied = metadata(bronze_key(table))
         cleaned = metadata(silver_key(table))
-        keys = [k for a in build_gold_assets_of(catalog, table) for k in a.keys]
-        gold = {k.path[-1]: metadata(k) for k in keys}
+        gold = {name: metadata(gold_key(name)) for name in catalog.gold_tables(table)}
         loads.append(
             TableLoad(
                 table=table.name,
