@@ -1,7 +1,7 @@
 """Bronze in the Azure environment: planned like the embedded default, copied by Data Factory.
 
 The sensors and the CLI plan loads from the source's change feed and the bronze manifests on the
-lake (`LocalCopyRunner.plan`, `first_change_day`, `store`), which work unchanged against Azure SQL
+lake (`CopyRunner.plan`, `first_change_day`, `store`), which work unchanged against Azure SQL
 and ADLS. The copy itself is the Data Factory pipeline of `adf/` (`resources/adf.py`
 `AdfClient.ingest`), which lands one parquet file per table under
 `bronze/<Table>/_adf/landing/<ADF run id>.parquet`. `AzureCopyRunner.commit_landed` then does what
@@ -25,56 +25,49 @@ from dagster import Failure
 from resources.adf import AdfClient, DataFactoryResource, TableCopy
 from resources.copy_runner import (
     CopyResult,
-    LocalCopyRunner,
+    CopyRunner,
+    PlannedCopy,
     _by_partition,
     nothing_copied,
     unchanged_snapshot,
 )
-from spotify_assets.bronze.dialects import DIALECTS
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import EXTRACTED_AT, WINDOW_END, WINDOW_START, bronze_schema
-from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
 
 # The audit columns ADF's Copy adds as strings (`additionalColumns`): bronze stores timestamps.
 _TIMESTAMP_COLUMNS = (EXTRACTED_AT, WINDOW_START, WINDOW_END)
 
 
-class AzureCopyRunner(LocalCopyRunner):
-    """Plans like `LocalCopyRunner`; copies with Data Factory, then commits the landed file."""
+class AzureCopyRunner(CopyRunner):
+    """Plans like every `CopyRunner`; copies with Data Factory, then commits the landed file."""
 
     data_factory: DataFactoryResource
 
     def adf_client(self) -> AdfClient:
         return self.data_factory.client()
 
-    def copy(
-        self,
-        table: Table,
-        requested: Window | None,
-        run_id: str,
-        from_watermark: bool = False,
-        log: Callable[[str], None] = lambda message: None,
-    ) -> CopyResult:
-        started = time.perf_counter()
-        window, high, manifest = self.plan(table, requested, from_watermark)
-        carried = self.source_columns(table, log).carried
-        if carried:
+    def carried_columns(
+        self, table: Table, new: tuple[str, ...], log: Callable[[str], None]
+    ) -> tuple[str, ...]:
+        if new:
             # Data Factory runs the catalog's query (adf/): declare a column to copy it there.
-            log(f"{table.name}: new source column(s) {', '.join(carried)} not copied by ADF")
-        query = DIALECTS[self.source.dialect].extract_query(table, window)
-        if window is not None and window.empty:
-            log(f"{table.name}: nothing to copy up to {high} (watermark {manifest.watermark})")
-            return nothing_copied(table, window, high, query, manifest)
-        run = self.adf_client().ingest({table.name: window}, run_id, table.first_partition, log)
+            log(f"{table.name}: new source column(s) {', '.join(new)} not copied by ADF")
+        return ()
+
+    def copy_planned(self, planned: PlannedCopy, log: Callable[[str], None]) -> CopyResult:
+        table = planned.table
+        adf = self.adf_client()
+        run = adf.ingest({table.name: planned.window}, planned.run_id, table.first_partition, log)
         if table.name not in run.tables:
             raise Failure(
                 description=f"{table.name}: ADF run {run.run_id} succeeded without a copy of it",
                 metadata={"adf_run_id": run.run_id, "table": table.name},
             )
         return self.commit_landed(
-            table, run.tables[table.name], run.run_id, run_id, high, query, log, started
-        )
+            table, run.tables[table.name], run.run_id, planned.run_id, planned.high,
+            planned.query, log, planned.started,
+        )  # fmt: skip
 
     def commit_landed(
         self,

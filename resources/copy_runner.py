@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ from spotify_assets.bronze.schema import (
     bronze_schema,
 )
 from spotify_assets.bronze.windows import Window, midnight
-from spotify_assets.catalog.lake_paths import bronze_path
 from spotify_assets.catalog.tables import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
 from spotify_assets.source.schema import (
     SourceColumns,
@@ -95,8 +95,23 @@ class CopyResult:
         return self.manifest_version > 0
 
 
-class LocalCopyRunner(ConfigurableResource):
-    """Copies source windows into bronze, in process (the embedded default of the ADF copy)."""
+@dataclass(frozen=True)
+class PlannedCopy:
+    """What a copy settles before it reads (step 1, the window and query of step 2)."""
+
+    table: Table
+    window: Window | None  # None: a whole-table snapshot; never an empty window
+    high: datetime
+    manifest: Manifest  # the version the copy extends
+    carried: tuple[str, ...]  # new source columns copied as text
+    query: str
+    run_id: str
+    started: float  # `time.perf_counter()` when the copy started
+
+
+class CopyRunner(ConfigurableResource, ABC):
+    """Copies source windows into bronze. Planning and the commit (step 4) are the same in every
+    environment; how the window's rows are read and written is each runner's own."""
 
     source: SourceDatabase
     lake: LakeStorage
@@ -105,15 +120,9 @@ class LocalCopyRunner(ConfigurableResource):
         "stamped before they commit and CDC capture latency. A simulated source clock is "
         "committed with the changes it stamps, so it needs none.",
     )
-    reader: ReaderKind = Field(default=ReaderKind.AUTO, description="connectorx or arrow-odbc")
-    chunk_days: int = Field(default=8, description="Days per query: bounds memory per worker.")
-    workers: int = Field(default=2, description="Chunks copied in parallel.")
 
     def store(self, table: Table) -> BronzeStore:
         return BronzeStore(self.lake, table)
-
-    def store_root(self, table_name: str) -> str:
-        return bronze_path(table_name)
 
     def high(self) -> datetime:
         """The upper bound of what may be read now, captured before any read (rule 1)."""
@@ -180,54 +189,27 @@ class LocalCopyRunner(ConfigurableResource):
         from_watermark: bool = False,
         log: Callable[[str], None] = lambda message: None,
     ) -> CopyResult:
+        """Copy the planned window of `requested`; an empty one copies nothing and keeps the
+        watermark."""
         started = time.perf_counter()
         window, high, manifest = self.plan(table, requested, from_watermark)
-        sql = DIALECTS[self.source.dialect]
-        carried = self.source_columns(table, log).carried
-        if carried:
-            log(f"{table.name}: new source column(s) {', '.join(carried)} carried as text")
-        query = sql.extract_query(table, window, carried)
+        carried = self.carried_columns(table, self.source_columns(table, log).carried, log)
+        query = DIALECTS[self.source.dialect].extract_query(table, window, carried)
         if window is not None and window.empty:
             log(f"{table.name}: nothing to copy up to {high} (watermark {manifest.watermark})")
             return nothing_copied(table, window, high, query, manifest)
-        extraction = f"{high:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-        extracted_at = datetime.now(UTC).replace(tzinfo=None)
+        planned = PlannedCopy(table, window, high, manifest, carried, query, run_id, started)
+        return self.copy_planned(planned, log)
 
-        def copy_rows(rows: pa.Table) -> list[BronzeFile]:
-            audited = _with_audit(table, carried, rows, window, extracted_at, run_id)
-            return [
-                self._write(table, partition, part, window, extraction, run_id)
-                for partition, part in _by_partition(table, audited)
-            ]
+    @abstractmethod
+    def carried_columns(
+        self, table: Table, new: tuple[str, ...], log: Callable[[str], None]
+    ) -> tuple[str, ...]:
+        """Which of the `new` source columns (those the drift policy keeps) the copy carries."""
 
-        def copy_chunk(chunk: Window) -> tuple[int, list[BronzeFile]]:
-            rows = self._read(table, sql.extract_query(table, chunk, carried), carried)
-            return rows.num_rows, copy_rows(rows)
-
-        rows_read, files = 0, []
-        if window is None:
-            # A snapshot identical to the one bronze holds (intact) is not copied again.
-            rows = self._read(table, query, carried)
-            unchanged = unchanged_snapshot(manifest, rows.select(list(table.column_names)))
-            if unchanged and not self.store(table).damaged_files(manifest.files):
-                log(f"{table.name}: unchanged since manifest version {manifest.version}")
-                return CopyResult(
-                    table.name, None, high, query, rows_read=rows.num_rows,
-                    seconds=time.perf_counter() - started,
-                )  # fmt: skip
-            rows_read, files = rows.num_rows, copy_rows(rows)
-        else:
-            # Each worker reads, splits and writes whole chunks: the engines release the GIL,
-            # so both cores work, and memory holds at most `workers` chunks.
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                for chunk_rows, chunk_files in pool.map(copy_chunk, self._chunks(window)):
-                    rows_read += chunk_rows
-                    files += chunk_files
-                    if chunk_rows:
-                        log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
-        return self.commit_files(
-            table, manifest, window, files, extraction, run_id, high, query, rows_read, started
-        )
+    @abstractmethod
+    def copy_planned(self, planned: PlannedCopy, log: Callable[[str], None]) -> CopyResult:
+        """Steps 2 to 4 of a planned copy."""
 
     def commit_files(
         self,
@@ -308,16 +290,6 @@ class LocalCopyRunner(ConfigurableResource):
                 )
         return carried
 
-    def _chunks(self, window: Window) -> Iterator[Window]:
-        """Query windows of at most `chunk_days` days."""
-        start = window.start
-        boundary = midnight(start.date())
-        while start < window.end:
-            boundary += timedelta(days=self.chunk_days)
-            end = min(boundary, window.end)
-            yield Window(start, end)
-            start = end
-
     def source_columns(
         self, table: Table, log: Callable[[str], None] = lambda message: None
     ) -> SourceColumns:
@@ -337,6 +309,93 @@ class LocalCopyRunner(ConfigurableResource):
                 f"(drift policy {table.silver.new_columns}, or not in the change capture)"
             )
         return columns
+
+    def _write(
+        self,
+        table: Table,
+        partition: date | None,
+        rows: pa.Table,
+        window: Window | None,
+        extraction: str,
+        run_id: str,
+    ) -> BronzeFile:
+        path = self.store(table).file_path(partition, extraction)
+        self.lake.write_parquet(path, rows)
+        if window is None:
+            return BronzeFile(path, rows.num_rows, run_id, None, None, fingerprint=fingerprint(
+                rows.select(list(table.column_names))))  # fmt: skip
+        if partition is not None:
+            window = window.intersect(Window.of_days(partition, partition))
+        return BronzeFile(path, rows.num_rows, run_id, partition, window)
+
+
+class LocalCopyRunner(CopyRunner):
+    """Copies source windows into bronze in process (the embedded default of the ADF copy)."""
+
+    reader: ReaderKind = Field(default=ReaderKind.AUTO, description="connectorx or arrow-odbc")
+    chunk_days: int = Field(default=8, description="Days per query: bounds memory per worker.")
+    workers: int = Field(default=2, description="Chunks copied in parallel.")
+
+    def carried_columns(
+        self, table: Table, new: tuple[str, ...], log: Callable[[str], None]
+    ) -> tuple[str, ...]:
+        if new:
+            log(f"{table.name}: new source column(s) {', '.join(new)} carried as text")
+        return new
+
+    def copy_planned(self, planned: PlannedCopy, log: Callable[[str], None]) -> CopyResult:
+        table, window, manifest = planned.table, planned.window, planned.manifest
+        high, query, run_id, started = planned.high, planned.query, planned.run_id, planned.started
+        carried = planned.carried
+        sql = DIALECTS[self.source.dialect]
+        extraction = f"{high:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        extracted_at = datetime.now(UTC).replace(tzinfo=None)
+
+        def copy_rows(rows: pa.Table) -> list[BronzeFile]:
+            audited = _with_audit(table, carried, rows, window, extracted_at, run_id)
+            return [
+                self._write(table, partition, part, window, extraction, run_id)
+                for partition, part in _by_partition(table, audited)
+            ]
+
+        def copy_chunk(chunk: Window) -> tuple[int, list[BronzeFile]]:
+            rows = self._read(table, sql.extract_query(table, chunk, carried), carried)
+            return rows.num_rows, copy_rows(rows)
+
+        rows_read, files = 0, []
+        if window is None:
+            # A snapshot identical to the one bronze holds (intact) is not copied again.
+            rows = self._read(table, query, carried)
+            unchanged = unchanged_snapshot(manifest, rows.select(list(table.column_names)))
+            if unchanged and not self.store(table).damaged_files(manifest.files):
+                log(f"{table.name}: unchanged since manifest version {manifest.version}")
+                return CopyResult(
+                    table.name, None, high, query, rows_read=rows.num_rows,
+                    seconds=time.perf_counter() - started,
+                )  # fmt: skip
+            rows_read, files = rows.num_rows, copy_rows(rows)
+        else:
+            # Each worker reads, splits and writes whole chunks: the engines release the GIL,
+            # so both cores work, and memory holds at most `workers` chunks.
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                for chunk_rows, chunk_files in pool.map(copy_chunk, self._chunks(window)):
+                    rows_read += chunk_rows
+                    files += chunk_files
+                    if chunk_rows:
+                        log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
+        return self.commit_files(
+            table, manifest, window, files, extraction, run_id, high, query, rows_read, started
+        )
+
+    def _chunks(self, window: Window) -> Iterator[Window]:
+        """Query windows of at most `chunk_days` days."""
+        start = window.start
+        boundary = midnight(start.date())
+        while start < window.end:
+            boundary += timedelta(days=self.chunk_days)
+            end = min(boundary, window.end)
+            yield Window(start, end)
+            start = end
 
     def _read(self, table: Table, query: str, carried: tuple[str, ...] = ()) -> pa.Table:
         """The rows of `query` in the catalog's types, plus `_untyped`.
@@ -360,24 +419,6 @@ class LocalCopyRunner(ConfigurableResource):
             except SourceUnavailableError:
                 raise error from None
             return type_values(rows, schema)
-
-    def _write(
-        self,
-        table: Table,
-        partition: date | None,
-        rows: pa.Table,
-        window: Window | None,
-        extraction: str,
-        run_id: str,
-    ) -> BronzeFile:
-        path = self.store(table).file_path(partition, extraction)
-        self.lake.write_parquet(path, rows)
-        if window is None:
-            return BronzeFile(path, rows.num_rows, run_id, None, None, fingerprint=fingerprint(
-                rows.select(list(table.column_names))))  # fmt: skip
-        if partition is not None:
-            window = window.intersect(Window.of_days(partition, partition))
-        return BronzeFile(path, rows.num_rows, run_id, partition, window)
 
 
 def nothing_copied(

@@ -19,12 +19,12 @@ from datetime import date
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from resources.copy_runner import LocalCopyRunner
+from resources.copy_runner import CopyRunner
 from resources.delta_tables import exists, partition_rows, partition_stats
 from resources.lake import LakeStorage
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
-from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
+from spotify_assets.catalog.lake_paths import bronze_path, gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import CHANGE_DATE, CHANGE_SEQ, VERSION_AT, CaptureMode, Table
 from spotify_assets.consistency.reconcile import (
     ABSENT,
@@ -73,7 +73,7 @@ class Reconciliation:
 
 
 def reconcile_all(
-    runner: LocalCopyRunner, tables: Sequence[Table], lookback_days: int, gold_on_lake: bool
+    runner: CopyRunner, tables: Sequence[Table], lookback_days: int, gold_on_lake: bool
 ) -> list[Reconciliation]:
     """Every table of `tables`; the fact's days on and after a dimension day rebuilt (all of
     them when a dimension's gold is rebuilt whole) are rebuilt from gold too, once the
@@ -99,7 +99,7 @@ def _with_gold_from(found: Reconciliation, first: date) -> Reconciliation:
 
 
 def reconcile(
-    runner: LocalCopyRunner, table: Table, lookback_days: int, gold_on_lake: bool = True
+    runner: CopyRunner, table: Table, lookback_days: int, gold_on_lake: bool = True
 ) -> Reconciliation:
     """The days of `table` stale in some layer: bronze against the source within
     `lookback_days` before the watermark; the lake's layers against each other on every day.
@@ -137,7 +137,7 @@ def _rows(lake: LakeStorage, relative: str) -> int:
 
 
 def _lake_layers(
-    runner: LocalCopyRunner, table: Table, live: dict[date, int], gold_on_lake: bool
+    runner: CopyRunner, table: Table, live: dict[date, int], gold_on_lake: bool
 ) -> tuple[dict[str, Partitions], list[tuple[Layer, set[date]]]]:
     """What each lake layer of `table` holds per day, and the days each boundary finds stale
     (tagged with the layer to rebuild them from)."""
@@ -145,7 +145,7 @@ def _lake_layers(
     bronze = {day: PartitionStats(rows) for day, rows in live.items()}
     names = [silver_path(table), quarantine_path(table)]
     silver, quarantine = (partition_stats(lake, name, CHANGE_DATE) for name in names)
-    held = {runner.store_root(table.name): bronze, names[0]: silver, names[1]: quarantine}
+    held = {bronze_path(table.name): bronze, names[0]: silver, names[1]: quarantine}
     # Every bronze row is a silver or a quarantined row, once each where no row is delivered
     # twice (watermark mode); change feeds may deliver a version as a record and as an image.
     cleaned = {
@@ -182,7 +182,7 @@ def _newest(tables: Iterable[Partitions]) -> Partitions:
     return newest
 
 
-def bronze_profile(runner: LocalCopyRunner, table: Table, window: Window) -> dict[date, DayProfile]:
+def bronze_profile(runner: CopyRunner, table: Table, window: Window) -> dict[date, DayProfile]:
     """What bronze holds of `window`, profiled exactly as the source's `daily_profile_query`."""
     store = runner.store(table)
     manifest = store.current()

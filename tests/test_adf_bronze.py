@@ -16,7 +16,7 @@ import pytest
 
 from resources.adf import AdfClient, DataFactoryResource, TableCopy
 from resources.azure_copy import AzureCopyRunner
-from resources.copy_runner import LocalCopyRunner
+from resources.copy_runner import CopyRunner, LocalCopyRunner
 from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase
 from spotify_assets.bronze import adf_pipeline as adf
@@ -47,10 +47,11 @@ def azure_runner(source: SourceDatabase, lake: Path) -> AzureCopyRunner:
     )
 
 
-def land(runner: LocalCopyRunner, table: Table, window: Window | None, run_id: str) -> TableCopy:
+def land(runner: CopyRunner, table: Table, window: Window | None, run_id: str) -> TableCopy:
     """Write the file ADF's Copy lands for `window`; returns what its activity run reports."""
     sql = DIALECTS[runner.source.dialect]
-    rows = runner._read(table, sql.extract_query(table, window))
+    reader = LocalCopyRunner(source=runner.source, lake=runner.lake, safety_lag_seconds=0)
+    rows = reader._read(table, sql.extract_query(table, window))
     # ADF's parquet sink writes datetime2 with nanosecond precision: the commit casts it back.
     rows = rows.cast(
         pa.schema(

@@ -14,7 +14,7 @@ no variable (rule 2: each reads only its own item and its own activities' output
 3. `CopyTable`: the T-SQL `extract_query` of the dialect (the CDC function form for cdc tables)
    for `[low, end)`, landed as one parquet file `bronze/<Table>/_adf/landing/<ADF run id>.parquet`.
    `low` is the window Dagster passed, else the state's watermark; `end` is the requested end
-   capped at `high`, as `LocalCopyRunner.plan` caps it;
+   capped at `high`, as `CopyRunner.plan` caps it;
 4. `DropEmptyFile`: deletes the landed file when the window held no rows;
 5. `WriteState`: only after the copy succeeded, the state advances by the bronze manifest's rule
    (`Manifest.with_extraction`: only over contiguously copied time, never past a gap).
@@ -104,7 +104,7 @@ def query_template(table: Table) -> str:
 def high_query(safety_lag: str) -> str:
     """The source's clock as one named column, the lag taken off the server's time.
 
-    Same rule as `LocalCopyRunner.high`: a simulated clock wins; T-SQL sources have none.
+    Same rule as `CopyRunner.high`: a simulated clock wins; T-SQL sources have none.
     """
     return (
         f"SELECT COALESCE(clock.simulated_now, DATEADD(SECOND, -{safety_lag}, clock.server_now)) "

@@ -31,7 +31,7 @@ from dagster import (
     logger,
 )
 
-from resources.copy_runner import LocalCopyRunner
+from resources.copy_runner import CopyRunner
 from resources.engines import GoldEngine
 from resources.lake import REPAIR_COMMAND, LakeFileError
 from resources.lake_check import delta_faults
@@ -163,7 +163,7 @@ def _gold_layer(n: int) -> Layer:
 
 
 def plan_incremental(
-    runner: LocalCopyRunner,
+    runner: CopyRunner,
     tables: Sequence[Table],
     instance: DagsterInstance | None = None,
     lookback_days: int = DEFAULT_RECONCILE_LOOKBACK_DAYS,
@@ -237,7 +237,7 @@ def plan_refresh(tables: Sequence[Table], first: date, last: date) -> list[Plann
 
 
 def plan_repairs(
-    runner: LocalCopyRunner, tables: Sequence[Table], lookback_days: int, gold_on_lake: bool
+    runner: CopyRunner, tables: Sequence[Table], lookback_days: int, gold_on_lake: bool
 ) -> list[PlannedRun]:
     """Per table, a rebuild of every range of days reconciliation finds stale, from the first
     layer that differs (`gold_on_lake`: gold's Delta tables are on the lake to compare)."""
@@ -327,7 +327,7 @@ def repair(
 
 def execute(
     runs: Sequence[PlannedRun],
-    runner: LocalCopyRunner,
+    runner: CopyRunner,
     resources: dict[str, object],
     instance: DagsterInstance,
     failures: Sequence[str] = (),
@@ -447,13 +447,13 @@ def _loads(
     return loads
 
 
-def runner_and_resources(settings: Settings) -> tuple[LocalCopyRunner, dict[str, object]]:
+def runner_and_resources(settings: Settings) -> tuple[CopyRunner, dict[str, object]]:
     """A runner that plans here, outside Dagster (its source resolved), and the resources the
     runs get (Dagster resolves their configuration when each run starts)."""
     return copy_runner(settings), build_resources(settings)
 
 
-def _intact(runner: LocalCopyRunner, tables: Sequence[Table]) -> tuple[list[Table], list[str]]:
+def _intact(runner: CopyRunner, tables: Sequence[Table]) -> tuple[list[Table], list[str]]:
     """The tables whose bronze manifest and Delta logs can be read, and one line for each of the
     others: a damaged table blocks only itself. (An emptied table with an intact log is not
     blocked: reconciliation compares the layers and rebuilds it; `verify` names it.)"""
@@ -476,7 +476,7 @@ def select_tables(catalog: Catalog, tables: Sequence[str]) -> list[Table]:
     return [catalog[name] for name in tables] if tables else list(catalog)
 
 
-def _resume_day(runner: LocalCopyRunner, table: Table) -> date | None:
+def _resume_day(runner: CopyRunner, table: Table) -> date | None:
     """The first partition an incremental run touches; on a first load, the oldest data's day
     (the empty partitions before it need no run of their own)."""
     watermark = runner.store(table).current().watermark

@@ -21,10 +21,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from resources.copy_runner import CopyResult, LocalCopyRunner, Waiting
+from resources.copy_runner import CopyResult, CopyRunner, Waiting
 from resources.lease import LakeWriter
 from spotify_assets.bronze.schema import bronze_schema
-from spotify_assets.catalog.lake_paths import BRONZE
+from spotify_assets.catalog.lake_paths import BRONZE, bronze_path
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.partitions import daily_partitions, partition_window
@@ -65,7 +65,7 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
     def bronze(
         context: AssetExecutionContext,
         config: BronzeConfig,
-        copy_runner: LocalCopyRunner,
+        copy_runner: CopyRunner,
         lake_writer: LakeWriter,
     ) -> MaterializeResult:
         lake_writer.check()
@@ -88,7 +88,7 @@ def build_bronze_assets(catalog: Catalog) -> list[AssetsDefinition]:
     return [build_bronze_asset(t) for t in catalog]
 
 
-def copy_metadata(result: CopyResult, runner: LocalCopyRunner) -> dict[str, MetadataValue]:
+def copy_metadata(result: CopyResult, runner: CopyRunner) -> dict[str, MetadataValue]:
     rate = result.rows_read / result.seconds if result.seconds else 0.0
     written = ", ".join(p.isoformat() for p in result.partitions) or "none"
     return {
@@ -104,7 +104,7 @@ def copy_metadata(result: CopyResult, runner: LocalCopyRunner) -> dict[str, Meta
         "seconds": MetadataValue.float(round(result.seconds, 3)),
         "rows_per_second": MetadataValue.int(round(rate)),
         "source_query": MetadataValue.md(f"```sql\n{result.query}\n```"),
-        "path": MetadataValue.path(runner.lake.uri(runner.store_root(result.table))),
+        "path": MetadataValue.path(runner.lake.uri(bronze_path(result.table))),
     }
 
 

@@ -36,7 +36,7 @@ from dagster import (
     sensor,
 )
 
-from resources.copy_runner import LocalCopyRunner
+from resources.copy_runner import CopyRunner
 from resources.engines import GoldEngine
 from spotify_assets.catalog.lake_paths import BRONZE, GOLD, SILVER
 from spotify_assets.catalog.tables import Catalog
@@ -74,7 +74,7 @@ def build_arrival_sensor(catalog: Catalog, lookback_days: int) -> SensorDefiniti
         description="Requests an incremental run of the tables whose change feed or watermark "
         "column moved since the last evaluation.",
     )
-    def cdc_arrival_sensor(context: SensorEvaluationContext, copy_runner: LocalCopyRunner):
+    def cdc_arrival_sensor(context: SensorEvaluationContext, copy_runner: CopyRunner):
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)
         with copy_runner.source.session() as session:
@@ -103,7 +103,7 @@ def build_reconciliation_sensor(catalog: Catalog, lookback_days: int) -> SensorD
         "every loaded day, and rebuilds the days that differ from the first layer that differs.",
     )
     def reconciliation_sensor(
-        context: SensorEvaluationContext, copy_runner: LocalCopyRunner, gold_engine: GoldEngine
+        context: SensorEvaluationContext, copy_runner: CopyRunner, gold_engine: GoldEngine
     ):
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)
@@ -133,7 +133,7 @@ def build_daily_schedule(catalog: Catalog, lookback_days: int) -> ScheduleDefini
         default_status=DefaultScheduleStatus.STOPPED,
         description="Fallback when the sensors are off: an incremental run of every table.",
     )
-    def daily_catch_up(context: ScheduleEvaluationContext, copy_runner: LocalCopyRunner):
+    def daily_catch_up(context: ScheduleEvaluationContext, copy_runner: CopyRunner):
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)
         stamp = context.scheduled_execution_time.isoformat()
