@@ -180,7 +180,7 @@ def test_an_undelivered_alert_is_logged_as_an_error_not_raised(
     assert len(webhook.requests) == (1 if failure == "HTTP 500" else 0)
 
 
-def test_the_code_location_runs_the_alert_sensor(tmp_path: Path) -> None:
+def test_the_alert_sensor_is_off_until_turned_on_like_all_automation(tmp_path: Path) -> None:
     defs = build_definitions(Settings.from_env({"SPOTIFY_HOME": str(tmp_path)}))
     sensor = defs.resolve_sensor_def(run_failure_alert.name)
-    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    assert sensor.default_status == DefaultSensorStatus.STOPPED

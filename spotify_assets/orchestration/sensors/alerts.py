@@ -102,7 +102,7 @@ def _innermost(error: ErrorInfo) -> str:
 
 
 @run_failure_sensor(
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=DefaultSensorStatus.STOPPED,  # like all automation: off until turned on
     description="POSTs {pipeline_name, run_id, error} to SPOTIFY_ALERT_WEBHOOK when a run fails.",
 )
 def run_failure_alert(context: RunFailureSensorContext) -> SkipReason | None:
