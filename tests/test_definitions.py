@@ -73,6 +73,8 @@ def test_asset_graph_snapshot(tmp_path: Path) -> None:
         assert {n for n, c in checks.items() if c.blocking} == {
             r.name for r in table.silver.rules if r.critical
         }
+        # A fresh demo shows red checks: each says its data is dirty on purpose.
+        assert all("on purpose" in (c.description or "") for c in checks.values())
     assert_gold_graph(defs)
     for table in CATALOG:
         spec = graph.get(AssetKey(["source", table.name]))

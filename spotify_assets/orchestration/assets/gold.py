@@ -29,7 +29,7 @@ from spotify_assets.catalog.lake_paths import GOLD
 from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.gold.transform import SCD2_INVARIANTS
-from spotify_assets.orchestration.assets.silver import silver_key
+from spotify_assets.orchestration.assets.silver import DIRTY_ON_PURPOSE, silver_key
 from spotify_assets.orchestration.partitions import daily_partitions, partition_days
 
 
@@ -47,7 +47,11 @@ def gold_key(name: str) -> AssetKey:
 
 def _expectation_checks(key: AssetKey, rules: tuple[Rule, ...]) -> list[AssetCheckSpec]:
     return [
-        AssetCheckSpec(r.name, asset=key, description=f"Rows failing `{r.predicate}` (dropped).")
+        AssetCheckSpec(
+            r.name,
+            asset=key,
+            description=f"Rows failing `{r.predicate}` (dropped). {DIRTY_ON_PURPOSE}",
+        )
         for r in rules
     ]
 
