@@ -131,30 +131,19 @@ def partition_rows(
     return int(pc.sum(records).as_py() or 0)
 
 
-def partition_stats(
-    lake: LakeStorage, relative: str, partition: str, effective_from: str | None = None
-) -> dict[date, PartitionStats]:
+def partition_stats(lake: LakeStorage, relative: str, partition: str) -> dict[date, PartitionStats]:
     """Rows per daily partition and when its newest file was written, from the log's add
-    actions (no scan); empty if no table yet. With `effective_from` (a timestamp column), a file
-    counts on the earlier of its partition and the day of its smallest value there: the first
-    day its rows take effect (a version backdated in business time changes the days from it)."""
+    actions (no scan); empty if no table yet."""
     if not exists(lake, lake.path(relative)):
         return {}
     actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
-    days = actions[f"partition.{partition}"]
-    smallest = f"min.{effective_from}"
-    if effective_from and smallest in actions.column_names:
-        first = pc.cast(actions[smallest], pa.date32())
-        days = pc.if_else(pc.less(pc.fill_null(first, days), days), first, days)
-    grouped = (
-        actions.append_column("_day", days)
-        .group_by("_day")
-        .aggregate([("num_records", "sum"), ("modification_time", "max")])
+    grouped = actions.group_by(f"partition.{partition}").aggregate(
+        [("num_records", "sum"), ("modification_time", "max")]
     )
     return {
         day: PartitionStats(int(rows or 0), written)
         for day, rows, written in zip(
-            grouped["_day"].to_pylist(),
+            grouped[f"partition.{partition}"].to_pylist(),
             grouped["num_records_sum"].to_pylist(),
             grouped["modification_time_max"].to_pylist(),
             strict=True,

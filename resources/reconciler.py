@@ -4,14 +4,16 @@
   rows of those days, profiled the same way;
 - bronze ↔ silver (+ quarantine) ↔ gold fact ↔ aggregates, over every loaded day: partition
   statistics from the bronze manifest and the Delta logs (no data read, no Spark), and the fact's
-  days against the dimension versions taking effect up to them (the fact's point-in-time
-  lookups; a version backdated in business time counts from its business day).
+  days against the dimension versions that can change them (the fact's point-in-time lookups:
+  `affects_from`, over the key, time and sequence columns of the dimensions' silver versions,
+  read with delta-rs).
 
 `reconcile_all` gives, per table, the stale days and the layer each must be rebuilt from.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, replace
 from datetime import date
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.copy_runner import CopyRunner
-from resources.delta_tables import exists, partition_rows, partition_stats
+from resources.delta_tables import delta_table, exists, partition_rows, partition_stats
 from resources.lake import LakeStorage
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
@@ -28,9 +30,11 @@ from spotify_assets.catalog.lake_paths import bronze_path, gold_path, quarantine
 from spotify_assets.catalog.tables import CHANGE_DATE, CHANGE_SEQ, VERSION_AT, CaptureMode, Table
 from spotify_assets.consistency.reconcile import (
     ABSENT,
+    AFFECTS_FROM,
     DayProfile,
     Layer,
     PartitionStats,
+    affects_from,
     first_layers,
     lookback_window,
     stale_days,
@@ -159,8 +163,7 @@ def _lake_layers(
         fact_name = gold_path(table.lake_name)
         fact = held[fact_name] = partition_stats(lake, fact_name, spec.date_column)
         dimensions = _newest(
-            partition_stats(lake, silver_path(catalog[lookup.dimension]), CHANGE_DATE, VERSION_AT)
-            for lookup in spec.lookups
+            _versions_by_first_day(lake, catalog[lookup.dimension]) for lookup in spec.lookups
         )
         stale = stale_partitions(silver, fact, False) | written_before(dimensions, fact)
         boundaries.append((Layer.GOLD, stale))
@@ -169,6 +172,35 @@ def _lake_layers(
             held[name] = partition_stats(lake, name, spec.date_column)
             boundaries.append((Layer.AGGREGATES, stale_partitions(fact, held[name], False)))
     return held, boundaries
+
+
+def _versions_by_first_day(lake: LakeStorage, dimension: Table) -> Partitions:
+    """Per first day of the fact that some silver versions of `dimension` can change
+    (`affects_from`), when the newest file holding such versions was written."""
+    relative = silver_path(dimension)
+    if not exists(lake, lake.path(relative)):
+        return {}
+    silver = delta_table(lake, relative)
+    actions = pa.table(silver.get_add_actions(flatten=True))
+    # The log's paths are relative to the table, a scan's may not be: files go by name.
+    written = dict(
+        zip(
+            (posixpath.basename(p) for p in actions["path"].to_pylist()),
+            actions["modification_time"].to_pylist(),
+            strict=True,
+        )
+    )
+    columns = [*dimension.key, VERSION_AT, CHANGE_SEQ, CHANGE_DATE, "__filename"]
+    versions = silver.to_pyarrow_dataset().to_table(columns=columns)
+    days = affects_from(versions, dimension.key, VERSION_AT, CHANGE_SEQ, CHANGE_DATE)
+    files = days.group_by("__filename").aggregate([(AFFECTS_FROM, "min")])
+    newest: dict[date, int] = {}
+    for path, day in zip(
+        files["__filename"].to_pylist(), files[f"{AFFECTS_FROM}_min"].to_pylist(), strict=True
+    ):
+        at = written[posixpath.basename(path)]
+        newest[day] = max(at, newest.get(day, at))
+    return {day: PartitionStats(0, at) for day, at in newest.items()}
 
 
 def _newest(tables: Iterable[Partitions]) -> Partitions:

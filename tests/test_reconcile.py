@@ -12,10 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from dagster import DagsterInstance, build_sensor_context
-from deltalake import write_deltalake
 from sqlglot import exp
 
-from resources.delta_tables import delta_table, partition_stats
+from resources.delta_tables import delta_table
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
 from resources.reconciler import reconcile
@@ -33,9 +32,11 @@ from spotify_assets.catalog.tables import (
 from spotify_assets.cli import INSTANCE_CONFIG, refresh, run
 from spotify_assets.consistency.reconcile import (
     ABSENT,
+    AFFECTS_FROM,
     DayProfile,
     Layer,
     PartitionStats,
+    affects_from,
     behind,
     day_ranges,
     first_layers,
@@ -91,26 +92,35 @@ def test_a_fact_day_is_stale_once_a_dimension_day_up_to_it_was_rewritten() -> No
     assert written_before(dimensions, fact) == {D2, D3}
 
 
-def test_a_backdated_dimension_version_counts_from_its_business_day(tmp_path: Path) -> None:
-    """A version changed today with an old business time (an update keeping an old updated_at)
-    changes the fact's point-in-time lookups from that old day on: its silver file counts there."""
-    lake = LakeStorage(url=str(tmp_path))
-    versions = [datetime(2026, 1, 3, 5), datetime(2026, 1, 9, 8)]
-    silver = pa.table(
-        {
-            "user_id": [1, 2],
-            VERSION_AT: pa.array(versions, pa.timestamp("us")),
-            CHANGE_DATE: pa.array([date(2026, 1, 9), date(2026, 1, 9)]),
-        }
-    )
-    write_deltalake(lake.path("silver/dim_user"), silver, partition_by=[CHANGE_DATE])
-    by_change = partition_stats(lake, "silver/dim_user", CHANGE_DATE)
-    by_effect = partition_stats(lake, "silver/dim_user", CHANGE_DATE, VERSION_AT)
-    assert list(by_change) == [date(2026, 1, 9)]
-    assert list(by_effect) == [date(2026, 1, 3)]
-    fact = {day: PartitionStats(1, 0) for day in (date(2026, 1, 2), date(2026, 1, 4))}
-    assert written_before(by_change, fact) == set()
-    assert written_before(by_effect, fact) == {date(2026, 1, 4)}
+def test_a_dimension_version_affects_the_fact_from_its_business_day_or_every_day() -> None:
+    """A version changes the fact's point-in-time lookups from its business day on, even if it
+    was captured days later (an update keeping an old updated_at); one that can replace its
+    key's first version, which every older fact of the key takes, changes every day."""
+    day = {d: date(2026, 1, d) for d in range(1, 10)}
+    versions = [  # key, business time, sequence, captured on: the first fact day it changes
+        (1, datetime(2026, 1, 3, 5), None, day[3], day[3]),  # an image
+        (1, datetime(2026, 1, 3, 5), 7, day[9], date.min),  # an update keeping its time
+        (2, datetime(2026, 1, 2), None, day[2], day[2]),
+        (2, datetime(2026, 1, 9, 8), 8, day[9], day[9]),  # an update
+        (2, datetime(2026, 1, 9, 8), 9, day[9], day[9]),  # keeping its time: not the first
+        (3, datetime(2026, 1, 5), 3, day[5], day[5]),  # a new key's insert
+        (3, datetime(2026, 1, 4), 5, day[9], date.min),  # backdated before it
+        (4, datetime(2026, 1, 1), None, day[1], day[1]),
+        (4, datetime(2026, 1, 8), 10, day[8], day[8]),  # a delete
+        (4, datetime(2026, 1, 1), 11, day[8], date.min),  # a restore with its original time
+    ]
+    names = ["user_id", VERSION_AT, CHANGE_SEQ, CHANGE_DATE, "expected"]
+    table = pa.table(
+        dict(zip(names, zip(*versions, strict=True), strict=True)),
+        schema=pa.schema([("user_id", pa.int32()), (VERSION_AT, pa.timestamp("us")),
+                          (CHANGE_SEQ, pa.int64()), (CHANGE_DATE, pa.date32()),
+                          ("expected", pa.date32())]),
+    )  # fmt: skip
+    found = affects_from(table, ["user_id"], VERSION_AT, CHANGE_SEQ, CHANGE_DATE)
+    assert found["expected"].to_pylist() == found[AFFECTS_FROM].to_pylist()
+    by_day = {d: PartitionStats(0, 50) for d in found[AFFECTS_FROM].to_pylist()}
+    fact = {d: PartitionStats(1, 40) for d in day.values()}
+    assert written_before(by_day, fact) == set(day.values())
 
 
 def test_a_day_is_rebuilt_from_its_first_stale_layer_in_ranges() -> None:

@@ -6,18 +6,25 @@ Every layer boundary is compared per day, each by what it costs:
   arrived late, were missed, or the lake holds what the source no longer has.
 - bronze ↔ silver (+ quarantine) ↔ gold fact ↔ aggregates, over every loaded day, from what the
   bronze manifests and the Delta logs say of each partition (`PartitionStats`: rows and when its
-  newest file was written), without reading the data.
+  newest file was written), without reading the data;
+- the dimensions' silver versions ↔ the point-in-time fact: the first fact day each version can
+  change (`affects_from`, from a few columns of the versions) against when that day was built.
 A stale day is rebuilt from the first layer that differs (`Layer`), with everything below it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import IntEnum
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from spotify_assets.bronze.windows import Window, midnight
+
+AFFECTS_FROM = "_affects_from"
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,40 @@ def written_before(
         if written is not None and newest is not None and written < newest:
             stale.add(day)
     return stale
+
+
+def affects_from(
+    versions: pa.Table, key: Sequence[str], business_time: str, sequence: str, partition: str
+) -> pa.Table:
+    """`versions` (an SCD2 dimension's silver rows; returned in any order) with `_affects_from`:
+    the first day of the point-in-time fact that each version can change.
+
+    A version takes effect at its business time (never before: `Scd2Dimension`), so it changes
+    the fact from its business day on (its partition's day, if earlier). But a fact older than
+    its key's first version takes that first version (`PointInTimeFact`), and a change record at
+    its key's earliest business time that is not the key's first change (an image, or a record
+    earlier in the sequence, comes before it: an update keeping `updated_at`, a restore) can
+    replace that version: it changes every day (`date.min`)."""
+    keys = list(key)
+    earliest, first_sequence = f"{business_time}_min", f"{sequence}_min"
+    images = f"{sequence}_count"  # rows without a sequence: images of the row
+    per_key = versions.group_by(keys).aggregate(
+        [(business_time, "min"), (sequence, "min"),
+         (sequence, "count", pc.CountOptions(mode="only_null"))]
+    )  # fmt: skip
+    rows = versions.join(per_key, keys)
+    follows = pc.or_kleene(
+        pc.greater(rows[images], 0), pc.greater(rows[sequence], rows[first_sequence])
+    )
+    at_earliest = pc.and_kleene(
+        pc.is_valid(rows[sequence]), pc.equal(rows[business_time], rows[earliest])
+    )
+    replaces_first = pc.fill_null(pc.and_kleene(at_earliest, follows), False)
+    day = pc.min_element_wise(pc.cast(rows[business_time], pa.date32()), rows[partition])
+    every_day = pa.scalar(date.min, pa.date32())
+    return rows.drop_columns([earliest, first_sequence, images]).append_column(
+        AFFECTS_FROM, pc.if_else(replaces_first, every_day, day)
+    )
 
 
 def first_layers(stale: Iterable[tuple[Layer, Iterable[date]]]) -> dict[date, Layer]:
