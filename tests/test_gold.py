@@ -4,8 +4,9 @@ The reference is written here by hand in SQL that SQLite and PostgreSQL both run
 the source through ODBC: its tables as they were created (copied aside, since the change tables
 start after them) and its change tables, with the same cleaning and validity rules silver
 applies, each stream's user and track as they were at stream time (versions ordered by business
-time, then change sequence; a stream older than a row's first known version takes that
-version), then the four daily aggregates. The pipeline runs as a user runs it: in-process Dagster
+time, then change sequence, a change never taking effect before one committed before it; a
+stream older than a row's first known version takes that version), then the four daily
+aggregates. The pipeline runs as a user runs it: in-process Dagster
 runs from `ingest`, after the initial load, after incremental rounds of dirty changes, and after a
 backdated refresh that brings late streams in.
 """
@@ -55,24 +56,37 @@ COUNTRY_NAMES_CTE = (
     + ", ".join(f"('{name.upper()}', '{code}')" for code, name in COUNTRY_NAMES.items())
     + ")"
 )
-# A dimension's versions: the rows as created (kept aside, `keep_initial_dimensions`; they come
-# before every change record) and its change records, ordered by (updated_at, seq).
-VERSIONS = """SELECT {columns}, updated_at, 0 AS seq FROM "initial_{table}"
-    UNION ALL SELECT {columns}, updated_at, "_seq" FROM "{table}_changes"
-    WHERE "_op" IN ('I', 'U')"""
+# A dimension's changes: the rows as created (kept aside, `keep_initial_dimensions`; they come
+# before every change record) and its change records, each at its business time (a delete's is
+# its change time).
+VERSIONS = """SELECT {columns}, updated_at AS business_at, 0 AS seq, 'S' AS op
+    FROM "initial_{table}"
+    UNION ALL SELECT {columns}, CASE WHEN "_op" = 'D' THEN "_changed_at" ELSE updated_at END,
+        "_seq", "_op"
+    FROM "{table}_changes" """
+# When each change takes effect: at its business time, but never before a change record
+# preceding it in the sequence (a restore with its original updated_at, and what follows it).
+TIMED = """SELECT v.*, CASE WHEN seq = 0 THEN business_at ELSE MAX(CASE WHEN seq > 0
+        THEN business_at END) OVER (PARTITION BY {key} ORDER BY seq ROWS UNBOUNDED PRECEDING)
+    END AS effective_at
+    FROM {changes} v"""
+# The versions a stream can see: upserts, except those a delete supersedes at their own instant.
+VISIBLE = """SELECT * FROM {timed} v WHERE op <> 'D' AND NOT EXISTS (
+    SELECT 1 FROM {timed} d
+    WHERE d.{key} = v.{key} AND d.op = 'D' AND d.effective_at = v.effective_at AND d.seq > v.seq)"""
 # The version a stream sees: the last one at or before its time, else the first visible one.
 AT_STREAM = """COALESCE(
-    (SELECT v.seq FROM {versions} v WHERE v.{key} = s.{key} AND v.updated_at <= s.stream_timestamp
-     ORDER BY v.updated_at DESC, v.seq DESC LIMIT 1),
+    (SELECT v.seq FROM {versions} v WHERE v.{key} = s.{key} AND v.effective_at <= s.stream_timestamp
+     ORDER BY v.effective_at DESC, v.seq DESC LIMIT 1),
     (SELECT v.seq FROM {versions} v WHERE v.{key} = s.{key}
-     ORDER BY v.updated_at, v.seq DESC LIMIT 1))"""
+     ORDER BY v.effective_at, v.seq DESC LIMIT 1))"""
 
 # Standard SQL that SQLite and PostgreSQL both run: gold's fact, straight from the source.
 REFERENCE = f"""
 WITH {COUNTRY_NAMES_CTE},
 valid_users AS (
     SELECT * FROM (
-        SELECT user_id, updated_at, seq, {COUNTRY.format("country")} AS country,
+        SELECT user_id, business_at, seq, op, {COUNTRY.format("country")} AS country,
                {INITCAP.format("subscription_type")} AS subscription_type
         FROM ({VERSIONS.format(table="DimUser", columns="user_id, country, subscription_type")})
             AS versions
@@ -80,11 +94,15 @@ valid_users AS (
     WHERE country IN ({_values(list(COUNTRY_NAMES))})
       AND subscription_type IN ({_values(list(SUBSCRIPTIONS))})
 ),
+timed_users AS ({TIMED.format(changes="valid_users", key="user_id")}),
+users AS ({VISIBLE.format(timed="timed_users", key="user_id")}),
 valid_tracks AS (
     SELECT * FROM ({VERSIONS.format(table="DimTrack", columns="track_id, artist_id, duration_sec")})
         AS versions
     WHERE artist_id IS NOT NULL AND duration_sec > 0
 ),
+timed_tracks AS ({TIMED.format(changes="valid_tracks", key="track_id")}),
+tracks AS ({VISIBLE.format(timed="timed_tracks", key="track_id")}),
 streams AS (
     SELECT stream_id, user_id, track_id, listen_duration, stream_timestamp,
            date(stream_timestamp) AS stream_date, lower(trim(device_type)) AS device_type
@@ -94,15 +112,15 @@ streams AS (
       AND lower(trim(device_type)) IN ({_values(list(DEVICES))})
 ),
 picked AS (
-    SELECT s.*, {AT_STREAM.format(versions="valid_users", key="user_id")} AS user_seq,
-           {AT_STREAM.format(versions="valid_tracks", key="track_id")} AS track_seq
+    SELECT s.*, {AT_STREAM.format(versions="users", key="user_id")} AS user_seq,
+           {AT_STREAM.format(versions="tracks", key="track_id")} AS track_seq
     FROM streams s
 )
 SELECT p.stream_id, p.stream_date, p.user_id, p.track_id, p.device_type, p.listen_duration,
        u.country, u.subscription_type, t.artist_id
 FROM picked p
-LEFT JOIN valid_users u ON u.user_id = p.user_id AND u.seq = p.user_seq
-LEFT JOIN valid_tracks t ON t.track_id = p.track_id AND t.seq = p.track_seq
+LEFT JOIN users u ON u.user_id = p.user_id AND u.seq = p.user_seq
+LEFT JOIN tracks t ON t.track_id = p.track_id AND t.seq = p.track_seq
 """
 
 MEASURES = "count(*), count(DISTINCT user_id), sum(listen_duration)"
