@@ -88,7 +88,9 @@ BACKDATED_AFTER_RESTORE = [
 @dataclass
 class SourceEditor:
     """Applies abstract changes to DimUser (and new streams) through SQL, tracking which keys
-    are live and the last row of each deleted key; a change that does not apply is skipped."""
+    are live and the last row of each deleted key; a change that does not apply is skipped.
+    `which` picks the key among those a change applies to (and a late stream is `which + 1`
+    days old)."""
 
     session: SourceSession
     clock: datetime
