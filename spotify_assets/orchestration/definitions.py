@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+import warnings
+
+from dagster import (
+    AssetSelection,
+    BetaWarning,
+    Definitions,
+    define_asset_job,
+    in_process_executor,
+)
 
 from spotify_assets.orchestration.assets.bronze import build_bronze_assets
 from spotify_assets.orchestration.assets.gold import build_gold_assets
@@ -51,4 +59,7 @@ def build_definitions(settings: Settings) -> Definitions:
     )
 
 
+# Beta APIs we rely on knowingly (backfill policies, observable sources): not news to whoever runs
+# `dagster dev`, whose code server and run workers load this module.
+warnings.filterwarnings("ignore", category=BetaWarning)
 defs = build_definitions(Settings.from_env())
