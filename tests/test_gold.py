@@ -262,6 +262,14 @@ def test_late_streams_reach_gold_through_a_backdated_refresh(pipeline) -> None:
     today = datetime.now(UTC).date()
     ingest.refresh(settings, instance, today - timedelta(days=8), today, ["FactStream"])
     assert_gold_equals_source(settings)
+    # The UI's run list names each CLI run by its job and tags: what it was and which days.
+    refresh_run, *_, first_run = instance.get_runs()
+    assert first_run.job_name == "incremental_load"
+    assert first_run.tags["spotify/run"] == "incremental"
+    assert refresh_run.job_name == "backdated_refresh"
+    assert refresh_run.tags["spotify/run"] == "refresh"
+    assert refresh_run.tags["spotify/days"] == f"{today - timedelta(days=8)}..{today}"
+    assert refresh_run.tags["spotify/tables"] == "FactStream"
 
 
 def test_a_run_with_nothing_new_changes_no_gold_table(pipeline) -> None:

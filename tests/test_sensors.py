@@ -75,6 +75,8 @@ def test_arrival_sensor_requests_incremental_runs_that_reach_gold(lakehouse) -> 
     }  # fmt: skip
     partitioned = next(r for r in requests if "FactStream" in requested_tables(r))
     assert partitioned.tags[PARTITION_RANGE_END_TAG] == str(datetime.now(UTC).date())
+    assert {r.tags["spotify/run"] for r in requests} == {"incremental"}
+    assert partitioned.tags["spotify/days"].endswith(f"..{datetime.now(UTC).date()}")
     assert {k.path[0] for k in partitioned.asset_selection} == {"bronze", "silver", "gold"}
     for request in requests:
         execute(defs, request, instance)
@@ -109,6 +111,8 @@ def test_reconciliation_sensor_refreshes_exactly_the_days_with_late_rows(lakehou
     for request in requests:
         first = datetime.fromisoformat(request.tags[PARTITION_RANGE_START_TAG]).date()
         assert first < before.date(), "only days loaded before the late rows arrived"
+        assert request.tags["spotify/run"] == "repair"
+        assert request.tags["spotify/days"].startswith(f"{first}..")
         assert {k.path[0] for k in request.asset_selection} == {"bronze", "silver", "gold"}
     again, _, _ = evaluate(defs, "reconciliation_sensor", instance)
     assert [r.run_key for r in again] == [r.run_key for r in requests], "same stale days, same key"

@@ -18,6 +18,8 @@ from dagster import (
     materialize,
 )
 
+from spotify_assets.orchestration.ingest import describe_run
+
 SENSORS = ("cdc_arrival_sensor", "reconciliation_sensor")
 
 
@@ -41,7 +43,7 @@ class CatchUp:
         requests = result.run_requests or []
         for request in requests:
             self.execute(request)
-        return [r.tags.get("spotify/run", "run") for r in requests]
+        return [describe_run(r.tags) for r in requests]
 
     def until_quiet(self, max_rounds: int = 3) -> list[str]:
         """Tick every sensor until none requests a run (or `max_rounds` rounds)."""

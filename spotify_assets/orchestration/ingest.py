@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -53,7 +53,17 @@ from spotify_assets.orchestration.settings import DEFAULT_RECONCILE_LOOKBACK_DAY
 
 # Runs that write the lake carry this tag; the run queue admits one at a time (see cli.py).
 WRITER_TAG = {"spotify/writer": "lakehouse"}
-RUN_JOB = "lakehouse_run"
+# What a run is, in tags a person reads in the UI's run list and timeline (CLI and sensor runs).
+RUN_KIND_TAG = "spotify/run"
+TABLES_TAG = "spotify/tables"
+DAYS_TAG = "spotify/days"
+FROM_LAYER_TAG = "spotify/from_layer"
+# The job a CLI run executes, by kind: its name in the UI's run list.
+JOBS = {
+    "incremental": "incremental_load",
+    "refresh": "backdated_refresh",
+    "repair": "repair_stale_days",
+}
 
 
 class RunFailed(RuntimeError):
@@ -99,8 +109,23 @@ class PlannedRun:
     start: Layer = Layer.BRONZE  # the first layer rebuilt; every layer below it follows
 
     @property
+    def kind(self) -> str:
+        """incremental, refresh (a backdated refresh) or repair (reconciliation found it stale)."""
+        if self.evidence:
+            return "repair"
+        return "incremental" if self.from_watermark else "refresh"
+
+    @property
     def tags(self) -> dict[str, str]:
-        return partition_range_tags(*self.days) if self.days else {}
+        tags = {RUN_KIND_TAG: self.kind, TABLES_TAG: ", ".join(self.tables)}
+        if self.days:
+            tags |= {
+                DAYS_TAG: f"{self.days[0]}..{self.days[1]}",
+                **partition_range_tags(*self.days),
+            }
+        if self.start is not Layer.BRONZE:
+            tags[FROM_LAYER_TAG] = self.start.name.lower()
+        return tags
 
     def assets(self, catalog: Catalog) -> list[AssetsDefinition]:
         """The definitions the run executes (what a sensor's request needs is `asset_keys`)."""
@@ -151,10 +176,14 @@ class PlannedRun:
         }
 
     def describe(self) -> str:
-        what = "incremental" if self.from_watermark else "refresh"
-        days = f" {self.days[0]}..{self.days[1]}" if self.days else ""
-        start = f" from {self.start.name.lower()}" if self.start is not Layer.BRONZE else ""
-        return f"{what} of {', '.join(self.tables)}{days}{start}"
+        return describe_run(self.tags)
+
+
+def describe_run(tags: Mapping[str, str]) -> str:
+    """One line from a run's tags: `repair of FactStream 2026-11-21..2026-11-23 from silver`."""
+    days = f" {tags[DAYS_TAG]}" if DAYS_TAG in tags else ""
+    start = f" from {tags[FROM_LAYER_TAG]}" if FROM_LAYER_TAG in tags else ""
+    return f"{tags[RUN_KIND_TAG]} of {tags[TABLES_TAG]}{days}{start}"
 
 
 def _gold_layer(n: int) -> Layer:
@@ -363,10 +392,10 @@ def _materialize(
     defs = Definitions(
         assets=assets,
         resources=resources,
-        jobs=[define_asset_job(RUN_JOB)],
+        jobs=[define_asset_job(JOBS[run.kind])],
         loggers={"console": progress_logger},
     )
-    return defs.resolve_job_def(RUN_JOB).execute_in_process(
+    return defs.resolve_job_def(JOBS[run.kind]).execute_in_process(
         run_config=run.run_config(catalog),
         instance=instance,
         tags={**run.tags, **WRITER_TAG},

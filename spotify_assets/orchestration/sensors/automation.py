@@ -57,7 +57,7 @@ def run_request(run: PlannedRun, catalog: Catalog, key: str) -> RunRequest:
         run_key=key,
         asset_selection=run.asset_keys(catalog),
         run_config=run.run_config(catalog),
-        tags={**run.tags, **WRITER_TAG, "spotify/run": run.describe()},
+        tags={**run.tags, **WRITER_TAG},
     )
 
 
