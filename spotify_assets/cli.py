@@ -19,6 +19,11 @@ from dagster import BetaWarning, DagsterInstance
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
+from resources.dagster_storage import (
+    BATCH_SIZE_VARIABLE,
+    EVENT_BATCH_SIZE,
+    BatchingSqliteEventLogStorage,
+)
 from resources.delta_tables import delta_table, exists
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from resources.lease import LakeBusyError, lake_writer
@@ -143,11 +148,20 @@ def source_stats(settings: Settings) -> dict[str, object]:
         return session.stats()
 
 
-# Storage defaults (all under DAGSTER_HOME); lake writers queue one at a time (ingest.WRITER_TAG).
+# Storage defaults (all under DAGSTER_HOME), with an event log that writes a batch of events (a
+# range run's per-partition events) at once; lake writers queue one at a time (ingest.WRITER_TAG).
 INSTANCE_CONFIG = (
-    "run_queue:\n  max_concurrent_runs: 4\n  dequeue_interval_seconds: 1\n"
-    "  tag_concurrency_limits:\n"
-) + "".join(f"    - key: {key}\n      limit: 1\n" for key in ingest.WRITER_TAG)
+    (
+        "run_queue:\n  max_concurrent_runs: 4\n  dequeue_interval_seconds: 1\n"
+        "  tag_concurrency_limits:\n"
+    )
+    + "".join(f"    - key: {key}\n      limit: 1\n" for key in ingest.WRITER_TAG)
+    + (
+        f"event_log_storage:\n  module: {BatchingSqliteEventLogStorage.__module__}\n"
+        f"  class: {BatchingSqliteEventLogStorage.__name__}\n"
+        "  config:\n    dagster_home:\n      env: DAGSTER_HOME\n"
+    )
+)
 
 
 def dagster_instance(settings: Settings) -> DagsterInstance:
@@ -158,6 +172,7 @@ def dagster_instance(settings: Settings) -> DagsterInstance:
         if not config.exists() or not config.read_text().strip():
             config.write_text(INSTANCE_CONFIG)
         os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    os.environ.setdefault(BATCH_SIZE_VARIABLE, str(EVENT_BATCH_SIZE))
     return DagsterInstance.get()
 
 

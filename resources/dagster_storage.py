@@ -1,0 +1,119 @@
+"""Dagster's event log on SQLite, with the batch write Dagster's own SQLite storage lacks.
+
+A single-run backfill over N daily partitions records, per partitioned asset, N planned events at
+run creation and N materializations after its step: one event per asset and partition, which the
+UI needs to show each partition's status and metadata. Dagster hands such events to
+`store_event_batch` when `DAGSTER_EVENT_BATCH_SIZE` is set, but its SQLite storage stores them
+one by one, each in two transactions of their own (the run's shard and the cross-run index): a
+first load of three years spent most of its time there. Here a batch is one transaction per
+shard, holding exactly the rows the one-by-one path writes, so everything that reads the event
+log (the UI, partition status, run planning) sees the same history.
+
+The instance the CLI creates (`spotify_assets/cli.py`) names this class in its `dagster.yaml`,
+and the CLI sets `DAGSTER_EVENT_BATCH_SIZE`; `dagster dev` on the same instance needs it too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from dagster import StringSource
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    SqlEventLogStorageTable,
+)
+from dagster._serdes import ConfigurableClassData, serialize_value
+
+# Dagster hands events to `store_event_batch` in batches of up to this many only when it is set.
+BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
+EVENT_BATCH_SIZE = 1000
+
+
+class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
+    """`SqliteEventLogStorage` (same files and schema) whose batch write is one transaction per
+    shard instead of one per event. Configured by the instance's home (`env: DAGSTER_HOME`): its
+    files are where Dagster's default storage keeps them, so an existing instance keeps its
+    history."""
+
+    @classmethod
+    def config_type(cls) -> dict[str, object]:
+        return {"dagster_home": StringSource}
+
+    @classmethod
+    def from_config_value(  # ty: ignore[invalid-method-override]
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, str]
+    ) -> BatchingSqliteEventLogStorage:
+        runs = os.path.join(config_value["dagster_home"], "history", "runs")
+        return cls(base_dir=runs, inst_data=inst_data)
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        # Dagster batches the events of one run (its planned events, or one step's asset events).
+        for run_id in dict.fromkeys(event.run_id for event in events):
+            self._store_run_batch([event for event in events if event.run_id == run_id])
+
+    def _store_run_batch(self, events: Sequence[EventLogEntry]) -> None:
+        rows = [self._event_to_row(event) for event in events]
+        with self.run_connection(events[0].run_id) as conn:
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+
+        # As `store_event`: asset and asset check events are mirrored into the index shard.
+        indexed = [
+            (event, row)
+            for event, row in zip(events, rows, strict=True)
+            if event.dagster_event_type in ASSET_EVENTS | ASSET_CHECK_EVENTS
+        ]
+        if not indexed:
+            return
+        with self.index_transaction() as conn:
+            inserted = conn.execute(
+                SqlEventLogStorageTable.insert().returning(
+                    SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
+                ),
+                [row for _, row in indexed],
+            )
+            ids = [row[0] for row in inserted]
+            assets = [
+                (event, event_id)
+                for (event, _), event_id in zip(indexed, ids, strict=True)
+                if event.dagster_event_type in ASSET_EVENTS
+            ]
+            self._store_asset_event_tags(conn, [e for e, _ in assets], [i for _, i in assets])
+            # The asset's row keeps what the last event of each type set: applying only those,
+            # in order, leaves it as applying every event would.
+            last = {
+                (event.get_dagster_event().asset_key, event.dagster_event_type): n
+                for n, (event, _) in enumerate(assets)
+            }
+            for n in sorted(last.values()):
+                self._store_asset_event(conn, *assets[n])
+        for (event, _), event_id in zip(indexed, ids, strict=True):
+            if event.dagster_event_type in ASSET_CHECK_EVENTS:
+                self.store_asset_check_event(event, event_id)
+
+    def _store_asset_check_evaluation_planned(
+        self, event: EventLogEntry, event_id: int | None
+    ) -> None:
+        """Dagster's rows (one per partition of a range run's check), with the event serialized
+        once for all of them instead of once per row."""
+        planned = event.get_dagster_event().asset_check_planned_data
+        subset = planned.partitions_subset
+        row = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": serialize_value(event),
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        partitions = subset.get_partition_keys() if subset else [None]
+        with self.index_connection() as conn:
+            conn.execute(
+                AssetCheckExecutionsTable.insert(),
+                [row | {"partition": partition} for partition in partitions],
+            )

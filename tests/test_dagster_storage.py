@@ -1,0 +1,173 @@
+"""Dagster's event log on the CLI's instance: a single-run backfill over many daily partitions
+records one planned event and one materialization per asset and partition (the UI shows each
+partition), written in a fixed number of transactions instead of two per event, and the history
+it leaves reads exactly as Dagster's default SQLite storage leaves it."""
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    BackfillPolicy,
+    DagsterEventType,
+    DagsterInstance,
+    MaterializeResult,
+    asset,
+    materialize,
+)
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from resources.dagster_storage import BATCH_SIZE_VARIABLE, BatchingSqliteEventLogStorage
+from spotify_assets.cli import dagster_instance
+from spotify_assets.orchestration.partitions import (
+    daily_partitions,
+    partition_days,
+    partition_range_tags,
+)
+from spotify_assets.orchestration.settings import Settings
+
+START = date(2025, 1, 1)
+PARTITIONS = daily_partitions(START)
+
+
+@asset(
+    partitions_def=PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
+    check_specs=[AssetCheckSpec("no_nulls", asset="copied")],
+)
+def copied(context: AssetExecutionContext) -> MaterializeResult:
+    first, last = partition_days(context)
+    return MaterializeResult(
+        metadata={"days": (last - first).days + 1},
+        check_results=[AssetCheckResult(passed=True)],
+    )
+
+
+@asset(partitions_def=PARTITIONS, backfill_policy=BackfillPolicy.single_run(), deps=[copied])
+def cleaned(context: AssetExecutionContext) -> MaterializeResult:
+    return MaterializeResult(metadata={"run": context.run.run_id})
+
+
+@asset(partitions_def=PARTITIONS, backfill_policy=BackfillPolicy.single_run(), deps=[cleaned])
+def broken() -> None:
+    raise RuntimeError("this step fails: its partitions were planned, never materialized")
+
+
+KEYS = [AssetKey("copied"), AssetKey("cleaned"), AssetKey("broken")]
+CHECK = AssetCheckKey(KEYS[0], "no_nulls")
+
+
+def cli_instance(home: Path, monkeypatch: pytest.MonkeyPatch) -> DagsterInstance:
+    """The instance `spotify-lakehouse` creates under a fresh SPOTIFY_HOME."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv(BATCH_SIZE_VARIABLE, raising=False)
+    return dagster_instance(Settings.from_env({"SPOTIFY_HOME": str(home)}))
+
+
+def default_instance(home: Path) -> DagsterInstance:
+    """Dagster's default SQLite storage, events stored one by one."""
+    home.mkdir(parents=True)
+    return DagsterInstance.from_config(str(home))
+
+
+def run_range(instance: DagsterInstance, days: int) -> str:
+    result = materialize(
+        [copied, cleaned, broken],
+        instance=instance,
+        tags=partition_range_tags(START, START + timedelta(days=days - 1)),
+        raise_on_error=False,
+    )
+    assert not result.success  # `broken` fails after the others materialized
+    return result.run_id
+
+
+@contextmanager
+def commits() -> Iterator[list[int]]:
+    """Counts the transactions committed to Dagster's SQLite files while open."""
+    count = [0]
+
+    def committed(_: object) -> None:
+        count[0] += 1
+
+    event.listen(Engine, "commit", committed)
+    try:
+        yield count
+    finally:
+        event.remove(Engine, "commit", committed)
+
+
+def history(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
+    """What the UI and run planning read of a run: events by type and asset, partition status,
+    the latest materialization per partition, and each check's executions."""
+    storage = instance.event_log_storage
+    events = Counter(
+        (entry.dagster_event.event_type_value, entry.dagster_event.asset_key, entry.step_key)
+        for entry in instance.all_logs(run_id)
+        if entry.dagster_event
+    )
+    materialization = DagsterEventType.ASSET_MATERIALIZATION
+    checks = storage.get_asset_check_execution_history(CHECK, limit=1000)
+    unfinished = (
+        storage.get_latest_asset_partition_materialization_attempts_without_materializations
+    )
+    return {
+        "events": events,
+        "materialized": {k: set(instance.get_materialized_partitions(k)) for k in KEYS},
+        "latest": {
+            k: set(instance.get_latest_storage_id_by_partition(k, materialization)) for k in KEYS
+        },
+        "unfinished": {k: set(unfinished(k)) for k in KEYS},
+        "last_run": {
+            r.asset_entry.asset_key: r.asset_entry.last_run_id == run_id
+            for r in instance.get_asset_records(KEYS)
+        },
+        "latest_partition": {
+            k: instance.get_latest_materialization_event(k).asset_materialization.partition
+            for k in KEYS[:2]
+        },
+        "checks": Counter((c.status, c.partition) for c in checks),
+    }
+
+
+def test_the_cli_instance_writes_a_range_run_in_transactions_that_do_not_grow_with_its_days(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = cli_instance(tmp_path / "home", monkeypatch)
+    assert isinstance(instance.event_log_storage, BatchingSqliteEventLogStorage)
+    run_range(instance, 1)  # the first run also creates the assets' rows
+    counted = {}
+    for days in (10, 40):
+        with commits() as count:
+            run_id = run_range(instance, days)
+        counted[days] = count[0]
+        planned = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+        assert len(planned) == 3 * days  # one per asset and partition, as Dagster records them
+    # Per event, two transactions each: 30 more days would add ~600. Batched: the same count.
+    assert counted[40] == counted[10], counted
+
+
+def test_a_batched_range_run_leaves_the_history_dagsters_default_storage_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    days = 6
+    batched = cli_instance(tmp_path / "cli", monkeypatch)
+    one_by_one = default_instance(tmp_path / "default")
+    with monkeypatch.context() as env:
+        env.delenv(BATCH_SIZE_VARIABLE)
+        expected = history(one_by_one, run_range(one_by_one, days))
+    got = history(batched, run_range(batched, days))
+
+    assert got == expected
+    partitions = {(START + timedelta(days=n)).isoformat() for n in range(days)}
+    assert got["materialized"] == {KEYS[0]: partitions, KEYS[1]: partitions, KEYS[2]: set()}
+    assert got["unfinished"][KEYS[2]] == partitions  # the UI shows them failed
