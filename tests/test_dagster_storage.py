@@ -6,7 +6,7 @@ it leaves reads exactly as Dagster's default SQLite storage leaves it."""
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,12 @@ from dagster import (
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from resources.copy_runner import CopyResult, LocalCopyRunner
 from resources.dagster_storage import BATCH_SIZE_VARIABLE, BatchingSqliteEventLogStorage
+from resources.lake import LakeStorage
+from resources.source_db import SourceDatabase, sqlite_connection_string
 from spotify_assets.cli import dagster_instance
+from spotify_assets.orchestration.assets.bronze import copy_metadata
 from spotify_assets.orchestration.partitions import (
     daily_partitions,
     partition_days,
@@ -171,3 +175,22 @@ def test_a_batched_range_run_leaves_the_history_dagsters_default_storage_leaves(
     partitions = {(START + timedelta(days=n)).isoformat() for n in range(days)}
     assert got["materialized"] == {KEYS[0]: partitions, KEYS[1]: partitions, KEYS[2]: set()}
     assert got["unfinished"][KEYS[2]] == partitions  # the UI shows them failed
+
+
+def test_each_partitions_materialization_names_the_days_written_as_ranges(tmp_path: Path) -> None:
+    """Every partition's materialization of a range run carries the run's copy metadata: days
+    listed one by one would make a first load's event log grow with the square of its days."""
+    runner = LocalCopyRunner(
+        source=SourceDatabase(
+            connection_string=sqlite_connection_string(tmp_path / "source.db"),
+            partition_start=START.isoformat(),
+        ),
+        lake=LakeStorage(url=str(tmp_path / "lake")),
+        safety_lag_seconds=0,
+    )
+    gap = START + timedelta(days=60)
+    days = [START + timedelta(days=n) for n in range(800) if START + timedelta(days=n) != gap]
+    copied = CopyResult("FactStream", None, datetime(2027, 3, 11), "", partitions=tuple(days))
+
+    written = copy_metadata(copied, runner)["partitions_written"].value
+    assert written == "2025-01-01..2025-03-01, 2025-03-03..2027-03-11"

@@ -26,6 +26,7 @@ from resources.lease import LakeWriter
 from spotify_assets.bronze.schema import bronze_schema
 from spotify_assets.catalog.lake_paths import BRONZE, bronze_path
 from spotify_assets.catalog.tables import Catalog, Table
+from spotify_assets.consistency.reconcile import day_ranges
 from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.partitions import daily_partitions, partition_window
 
@@ -90,12 +91,16 @@ def build_bronze_assets(catalog: Catalog) -> list[AssetsDefinition]:
 
 def copy_metadata(result: CopyResult, runner: CopyRunner) -> dict[str, MetadataValue]:
     rate = result.rows_read / result.seconds if result.seconds else 0.0
-    written = ", ".join(p.isoformat() for p in result.partitions) or "none"
+    # As ranges: every partition's materialization of a range run carries this text.
+    written = ", ".join(
+        f"{first}..{last}" if first != last else str(first)
+        for first, last in day_ranges(result.partitions)
+    )
     return {
         "dagster/row_count": MetadataValue.int(result.rows_written),
         "rows_read": MetadataValue.int(result.rows_read),
         "files": MetadataValue.int(len(result.files)),
-        "partitions_written": MetadataValue.text(written),
+        "partitions_written": MetadataValue.text(written or "none"),
         "window": MetadataValue.text(str(result.window) if result.window else "whole table"),
         "high": MetadataValue.text(result.high.isoformat(sep=" ")),
         "watermark_before": MetadataValue.text(_text(result.watermark_before)),
