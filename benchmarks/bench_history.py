@@ -6,10 +6,12 @@ Creates a scale-S SQLite source whose history spans `--days` days ending yesterd
 init --history-days`, so the partition start is the history's first day), then times the first
 `spotify-lakehouse run` in process (the work after imports): one single-run backfill of every
 partition through bronze, silver and gold. The scale is kept tiny on purpose: the figure is the
-cost per partition, not per row. Where the time goes comes from the run's Dagster event log: per
-step, its wall time and the span of its asset-materialization events (one per asset and
-partition: Dagster's per-partition bookkeeping, written after the step's own work). Not a test:
-run it on the reference machine and record the output in benchmarks/README.md.
+cost per partition, not per row. Where the time goes comes from the run's Dagster event log: the
+run's creation (its planned events, one per asset and partition) until it starts, and per step,
+its wall time and the span of its asset-materialization events (one per asset and partition:
+Dagster's per-partition bookkeeping, written after the step's own work). It also prints the size
+of the Dagster instance's files. Not a test: run it on the reference machine and record the
+output in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from harness import Context, Measure, Payload, cli, measure, print_table, required, settings
 
@@ -49,11 +52,19 @@ def step_first_load(ctx: Context) -> Payload:
     loads = ingest.incremental(config, instance)
     seconds = time.perf_counter() - started
     steps: dict[str, dict[str, float]] = {}
+    creation = 0.0
     for run in instance.get_runs():
         begun: dict[str, float] = {}
+        planned: float | None = None
         for entry in instance.all_logs(run.run_id):
             event = entry.dagster_event
-            if event is None or not event.step_key:
+            if event is None:
+                continue
+            if event.event_type is DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+                planned = planned or entry.timestamp
+            elif event.event_type is DagsterEventType.RUN_START and planned:
+                creation += entry.timestamp - planned
+            if not event.step_key:
                 continue
             step = steps.setdefault(event.step_key, {"materializations": 0})
             if event.event_type is DagsterEventType.STEP_START:
@@ -68,11 +79,17 @@ def step_first_load(ctx: Context) -> Payload:
         "rows": sum(load.rows for load in loads),
         "seconds": seconds,
         "runs": len(instance.get_runs()),
+        "creation_s": round(creation, 2),
+        "dagster_mib": round(_size(config.dagster_home) / 2**20, 1),
         "steps": {
             name: {k: round(v, 2) for k, v in figures.items() if k != "first_materialization"}
             for name, figures in steps.items()
         },
     }
+
+
+def _size(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
 STEPS = {"source": step_source, "first_load": step_first_load}
@@ -95,6 +112,10 @@ def report(source: Measure, load: Measure) -> None:
         f"first load: {load.seconds:.1f} s, {load.seconds / partitions:.3f} s per partition "
         f"(load average before: {load.extra['load']:.1f})"
     )
+    print(
+        f"run creation (planned events) to start: {load.extra['creation_s']:.1f} s; "
+        f"Dagster instance on disk: {load.extra['dagster_mib']:.1f} MiB"
+    )
     print("\nper step: wall s, asset materializations, s from the first to the last of them")
     steps = sorted(load.extra["steps"].items(), key=lambda item: -item[1].get("seconds", 0))
     for name, figures in steps:
@@ -102,7 +123,8 @@ def report(source: Measure, load: Measure) -> None:
             f"  {name:<40} {figures.get('seconds', 0):>8.1f} {figures['materializations']:>6}"
             f" {figures.get('bookkeeping_s', 0):>8.1f}"
         )
-    print(json.dumps({"partitions": partitions, "seconds": round(load.seconds, 1)}))
+    seconds, mib = round(load.seconds, 1), load.extra["dagster_mib"]
+    print(json.dumps({"partitions": partitions, "seconds": seconds, "dagster_mib": mib}))
 
 
 def _days() -> int:
