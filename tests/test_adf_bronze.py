@@ -2,8 +2,8 @@
 
 No factory here: the landed parquet file is written as the pipeline's Copy activity writes it
 (the extraction query's rows, the audit columns as strings from `additionalColumns`), and ADF's
-REST API is the fake transport of `tests/test_adf.py`. The reference is a real `LocalCopyRunner`
-extraction of the same SQLite source and window.
+REST API is the fake transport of `tests/helpers/fake_arm.py`. The reference is a real
+`LocalCopyRunner` extraction of the same SQLite source and window.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from spotify_assets.bronze.schema import (
 )
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import CaptureMode, Table
-from tests.test_adf import FACTORY, GROUP, SUBSCRIPTION, FakeArm, client_for, copy_run
-from tests.test_adf import RUN_ID as ADF_RUN_ID
-from tests.test_bronze import runner_for
-from tests.test_source_db import initialise
+from tests.helpers.bronze import runner_for
+from tests.helpers.fake_arm import FACTORY, GROUP, SUBSCRIPTION, FakeArm, client_for, copy_run
+from tests.helpers.fake_arm import RUN_ID as ADF_RUN_ID
+from tests.helpers.source import initialise
 
 EXTRACTED = "2026-04-01T00:05:07.1234567Z"  # utcNow(): seven fractional digits and a zone
 

@@ -29,7 +29,7 @@ from dagster import (
 from spotify_assets.orchestration.definitions import build_definitions
 from spotify_assets.orchestration.sensors.alerts import run_failure_alert
 from spotify_assets.orchestration.settings import Settings
-from tests.conftest import free_port
+from tests.helpers.servers import free_port
 
 MESSAGE = "the lake is on fire"
 SIGNATURE = "sig=s3cr3t-signature"

@@ -16,7 +16,7 @@ from resources.lease import LakeWriter
 from spotify_assets.orchestration.definitions import build_definitions
 from spotify_assets.orchestration.resources import build_resources
 from spotify_assets.orchestration.settings import Environment, Settings
-from tests.test_definitions import assert_gold_graph, validate_workspace
+from tests.helpers.code_location import assert_gold_graph, validate_workspace
 
 # Placeholders only: every host is this machine, nothing is reachable, nothing is secret.
 AZURE = {

@@ -35,9 +35,9 @@ from spotify_assets.catalog.gold_spec import Scd2Dimension
 from spotify_assets.catalog.tables import CATALOG, CaptureMode
 from spotify_assets.cli import source_init, source_simulate
 from spotify_assets.orchestration.settings import Settings
-from tests.conftest import Azurite
-from tests.test_gold import DIRTY, assert_gold_equals_source, keep_initial_dimensions
-from tests.test_source_db import SEED
+from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
+from tests.helpers.servers import Azurite
+from tests.helpers.source import DIRTY, SEED
 
 pytestmark = pytest.mark.azurite
 

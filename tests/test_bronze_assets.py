@@ -12,8 +12,7 @@ from spotify_assets.orchestration.assets.bronze import build_bronze_asset
 from spotify_assets.orchestration.partitions import partition_range_tags
 from spotify_assets.orchestration.resources import build_resources
 from spotify_assets.orchestration.settings import Settings
-from tests.conftest import HISTORY_END, HISTORY_START
-from tests.test_source_db import SCALE, SEED
+from tests.helpers.source import HISTORY_END, HISTORY_START, SCALE, SEED
 
 
 def test_initial_load_is_one_run_over_every_partition_then_incremental(tmp_path: Path) -> None:

@@ -13,14 +13,13 @@ import pytest
 from resources.source_db import SourceDatabase
 from resources.source_reader import ReaderKind
 from spotify_assets.source.simulator import simulate
-from tests.test_bronze import (
-    ON_TIME,
+from tests.helpers.bronze import (
     assert_bronze_matches_source,
     canonical,
     load_everything,
     runner_for,
 )
-from tests.test_source_db import SEED, initialise
+from tests.helpers.source import ON_TIME, SEED, initialise
 
 pytestmark = pytest.mark.postgres
 

@@ -29,9 +29,14 @@ from hypothesis import strategies as st
 from resources.source_db import SourceSession
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.orchestration.resources import source_database
-from tests.conftest import Lakehouse, PostgresServer
-from tests.test_end_to_end import assert_dimensions_equal_source
-from tests.test_gold import HISTORY_DAYS, assert_gold_equals_source, keep_initial_dimensions
+from tests.helpers.gold_reference import (
+    assert_dimensions_equal_source,
+    assert_gold_equals_source,
+    keep_initial_dimensions,
+)
+from tests.helpers.processes import Lakehouse
+from tests.helpers.servers import PostgresServer
+from tests.helpers.source import HISTORY_DAYS
 
 USERS = CATALOG["DimUser"]
 STREAMS = CATALOG.fact

@@ -8,7 +8,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from dagster import AssetKey, DagsterEventType, Definitions
+from dagster import AssetKey, DagsterEventType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,11 +16,11 @@ from resources.source_db import SourceDatabase
 from spotify_assets.catalog.gold_spec import Scd2Dimension
 from spotify_assets.catalog.tables import CATALOG, configured_catalog
 from spotify_assets.consistency.reconcile import Layer
-from spotify_assets.gold.transform import SCD2_INVARIANTS
 from spotify_assets.orchestration.definitions import OBSERVE_SOURCE_JOB, build_definitions
 from spotify_assets.orchestration.ingest import PlannedRun
 from spotify_assets.orchestration.settings import Settings
-from tests.test_source_db import initialise
+from tests.helpers.code_location import assert_gold_graph, validate_workspace
+from tests.helpers.source import initialise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,40 +84,6 @@ def test_asset_graph_snapshot(tmp_path: Path) -> None:
         assert spec.group_name == "source"
 
 
-def assert_gold_graph(defs: Definitions) -> None:
-    """Dimensions unpartitioned with blocking SCD2 checks; fact and aggregates on the fact
-    path's partitions, the fact after its lookups; a check per expectation everywhere."""
-    graph = defs.resolve_asset_graph()
-
-    def checks_of(key: AssetKey) -> dict[str, bool]:
-        return {k.name: graph.get_check_spec(k).blocking for k in graph.asset_check_keys
-                if k.asset_key == key}  # fmt: skip
-
-    fact = CATALOG.fact
-    fact_partitions = graph.get(AssetKey(["silver", fact.lake_name])).partitions_def
-    for table in CATALOG:
-        node = graph.get(AssetKey(["gold", table.lake_name]))
-        assert node.group_name == "gold"
-        assert AssetKey(["silver", table.lake_name]) in node.parent_keys
-        expectations = {r.name: False for r in table.gold.expectations}
-        if isinstance(table.gold, Scd2Dimension):
-            assert node.partitions_def is None
-            assert checks_of(node.key) == expectations | dict.fromkeys(SCD2_INVARIANTS, True)
-        else:
-            assert checks_of(node.key) == expectations
-    node = graph.get(AssetKey(["gold", fact.lake_name]))
-    assert node.partitions_def == fact_partitions
-    assert node.parent_keys == {
-        AssetKey(["silver", fact.lake_name]),
-        *(AssetKey(["gold", CATALOG[lookup.dimension].lake_name]) for lookup in fact.gold.lookups),
-    }
-    for aggregate in CATALOG.aggregates:
-        node = graph.get(AssetKey(["gold", aggregate.name]))
-        assert node.parent_keys == {AssetKey(["gold", fact.lake_name])}
-        assert node.partitions_def == fact_partitions
-        assert checks_of(node.key) == {r.name: False for r in aggregate.expectations}
-
-
 def test_observation_reports_row_counts_and_a_version(
     sqlite_source: SourceDatabase, tmp_path: Path
 ) -> None:
@@ -137,21 +103,6 @@ def test_observation_reports_row_counts_and_a_version(
             expected = session.scalar(session.sql.count(table.name))
             assert observation.metadata["rows"].value == expected
             assert observation.tags["dagster/data_version"]
-
-
-def validate_workspace(env: dict[str, str]) -> str:
-    """`dagster definitions validate -w workspace.yaml` in `env`; its output, once it passed."""
-    dagster = Path(sys.executable).with_name("dagster")
-    result = subprocess.run(
-        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout + result.stderr
 
 
 def test_loading_the_code_location_warns_of_no_beta_api(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from spotify_assets.bronze.dialects import DIALECTS, Dialect, TsqlDialect
+from spotify_assets.bronze.dialects import DIALECTS, Dialect
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import (
     CATALOG,
@@ -21,20 +21,7 @@ from spotify_assets.catalog.tables import (
     parse_mode_overrides,
     validate_identifier,
 )
-
-TSQL: TsqlDialect = DIALECTS[Dialect.TSQL]  # type: ignore[assignment]
-
-
-def parse_tsql(sql: str) -> list[exp.Expression]:
-    statements = [s for s in sqlglot.parse(sql, read="tsql") if s is not None]
-    assert statements, sql
-    for statement in statements:
-        # sqlglot falls back to an opaque Command for text it does not understand.
-        assert not list(statement.find_all(exp.Command)), f"not parsed as T-SQL:\n{sql}"
-        # A keyword swallowed as an alias means the statement was misread.
-        aliases = {a.alias.upper() for a in statement.find_all(exp.Alias)}
-        assert not aliases & {"BEGIN", "END", "EXEC"}, f"misparsed:\n{sql}"
-    return statements
+from tests.helpers.tsql import TSQL, parse_tsql
 
 
 def tsql_statements() -> list[str]:

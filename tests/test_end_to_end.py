@@ -11,64 +11,22 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from resources.delta_tables import delta_table
-from resources.lake import LakeStorage
-from spotify_assets.catalog.gold_spec import END_AT
 from spotify_assets.cli import source_simulate
-from spotify_assets.orchestration.settings import Settings
-from tests.conftest import PG_PASSWORD, Lakehouse
-from tests.test_gold import (
-    COUNTRY,
-    COUNTRY_NAMES_CTE,
-    HISTORY_DAYS,
-    INITCAP,
-    LATE,
+from tests.helpers.gold_reference import (
+    assert_dimensions_equal_source,
     assert_gold_equals_source,
     keep_initial_dimensions,
     source_session,
 )
+from tests.helpers.processes import Lakehouse
+from tests.helpers.servers import PG_PASSWORD
+from tests.helpers.source import BUSY_DAY, HISTORY_DAYS
 
 SEEDS = [int(os.environ["SPOTIFY_E2E_SEED"])] if "SPOTIFY_E2E_SEED" in os.environ else [11]
-BUSY_DAY = replace(LATE, user_deletes=0.01, track_deletes=0.01, artist_deletes=0.01)
-
-# Current state per dimension, by plain SQL: (key, tracked columns as silver cleans them).
-CURRENT = {
-    "dim_user": f"WITH {COUNTRY_NAMES_CTE} SELECT user_id, {COUNTRY.format('country')}, "
-    f'{INITCAP.format("subscription_type")} FROM "DimUser"',
-    "dim_artist": f"WITH {COUNTRY_NAMES_CTE} SELECT artist_id, lower(trim(genre)), "
-    f'{COUNTRY.format("country")} FROM "DimArtist"',
-    # Tracks failing a silver rule keep their last valid version current: compare valid ones.
-    "dim_track": 'SELECT track_id, artist_id, duration_sec FROM "DimTrack" '
-    "WHERE artist_id IS NOT NULL AND duration_sec > 0",
-}
-GOLD_CURRENT = {
-    "dim_user": ["user_id", "country", "subscription_type"],
-    "dim_artist": ["artist_id", "genre", "country"],
-    "dim_track": ["track_id", "artist_id", "duration_sec"],
-}
-
-
-def assert_dimensions_equal_source(settings: Settings) -> None:
-    """The current version of each key in gold is the source's current row."""
-    lake = LakeStorage(url=settings.lake_url)
-    with source_session(settings) as session:
-        for name, sql in CURRENT.items():
-            expected = sorted(session.query(sql))
-            table = delta_table(lake, f"gold/{name}").to_pyarrow_table()
-            current = table.filter(table[END_AT].is_null())
-            columns = [current[c].to_pylist() for c in GOLD_CURRENT[name]]
-            actual = sorted(zip(*columns, strict=True))
-            if name == "dim_track":  # only tracks whose source row is valid are compared
-                valid = {row[0] for row in expected}
-                actual = [row for row in actual if row[0] in valid]
-            else:
-                assert len(actual) == len({row[0] for row in actual}), f"{name}: two current"
-            assert actual == [tuple(row) for row in expected], name
 
 
 @pytest.mark.parametrize("seed", SEEDS, ids=lambda s: f"seed{s}")

@@ -23,7 +23,7 @@ from spotify_assets.cli import INSTANCE_CONFIG, main, run, source_init, source_s
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates
-from tests.conftest import GoldReference
+from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
 
 # Each test runs the pipeline two or three times (the first one also builds the shared lake).
 pytestmark = pytest.mark.timeout(900)
@@ -61,9 +61,7 @@ def _use(home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def built(
-    tmp_path_factory: pytest.TempPathFactory, gold_reference: GoldReference
-) -> Iterator[Path]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A small embedded source loaded through gold, once."""
     home = tmp_path_factory.mktemp("built")
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -71,7 +69,7 @@ def built(
         settings.dagster_home.mkdir()
         (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
         source_init(settings, 0.002, 7, END, history_days=21)
-        gold_reference.keep_initial_dimensions(settings)
+        keep_initial_dimensions(settings)
         run(settings)
     yield home
 
@@ -111,7 +109,7 @@ def one_line_each(errors: list[str], *expected: tuple[str, ...]) -> None:
 
 
 def test_damaged_bronze_files_and_manifests_are_named_and_verify_repair_rebuilds_them(
-    cli: Cli, gold_reference: GoldReference
+    cli: Cli,
 ) -> None:
     # No late streams: reconciliation, blocked here by the damage, is not what is tested.
     source_simulate(cli.settings, 1, 8, SimulationRates(late_fraction=0.0))
@@ -140,23 +138,21 @@ def test_damaged_bronze_files_and_manifests_are_named_and_verify_repair_rebuilds
     code, errors = cli("verify", "--repair")
     assert (code, errors) == (0, [])
     assert cli("verify") == (0, [])
-    gold_reference.assert_gold_equals_source(cli.settings)
+    assert_gold_equals_source(cli.settings)
 
 
-def test_a_missing_bronze_file_does_not_block_the_refresh_of_its_own_day(
-    cli: Cli, gold_reference: GoldReference
-) -> None:
+def test_a_missing_bronze_file_does_not_block_the_refresh_of_its_own_day(cli: Cli) -> None:
     bronze_file(cli, "FactStream", DAY).unlink()
     truncate(bronze_file(cli, "DimUser", DAY))  # cdc: the refresh carries its past images
 
     code, errors = cli("refresh", "--from", str(DAY), "--to", str(DAY))
     assert (code, errors) == (0, [])
     assert cli("verify") == (0, [])
-    gold_reference.assert_gold_equals_source(cli.settings)
+    assert_gold_equals_source(cli.settings)
 
 
 def test_lost_delta_commits_in_silver_and_gold_are_named_and_rebuilt_from_the_layer_below(
-    cli: Cli, gold_reference: GoldReference
+    cli: Cli,
 ) -> None:
     # A commit lost with its checksum file still there: delta-rs cannot open the table.
     delta_commit(cli, "silver/fact_stream", 1).unlink()
@@ -183,7 +179,7 @@ def test_lost_delta_commits_in_silver_and_gold_are_named_and_rebuilt_from_the_la
     assert (code, errors) == (0, [])
     assert cli("verify") == (0, [])
     assert cli("run") == (0, [])
-    gold_reference.assert_gold_equals_source(cli.settings)
+    assert_gold_equals_source(cli.settings)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +189,6 @@ def test_lost_delta_commits_in_silver_and_gold_are_named_and_rebuilt_from_the_la
 )
 def test_a_full_disk_is_one_line_naming_the_file_and_the_next_run_recovers(
     cli: Cli,
-    gold_reference: GoldReference,
     monkeypatch: pytest.MonkeyPatch,
     target: str,
 ) -> None:
@@ -224,4 +219,4 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_next_run_recovers(
         assert "full log: run " in line and str(cli.settings.dagster_home) in line
 
     assert cli("run") == (0, [])
-    gold_reference.assert_gold_equals_source(cli.settings)
+    assert_gold_equals_source(cli.settings)

@@ -26,9 +26,9 @@ from spotify_assets.catalog.gold_spec import END_AT
 from spotify_assets.catalog.tables import CATALOG, DIM_USER, ColumnType, Table
 from spotify_assets.cli import source_init
 from spotify_assets.orchestration.settings import Settings
-from tests.conftest import BoundedRun
-from tests.test_silver_transforms import BASE, bronze_rows
-from tests.test_source_db import SEED
+from tests.helpers.processes import BoundedRun
+from tests.helpers.silver_input import BASE, bronze_rows
+from tests.helpers.source import SEED
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_GIB = 1.5

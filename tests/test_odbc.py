@@ -16,7 +16,7 @@ from resources.odbc import (
 )
 from resources.source_db import SourceDatabase
 from spotify_assets.bronze.dialects import Dialect
-from tests.conftest import PostgresServer, free_port
+from tests.helpers.servers import PostgresServer, free_port
 
 SECRET = "hunter2-XyZ"
 

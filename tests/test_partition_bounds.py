@@ -16,7 +16,7 @@ from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.definitions import build_definitions
 from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
-from tests.test_gold import assert_gold_equals_source, keep_initial_dimensions
+from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
 
 TODAY = datetime.now(UTC).date()
 

@@ -53,9 +53,11 @@ from spotify_assets.orchestration.partitions import (
     PARTITION_RANGE_START_TAG,
 )
 from spotify_assets.orchestration.settings import Settings
-from tests.conftest import Lakehouse
-from tests.test_dialects import parse_tsql
-from tests.test_gold import assert_gold_equals_source, small_source
+from tests.helpers.bronze import load_everything, runner_for
+from tests.helpers.gold_reference import assert_gold_equals_source, small_source
+from tests.helpers.processes import Lakehouse
+from tests.helpers.source import initialise
+from tests.helpers.tsql import parse_tsql
 
 D1, D2, D3, D5 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3), date(2026, 3, 5)
 
@@ -175,9 +177,6 @@ def test_native_cdc_profile_counts_what_the_extraction_writes_to_bronze() -> Non
 
 
 def test_reconcile_sees_rows_the_lake_lacks(sqlite_source, tmp_path) -> None:
-    from tests.test_bronze import load_everything, runner_for
-    from tests.test_source_db import initialise
-
     initialise(sqlite_source)
     runner = runner_for(sqlite_source, tmp_path / "lake")
     load_everything(runner, sqlite_source.catalog)

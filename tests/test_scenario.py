@@ -17,9 +17,13 @@ from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import source_simulate
 from spotify_assets.orchestration.resources import source_database
 from spotify_assets.orchestration.settings import Settings
-from tests.conftest import Lakehouse
-from tests.test_end_to_end import BUSY_DAY, assert_dimensions_equal_source
-from tests.test_gold import assert_gold_equals_source, keep_initial_dimensions
+from tests.helpers.gold_reference import (
+    assert_dimensions_equal_source,
+    assert_gold_equals_source,
+    keep_initial_dimensions,
+)
+from tests.helpers.processes import Lakehouse
+from tests.helpers.source import BUSY_DAY
 
 USERS = CATALOG["DimUser"]
 HISTORY_DAYS = 800

@@ -32,14 +32,9 @@ from spotify_assets.orchestration.partitions import (
 )
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
-from tests.conftest import PG_PASSWORD
-from tests.test_gold import (
-    DIRTY,
-    LATE,
-    assert_gold_equals_source,
-    small_source,
-)
-from tests.test_source_db import SEED
+from tests.helpers.gold_reference import assert_gold_equals_source, small_source
+from tests.helpers.servers import PG_PASSWORD
+from tests.helpers.source import DIRTY, LATE, SEED
 
 
 @pytest.fixture

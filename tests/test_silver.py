@@ -20,9 +20,8 @@ from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.silver.transform import CHANGE_DATE, RULE, in_windows
 from spotify_assets.source.simulator import SimulationRates, simulate
-from tests.conftest import HISTORY_END
-from tests.test_bronze import ON_TIME, load_everything, runner_for
-from tests.test_source_db import SEED, initialise
+from tests.helpers.bronze import load_everything, runner_for
+from tests.helpers.source import HISTORY_END, ON_TIME, SEED, initialise
 
 ALL_DAYS = (date(2026, 1, 1), HISTORY_END + timedelta(days=3))
 DIRTY = SimulationRates(dirty_fraction=0.3, late_fraction=0.0)

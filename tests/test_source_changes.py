@@ -23,9 +23,8 @@ from spotify_assets.catalog.rules import DriftPolicy
 from spotify_assets.catalog.tables import CATALOG, Table
 from spotify_assets.cli import main
 from spotify_assets.source.schema import type_values
-from tests.conftest import HISTORY_START
-from tests.test_bronze import CLOCK0, runner_for
-from tests.test_source_db import initialise
+from tests.helpers.bronze import runner_for
+from tests.helpers.source import CLOCK0, HISTORY_START, initialise
 
 # The fixtures' sources start their partitions on their history's first day.
 CONFIGURED = CATALOG.with_partition_start(HISTORY_START)

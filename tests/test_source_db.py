@@ -11,33 +11,13 @@ import pytest
 from resources.odbc import SourceUnavailableError
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog.tables import CaptureMode, TableRole
-from spotify_assets.source.generator import InitialData, generate
-from spotify_assets.source.simulator import SimulationRates, simulate
-from tests.conftest import HISTORY_END
-
-SCALE = 0.002
-SEED = 7
-# High rates so that a few days at a tiny scale exercise every kind of change on every table.
-BUSY = SimulationRates(
-    user_updates=0.05,
-    artist_updates=0.05,
-    track_updates=0.05,
-    user_deletes=0.05,
-    artist_deletes=0.05,
-    track_deletes=0.05,
-)
+from spotify_assets.source.simulator import simulate
+from tests.helpers.source import BUSY, HISTORY_END, SEED, initialise
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def source(request: pytest.FixtureRequest) -> SourceDatabase:
     return request.getfixturevalue(f"{request.param}_source")
-
-
-def initialise(source: SourceDatabase, data: InitialData | None = None) -> InitialData:
-    data = data or generate(SCALE, SEED, HISTORY_END)
-    with source.session() as session:
-        session.load_initial(data, {"seed": SEED, "scale": SCALE})
-    return data
 
 
 def sorted_by_key(table: pa.Table, key: str) -> pa.Table:

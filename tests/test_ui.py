@@ -40,9 +40,8 @@ from spotify_assets.orchestration.assets.gold import gold_key
 from spotify_assets.orchestration.assets.silver import silver_key
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.silver.transform import CHANGE_DATE
-from tests.conftest import free_port
-from tests.test_gold import HISTORY_DAYS
-from tests.test_source_db import SEED
+from tests.helpers.servers import free_port
+from tests.helpers.source import HISTORY_DAYS, SEED
 
 # Setup (source, initial load, `dagster dev`) plus a daemon-run backfill take about 3 minutes
 # on 2 shared cores; the margin is for a busy machine, not for a slower test.

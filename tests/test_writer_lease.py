@@ -33,8 +33,9 @@ from spotify_assets.orchestration.assets.bronze import build_bronze_asset
 from spotify_assets.orchestration.assets.silver import build_silver_asset
 from spotify_assets.orchestration.resources import build_resources
 from spotify_assets.orchestration.settings import Settings
-from tests.conftest import CLI, Azurite, BoundedRun
-from tests.test_gold import assert_gold_equals_source, keep_initial_dimensions
+from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
+from tests.helpers.processes import CLI, BoundedRun
+from tests.helpers.servers import Azurite
 
 # Holds the lease of the lake at argv[1] as the CLI does, says so, and sleeps until killed.
 HOLDER = """
