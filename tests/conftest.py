@@ -1,5 +1,5 @@
-"""Shared fixtures: an embedded SQLite source, and throwaway PostgreSQL and Azurite (Blob
-storage emulator) servers on 127.0.0.1."""
+"""Shared fixtures: an embedded SQLite source, a loaded lakehouse to copy, and throwaway
+PostgreSQL and Azurite (Blob storage emulator) servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ import pytest
 from resources.lake import LakeStorage
 from resources.lease import LakeWriter
 from resources.source_db import SourceDatabase, sqlite_connection_string
+from spotify_assets.cli import INSTANCE_CONFIG, run
+from spotify_assets.orchestration.settings import Settings
+from tests.helpers.gold_reference import small_source
 from tests.helpers.processes import BoundedRun, Lakehouse, run_bounded, run_killed_after_bronze
 from tests.helpers.servers import PG_PASSWORD, Azurite, PostgresServer, free_port
 from tests.helpers.source import HISTORY_START
@@ -150,6 +153,36 @@ def azurite() -> Iterator[Azurite]:
             server.kill()
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def loaded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The home of `small_source` loaded through gold by one in-process `run` on the CLI's
+    Dagster instance, built once per session (a first load costs tens of seconds): tests work
+    on a copy of it (`loaded_lakehouse`)."""
+    home = tmp_path_factory.mktemp("loaded") / "home"
+    settings = small_source(home)
+    settings.dagster_home.mkdir()
+    (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+        run(settings)
+    return home
+
+
+@pytest.fixture
+def loaded_lakehouse(
+    loaded_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """A copy of `loaded_home` of this test's own, and the process's environment naming it
+    alone (no other SPOTIFY_* setting), as the CLI run in process reads it."""
+    home = tmp_path / "loaded"
+    shutil.copytree(loaded_home, home)
+    for name in [n for n in os.environ if n.startswith("SPOTIFY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SPOTIFY_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    return Settings.from_env({"SPOTIFY_HOME": str(home)})
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 in one line (the file, the table, what to run), never a traceback; after the documented recovery
 (`refresh` of the days, `verify --repair`, or the next `run`) gold equals plain SQL on the source.
 
-One lake is built once per module; each test breaks a copy of it.
+Each test breaks a copy of one loaded lake (conftest.py's `loaded_home`).
 """
 
 from __future__ import annotations
 
 import errno
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -19,11 +18,11 @@ import pytest
 
 import resources.lake
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import INSTANCE_CONFIG, main, run, source_init, source_simulate
+from spotify_assets.cli import main, source_simulate
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates
-from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
+from tests.helpers.gold_reference import assert_gold_equals_source
 
 # Each test runs the pipeline two or three times (the first one also builds the shared lake).
 pytestmark = pytest.mark.timeout(900)
@@ -54,33 +53,9 @@ class Cli:
         return Path(self.settings.lake_url)
 
 
-def _use(home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("SPOTIFY_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    return Settings.from_env({"SPOTIFY_HOME": str(home)})
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A small embedded source loaded through gold, once."""
-    home = tmp_path_factory.mktemp("built")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        settings = _use(home, monkeypatch)
-        settings.dagster_home.mkdir()
-        (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
-        source_init(settings, 0.002, 7, END, history_days=21)
-        keep_initial_dimensions(settings)
-        run(settings)
-    yield home
-
-
 @pytest.fixture
-def cli(
-    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> Cli:
-    home = tmp_path / "home"
-    shutil.copytree(built, home)
-    return Cli(_use(home, monkeypatch), capsys)
+def cli(loaded_lakehouse: Settings, capsys: pytest.CaptureFixture) -> Cli:
+    return Cli(loaded_lakehouse, capsys)
 
 
 def bronze_file(cli: Cli, table: str, day: date) -> Path:

@@ -1,20 +1,16 @@
 """Gold end to end: what the pipeline builds equals plain SQL on the source (DESIGN.md §6).
 
-The reference is written here by hand in SQL that SQLite and PostgreSQL both run, straight from
-the source through ODBC: its tables as they were created (copied aside, since the change tables
-start after them) and its change tables, with the same cleaning and validity rules silver
-applies, each stream's user and track as they were at stream time (versions ordered by business
-time, then change sequence; a stream older than a row's first known version takes that
-version), then the four daily aggregates. The pipeline runs as a user runs it: in-process Dagster
-runs from `ingest`, after the initial load, after incremental rounds of dirty changes, and after a
-backdated refresh that brings late streams in.
+The reference (tests/helpers/gold_reference.py) is written by hand in SQL that SQLite and
+PostgreSQL both run, straight from the source through ODBC. The pipeline runs as a user runs
+it: in-process Dagster runs from `ingest`, after the initial load (conftest.py's loaded
+lakehouse), after incremental rounds of dirty changes, and after a backdated refresh that brings
+late streams in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance
@@ -24,15 +20,16 @@ from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import source_simulate
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.settings import Settings
-from tests.helpers.gold_reference import assert_gold_equals_source, small_source
+from tests.helpers.gold_reference import assert_gold_equals_source
 from tests.helpers.source import DIRTY, LATE, SEED
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path) -> Iterator[tuple[Settings, DagsterInstance]]:
-    settings = small_source(tmp_path)
-    with DagsterInstance.ephemeral() as instance:
-        yield settings, instance
+def pipeline(loaded_lakehouse: Settings) -> Iterator[tuple[Settings, DagsterInstance]]:
+    """A copy of the small source loaded through gold, and its Dagster instance (which holds
+    the initial load's runs)."""
+    with DagsterInstance.get() as instance:
+        yield loaded_lakehouse, instance
 
 
 def check_results(instance: DagsterInstance) -> dict[tuple[str, str], bool]:
@@ -48,7 +45,6 @@ def check_results(instance: DagsterInstance) -> dict[tuple[str, str], bool]:
 
 def test_gold_equals_plain_sql_on_the_source(pipeline) -> None:
     settings, instance = pipeline
-    ingest.incremental(settings, instance)
     assert_gold_equals_source(settings)
 
     for round_ in range(3):
@@ -65,7 +61,6 @@ def test_gold_equals_plain_sql_on_the_source(pipeline) -> None:
 
 def test_late_streams_reach_gold_through_a_backdated_refresh(pipeline) -> None:
     settings, instance = pipeline
-    ingest.incremental(settings, instance)
     source_simulate(settings, 2, SEED, LATE)
     ingest.incremental(settings, instance)
     with pytest.raises(AssertionError, match="fact_stream"):
@@ -86,7 +81,6 @@ def test_late_streams_reach_gold_through_a_backdated_refresh(pipeline) -> None:
 
 def test_a_run_with_nothing_new_changes_no_gold_table(pipeline) -> None:
     settings, instance = pipeline
-    ingest.incremental(settings, instance)
     versions = {
         name: DeltaTable(f"{settings.lake_url}/gold/{name}").version()
         for name in ("dim_user", "dim_artist", "dim_track")

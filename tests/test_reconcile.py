@@ -233,7 +233,7 @@ def _drop_source_streams(settings: Settings, day: date, count: int) -> None:
     db.close()
 
 
-# Each test loads a small lakehouse and runs the pipeline several times (Dagster runs).
+# Each test runs the pipeline several times (Dagster runs).
 @pytest.mark.timeout(600)
 def test_the_next_run_repairs_a_run_killed_after_bronze_committed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_run
@@ -259,10 +259,9 @@ def _fail(*args: object, **kwargs: object) -> None:
 
 @pytest.mark.timeout(600)
 def test_the_next_run_repairs_a_failure_in_each_layer_and_lost_gold_partitions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    loaded_lakehouse: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = _lakehouse(tmp_path, monkeypatch)
-    run(settings)
+    settings = loaded_lakehouse
     today = datetime.now(UTC).date()
     failing = {"silver": (SilverStore, "refresh"), "gold fact": (GoldRunner, "build_fact"),
                "aggregates": (GoldRunner, "build_aggregate")}  # fmt: skip

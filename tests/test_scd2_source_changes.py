@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ import pytest
 from spotify_assets.catalog.gold_spec import END_AT, START_AT
 from spotify_assets.catalog.reference import SUBSCRIPTIONS
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import INSTANCE_CONFIG, main
+from spotify_assets.cli import main
 from spotify_assets.orchestration.settings import Settings
 
 DIM_USER = CATALOG["DimUser"]
@@ -61,21 +61,9 @@ class Source:
 
 
 @pytest.fixture
-def loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Settings, Source]]:
-    monkeypatch.setenv("SPOTIFY_HOME", str(tmp_path))
-    dagster_home = tmp_path / "dagster"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    monkeypatch.delenv("SPOTIFY_SOURCE_ODBC", raising=False)
-    monkeypatch.delenv("SPOTIFY_CAPTURE_MODES", raising=False)
-    end = (datetime.now(UTC).date() - timedelta(days=4)).isoformat()
-    init = ["source", "init", "--scale", "0.002", "--history-days", "21", "--end-date", end]
-    assert main(init) == 0
-    settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
-    assert main(["run"]) == 0
-    source = Source(settings.embedded_source_path)
-    yield settings, source
+def loaded(loaded_lakehouse: Settings) -> Iterator[tuple[Settings, Source]]:
+    source = Source(loaded_lakehouse.embedded_source_path)
+    yield loaded_lakehouse, source
     source.db.close()
 
 

@@ -44,6 +44,13 @@ def lakehouse(tmp_path: Path) -> Iterator[tuple[Settings, Definitions, DagsterIn
         yield settings, build_definitions(settings), instance
 
 
+@pytest.fixture
+def loaded(loaded_lakehouse: Settings) -> Iterator[tuple[Settings, Definitions, DagsterInstance]]:
+    """A copy of the small source loaded through gold, and the instance that loaded it."""
+    with DagsterInstance.get() as instance:
+        yield loaded_lakehouse, build_definitions(loaded_lakehouse), instance
+
+
 def evaluate(defs: Definitions, name: str, instance: DagsterInstance, cursor: str | None = None):
     sensor = defs.resolve_sensor_def(name)
     with build_sensor_context(
@@ -89,10 +96,8 @@ def test_arrival_sensor_requests_incremental_runs_that_reach_gold(lakehouse) -> 
     assert_gold_equals_source(settings)
 
 
-def test_reconciliation_sensor_refreshes_exactly_the_days_with_late_rows(lakehouse) -> None:
-    settings, defs, instance = lakehouse
-    for request in evaluate(defs, "cdc_arrival_sensor", instance)[0]:
-        execute(defs, request, instance)
+def test_reconciliation_sensor_refreshes_exactly_the_days_with_late_rows(loaded) -> None:
+    settings, defs, instance = loaded
     assert evaluate(defs, "reconciliation_sensor", instance)[0] == []
 
     before = copy_runner(settings).store(CATALOG.fact).current().watermark
@@ -118,10 +123,8 @@ def test_reconciliation_sensor_refreshes_exactly_the_days_with_late_rows(lakehou
     assert_gold_equals_source(settings)
 
 
-def test_an_incremental_run_resumes_where_a_stopped_run_left_silver_and_gold(lakehouse) -> None:
-    settings, defs, instance = lakehouse
-    for request in evaluate(defs, "cdc_arrival_sensor", instance)[0]:
-        execute(defs, request, instance)
+def test_an_incremental_run_resumes_where_a_stopped_run_left_silver_and_gold(loaded) -> None:
+    settings, defs, instance = loaded
     source_simulate(settings, 2, SEED, DIRTY)
     # A run stopped after bronze committed: bronze's watermark moved, silver and gold did not.
     requests, _, cursor = evaluate(defs, "cdc_arrival_sensor", instance)

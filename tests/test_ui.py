@@ -33,15 +33,13 @@ from dagster import AssetRecordsFilter, DagsterInstance
 from deltalake import DeltaTable
 
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import INSTANCE_CONFIG, source_init
-from spotify_assets.orchestration import ingest
+from spotify_assets.cli import INSTANCE_CONFIG
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.assets.gold import gold_key
 from spotify_assets.orchestration.assets.silver import silver_key
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.silver.transform import CHANGE_DATE
 from tests.helpers.servers import free_port
-from tests.helpers.source import HISTORY_DAYS, SEED
 
 # Setup (source, initial load, `dagster dev`) plus a daemon-run backfill take about 3 minutes
 # on 2 shared cores; the margin is for a busy machine, not for a slower test.
@@ -49,8 +47,9 @@ pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
-# The source's history ends the day before END; the backfill rebuilds its last two days.
-END = datetime.now(UTC).date() - timedelta(days=2)
+# The loaded lakehouse's history ends the day before END (`small_source`: four days ago); the
+# backfill rebuilds its last two days.
+END = datetime.now(UTC).date() - timedelta(days=4)
 DAYS = [END - timedelta(days=2), END - timedelta(days=1)]
 FACT = CATALOG.fact
 BACKFILLED = [
@@ -166,15 +165,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
-    """`dagster dev` over a lake loaded in process; the UI and the test share one instance."""
-    home = tmp_path_factory.mktemp("ui")
+def dagster_ui(tmp_path_factory: pytest.TempPathFactory, loaded_home: Path) -> Iterator[DagsterUi]:
+    """`dagster dev` over a copy of the loaded lakehouse; the UI and the test share one
+    instance."""
+    home = tmp_path_factory.mktemp("ui") / "home"
+    shutil.copytree(loaded_home, home)
     settings = Settings.from_env({"SPOTIFY_HOME": str(home)})
-    settings.dagster_home.mkdir(parents=True)
     # The CLI's instance (its run queue limits) with telemetry off.
     config = INSTANCE_CONFIG + "telemetry:\n  enabled: false\n"
     (settings.dagster_home / "dagster.yaml").write_text(config)
-    source_init(settings, 0.002, SEED, END, history_days=HISTORY_DAYS)
 
     # The code location must see exactly the test's settings: no SPOTIFY_* from outside (a
     # configured alert webhook above all), only SPOTIFY_HOME. Launched runs inherit this env.
@@ -184,11 +183,6 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
         "DAGSTER_HOME": str(settings.dagster_home),
         "DAGSTER_DISABLE_TELEMETRY": "1",  # dagster.yaml stops recording; this stops uploads
     }
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DAGSTER_HOME", str(settings.dagster_home))
-        with DagsterInstance.get() as instance:
-            ingest.incremental(settings, instance)
-
     port = free_port()
     ui = DagsterUi(url=f"http://127.0.0.1:{port}", settings=settings, log=home / "dagster-dev.log")
     with ui.log.open("wb") as log:
