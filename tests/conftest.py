@@ -25,6 +25,7 @@ from resources.source_db import SourceDatabase, sqlite_connection_string
 from spotify_assets.cli import INSTANCE_CONFIG, run
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import small_source
+from tests.helpers.paths import REPO
 from tests.helpers.processes import BoundedRun, Lakehouse, run_bounded, run_killed_after_bronze
 from tests.helpers.servers import PG_PASSWORD, Azurite, PostgresServer, free_port
 from tests.helpers.source import HISTORY_START
@@ -120,7 +121,7 @@ def sail_spark():
 
 
 # `make test` installs Azurite here (npm, project-local); one on the PATH also does.
-AZURITE_LOCAL = Path(__file__).resolve().parent.parent / ".azurite/node_modules/.bin/azurite-blob"
+AZURITE_LOCAL = REPO / ".azurite/node_modules/.bin/azurite-blob"
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,7 @@ from dagster import AssetKey, Definitions
 from spotify_assets.catalog.gold_spec import Scd2Dimension
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.gold.transform import SCD2_INVARIANTS
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 def assert_gold_graph(defs: Definitions) -> None:
@@ -55,7 +54,7 @@ def validate_workspace(env: dict[str, str]) -> str:
     dagster = Path(sys.executable).with_name("dagster")
     result = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,

@@ -39,13 +39,13 @@ from spotify_assets.orchestration.assets.gold import gold_key
 from spotify_assets.orchestration.assets.silver import silver_key
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.silver.transform import CHANGE_DATE
+from tests.helpers.paths import REPO
 from tests.helpers.servers import free_port
 
 # Setup (source, initial load, `dagster dev`) plus a daemon-run backfill take about 3 minutes
 # on 2 shared cores; the margin is for a busy machine, not for a slower test.
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
 
-ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
 # The loaded lakehouse's history ends the day before END (`small_source`: four days ago); the
 # backfill rebuilds its last two days.
@@ -188,7 +188,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, loaded_home: Path) -> I
     with ui.log.open("wb") as log:
         process = subprocess.Popen(
             [str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT,
+            cwd=REPO,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -26,11 +26,11 @@ from spotify_assets.catalog.gold_spec import END_AT
 from spotify_assets.catalog.tables import CATALOG, DIM_USER, ColumnType, Table
 from spotify_assets.cli import source_init
 from spotify_assets.orchestration.settings import Settings
+from tests.helpers.paths import REPO
 from tests.helpers.processes import BoundedRun
 from tests.helpers.silver_input import BASE, bronze_rows
 from tests.helpers.source import SEED
 
-ROOT = Path(__file__).resolve().parent.parent
 BOUND_GIB = 1.5
 
 
@@ -81,8 +81,8 @@ def test_silver_of_every_table_stays_bounded_whatever_column_varies(
 ) -> None:
     for table in CATALOG:
         write_probe_files(tmp_path / table.name, table)
-    code = "import sys; from tests.test_memory import silver_probe; silver_probe(sys.argv[1])"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = f"import sys; from {__name__} import silver_probe; silver_probe(sys.argv[1])"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = bounded([sys.executable, "-c", code, str(tmp_path)], BOUND_GIB, env=env)
     assert not result.killed_for_memory, f"silver passed {BOUND_GIB} GiB on two-row files"
     assert result.returncode == 0, result.stderr
@@ -141,7 +141,7 @@ def test_runs_after_dimension_updates_stay_bounded(
     settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
     end = datetime.now(UTC).date() - timedelta(days=4)
     source_init(settings, 0.002, SEED, end, history_days=3)
-    env = {**os.environ, "SPOTIFY_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "SPOTIFY_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     run = [str(Path(sys.executable).with_name("spotify-lakehouse")), "run"]
     for day, changes in enumerate(((), *DIMENSION_CHANGES)):
         change_users(settings.embedded_source_path, end + timedelta(days=day), changes)

@@ -39,8 +39,9 @@ from spotify_assets.catalog.gold_spec import (
 from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import CATALOG, CHANGE_SEQ, VERSION_AT, Table
 from spotify_assets.gold.transform import SILVER_VERSION_COLUMNS
+from tests.helpers.paths import REPO
 
-PIPELINE = Path(__file__).resolve().parent.parent / "dlt" / "gold_pipeline.py"
+PIPELINE = REPO / "dlt" / "gold_pipeline.py"
 LOGGER = "spotify.gold_pipeline"
 
 DIMENSIONS = [t for t in CATALOG if isinstance(t.gold, Scd2Dimension)]

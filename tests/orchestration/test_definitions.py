@@ -20,9 +20,8 @@ from spotify_assets.orchestration.definitions import OBSERVE_SOURCE_JOB, build_d
 from spotify_assets.orchestration.ingest import PlannedRun
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.code_location import assert_gold_graph, validate_workspace
+from tests.helpers.paths import REPO
 from tests.helpers.source import initialise
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_asset_graph_snapshot(tmp_path: Path) -> None:
@@ -111,7 +110,7 @@ def test_loading_the_code_location_warns_of_no_beta_api(tmp_path: Path) -> None:
     env.pop("SPOTIFY_SOURCE_ODBC", None)
     result = subprocess.run(
         [sys.executable, "-W", "default", "-c", "import spotify_assets.orchestration.definitions"],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,

@@ -13,7 +13,6 @@ import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,8 +57,8 @@ from spotify_assets.gold.transform import SCD2_INVARIANTS
 from spotify_assets.orchestration.assets.gold import build_dimension_asset, build_fact_asset
 from spotify_assets.orchestration.assets.silver import build_silver_asset
 from spotify_assets.orchestration.partitions import partition_range_tags
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 HOST = "https://adb-1234567890123456.7.azuredatabricks.net"
 LAKE_URL = "abfss://lake@spotifylake.dfs.core.windows.net/spotify"
 FILES = "/Workspace/Users/de@example.com/.bundle/spotify-lakehouse/prod/files"

@@ -43,9 +43,9 @@ from tests.helpers.fake_arm import (
     client_for,
     copy_run,
 )
+from tests.helpers.paths import REPO
 from tests.helpers.tsql import TSQL, parse_tsql
 
-REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = adf.build()
 PIPELINE = DOCUMENTS[f"pipeline/{adf.PIPELINE_NAME}.json"]["properties"]
 FOR_EACH = PIPELINE["activities"][0]

@@ -34,6 +34,7 @@ from spotify_assets.orchestration.assets.silver import build_silver_asset
 from spotify_assets.orchestration.resources import build_resources
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
+from tests.helpers.paths import REPO
 from tests.helpers.processes import CLI, BoundedRun
 from tests.helpers.servers import Azurite
 
@@ -64,7 +65,7 @@ def lake(
 @pytest.fixture
 def holder_process(lake: LakeStorage) -> Iterator[subprocess.Popen[str]]:
     """Another process on this machine holding the lake's lease."""
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = os.environ | {"PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-c", HOLDER, lake.url], env=env,
                                stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:

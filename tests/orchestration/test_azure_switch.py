@@ -106,8 +106,8 @@ def test_bronze_on_azure_copies_with_the_data_factory_resource(tmp_path: Path) -
     resources = build_resources(azure_settings(tmp_path))
     runner = resources["copy_runner"]
     assert isinstance(runner, AzureCopyRunner)
-    # The factory bronze runs is the one `data_factory` deploys (tests/test_adf_bronze.py: the
-    # copy and the commit of its landed file).
+    # The factory bronze runs is the one `data_factory` deploys (tests/bronze/test_adf_bronze.py:
+    # the copy and the commit of its landed file).
     assert runner.data_factory == resources["data_factory"]
 
 
