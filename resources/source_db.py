@@ -139,8 +139,14 @@ class SourceDatabase(ConfigurableResource):
 
     def require_initialised(self) -> None:
         if not self.exists():
+            if self.dialect is Dialect.SQLITE:
+                home = "SPOTIFY_HOME defaults to ./.data of the current directory"
+                looked = f"{self.sqlite_path()}; {home}"
+            else:
+                looked = f"{redact(self.connection_string)}, set by SPOTIFY_SOURCE_ODBC"
             raise SourceUnavailableError(
-                "the source holds no Spotify tables yet: run `spotify-lakehouse source init`"
+                f"the source holds no Spotify tables yet (looked in {looked}): run "
+                "`spotify-lakehouse source init`"
             )
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
+import re
+import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, NoReturn, ParamSpec, TypeVar
 
 from dagster import BetaWarning, DagsterInstance
 from sqlalchemy.exc import DBAPIError
@@ -44,6 +47,11 @@ from spotify_assets.source.simulator import ChangeBatch, SimulationRates, simula
 DEFAULT_SCALE = 0.1
 DEFAULT_SEED = 42
 DEMO_DAYS = 3
+# The demo's own home under SPOTIFY_HOME, recreated by every demo; and how long a demo takes.
+DEMO_HOME = "demo"
+DEMO_DURATION = "about 75 s on an idle 2-core machine, several minutes on a busy one"
+# What the demo builds itself under its home: it refuses to run with these set elsewhere.
+DEMO_OWNS = ("SPOTIFY_LAKE_URL", "DAGSTER_HOME", "SPOTIFY_PARTITION_START")
 # A waiting writer gives up with EX_TEMPFAIL: a temporary failure, worth retrying later.
 EXIT_LAKE_BUSY = 75
 _DAYS_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total} days [{elapsed}<{remaining}]"
@@ -62,8 +70,8 @@ def source_init(
     today = datetime.now(UTC).date()
     if end > today:
         raise SourceConfigError(
-            f"--end-date {end} is after today ({today}, UTC): the source's clock would run "
-            "ahead of the current time"
+            f"--end-date {end}: expected today ({today}, UTC) or earlier: the source's clock "
+            "would run ahead of the current time"
         )
     source = source_database(settings)
     if source.exists():
@@ -80,7 +88,7 @@ def source_init(
     meta = {"seed": seed, "scale": scale, "history_start": data.start, "history_end": data.end}
     with (
         source.session() as session,
-        tqdm(total=total, unit="rows", unit_scale=True, desc="loading source") as bar,
+        tqdm(total=total, unit="rows", unit_scale=True, desc="loading source", disable=None) as bar,
     ):
         if source.dialect is Dialect.SQLITE:
             session.execute("PRAGMA journal_mode=WAL")
@@ -124,7 +132,9 @@ def source_simulate(
                 f"simulating {days} days would move the source's clock from {start_clock} past "
                 f"the current UTC time ({now:%Y-%m-%d %H:%M}): {fit} whole days fit"
             )
-        with tqdm(total=days, unit="day", desc="simulating", bar_format=_DAYS_BAR) as bar:
+        with tqdm(
+            total=days, unit="day", desc="simulating", bar_format=_DAYS_BAR, disable=None
+        ) as bar:
 
             def advance(batch: ChangeBatch) -> None:
                 bar.update((batch.at - start_clock) / timedelta(days=1) - bar.n)
@@ -150,8 +160,11 @@ def source_stats(settings: Settings) -> dict[str, object]:
 
 # Storage defaults (all under DAGSTER_HOME), with an event log that writes a batch of events (a
 # range run's per-partition events) at once; lake writers queue one at a time (ingest.WRITER_TAG).
+# The product's own local instance does not report usage (and so prints no telemetry banner into
+# the CLI's output); `telemetry: enabled: true` in its dagster.yaml turns it on.
 INSTANCE_CONFIG = (
     (
+        "telemetry:\n  enabled: false\n"
         "run_queue:\n  max_concurrent_runs: 4\n  dequeue_interval_seconds: 1\n"
         "  tag_concurrency_limits:\n"
     )
@@ -178,6 +191,7 @@ def dagster_instance(settings: Settings) -> DagsterInstance:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def _writes_lake(
@@ -226,6 +240,14 @@ def refresh(
     settings: Settings, first: date, last: date, tables: Sequence[str] = ()
 ) -> list[dict[str, object]]:
     """Re-extract the days `first`..`last` from the source (a backdated refresh)."""
+    catalog = settings.catalog
+    for name in tables:
+        if not catalog[name].change_time_column:
+            dated = ", ".join(t.name for t in catalog if t.change_time_column)
+            raise SourceConfigError(
+                f"--tables {name}: a snapshot table, copied whole by every "
+                f"`spotify-lakehouse run`; refresh re-extracts days of {dated}"
+            )
     source_database(settings).require_initialised()
     instance = dagster_instance(settings)
     return [asdict(load) for load in ingest.refresh(settings, instance, first, last, tables)]
@@ -261,12 +283,28 @@ def adf_build(out: Path) -> list[str]:
     return adf_pipeline.write(out, adf_pipeline.build())
 
 
+def demo_settings(settings: Settings, environ: Mapping[str, str] = os.environ) -> Settings:
+    """The settings of a clean demo home, `$SPOTIFY_HOME/demo`, removed and recreated: a lake or
+    Dagster instance left by an earlier demo holds watermarks and runs ahead of the new source."""
+    home = settings.home / DEMO_HOME
+    elsewhere = [name for name in DEMO_OWNS if environ.get(name)]
+    if elsewhere:
+        raise SourceConfigError(
+            f"the demo builds its own lake and Dagster instance under {home}: unset "
+            f"{', '.join(elsewhere)} to run it"
+        )
+    if home.exists():
+        shutil.rmtree(home)
+    return Settings.from_env({**environ, "SPOTIFY_HOME": str(home)})
+
+
 @_writes_lake
 def demo(settings: Settings) -> None:
-    """The pipeline end to end on the configured source (recreated): the initial load through to
-    gold, simulated days of changes (late streams, deletes, dirty values), the sensors catching
-    up (arrival: incremental runs; reconciliation: refresh of the days late streams fell into), a
-    backdated refresh, and a report."""
+    """The pipeline end to end in the home of `demo_settings`, on the configured source
+    (recreated): the initial load through to gold, simulated days of changes (late streams,
+    deletes, dirty values), the sensors catching up (arrival: incremental runs; reconciliation:
+    refresh of the days late streams fell into), a backdated refresh, and a report."""
+    print(f"demo home (recreated): {settings.home}", flush=True)
     today = datetime.now(UTC).date()
     timings: dict[str, float] = {}
 
@@ -360,9 +398,73 @@ def _print(payload: object) -> None:
     print(json.dumps(payload, indent=2, default=str))
 
 
+class UsageError(ValueError):
+    """A mistake on the command line, said in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes raise `UsageError` for `main` to print as one line, like every other
+    validation (argparse's default is the usage block, then the message)."""
+
+    def error(self, message: str) -> NoReturn:
+        # "argument --from: 2026/11/20: expected …" -> "--from 2026/11/20: expected …"
+        raise UsageError(re.sub(r"^argument (-[^:]+): ", r"\1 ", message))
+
+
+def _checked(
+    convert: Callable[[str], T], valid: Callable[[T], bool], expected: str
+) -> Callable[[str], T]:
+    """An argparse type: `convert`, then `valid`, else "<value>: expected <expected>"."""
+
+    def parse(text: str) -> T:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text}: expected {expected}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"{text}: expected {expected}")
+        return value
+
+    return parse
+
+
+_day = _checked(date.fromisoformat, lambda _: True, "YYYY-MM-DD")
+_positive = _checked(float, lambda x: 0 < x < math.inf, "a number above 0")
+_fraction = _checked(float, lambda x: 0 <= x <= 1, "a fraction between 0 and 1")
+_days = _checked(int, lambda n: n >= 1, "a whole number of at least 1")
+
+
+_TABLE_NAMES = ", ".join(f"{t.name} or {t.lake_name}" for t in CATALOG)
+
+
+def _table(text: str) -> str:
+    """A table of the catalog by its source or lake name; the source name from then on."""
+    try:
+        return CATALOG[text].name
+    except CatalogError:
+        raise argparse.ArgumentTypeError(
+            f"{text}: expected a table of the catalog: {_TABLE_NAMES}"
+        ) from None
+
+
+def _tables_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        default=(),
+        type=_table,
+        metavar="TABLE",
+        help=f"{what} only these tables, by source or lake name ({_TABLE_NAMES}); default: all",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spotify-lakehouse", description="Spotify listening-data lakehouse."
+    parser = _Parser(
+        prog="spotify-lakehouse",
+        description="Spotify listening-data lakehouse: an operational source copied to bronze, "
+        "silver and gold on a Delta lake. Settings come from the environment (SPOTIFY_HOME, "
+        "default ./.data of the current directory; see the README).",
+        allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -371,63 +473,120 @@ def _parser() -> argparse.ArgumentParser:
     init = source_commands.add_parser("init", help="create and fill the source database")
     init.add_argument(
         "--scale",
-        type=float,
+        type=_positive,
         default=DEFAULT_SCALE,
         help=f"1 = 100k users, 5M streams over 90 days (default {DEFAULT_SCALE})",
     )
-    init.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    init.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seed of the generator: the same seed, the same data (default {DEFAULT_SEED})",
+    )
     init.add_argument(
         "--end-date",
-        type=date.fromisoformat,
+        type=_day,
         default=None,
-        help="day after the last generated day (default: today, UTC)",
+        metavar="YYYY-MM-DD",
+        help="day after the last generated day, today or earlier (default: today, UTC)",
     )
     init.add_argument(
         "--history-days",
-        type=int,
+        type=_days,
         default=None,
+        metavar="N",
         help="days of history the streams spread over (default 90)",
     )
     init.add_argument("--force", action="store_true", help="drop and recreate an existing source")
 
     sim = source_commands.add_parser("simulate", help="advance the source N days of changes")
-    sim.add_argument("--days", type=int, required=True)
-    sim.add_argument("--seed", type=int, default=None, help="default: the seed of `source init`")
+    sim.add_argument(
+        "--days",
+        type=_days,
+        required=True,
+        metavar="N",
+        help="simulated days to advance the source's clock by, never past the current UTC time",
+    )
+    sim.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the changes (default: that of `source init`)",
+    )
     defaults = SimulationRates()
-    sim.add_argument("--late-fraction", type=float, default=defaults.late_fraction)
-    sim.add_argument("--dirty-fraction", type=float, default=defaults.dirty_fraction)
+    sim.add_argument(
+        "--late-fraction",
+        type=_fraction,
+        default=defaults.late_fraction,
+        metavar="F",
+        help=f"share of streams that arrive days late (default {defaults.late_fraction})",
+    )
+    sim.add_argument(
+        "--dirty-fraction",
+        type=_fraction,
+        default=defaults.dirty_fraction,
+        metavar="F",
+        help=f"share of changed rows with invalid values for silver to quarantine "
+        f"(default {defaults.dirty_fraction})",
+    )
 
     source_commands.add_parser("stats", help="row and change counts per table, as JSON")
 
     run_parser = commands.add_parser("run", help="bring every layer up to date with the source")
-    run_parser.add_argument("--tables", nargs="+", default=(), metavar="TABLE")
-    refresh_parser = commands.add_parser("refresh", help="re-extract a range of days")
-    refresh_parser.add_argument("--from", dest="first", type=date.fromisoformat, required=True)
-    refresh_parser.add_argument("--to", dest="last", type=date.fromisoformat, required=True)
-    refresh_parser.add_argument("--tables", nargs="+", default=(), metavar="TABLE")
+    _tables_option(run_parser, "load")
+    snapshots = ", ".join(t.name for t in CATALOG if not t.change_time_column)
+    refresh_parser = commands.add_parser(
+        "refresh",
+        help="re-extract a range of days from the source and rebuild them in each layer",
+        description="Re-extracts the days --from..--to of the tables with a change time and "
+        "rebuilds those days in silver, gold and the aggregates (snapshot tables are copied whole "
+        f"by every run: {snapshots}).",
+    )
+    refresh_parser.add_argument(
+        "--from", dest="first", type=_day, required=True, metavar="YYYY-MM-DD", help="first day"
+    )
+    refresh_parser.add_argument(
+        "--to",
+        dest="last",
+        type=_day,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="last day (included), today or earlier",
+    )
+    _tables_option(refresh_parser, "refresh")
     verify_parser = commands.add_parser(
         "verify", help="check bronze manifests and files and the Delta logs against each other"
     )
     verify_parser.add_argument(
         "--repair", action="store_true", help="rebuild what is damaged from the layer below"
     )
-    verify_parser.add_argument("--tables", nargs="+", default=(), metavar="TABLE")
-    commands.add_parser("demo", help="run the embedded demo end to end")
+    _tables_option(verify_parser, "check")
+    commands.add_parser(
+        "demo",
+        help=f"the pipeline end to end on a fresh demo home, $SPOTIFY_HOME/{DEMO_HOME}",
+        description=f"Removes and recreates $SPOTIFY_HOME/{DEMO_HOME} (its source, lake and "
+        "Dagster instance; with SPOTIFY_SOURCE_ODBC set, that source is dropped and recreated "
+        f"instead), generates a source at scale {DEFAULT_SCALE}, loads it "
+        f"through to gold, simulates {DEMO_DAYS} days of changes, lets the sensors catch up, "
+        f"refreshes the last two days and prints rows per layer and timings: {DEMO_DURATION}.",
+    )
     adf = commands.add_parser("adf", help="Azure Data Factory JSON")
     adf_commands = adf.add_subparsers(dest="adf_command", required=True)
     adf_build_parser = adf_commands.add_parser("build", help="generate it from the catalog")
-    adf_build_parser.add_argument("--out", type=Path, default=Path("adf"), help="default: ./adf")
+    adf_build_parser.add_argument(
+        "--out", type=Path, default=Path("adf"), help="directory to write to (default: ./adf)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     # Beta APIs we rely on knowingly (backfill policies, observable sources): not news to users.
     warnings.filterwarnings("ignore", category=BetaWarning)
     try:
+        args = _parser().parse_args(argv)
         settings = Settings.from_env()
         if args.command == "demo":
-            demo(settings)
+            demo(demo_settings(settings))
         elif args.command == "run":
             _print(run(settings, args.tables))
         elif args.command == "refresh":

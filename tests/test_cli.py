@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import main
+from spotify_assets.cli import dagster_instance, demo_settings, main
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 
@@ -127,12 +127,13 @@ def test_run_and_refresh_keep_bronze_equal_to_the_source(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["refresh", "--from", "2026-03-02", "--to", "2026-03-01"], "before --from"),
-        (["refresh", "--from", "2026-03-01", "--to", "2999-01-01"], "in the future"),
-        (["run", "--tables", "DimNope"], "unknown table 'DimNope'"),
-        (["run", "--tables", "DimUser;DROP"], "unknown table"),
+        (["refresh", "--from", "2026-03-02", "--to", "2026-03-01"],
+         "--to 2026-03-01: expected a day on or after --from 2026-03-02"),
+        (["refresh", "--from", "2026-03-01", "--to", "2999-01-01"],
+         "--to 2999-01-01: expected today ("),
+        (["run", "--tables", "DimUser;DROP"], "--tables DimUser;DROP: expected a table"),
     ],
-)
+)  # fmt: skip
 def test_bad_run_arguments_fail_clearly(
     home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
@@ -140,3 +141,81 @@ def test_bad_run_arguments_fail_clearly(
     capsys.readouterr()
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# Every mistake a newcomer makes on the command line: one line on stderr naming the option (as
+# typed) or the setting, what was expected and what to do; exit code 2; nothing on stdout.
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["refresh", "--from", "2026/11/20", "--to", "2026-11-21"], {},
+         "--from 2026/11/20: expected YYYY-MM-DD"),
+        (["refresh", "--from", "2026-11-20", "--to", "tomorrow"], {},
+         "--to tomorrow: expected YYYY-MM-DD"),
+        (["source", "init", "--end-date", "2026-11-31"], {},
+         "--end-date 2026-11-31: expected YYYY-MM-DD"),
+        (["source", "init", "--scale", "0"], {}, "--scale 0: expected a number above 0"),
+        (["source", "simulate", "--days", "0"], {},
+         "--days 0: expected a whole number of at least 1"),
+        (["source", "simulate", "--days", "1", "--late-fraction", "2"], {},
+         "--late-fraction 2: expected a fraction between 0 and 1"),
+        (["run", "--tables", "DimNope"], {},
+         "--tables DimNope: expected a table of the catalog: DimUser or dim_user, DimArtist or "
+         "dim_artist, DimTrack or dim_track, DimDate or dim_date, FactStream or fact_stream"),
+        (["refresh", "--from", "2026-11-20", "--to", "2026-11-21", "--tables", "dim_date"], {},
+         "--tables DimDate: a snapshot table, copied whole by every `spotify-lakehouse run`; "
+         "refresh re-extracts days of DimUser, DimArtist, DimTrack, FactStream"),
+        (["refresh", "--from", "2026-11-20"], {}, "the following arguments are required: --to"),
+        (["verify", "--tables", "fact_stream"], {},
+         "the source holds no Spotify tables yet (looked in {home}/source.db; SPOTIFY_HOME "
+         "defaults to ./.data of the current directory): run `spotify-lakehouse source init`"),
+        (["demo"], {"SPOTIFY_LAKE_URL": "{home}/elsewhere"},
+         "the demo builds its own lake and Dagster instance under {home}/demo: unset "
+         "SPOTIFY_LAKE_URL to run it"),
+    ],
+)  # fmt: skip
+def test_every_cli_mistake_is_one_line_and_exit_code_2(
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(home=home))
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: {message.format(home=home)}\n"
+    assert out == ""
+
+
+def test_output_that_is_not_a_terminal_has_no_progress_bars_or_telemetry_banner(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "spotify_assets.cli", "source", "init", "--scale", "0.001",
+         "--end-date", "2026-04-01"],
+        env={"SPOTIFY_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == ""
+    # Unset, so the CLI writes its own instance configuration (restored after the test).
+    monkeypatch.setenv("DAGSTER_HOME", "")
+    instance = dagster_instance(Settings.from_env())
+    assert not instance.telemetry_enabled
+    instance.dispose()
+
+
+def test_demo_starts_from_a_clean_demo_home(home: Path) -> None:
+    stale = home / "demo" / "lake" / "bronze" / "FactStream" / "_manifest" / "00000001.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    settings = demo_settings(Settings.from_env(), {"SPOTIFY_HOME": str(home)})
+    assert settings.home == home / "demo"
+    assert settings.lake_url == str(home / "demo" / "lake")
+    assert settings.dagster_home == home / "demo" / "dagster"
+    assert not (home / "demo").exists()

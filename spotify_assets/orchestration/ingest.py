@@ -250,9 +250,9 @@ def behind_since(
 
 def plan_refresh(tables: Sequence[Table], first: date, last: date) -> list[PlannedRun]:
     if last < first:
-        raise ValueError(f"--to {last} is before --from {first}")
+        raise ValueError(f"--to {last}: expected a day on or after --from {first}")
     if last > _today():
-        raise ValueError(f"--to {last} is in the future (today is {_today()}, UTC)")
+        raise ValueError(f"--to {last}: expected today ({_today()}, UTC) or earlier")
     selected = [t for t in tables if t.change_time_column]
     if not selected:
         return []

@@ -171,9 +171,8 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, loaded_home: Path) -> I
     home = tmp_path_factory.mktemp("ui") / "home"
     shutil.copytree(loaded_home, home)
     settings = Settings.from_env({"SPOTIFY_HOME": str(home)})
-    # The CLI's instance (its run queue limits) with telemetry off.
-    config = INSTANCE_CONFIG + "telemetry:\n  enabled: false\n"
-    (settings.dagster_home / "dagster.yaml").write_text(config)
+    # The CLI's instance: its run queue limits, telemetry off.
+    (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
 
     # The code location must see exactly the test's settings: no SPOTIFY_* from outside (a
     # configured alert webhook above all), only SPOTIFY_HOME. Launched runs inherit this env.
