@@ -1,4 +1,4 @@
-"""`spotify-lakehouse`: the command line of the product (DESIGN.md §10)."""
+"""`spotify-lakehouse`: the command line of the product."""
 
 from __future__ import annotations
 
@@ -197,8 +197,8 @@ T = TypeVar("T")
 def _writes_lake(
     command: Callable[Concatenate[Settings, P], R],
 ) -> Callable[Concatenate[Settings, P], R]:
-    """`spotify-lakehouse <command>` holds the lake writer lease throughout (DESIGN.md §11): a
-    second writer waits for it, saying for whom, up to SPOTIFY_WRITER_WAIT_SECONDS."""
+    """`spotify-lakehouse <command>` holds the lake writer lease throughout: a second writer
+    waits for it, saying for whom, up to SPOTIFY_WRITER_WAIT_SECONDS."""
 
     @functools.wraps(command)
     def holding(settings: Settings, *args: P.args, **kwargs: P.kwargs) -> R:
