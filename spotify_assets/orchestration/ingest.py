@@ -259,8 +259,8 @@ def plan_refresh(tables: Sequence[Table], first: date, last: date) -> list[Plann
     start = min(t.first_partition for t in selected)
     if first < start:
         raise ValueError(
-            f"--from {first} is before the partition start {start} (SPOTIFY_PARTITION_START): "
-            f"refresh from {start} on, or set the partition start earlier"
+            f"--from {first}: expected the partition start {start} (SPOTIFY_PARTITION_START) or "
+            "later, or set the partition start earlier"
         )
     return [PlannedRun(tuple(t.name for t in selected), (first, last), False)]
 

@@ -122,8 +122,8 @@ def test_refresh_before_the_partition_start_fails_in_one_line(
     init(capsys, date(2026, 4, 1), 10)
     line = fails(capsys, "refresh", "--from", "2025-12-01", "--to", "2025-12-05")
     assert line == (
-        "error: --from 2025-12-01 is before the partition start 2026-03-22 "
-        "(SPOTIFY_PARTITION_START): refresh from 2026-03-22 on, or set the partition start earlier"
+        "error: --from 2025-12-01: expected the partition start 2026-03-22 "
+        "(SPOTIFY_PARTITION_START) or later, or set the partition start earlier"
     )
     assert "2026-03-22" in fails(capsys, "refresh", "--from", "2026-03-21", "--to", "2026-03-23")
     assert not DagsterInstance.get().get_runs()
@@ -133,7 +133,8 @@ def test_the_source_clock_never_passes_the_current_time(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tomorrow = TODAY + timedelta(days=1)
-    assert "after today" in fails(capsys, "source", "init", "--end-date", tomorrow.isoformat())
+    expected = f"--end-date {tomorrow}: expected today ({TODAY}, UTC) or earlier"
+    assert expected in fails(capsys, "source", "init", "--end-date", tomorrow.isoformat())
     init(capsys, TODAY - timedelta(days=2), 3)
     assert "2 whole days fit" in fails(capsys, "source", "simulate", "--days", "3")
     run_json(capsys, "source", "simulate", "--days", "2")
