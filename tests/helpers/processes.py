@@ -8,10 +8,12 @@ import glob
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
-from tests.helpers.servers import PG_PASSWORD
+from tests.helpers.servers import PG_PASSWORD, free_port
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class BoundedRun:
         return self.peak_bytes / 2**30
 
 
-def _tree_rss(root: int) -> int:
+def tree_rss(root: int) -> int:
     """Resident memory of a process and all its descendants, from /proc (bytes)."""
     children: dict[int, list[int]] = {}
     for stat in glob.glob("/proc/[0-9]*/stat"):
@@ -67,7 +69,7 @@ def run_bounded(
         peak, killed, deadline = 0, False, time.monotonic() + timeout
         try:
             while process.poll() is None:
-                peak = max(peak, _tree_rss(process.pid))
+                peak = max(peak, tree_rss(process.pid))
                 if peak > limit:
                     killed = True
                     break
@@ -92,11 +94,12 @@ CLI_MEMORY_GIB = 3.0
 @dataclass(frozen=True)
 class Lakehouse:
     """`spotify-lakehouse` as a user runs it: a subprocess with `SPOTIFY_HOME` and, when given,
-    `SPOTIFY_SOURCE_ODBC` (nothing else of the caller's SPOTIFY_* or DAGSTER_HOME), under a
-    memory bound."""
+    `SPOTIFY_SOURCE_ODBC` and `SPOTIFY_SPARK_REMOTE` (nothing else of the caller's SPOTIFY_* or
+    DAGSTER_HOME), under a memory bound."""
 
     home: Path
     source_odbc: str | None = None
+    spark_remote: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -105,6 +108,8 @@ class Lakehouse:
         env["SPOTIFY_HOME"] = str(self.home)
         if self.source_odbc:
             env["SPOTIFY_SOURCE_ODBC"] = self.source_odbc
+        if self.spark_remote:
+            env["SPOTIFY_SPARK_REMOTE"] = self.spark_remote
         return env
 
     @property
@@ -142,3 +147,39 @@ def run_killed_after_bronze(cli: Lakehouse, rng: random.Random) -> None:
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+SAIL = str(Path(sys.executable).with_name("sail"))
+
+
+@contextlib.contextmanager
+def sail_cluster(log: Path, startup_timeout: float = 60) -> Iterator[tuple[str, int]]:
+    """`SAIL_MODE=local-cluster sail spark server` (a driver and its workers) on a free port of
+    127.0.0.1, logging to `log`; yields its Spark Connect URL and its pid. The server ignores
+    SIGTERM, so its whole process group is SIGKILLed on exit."""
+    port = free_port()
+    env = {**os.environ, "SAIL_MODE": "local-cluster", "RUST_LOG": "error"}
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [SAIL, "spark", "server", "--ip", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                    break
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Sail server did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            yield f"sc://127.0.0.1:{port}", server.pid
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a running process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
