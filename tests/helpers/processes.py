@@ -154,9 +154,9 @@ SAIL = str(Path(sys.executable).with_name("sail"))
 
 @contextlib.contextmanager
 def sail_cluster(log: Path, startup_timeout: float = 60) -> Iterator[tuple[str, int]]:
-    """`SAIL_MODE=local-cluster sail spark server` (a driver and its workers) on a free port of
-    127.0.0.1, logging to `log`; yields its Spark Connect URL and its pid. The server ignores
-    SIGTERM, so its whole process group is SIGKILLed on exit."""
+    """`SAIL_MODE=local-cluster sail spark server` (a driver and its workers, threads of one
+    process) on a free port of 127.0.0.1, logging to `log`; yields its Spark Connect URL and its
+    pid. The server ignores SIGTERM: its process group is SIGKILLed on exit."""
     port = free_port()
     env = {**os.environ, "SAIL_MODE": "local-cluster", "RUST_LOG": "error"}
     with log.open("wb") as out:
