@@ -65,7 +65,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
     spark = (
         SparkResource(kind=SparkKind.REMOTE, remote_url=settings.spark_remote)
         if settings.spark_remote
-        else SparkResource()
+        else SparkResource(memory_pool_gib=settings.spark_memory_gib)
     )
     return {
         "source_db": runner.source,

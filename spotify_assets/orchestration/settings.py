@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from resources.lease import DEFAULT_WAIT_SECONDS, WAIT_SETTING
 from resources.odbc import dialect_of
+from resources.spark import DEFAULT_MEMORY_POOL_GIB, MEMORY_SETTING
 from spotify_assets.bronze.dialects import Dialect
 from spotify_assets.bronze.windows import DEFAULT_SAFETY_LAG_SECONDS
 from spotify_assets.catalog.tables import Catalog, configured_catalog
@@ -45,6 +46,7 @@ class Settings:
     databricks_silver_cluster: str = ""  # azure: an existing cluster for silver; empty: new ones
     writer_wait_seconds: float = DEFAULT_WAIT_SECONDS  # for another writer of the lake
     partition_start_override: date | None = None  # SPOTIFY_PARTITION_START
+    spark_memory_gib: float = DEFAULT_MEMORY_POOL_GIB  # Sail in process: its queries' memory
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -57,6 +59,7 @@ class Settings:
             environ, "SPOTIFY_RECONCILE_LOOKBACK_DAYS", DEFAULT_RECONCILE_LOOKBACK_DAYS, minimum=1
         )
         writer_wait = _number(environ, WAIT_SETTING, DEFAULT_WAIT_SECONDS)
+        spark_memory = _number(environ, MEMORY_SETTING, DEFAULT_MEMORY_POOL_GIB, minimum=0.25)
         override = environ.get(PARTITION_START_VARIABLE)
         if env == Environment.AZURE:
             _require_azure(environ)
@@ -72,6 +75,7 @@ class Settings:
             databricks_silver_cluster=environ.get("SPOTIFY_DATABRICKS_SILVER_CLUSTER_ID", ""),
             writer_wait_seconds=writer_wait,
             partition_start_override=_day(override, PARTITION_START_VARIABLE) if override else None,
+            spark_memory_gib=spark_memory,
         )
 
     @property

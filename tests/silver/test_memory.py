@@ -150,3 +150,33 @@ def test_runs_after_dimension_updates_stay_bounded(
         assert result.returncode == 0, result.stderr[-3000:]
         expected = {user: (country, plan) for user, country, plan, _ in changes}
         assert current_users(settings, list(expected)) == expected
+
+
+def high_cardinality_aggregation(home: str, rows: int) -> None:
+    """Subprocess entry: one aggregation with a group per row, on the Spark session the
+    settings give silver (SPOTIFY_SPARK_MEMORY_GIB from the environment)."""
+    from pyspark.sql import functions as F
+
+    from spotify_assets.orchestration.resources import build_resources
+
+    settings = Settings.from_env({**os.environ, "SPOTIFY_HOME": home})
+    spark = build_resources(settings)["silver_engine"].spark.session()
+    key = (F.col("id") * 7919 % rows).alias("key")
+    groups = spark.range(rows).groupBy(key).agg(F.count("*").alias("n"))
+    print(groups.where("n != 1").count())
+
+
+def test_sail_in_process_keeps_its_queries_in_the_configured_memory(
+    tmp_path: Path, bounded: Callable[..., BoundedRun]
+) -> None:
+    # Unbounded, this aggregation's hash table grows with its 8M groups (~0.95 GiB at peak); in
+    # a 0.25-GiB pool it spills to disk and the process stays near 0.5 GiB.
+    code = (
+        f"import sys; from {__name__} import high_cardinality_aggregation; "
+        "high_cardinality_aggregation(sys.argv[1], 8_000_000)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SPOTIFY_SPARK_MEMORY_GIB": "0.25"}
+    result = bounded([sys.executable, "-c", code, str(tmp_path)], 0.75, env=env)
+    assert not result.killed_for_memory, "Sail passed 0.75 GiB with a 0.25-GiB memory pool"
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["0"]
