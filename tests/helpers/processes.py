@@ -153,12 +153,21 @@ SAIL = str(Path(sys.executable).with_name("sail"))
 
 
 @contextlib.contextmanager
-def sail_cluster(log: Path, startup_timeout: float = 60) -> Iterator[tuple[str, int]]:
+def sail_cluster(
+    log: Path, memory_pool_gib: float = 1.0, startup_timeout: float = 60
+) -> Iterator[tuple[str, int]]:
     """`SAIL_MODE=local-cluster sail spark server` (a driver and its workers, threads of one
     process) on a free port of 127.0.0.1, logging to `log`; yields its Spark Connect URL and its
-    pid. The server ignores SIGTERM: its process group is SIGKILLed on exit."""
+    pid; its queries share a fair memory pool, as Sail in process does (resources/spark.py).
+    The server ignores SIGTERM: its process group is SIGKILLed on exit."""
     port = free_port()
-    env = {**os.environ, "SAIL_MODE": "local-cluster", "RUST_LOG": "error"}
+    env = {
+        **os.environ,
+        "SAIL_MODE": "local-cluster",
+        "RUST_LOG": "error",
+        "SAIL_RUNTIME__MEMORY_POOL__TYPE": "fair",
+        "SAIL_RUNTIME__MEMORY_POOL__FAIR__MAX_SIZE": str(int(memory_pool_gib * 2**30)),
+    }
     with log.open("wb") as out:
         server = subprocess.Popen(
             [SAIL, "spark", "server", "--ip", "127.0.0.1", "--port", str(port)],
