@@ -13,6 +13,8 @@ replaceWhere, as Databricks applies the same specs in the pipeline of `dlt/`.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -21,6 +23,7 @@ from pyspark.sql import functions as F
 from resources.delta_tables import (
     Days,
     check_log,
+    day_chunks,
     delta_table,
     exists,
     partition_rows,
@@ -189,37 +192,54 @@ class GoldRunner:
         fact = self.catalog.fact
         spec = fact.gold
         assert isinstance(spec, PointInTimeFact)
-        silver = self._read(silver_path(fact)).where(
-            F.col(CHANGE_DATE).between(F.lit(days[0]), F.lit(days[1]))
-        )
-        expected = expect(spec.expectations, silver)
         dimensions = {}
         for lookup in spec.lookups:
             name = self.catalog[lookup.dimension].lake_name
             if not exists(self.lake, self._path(name)):
                 raise RuntimeError(f"{gold_path(name)} does not exist yet: materialize it first")
             dimensions[lookup.dimension] = self._read(gold_path(name))
-        rows = point_in_time(self.catalog, expected.kept, dimensions)
-        return self._replace(fact.lake_name, rows, spec.date_column, days, expected)
+
+        def build(silver: DataFrame) -> tuple[DataFrame, Expected]:
+            expected = expect(spec.expectations, silver)
+            return point_in_time(self.catalog, expected.kept, dimensions), expected
+
+        source = silver_path(fact)
+        return self._replace(fact.lake_name, spec.date_column, days, source, CHANGE_DATE, build)
 
     def build_aggregate(self, spec: Aggregate, days: Days) -> PartitionBuild:
         fact = self.catalog.fact
         date_column = fact.gold.date_column  # type: ignore[union-attr]
-        facts = self._read(gold_path(fact.lake_name)).where(
-            F.col(date_column).between(F.lit(days[0]), F.lit(days[1]))
-        )
-        expected = expect(spec.expectations, aggregate(spec, facts))
-        return self._replace(spec.name, expected.kept, date_column, days, expected)
+
+        def build(facts: DataFrame) -> tuple[DataFrame, Expected]:
+            expected = expect(spec.expectations, aggregate(spec, facts))
+            return expected.kept, expected
+
+        source = gold_path(fact.lake_name)
+        return self._replace(spec.name, date_column, days, source, date_column, build)
 
     def _replace(
-        self, name: str, rows: DataFrame, partition: str, days: Days, expected: Expected
+        self,
+        name: str,
+        partition: str,
+        days: Days,
+        source: str,
+        source_partition: str,
+        build: Callable[[DataFrame], tuple[DataFrame, Expected]],
     ) -> PartitionBuild:
-        replace_partitions(self.lake, rows, self._path(name), partition, days)
+        """Replace the partitions `days` of gold/<name> with `build` of the same partitions of
+        `source`, a chunk of days at a time: partition P depends only on partition P, and one
+        query's memory follows its chunk."""
+        failures: Counter[str] = Counter()
+        for chunk in day_chunks(self.lake, source, source_partition, days):
+            inside = F.col(source_partition).between(F.lit(chunk[0]), F.lit(chunk[1]))
+            rows, expected = build(self._read(source).where(inside))
+            replace_partitions(self.lake, rows, self._path(name), partition, chunk)
+            failures.update(_counts(expected.failures))
         return PartitionBuild(
             table=name,
             days=days,
             rows=partition_rows(self.lake, gold_path(name), partition, days),
-            failures=_counts(expected.failures),
+            failures=dict(failures),
         )
 
     # --- reading ---
