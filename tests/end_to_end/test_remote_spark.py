@@ -32,6 +32,7 @@ def gold_rows(home: Path, name: str) -> list[tuple[object, ...]]:
     return sorted(zip(*(table[c].to_pylist() for c in columns), strict=True), key=repr)
 
 
+@pytest.mark.timeout(600)  # two runs to gold: minutes when the machine is busy
 def test_run_on_a_remote_spark_connect_server_builds_the_embedded_gold(
     tmp_path: Path, spark_server: tuple[str, int]
 ) -> None:
