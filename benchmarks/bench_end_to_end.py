@@ -165,7 +165,7 @@ def layers_row(work: Path, scale: float) -> Row:
     ctx.work.mkdir(parents=True)
     parts = {}
     for step in ("create", "bronze", "silver", "gold-build"):
-        done = measure(f"layers at scale {scale:g}: {step}", step, ctx)
+        done = measure(f"layers at scale {scale:g}: {step}", step, ctx, {"PYTHONPATH": str(REPO)})
         if not done.ok:
             return Row(f"{scale:g}", "sum of the layers' work", error=f"{step}: {done.note}")
         parts[step] = done
