@@ -6,6 +6,7 @@ import math
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from spotify_assets.orchestration.settings import Settings
@@ -29,6 +30,7 @@ def test_a_numeric_setting_that_is_not_a_finite_number_in_range_is_refused(
     assert name in message and repr(text) in message and "\n" not in message
 
 
+@hypothesis_settings(deadline=None)  # not timed: a busy machine took 0.4 s for one example
 @given(st.text(max_size=12))
 def test_any_text_either_parses_to_a_finite_value_in_range_or_is_refused(text: str) -> None:
     for name, low in NUMERIC.items():
