@@ -464,27 +464,60 @@ class TsqlDialect(SqlDialect):
     # 8 bytes of the 10-byte seqval, see `_cdc_extract`) and the commit time of its LSN.
     _CDC_SEQ = "CONVERT(BIGINT, SUBSTRING(c.__$seqval, 3, 8))"
     _CDC_CHANGED_AT = "sys.fn_cdc_map_lsn_to_time(c.__$start_lsn)"
-    _CDC_OPERATIONS = "c.__$operation IN (1, 2, 4)"  # delete, insert, update after-image
+    # Operations: 1 delete, 2 insert, 3 update (values before), 4 update (values after). An
+    # update's two rows are adjacent in this order (its old and new values share the seqval).
+    _CDC_ORDER = "u.__$start_lsn, u.__$seqval, u.__$operation"
+    _REKEYED = "_rekeyed"
+    # A bronze record: every delete, insert and update's new values, and the old values of an
+    # update that changed the key (they become the old key's delete).
+    _CDC_RECORDS = f"(c.__$operation <> 3 OR c.[{_REKEYED}] = 1)"
+    _CDC_OP = (
+        f"CASE WHEN c.__$operation IN (1, 3) THEN 'D' "
+        f"WHEN c.__$operation = 2 OR c.[{_REKEYED}] = 1 THEN 'I' ELSE 'U' END"
+    )
+
+    def _cdc_rows(self, table: Table, rows: str, where: str = "") -> str:
+        """`rows` (every operation of a capture instance, as its change table holds them) as
+        the derived table `c`, each row marked `_rekeyed` when it belongs to an update that
+        changed the key: SQL Server logs such an update either as a delete and an insert
+        (operations 1 and 2: nothing to mark) or in place (3 and 4: the old key's values, then
+        the new key's), depending on the statement and the indexes."""
+
+        def differs(neighbour: str) -> str:
+            return " OR ".join(
+                f"u.{self.quote(k)} <> {neighbour}(u.{self.quote(k)}) OVER (ORDER BY "
+                f"{self._CDC_ORDER})"
+                for k in table.key
+            )
+
+        return (
+            f"(SELECT u.*, CASE WHEN (u.__$operation = 3 AND ({differs('LEAD')})) "
+            f"OR (u.__$operation = 4 AND ({differs('LAG')})) THEN 1 ELSE 0 END "
+            f"AS {self.quote(self._REKEYED)}\n  FROM {rows} AS u{where}) AS c"
+        )
 
     def daily_profile_query(self, table: Table, window: Window) -> str:
-        """Native CDC: per day of commit time, the change records of the capture instance's
-        change table (as `cdc.fn_cdc_get_all_changes_*` returns them with N'all') and the sum
-        of their `_seq`, exactly as bronze stores them. The change table is read directly and
-        bounded by LSN, so a window without changes gives no rows rather than error 313."""
+        """Native CDC: per day of commit time, the change records the extraction writes to
+        bronze (`_cdc_extract`) and the sum of their `_seq`, counted in the capture instance's
+        change table. It is read directly and bounded by LSN, so a window without changes
+        gives no rows rather than error 313."""
         if table.mode is not CaptureMode.CDC:
             return super().daily_profile_query(table, window)
         change_table = f"cdc.{self.quote(self.capture_instance(table) + '_CT')}"
+        # An update's rows share their commit LSN: a bound never separates them.
+        bounds = (
+            "\n  WHERE u.__$start_lsn >= sys.fn_cdc_map_time_to_lsn("
+            f"'smallest greater than or equal', {self.timestamp_literal(window.start)})\n"
+            "    AND u.__$start_lsn <= sys.fn_cdc_map_time_to_lsn("
+            f"'largest less than', {self.timestamp_literal(window.end)})"
+        )
         day = f"CAST(t.{self.quote(CHANGE_AT)} AS DATE)"
         return (
             f"SELECT {day}, COUNT(*), SUM(CAST(t.{self.quote(CHANGE_SEQ)} AS DECIMAL(38, 0)))\n"
             f"FROM (SELECT {self._CDC_CHANGED_AT} AS {self.quote(CHANGE_AT)}, "
             f"{self._CDC_SEQ} AS {self.quote(CHANGE_SEQ)}\n"
-            f"  FROM {change_table} AS c\n"
-            f"  WHERE {self._CDC_OPERATIONS}\n"
-            "    AND c.__$start_lsn >= sys.fn_cdc_map_time_to_lsn("
-            f"'smallest greater than or equal', {self.timestamp_literal(window.start)})\n"
-            "    AND c.__$start_lsn <= sys.fn_cdc_map_time_to_lsn("
-            f"'largest less than', {self.timestamp_literal(window.end)})) AS t\n"
+            f"  FROM {self._cdc_rows(table, change_table, bounds)}\n"
+            f"  WHERE {self._CDC_RECORDS}) AS t\n"
             f"GROUP BY {day}"
         )
 
@@ -555,27 +588,28 @@ class TsqlDialect(SqlDialect):
         """The native CDC records committed in the window plus the current images.
 
         `_seq` is the low 8 bytes of the 10-byte seqval as BIGINT: ordered like the LSN as long
-        as the log's virtual-file sequence number stays below 2^16. SQL Server logs an update of
-        a primary-key column as a delete and an insert (operations 1 and 2), so the old key is
-        closed as the triggers of the other dialects close it.
+        as the log's virtual-file sequence number stays below 2^16. An update of the key is
+        recorded as the old key's delete and the new key's insert, as the triggers of the other
+        dialects record it, however SQL Server logged it (`_cdc_rows`): the old values of
+        updates are read too (N'all update old').
         """
         assert table.cdc_column is not None
         names = (*table.column_names, *carried)
         columns = self.column_list(names)
         changes = ", ".join(f"c.{self.quote(n)}" for n in names)
         function = f"cdc.fn_cdc_get_all_changes_{self.capture_instance(table)}"
+        rows = self._cdc_rows(table, f"{function}(@from_lsn, @to_lsn, N'all update old')")
         return (
             "DECLARE @from_lsn BINARY(10) = sys.fn_cdc_map_time_to_lsn("
             f"'smallest greater than or equal', {self.timestamp_literal(window.start)});\n"
             "DECLARE @to_lsn BINARY(10) = sys.fn_cdc_map_time_to_lsn("
             f"'largest less than', {self.timestamp_literal(window.end)});\n"
-            "SELECT CASE c.__$operation WHEN 1 THEN 'D' WHEN 2 THEN 'I' ELSE 'U' END "
-            f"AS {self.quote(CHANGE_OP)}, "
+            f"SELECT {self._CDC_OP} AS {self.quote(CHANGE_OP)}, "
             f"{self._CDC_SEQ} AS {self.quote(CHANGE_SEQ)}, "
             f"{self._CDC_CHANGED_AT} AS {self.quote(CHANGE_AT)}, "
             f"{changes}\n"
-            f"FROM {function}(@from_lsn, @to_lsn, N'all') AS c\n"
-            f"WHERE {self._CDC_OPERATIONS}\n"
+            f"FROM {rows}\n"
+            f"WHERE {self._CDC_RECORDS}\n"
             "UNION ALL\n"
             f"SELECT 'S', CAST(NULL AS BIGINT), {self.quote(table.cdc_column)}, {columns}\n"
             f"FROM {self.qualified(table.name)} WHERE {self._within(table.cdc_column, window)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 
 import pytest
@@ -12,6 +13,8 @@ from spotify_assets.bronze.dialects import DIALECTS, Dialect
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import (
     CATALOG,
+    CHANGE_OP,
+    CHANGE_SEQ,
     CaptureMode,
     CatalogError,
     Column,
@@ -180,3 +183,126 @@ def test_dml_binds_values_as_parameters(dialect: Dialect) -> None:
     assert sql.insert(table.name, table.column_names, rows=2).count("?") == 14
     assert sql.update(table).count("?") == len(table.columns)
     assert sql.delete(table).count("?") == 1
+
+
+# --- SQL Server native CDC, emulated on SQLite ---
+#
+# No SQL Server runs here. The change records a capture instance holds are written into a SQLite
+# table as CDC writes `cdc.<instance>_CT` (an update is two rows sharing its commit LSN and
+# seqval: operation 3 with the values before, 4 with the values after), and the generated T-SQL
+# runs on them once its engine-specific parts are rewritten: the table functions read that
+# table (`N'all'` leaves out operation 3, as documented), `sys.fn_cdc_map_*` map through the
+# commit times below, the seqval is stored as the BIGINT the extraction cuts out of it, and
+# casts to DATETIME2/DECIMAL/DATE become their SQLite equivalents. The logic the extraction and
+# the profile add on top (CASE, windows, filters) runs as written.
+
+DIM_USER = CATALOG["DimUser"]
+CDC_COLUMNS = ("__$start_lsn", "__$seqval", "__$operation", *DIM_USER.column_names)
+COMMITS = {lsn: f"2026-03-01 0{lsn // 10}:00:00.000" for lsn in (10, 20, 30, 40, 50)}
+
+
+def cdc_row(lsn: int, seqval: int, operation: int, user_id: int, name: str) -> tuple:
+    updated = COMMITS[lsn]
+    return (lsn, seqval, operation, user_id, name, "SE", "Free", "2025-01-01", None, updated)
+
+
+# A user inserted, renamed, re-keyed in place (20 -> 5000: SQL Server logs a singleton update
+# of the key as operations 3 and 4), another re-keyed by a deferred update (7 -> 7000:
+# operations 1 and 2), and the re-keyed user deleted.
+KEY_UPDATES = [
+    cdc_row(10, 1, 2, 20, "ann"),
+    cdc_row(10, 2, 2, 7, "bob"),
+    cdc_row(20, 3, 3, 20, "ann"),
+    cdc_row(20, 3, 4, 20, "anna"),
+    cdc_row(30, 4, 3, 20, "anna"),
+    cdc_row(30, 4, 4, 5000, "anna"),
+    cdc_row(40, 5, 1, 7, "bob"),
+    cdc_row(40, 6, 2, 7000, "bob"),
+    cdc_row(50, 7, 1, 5000, "anna"),
+]
+
+
+def _on_sqlite(node: exp.Expression) -> exp.Expression:
+    if isinstance(node, exp.Table) and isinstance(node.this, exp.Anonymous):
+        assert node.this.name == f"fn_cdc_get_all_changes_{TSQL.capture_instance(DIM_USER)}"
+        row_filter = node.this.expressions[2].name
+        assert row_filter in ("all", "all update old"), row_filter
+        where = " WHERE __$operation <> 3" if row_filter == "all" else ""
+        rows = sqlglot.parse_one(f"SELECT * FROM ct{where}", read="sqlite")
+        return exp.Subquery(this=rows, alias=node.args["alias"])
+    if isinstance(node, exp.Table) and node.db == "cdc":
+        assert node.name == f"{TSQL.capture_instance(DIM_USER)}_CT"
+        return exp.Table(this=exp.to_identifier("ct"), alias=node.args["alias"])
+    if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Anonymous):
+        # sys.fn_cdc_map_*: registered without the schema (a replacement is not walked again)
+        return node.expression.transform(_on_sqlite)
+    if isinstance(node, exp.Convert) and isinstance(node.expression, exp.Substring):
+        return node.expression.this  # the seqval column holds the extracted BIGINT already
+    if isinstance(node, exp.Cast) and node.to.this is exp.DataType.Type.DATE:
+        return exp.Substring(
+            this=node.this, start=exp.Literal.number(1), length=exp.Literal.number(10)
+        )
+    if isinstance(node, exp.Cast) and node.to.this in (
+        exp.DataType.Type.DATETIME2,
+        exp.DataType.Type.DECIMAL,
+    ):
+        return node.this
+    return node
+
+
+def run_on_emulated_cdc(statement: exp.Expression, changes: list[tuple]) -> list[tuple]:
+    def lsn_to_time(lsn: int) -> str:
+        return COMMITS[lsn]
+
+    def time_to_lsn(relation: str, moment: str) -> int | None:
+        at = moment.replace("T", " ")
+        if relation == "smallest greater than or equal":
+            return min((lsn for lsn, t in COMMITS.items() if t >= at), default=None)
+        assert relation == "largest less than", relation
+        return max((lsn for lsn, t in COMMITS.items() if t < at), default=None)
+
+    db = sqlite3.connect(":memory:")
+    db.create_function("fn_cdc_map_lsn_to_time", 1, lsn_to_time)
+    db.create_function("fn_cdc_map_time_to_lsn", 2, time_to_lsn)
+    columns = ", ".join(f'"{c}"' for c in CDC_COLUMNS)
+    db.execute(f"CREATE TABLE ct ({columns})")
+    db.executemany(f"INSERT INTO ct VALUES ({', '.join('?' for _ in CDC_COLUMNS)})", changes)
+    return db.execute(statement.transform(_on_sqlite).sql("sqlite")).fetchall()
+
+
+def extracted_records(changes: list[tuple]) -> list[tuple]:
+    """(_op, _seq, user_id, user_name) of each change record the extraction writes to bronze."""
+    window = Window(datetime(2026, 3, 1), datetime(2026, 3, 2))
+    union = parse_tsql(TSQL.extract_query(DIM_USER, window))[-1]
+    assert isinstance(union, exp.Union)
+    names = [e.alias_or_name for e in union.left.expressions]
+    rows = run_on_emulated_cdc(union.left, changes)
+    columns = [names.index(c) for c in (CHANGE_OP, CHANGE_SEQ, "user_id", "user_name")]
+    return sorted(tuple(row[i] for i in columns) for row in rows)
+
+
+def test_native_cdc_key_updates_close_the_old_key_and_open_the_new_one() -> None:
+    """Whether SQL Server logs an update of the key in place (operations 3 and 4) or deferred
+    (1 and 2), bronze gets the old key's delete and the new key's insert, as the triggers of
+    the other dialects record it; an update keeping its key stays one update."""
+    assert extracted_records(KEY_UPDATES) == [
+        ("D", 4, 20, "anna"),
+        ("D", 5, 7, "bob"),
+        ("D", 7, 5000, "anna"),
+        ("I", 1, 20, "ann"),
+        ("I", 2, 7, "bob"),
+        ("I", 4, 5000, "anna"),
+        ("I", 6, 7000, "bob"),
+        ("U", 3, 20, "anna"),
+    ]
+
+
+def test_native_cdc_profile_counts_the_records_the_extraction_writes() -> None:
+    """Reconciliation's source side counts the change records of the window and sums their
+    `_seq` from the change table: exactly the records bronze gets, key updates included."""
+    window = Window(datetime(2026, 3, 1), datetime(2026, 3, 2))
+    (profile,) = parse_tsql(TSQL.daily_profile_query(DIM_USER, window))
+    records = extracted_records(KEY_UPDATES)
+    assert run_on_emulated_cdc(profile, KEY_UPDATES) == [
+        ("2026-03-01", len(records), sum(seq for _, seq, _, _ in records))
+    ]
