@@ -244,9 +244,11 @@ class AdfClient:
         run_id: str,
         partition_start: date,
         log: Callable[[str], None] = lambda message: None,
+        queries: Mapping[str, str] | None = None,
     ) -> AdfRun:
-        """One pipeline run for the given tables and windows (see `run_parameters`)."""
-        adf_run_id = self.create_run(run_parameters(windows, run_id, partition_start))
+        """One pipeline run for the given tables, windows and queries (see `run_parameters`)."""
+        parameters = run_parameters(windows, run_id, partition_start, queries)
+        adf_run_id = self.create_run(parameters)
         log(f"started ADF run {adf_run_id} of {self.pipeline_name} for {', '.join(windows)}")
         return self.result(self.wait(adf_run_id, log))
 

@@ -31,6 +31,7 @@ from resources.copy_runner import (
     nothing_copied,
     unchanged_snapshot,
 )
+from spotify_assets.bronze.adf_pipeline import query_template
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import EXTRACTED_AT, WINDOW_END, WINDOW_START, bronze_schema
 from spotify_assets.catalog.tables import CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
@@ -47,18 +48,13 @@ class AzureCopyRunner(CopyRunner):
     def adf_client(self) -> AdfClient:
         return self.data_factory.client()
 
-    def carried_columns(
-        self, table: Table, new: tuple[str, ...], log: Callable[[str], None]
-    ) -> tuple[str, ...]:
-        if new:
-            # Data Factory runs the catalog's query (adf/): declare a column to copy it there.
-            log(f"{table.name}: new source column(s) {', '.join(new)} not copied by ADF")
-        return ()
-
     def copy_planned(self, planned: PlannedCopy, log: Callable[[str], None]) -> CopyResult:
         table = planned.table
-        adf = self.adf_client()
-        run = adf.ingest({table.name: planned.window}, planned.run_id, table.first_partition, log)
+        # The run copies with the query planned here: the source's columns as they are now.
+        run = self.adf_client().ingest(
+            {table.name: planned.window}, planned.run_id, table.first_partition, log,
+            queries={table.name: query_template(table, planned.carried)},
+        )  # fmt: skip
         if table.name not in run.tables:
             raise Failure(
                 description=f"{table.name}: ADF run {run.run_id} succeeded without a copy of it",
@@ -66,7 +62,7 @@ class AzureCopyRunner(CopyRunner):
             )
         return self.commit_landed(
             table, run.tables[table.name], run.run_id, planned.run_id, planned.high,
-            planned.query, log, planned.started,
+            planned.query, log, planned.started, planned.carried,
         )  # fmt: skip
 
     def commit_landed(
@@ -79,8 +75,10 @@ class AzureCopyRunner(CopyRunner):
         query: str = "",
         log: Callable[[str], None] = lambda message: None,
         started: float | None = None,
+        carried: tuple[str, ...] = (),
     ) -> CopyResult:
-        """Commit ADF's landed file of `copied` into bronze, as `LocalCopyRunner.copy` would."""
+        """Commit ADF's landed file of `copied` into bronze, as `LocalCopyRunner.copy` would;
+        `carried`: the new source columns its query read."""
         started = time.perf_counter() if started is None else started
         manifest = self.store(table).current()
         window = copied.window
@@ -92,7 +90,7 @@ class AzureCopyRunner(CopyRunner):
         landed = (
             self.lake.read_parquet([copied.file]) if copied.file else None
         )  # None: ADF deleted the empty file
-        rows = conform_landed(table, landed)
+        rows = conform_landed(table, landed, carried)
         if rows.num_rows != copied.rows_copied:
             raise Failure(
                 description=f"{table.name}: ADF reported {copied.rows_copied} rows copied but "
@@ -122,14 +120,18 @@ class AzureCopyRunner(CopyRunner):
         return result
 
 
-def conform_landed(table: Table, landed: pa.Table | None) -> pa.Table:
-    """ADF's landed rows in `bronze_schema(table)`, exactly as `LocalCopyRunner` writes them.
+def conform_landed(
+    table: Table, landed: pa.Table | None, carried: tuple[str, ...] = ()
+) -> pa.Table:
+    """ADF's landed rows in `bronze_schema(table, carried)`, exactly as `LocalCopyRunner` writes
+    them.
 
     The source columns (and `_op`/`_seq`/change time in cdc mode) are cast to the catalog's
-    types; the string audit columns become timestamps ('' for a snapshot's window: NULL); tables
-    not in cdc mode get `_op='S'` and a NULL `_seq`, as `_with_audit` adds them. None: no file.
+    types, and new columns (`carried`) to text; the string audit columns become timestamps ('' for
+    a snapshot's window: NULL); tables not in cdc mode get `_op='S'` and a NULL `_seq`, as
+    `_with_audit` adds them. None: no file.
     """
-    schema = bronze_schema(table)
+    schema = bronze_schema(table, carried)
     if landed is None:
         return schema.empty_table()
     columns: list[pa.ChunkedArray] = []

@@ -193,19 +193,15 @@ class CopyRunner(ConfigurableResource, ABC):
         watermark."""
         started = time.perf_counter()
         window, high, manifest = self.plan(table, requested, from_watermark)
-        carried = self.carried_columns(table, self.source_columns(table, log).carried, log)
+        carried = self.source_columns(table, log).carried
+        if carried:
+            log(f"{table.name}: new source column(s) {', '.join(carried)} carried as text")
         query = DIALECTS[self.source.dialect].extract_query(table, window, carried)
         if window is not None and window.empty:
             log(f"{table.name}: nothing to copy up to {high} (watermark {manifest.watermark})")
             return nothing_copied(table, window, high, query, manifest)
         planned = PlannedCopy(table, window, high, manifest, carried, query, run_id, started)
         return self.copy_planned(planned, log)
-
-    @abstractmethod
-    def carried_columns(
-        self, table: Table, new: tuple[str, ...], log: Callable[[str], None]
-    ) -> tuple[str, ...]:
-        """Which of the `new` source columns (those the drift policy keeps) the copy carries."""
 
     @abstractmethod
     def copy_planned(self, planned: PlannedCopy, log: Callable[[str], None]) -> CopyResult:
@@ -335,13 +331,6 @@ class LocalCopyRunner(CopyRunner):
     reader: ReaderKind = Field(default=ReaderKind.AUTO, description="connectorx or arrow-odbc")
     chunk_days: int = Field(default=8, description="Days per query: bounds memory per worker.")
     workers: int = Field(default=2, description="Chunks copied in parallel.")
-
-    def carried_columns(
-        self, table: Table, new: tuple[str, ...], log: Callable[[str], None]
-    ) -> tuple[str, ...]:
-        if new:
-            log(f"{table.name}: new source column(s) {', '.join(new)} carried as text")
-        return new
 
     def copy_planned(self, planned: PlannedCopy, log: Callable[[str], None]) -> CopyResult:
         table, window, manifest = planned.table, planned.window, planned.manifest

@@ -12,7 +12,9 @@ no variable (rule 2: each reads only its own item and its own activities' output
    `bronze/<Table>/_adf/state.json` (created with a null watermark on first use);
 2. `CaptureHigh`: the source's clock minus the safety lag, read *before* the copy (rule 1);
 3. `CopyTable`: the T-SQL `extract_query` of the dialect (the CDC function form for cdc tables)
-   for `[low, end)`, landed as one parquet file `bronze/<Table>/_adf/landing/<ADF run id>.parquet`.
+   for `[low, end)`, landed as one parquet file `bronze/<Table>/_adf/landing/<ADF run id>.parquet`;
+   the query is the one the run passes for the table (Dagster's reads the columns added to the
+   source), else the catalog's.
    `low` is the window Dagster passed, else the state's watermark; `end` is the requested end
    capped at `high`, as `CopyRunner.plan` caps it;
 4. `DropEmptyFile`: deletes the landed file when the window held no rows;
@@ -89,10 +91,11 @@ def timestamp_text(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds")
 
 
-def query_template(table: Table) -> str:
-    """The dialect's own extraction query with `{low}` and `{high}` where the window goes."""
+def query_template(table: Table, carried: tuple[str, ...] = ()) -> str:
+    """The dialect's own extraction query with `{low}` and `{high}` where the window goes;
+    `carried`: new source columns the drift policy copies."""
     window = None if table.mode is CaptureMode.SNAPSHOT else _SENTINELS
-    sql = TSQL.extract_query(table, window)
+    sql = TSQL.extract_query(table, window, carried)
     for bound, token in ((_SENTINELS.start, LOW_TOKEN), (_SENTINELS.end, HIGH_TOKEN)):
         text = timestamp_text(bound)
         # Every occurrence must be the literal's text, or the template would move other SQL.
@@ -125,7 +128,10 @@ LOW = f"coalesce(item().low, {_STATE}, {_PARTITION_START})"
 END = f"if(less(ticks({_CAPPED_END}), ticks({LOW})), {LOW}, {_CAPPED_END})"
 LOW_TEXT = f"formatDateTime({LOW}, '{ADF_TIMESTAMP}')"
 END_TEXT = f"formatDateTime({END}, '{ADF_TIMESTAMP}')"
-QUERY = f"replace(replace({_ENTRY}.query, '{LOW_TOKEN}', {LOW_TEXT}), '{HIGH_TOKEN}', {END_TEXT})"
+# The run's query for the table (Dagster sends the one reading the source's new columns), else
+# the catalog's.
+_TEMPLATE = f"coalesce(item().query, {_ENTRY}.query)"
+QUERY = f"replace(replace({_TEMPLATE}, '{LOW_TOKEN}', {LOW_TEXT}), '{HIGH_TOKEN}', {END_TEXT})"
 _REACHED = f"coalesce({_STATE}, {_PARTITION_START})"
 NEXT_WATERMARK = (
     f"if(equals({_ENTRY}.mode, '{CaptureMode.SNAPSHOT.value}'), {_STATE}, "
@@ -484,7 +490,7 @@ def _alert_activities() -> list[dict[str, Any]]:
 
 
 def pipeline(catalog: Catalog) -> dict[str, Any]:
-    tables = [{"name": t.name, "low": None, "high": None} for t in catalog]
+    tables = [{"name": t.name, "low": None, "high": None, "query": None} for t in catalog]
     return {
         "activities": [
             {
@@ -610,13 +616,17 @@ def render(document: dict[str, Any], settings: DeploySettings) -> dict[str, Any]
 
 
 def run_parameters(
-    windows: Mapping[str, Window | None], run_id: str, partition_start: date
+    windows: Mapping[str, Window | None],
+    run_id: str,
+    partition_start: date,
+    queries: Mapping[str, str] | None = None,
 ) -> dict[str, object]:
-    """The `createRun` parameters of a Dagster run: the tables, each one's window, and the
-    partition start (where a first load without a window starts).
+    """The `createRun` parameters of a Dagster run: the tables, each one's window and query
+    template, and the partition start (where a first load without a window starts).
 
     A window is `[low, high)` computed by Dagster from the bronze manifests; the pipeline caps
     `high` at the source's clock. None: a snapshot, or let the pipeline start from its state.
+    A query (`query_template`, with the columns the source has now) replaces the catalog's.
     """
     tables = []
     for name, window in windows.items():
@@ -624,7 +634,8 @@ def run_parameters(
         low, high = (
             (timestamp_text(window.start), timestamp_text(window.end)) if window else (None, None)
         )
-        tables.append({"name": name, "low": low, "high": high})
+        query = (queries or {}).get(name)
+        tables.append({"name": name, "low": low, "high": high, "query": query})
     return {
         "tables": tables,
         "run_id": run_id,

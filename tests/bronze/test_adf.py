@@ -53,6 +53,7 @@ ITERATION = {a["name"]: a for a in FOR_EACH["typeProperties"]["activities"]}
 TOP = {a["name"]: a for a in PIPELINE["activities"]}
 DEFAULTS = {name: p.get("defaultValue") for name, p in PIPELINE["parameters"].items()}
 PARTITION_START = date(2026, 1, 1)
+COPY_QUERY = ITERATION[adf.COPY]["typeProperties"]["source"]["sqlReaderQuery"]
 # What a run passes: the defaults, and the partition start (it has none).
 PARAMETERS = DEFAULTS | {"partition_start": adf.timestamp_text(midnight(PARTITION_START))}
 
@@ -218,10 +219,12 @@ def iteration(
     state: str | None = None,
     captured: str = "2026-03-04T05:06:07.089Z",
     rows: int = 7,
+    item: dict | None = None,
 ) -> Evaluator:
-    """One ForEach iteration with the outputs its activities would have produced."""
+    """One ForEach iteration with the outputs its activities would have produced; `item`: the
+    table's entry of a run's parameters (default: a standalone run's, with `low` and `high`)."""
     return Evaluator(
-        {"name": table.name, "low": low, "high": high},
+        item or {"name": table.name, "low": low, "high": high, "query": None},
         {
             adf.STATE_EXISTS: {"output": {"exists": state is not None}},
             adf.LOOKUP_STATE: {"output": {"firstRow": {"table": table.name, "watermark": state}}},
@@ -289,6 +292,23 @@ def test_query_templates_are_the_dialects_queries() -> None:
         )
         assert rendered == TSQL.extract_query(table, window)
     assert "cdc.fn_cdc_get_all_changes_dbo_DimUser" in DEFAULTS["catalog"]["DimUser"]["query"]
+
+
+def test_a_run_copies_with_the_query_it_passes_for_a_table() -> None:
+    """Dagster passes the query reading the source's new columns; the copy runs it."""
+    table = CATALOG["DimUser"]
+    item = {
+        "name": table.name,
+        "low": "2026-03-01T00:00:00.000",
+        "high": "2026-03-02T00:00:00.000",
+        "query": adf.query_template(table, carried=("rating",)),
+    }
+    sent = iteration(table, item=item).value(COPY_QUERY)
+    window = Window(datetime(2026, 3, 1), datetime(2026, 3, 2))
+    assert sent == TSQL.extract_query(table, window, ("rating",))
+    union = parse_tsql(sent)[-1]
+    assert "rating" in [e.alias_or_name for e in union.left.expressions]  # type: ignore[attr-defined]
+    assert "rating" in [e.alias_or_name for e in union.right.expressions]  # type: ignore[attr-defined]
 
 
 SCENARIOS = {
@@ -589,8 +609,9 @@ def test_a_partition_run_sends_its_windows_polls_with_backoff_and_reports_rows()
     sleeps: list[float] = []
     windows = {"FactStream": Window(datetime(2026, 3, 1), datetime(2026, 3, 2)), "DimDate": None}
     log: list[str] = []
+    template = adf.query_template(CATALOG["FactStream"], carried=("rating",))
     run = client_for(arm, sleeps.append).ingest(
-        windows, "dagster-run-42", PARTITION_START, log.append
+        windows, "dagster-run-42", PARTITION_START, log.append, {"FactStream": template}
     )
 
     create = arm.sent[0]
@@ -601,8 +622,9 @@ def test_a_partition_run_sends_its_windows_polls_with_backoff_and_reports_rows()
                 "name": "FactStream",
                 "low": "2026-03-01T00:00:00.000",
                 "high": "2026-03-02T00:00:00.000",
+                "query": template,
             },
-            {"name": "DimDate", "low": None, "high": None},
+            {"name": "DimDate", "low": None, "high": None, "query": None},
         ],
         "run_id": "dagster-run-42",
         "partition_start": "2026-01-01T00:00:00.000",

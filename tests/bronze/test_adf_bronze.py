@@ -8,10 +8,12 @@ REST API is the fake transport of `tests/helpers/fake_arm.py`. The reference is 
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from resources.adf import AdfClient, DataFactoryResource, TableCopy
@@ -29,7 +31,7 @@ from spotify_assets.bronze.schema import (
     bronze_schema,
 )
 from spotify_assets.bronze.windows import Window
-from spotify_assets.catalog.tables import CaptureMode, Table
+from spotify_assets.catalog.tables import UNTYPED, CaptureMode, Table
 from tests.helpers.bronze import runner_for
 from tests.helpers.fake_arm import FACTORY, GROUP, SUBSCRIPTION, FakeArm, client_for, copy_run
 from tests.helpers.fake_arm import RUN_ID as ADF_RUN_ID
@@ -47,11 +49,22 @@ def azure_runner(source: SourceDatabase, lake: Path) -> AzureCopyRunner:
     )
 
 
-def land(runner: CopyRunner, table: Table, window: Window | None, run_id: str) -> TableCopy:
-    """Write the file ADF's Copy lands for `window`; returns what its activity run reports."""
+def land(
+    runner: CopyRunner,
+    table: Table,
+    window: Window | None,
+    run_id: str,
+    carried: tuple[str, ...] = (),
+) -> TableCopy:
+    """Write the file ADF's Copy lands for `window`; returns what its activity run reports.
+    New source columns (`carried`) come in their source type, as the parquet sink writes them."""
     sql = DIALECTS[runner.source.dialect]
     reader = LocalCopyRunner(source=runner.source, lake=runner.lake, safety_lag_seconds=0)
-    rows = reader._read(table, sql.extract_query(table, window))
+    rows = reader._read(table, sql.extract_query(table, window, carried), carried)
+    rows = rows.drop_columns([UNTYPED])
+    for name in carried:
+        typed = pc.cast(rows[name], pa.int64())
+        rows = rows.set_column(rows.schema.get_field_index(name), name, typed)
     # ADF's parquet sink writes datetime2 with nanosecond precision: the commit casts it back.
     rows = rows.cast(
         pa.schema(
@@ -190,7 +203,10 @@ def test_copy_runs_data_factory_for_the_window_then_commits_its_landing(
     result = azure.copy(table, None, "dagster-run", from_watermark=True, log=log.append)
 
     assert arm.sent[0].body == adf.run_parameters(
-        {table.name: window}, "dagster-run", table.first_partition
+        {table.name: window},
+        "dagster-run",
+        table.first_partition,
+        {table.name: adf.query_template(table)},
     )
     for field in ("table", "window", "high", "query", "rows_read", "watermark_before"):
         assert getattr(result, field) == getattr(expected, field), field
@@ -209,3 +225,59 @@ def test_copy_runs_data_factory_for_the_window_then_commits_its_landing(
     caught_up = azure.copy(table, None, "dagster-run", from_watermark=True)
     assert caught_up.window is not None and caught_up.window.empty
     assert len(arm.sent) == sent
+
+
+def test_a_new_source_column_is_copied_by_data_factory_as_by_the_local_runner(
+    both: tuple[LocalCopyRunner, AzureCopyRunner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A column added to the source follows the drift policy through ADF as locally: the run
+    sends the query that reads it, and bronze holds it as text, as the local runner's does."""
+    local, azure = both
+    table = local.source.catalog["FactStream"]
+    with sqlite3.connect(local.source.sqlite_path()) as db:
+        db.execute("ALTER TABLE FactStream ADD COLUMN rating INTEGER")
+        db.execute("UPDATE FactStream SET rating = stream_id % 5 WHERE stream_id % 3 = 0")
+    expected = local.copy(table, None, "dagster-run", from_watermark=True)
+    window, _, _ = azure.plan(table, None, from_watermark=True)
+    assert window is not None
+    copied = land(azure, table, window, "dagster-run", carried=("rating",))
+    arm = FakeArm(
+        ["Succeeded"],
+        [
+            copy_run(
+                table.name,
+                "Succeeded",
+                copied.rows_copied,
+                (adf.timestamp_text(window.start), adf.timestamp_text(window.end)),
+            )
+        ],
+    )
+    monkeypatch.setattr(AzureCopyRunner, "adf_client", lambda self: client_for(arm))
+    azure.copy(table, None, "dagster-run", from_watermark=True)
+
+    (item,) = arm.sent[0].body["tables"]  # the pipeline copies with it (tests/bronze/test_adf.py)
+    assert item["query"] == adf.query_template(table, ("rating",))
+    bronze = azure.store(table).read_all()
+    assert bronze.schema == bronze_schema(table, ("rating",))
+    assert comparable(bronze).equals(comparable(local.store(table).read_all()))
+    assert expected.rows_written == len(bronze)
+    assert set(bronze["rating"].to_pylist()) == {None, "0", "1", "2", "3", "4"}
+
+
+def test_a_renamed_source_column_stops_the_copy_before_data_factory_runs(
+    both: tuple[LocalCopyRunner, AzureCopyRunner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local, azure = both
+    table = local.source.catalog["DimUser"]
+    with sqlite3.connect(local.source.sqlite_path()) as db:
+        db.execute("ALTER TABLE DimUser RENAME COLUMN user_name TO full_name")
+    arm = FakeArm(["Succeeded"], [])
+    monkeypatch.setattr(AzureCopyRunner, "adf_client", lambda self: client_for(arm))
+    with pytest.raises(ValueError) as on_azure:
+        azure.copy(table, None, "dagster-run", from_watermark=True)
+    with pytest.raises(ValueError) as locally:
+        local.copy(table, None, "dagster-run", from_watermark=True)
+    assert str(on_azure.value) == str(locally.value)
+    assert "DimUser" in str(on_azure.value) and "user_name" in str(on_azure.value)
+    assert arm.sent == [], "no ADF run started"
+    assert azure.store(table).current().version == 0
