@@ -8,12 +8,12 @@ queries of `spotify_assets.gold.transform`:
                                        expectations dropped (`expect_all_or_drop`)
     <dim>           streaming table    AUTO CDC from silver_<dim>: SCD type 2, keys, sequence,
                                        deletes and tracked columns from the spec; the sequence
-                                       is a struct (business time, change sequence), and so are
+                                       is a struct (effective time, change sequence), and so are
                                        `__START_AT`/`__END_AT`
     <calendar>      materialized view  silver's rows passing the expectations
     silver_<fact>   temporary view     silver's fact rows passing the fact's expectations
     <fact>          materialized view  `point_in_time` over silver_<fact> and the gold dimensions
-                                       (their versions by business time, as the local runner
+                                       (their versions by effective time, as the local runner
                                        keeps them), partitioned by the spec's date column
     <aggregate>     materialized view  `aggregate` of the gold fact, with its expectations,
                                        partitioned like the fact
@@ -24,9 +24,10 @@ data feed, keeping inserts and update post-images (a removed silver row is a rep
 not a source delete: those arrive as versions matching the spec's `delete_when`). Silver tables
 therefore need `delta.enableChangeDataFeed = true` on Databricks.
 
-One difference from the local runner remains: `sequence_by` is a value of each row, so a change
-whose business time precedes a delete committed before it (a row restored with its original
-`updated_at`) is ordered by that time here; the local runner applies it after the delete.
+`sequence_by` is a value of each row, so silver stores each version's effective time: its business
+time, but never before a change preceding it in the source's sequence (a row restored with its
+original `updated_at` takes effect after its delete), computed by the same rule the local runner
+orders by (`spotify_assets.silver.effective_times`).
 
 `spotify_assets` must be importable: the asset bundle ships the whole repository and the bundle
 root goes on `sys.path`; when this file knows its path (not in a notebook) it adds the repository
@@ -174,15 +175,15 @@ def _calendar(table: Table, spec: Calendar) -> None:
     )
 
 
-def _by_business_time(catalog: Catalog, name: str, versions: DataFrame) -> DataFrame:
-    """A dimension's versions with `__START_AT`/`__END_AT` as business time, as the local runner
-    stores them: versions superseded within their instant (at the same business time, by a
+def _by_effective_time(catalog: Catalog, name: str, versions: DataFrame) -> DataFrame:
+    """A dimension's versions with `__START_AT`/`__END_AT` as effective time, as the local runner
+    stores them: versions superseded within their instant (at the same effective time, by a
     later change sequence) last no time, and are left out."""
     spec = catalog[name].gold
     assert isinstance(spec, Scd2Dimension)
     # The field of a NULL struct is read as NULL explicitly: Sail reads it as the epoch.
-    end = F.when(F.col(END_AT).isNotNull(), F.col(END_AT)[spec.business_time])
-    timed = versions.withColumn(START_AT, F.col(START_AT)[spec.business_time]).withColumn(
+    end = F.when(F.col(END_AT).isNotNull(), F.col(END_AT)[spec.effective_time])
+    timed = versions.withColumn(START_AT, F.col(START_AT)[spec.effective_time]).withColumn(
         END_AT, end
     )
     return timed.where(F.col(END_AT).isNull() | (F.col(END_AT) > F.col(START_AT)))
@@ -198,7 +199,7 @@ def _fact(catalog: Catalog, table: Table, spec: PointInTimeFact) -> None:
     def rows() -> DataFrame:
         spark = _spark()
         dimensions = {
-            lookup.dimension: _by_business_time(
+            lookup.dimension: _by_effective_time(
                 catalog, lookup.dimension, spark.read.table(catalog[lookup.dimension].lake_name)
             )
             for lookup in spec.lookups

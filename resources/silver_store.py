@@ -1,7 +1,9 @@
 """Silver on the lake: Delta tables `silver/<table>` and `silver/_quarantine/<table>`.
 
-Silver partition P is a pure function of bronze partition P and replaces it (replaceWhere), so a
-refresh cascades and a rerun changes nothing.
+Silver partition P is a function of bronze partition P and replaces it (replaceWhere), so a
+refresh cascades and a rerun changes nothing. What silver holds in the other partitions only
+decides which row of a repeated fact key is kept, and after which change records a dimension's
+version takes effect: records once captured, which a refresh of theirs gives back unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import bronze_schema
 from spotify_assets.catalog.lake_paths import quarantine_path, silver_path
-from spotify_assets.catalog.tables import Table, TableRole
+from spotify_assets.catalog.tables import CaptureMode, Table, TableRole
 from spotify_assets.silver.transform import (
     CHANGE_DATE,
     SilverFrames,
@@ -109,9 +111,12 @@ class SilverStore:
         )
 
     def _accepted(self, days: tuple[date, date] | None) -> DataFrame | None:
-        """A fact's rows silver holds outside the partitions `days` (a key there is taken)."""
-        fact = self.table.role is TableRole.FACT
-        if not fact or days is None or not exists(self.lake, self.path):
+        """The rows silver holds outside the partitions `days`: a fact's keys there are taken,
+        a cdc dimension's change records there may precede the versions rebuilt."""
+        table = self.table
+        fact = table.role is TableRole.FACT
+        changes = table.role is TableRole.DIMENSION and table.mode is CaptureMode.CDC
+        if not (fact or changes) or days is None or not exists(self.lake, self.path):
             return None
         return self.read().where(~F.col(CHANGE_DATE).between(F.lit(days[0]), F.lit(days[1])))
 

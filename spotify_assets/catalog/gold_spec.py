@@ -18,16 +18,18 @@ END_AT = "__END_AT"
 class Scd2Dimension:
     """AUTO CDC into SCD type 2: one row per version, `__START_AT`..`__END_AT` (NULL: current).
 
-    Versions are ordered by `business_time` (never load time), then by `change_sequence`, the
-    source's commit order (NULL for an image of the current row, which comes first). A change
-    takes effect at its business time, but never before a change preceding it in the sequence:
-    a row restored with its old time is current again. At equal time and sequence an upsert
-    comes before a delete. A change to a `tracked` column starts a version; a change to the other
-    columns only updates the version in place. A row matching `delete_when` closes the current
-    version. A version that lasts no time is not kept."""
+    Versions are ordered by `effective_time`, then by `change_sequence`, the source's commit
+    order (NULL for an image of the current row, which comes first). The effective time is the
+    business time (never load time), but never before a change preceding it in the sequence: a
+    row restored with its old time is current again. Silver stores it with each version, so a
+    reader that orders rows by a value of each row (AUTO CDC's `sequence_by`) orders them right.
+    At equal time and sequence an upsert comes before a delete. A change to a `tracked` column
+    starts a version; a change to the other columns only updates the version in place. A row
+    matching `delete_when` closes the current version. A version that lasts no time is not
+    kept."""
 
     tracked: tuple[str, ...]
-    business_time: str
+    effective_time: str
     change_sequence: str
     delete_when: str
     expectations: tuple[Rule, ...] = ()
@@ -35,8 +37,8 @@ class Scd2Dimension:
 
     @property
     def sequence_by(self) -> str:
-        """AUTO CDC's `sequence_by`: business time, then the change sequence (Spark SQL)."""
-        return f"struct({self.business_time}, {self.change_sequence})"
+        """AUTO CDC's `sequence_by`: effective time, then the change sequence (Spark SQL)."""
+        return f"struct({self.effective_time}, {self.change_sequence})"
 
 
 @dataclass(frozen=True)

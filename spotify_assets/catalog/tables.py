@@ -183,9 +183,11 @@ class Table:
 CHANGE_SEQ = "_seq"
 CHANGE_OP = "_op"
 CHANGE_AT = "_changed_at"
-# Columns silver adds: the business time of a version (a delete's: its change time) and the
-# partition date of a row.
+# Columns silver adds: the business time of a version (a delete's: its change time), when a
+# dimension's version takes effect (its business time, never before a change preceding it in the
+# source's sequence) and the partition date of a row.
 VERSION_AT = "_version_at"
+EFFECTIVE_AT = "_effective_at"
 CHANGE_DATE = "_change_date"
 # Bronze's audit column of values that did not fit their declared type: {column: raw text}.
 UNTYPED = "_untyped"
@@ -200,11 +202,11 @@ def _s(name: str, length: int, nullable: bool = True) -> Column:
 
 
 def _scd2(key: str, tracked: tuple[str, ...]) -> Scd2Dimension:
-    """Versions ordered by business time, then change sequence; a change-feed delete closes
-    the current version."""
+    """Versions ordered by the time they take effect, then change sequence; a change-feed
+    delete closes the current version."""
     return Scd2Dimension(
         tracked=tracked,
-        business_time=VERSION_AT,
+        effective_time=EFFECTIVE_AT,
         change_sequence=CHANGE_SEQ,
         delete_when=f"{CHANGE_OP} = 'D'",
         expectations=(Rule(f"{key}_present", f"{key} IS NOT NULL"),),

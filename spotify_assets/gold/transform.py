@@ -30,14 +30,21 @@ from spotify_assets.catalog.tables import (
     CHANGE_DATE,
     CHANGE_OP,
     CHANGE_SEQ,
+    EFFECTIVE_AT,
     VERSION_AT,
     Catalog,
     Table,
 )
-from spotify_assets.silver.transform import FAILED_RULES, any_of, flag_failures
+from spotify_assets.silver.transform import (
+    FAILED_RULES,
+    any_of,
+    effective_times,
+    flag_failures,
+    key_ordered,
+)
 
 # Silver's version bookkeeping: not carried into gold (DLT's `except_column_list`).
-SILVER_VERSION_COLUMNS = (CHANGE_OP, CHANGE_SEQ, VERSION_AT, CHANGE_DATE)
+SILVER_VERSION_COLUMNS = (CHANGE_OP, CHANGE_SEQ, VERSION_AT, EFFECTIVE_AT, CHANGE_DATE)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ def scd2(table: Table, versions: DataFrame) -> DataFrame:
     spec = scd2_spec(table)
     keys = list(table.key)
     events, in_order = _in_sequence(table, versions)
-    at = F.col("_at")
+    at = F.col(spec.effective_time)
     so_far = in_order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     first_of_key = ~_same_key(keys, F.lag, in_order)
     previous_deleted = F.lag("_delete").over(in_order)
@@ -112,38 +119,19 @@ def scd2(table: Table, versions: DataFrame) -> DataFrame:
 
 
 def _in_sequence(table: Table, versions: DataFrame) -> tuple[DataFrame, WindowSpec]:
-    """`versions` with `_at`, when each change takes effect, and `_delete`; and the window
-    ordering each key's changes as AUTO CDC applies them: by `_at`, then change sequence (an
-    image, which has none, first), then an upsert before a delete (DESIGN.md §11).
-
-    `_at` is the business time, but a change record never takes effect before one preceding it
-    in the source's sequence: a row restored with its old `updated_at` is restored when it was.
-    The running maximum runs over the key-ordered bucket: the largest (key, ...) so far is the
-    current key's, as every earlier row of the bucket has a smaller key."""
+    """`versions` with their effective time, recomputed over all of them (`effective_times`,
+    the rule silver stores it by), and `_delete`; and the window ordering each key's changes as
+    AUTO CDC applies them: by effective time, then change sequence (an image, which has none,
+    first), then an upsert before a delete (DESIGN.md §11)."""
     spec = scd2_spec(table)
-    keys = [F.col(k) for k in table.key]
-    time, sequence = F.col(spec.business_time), F.col(spec.change_sequence)
-    by_sequence = _key_ordered(list(table.key), sequence.asc_nulls_first()).rangeBetween(
-        Window.unboundedPreceding, Window.currentRow
+    sequence = F.col(spec.change_sequence)
+    events = effective_times(table, versions).withColumn(
+        "_delete", F.coalesce(F.expr(spec.delete_when), F.lit(False))
     )
-    # Images rank below change records, so a change record's maximum is over change records.
-    is_record = sequence.isNotNull().alias("_record")
-    latest = F.max(F.struct(*keys, is_record, time.alias("_t"))).over(by_sequence)["_t"]
-    events = versions.withColumn(
-        "_at", F.when(sequence.isNull(), time).otherwise(latest)
-    ).withColumn("_delete", F.coalesce(F.expr(spec.delete_when), F.lit(False)))
-    order = _key_ordered(list(table.key), F.col("_at"), sequence.asc_nulls_first(), "_delete")
+    order = key_ordered(
+        list(table.key), F.col(spec.effective_time), sequence.asc_nulls_first(), "_delete"
+    )
     return events, order
-
-
-# Window functions run over hash buckets of the key, ordered by key then time: Sail evaluates a
-# few large window partitions far faster than one small partition per key.
-KEY_BUCKETS = 64
-
-
-def _key_ordered(keys: list[str], *order: Column | str) -> WindowSpec:
-    bucket = F.pmod(F.hash(*[F.col(k) for k in keys]), F.lit(KEY_BUCKETS))
-    return Window.partitionBy(bucket).orderBy(*[F.col(k) for k in keys], *order)
 
 
 def _same_key(keys: list[str], neighbour: Callable[..., Column], window: WindowSpec) -> Column:
@@ -187,7 +175,7 @@ def point_in_time(
 def _periods(versions: DataFrame, key: str, columns: tuple[str, ...]) -> DataFrame:
     """Per key, the version in force from `_from` (NULL: always before) to `_to` (NULL: ever
     after): consecutive versions tile the time line, gaps after deletes included."""
-    order = _key_ordered([key], F.col(START_AT))
+    order = key_ordered([key], F.col(START_AT))
     first = ~_same_key([key], F.lag, order)
     return versions.select(
         F.col(key).alias("_lookup_key"),
@@ -230,7 +218,7 @@ def scd2_problems(table: Table, gold: DataFrame, live: DataFrame) -> dict[str, i
         (F.col("_live").isNull() & (F.col("count") > 0))
         | (F.col("_live") & (F.coalesce(F.col("count"), F.lit(0)) != 1))
     )
-    order = _key_ordered(keys, F.col(START_AT))
+    order = key_ordered(keys, F.col(START_AT))
     next_start = F.when(_same_key(keys, F.lead, order), F.lead(START_AT).over(order))
     overlapping = gold.withColumn("_next", next_start).where(
         (F.col(END_AT).isNotNull() & (F.col(END_AT) <= F.col(START_AT)))

@@ -11,6 +11,7 @@ its rules from the table's catalog entry:
                 re-deliveries collapse, versions never drop (the sort runs only where a
                 (key, version time) repeats)
     check    -> `_failed_rules`; `split` sends failing rows to quarantine with their raw values
+    effective_times -> a dimension version's `_effective_at`, when it takes effect
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
 
 from spotify_assets.bronze.windows import Window as TimeWindow
@@ -29,6 +30,7 @@ from spotify_assets.catalog.tables import (
     CHANGE_DATE,
     CHANGE_OP,
     CHANGE_SEQ,
+    EFFECTIVE_AT,
     KEY_RANK,
     UNTYPED,
     VERSION_AT,
@@ -81,9 +83,10 @@ def transform(
     where it can change something: over all rows when some (key, version) repeats, which one
     small query tells; and for the quarantine, over the groups that hold a failing row.
 
-    A fact has one row per key and no versions: only exact re-deliveries collapse, any other
-    repeat of a key is quarantined (`rank_keys`; `accepted`: the rows silver holds in other
-    partitions)."""
+    `accepted`: the rows silver holds in other partitions. A fact has one row per key and no
+    versions: only exact re-deliveries collapse, any other repeat of a key is quarantined
+    (`rank_keys`), a key `accepted` holds included. A dimension's versions take effect after
+    the change records preceding them, `accepted`'s included (`effective_times`)."""
     prepared = version(table, derive(table, clean(table, conform(table, bronze))))
     if table.role is TableRole.FACT:
         # Exact re-deliveries collapse; any other repeat of a key is a defect (`rank_keys`).
@@ -92,6 +95,9 @@ def transform(
         return split(table, check(table, prepared, accepted), run_id)
     deduped = dedup(table, prepared) if has_repeats(table, prepared) else prepared
     valid = split(table, check(table, deduped), run_id).valid
+    if table.role is TableRole.DIMENSION:
+        timed = effective_times(table, valid, accepted)
+        valid = timed.select(*silver_columns(table, timed))
     suspects = dedup(table, failing_groups(table, prepared))
     return SilverFrames(
         valid=valid, quarantine=split(table, check(table, suspects), run_id).quarantine
@@ -189,6 +195,47 @@ def version(table: Table, df: DataFrame) -> DataFrame:
     return df.withColumn(VERSION_AT, business).withColumn(
         CHANGE_DATE, F.to_date(change_time(table))
     )
+
+
+# Window functions run over hash buckets of the key, ordered by key then time: Sail evaluates a
+# few large window partitions far faster than one small partition per key.
+KEY_BUCKETS = 64
+
+
+def key_ordered(keys: list[str], *order: Column | str) -> WindowSpec:
+    bucket = F.pmod(F.hash(*[F.col(k) for k in keys]), F.lit(KEY_BUCKETS))
+    return Window.partitionBy(bucket).orderBy(*[F.col(k) for k in keys], *order)
+
+
+def effective_times(
+    table: Table, versions: DataFrame, others: DataFrame | None = None
+) -> DataFrame:
+    """`versions` with `_effective_at` (DESIGN.md §11): when each takes effect. That is its
+    business time, but a change record never takes effect before one preceding it in the
+    source's sequence, so a row restored with its old `updated_at` is restored when it was, not
+    before its delete; an image (no sequence) takes effect at its own time. `others`: versions
+    of the same keys held elsewhere (silver's other partitions), whose change records may
+    precede these. The same rows give the same times whichever partitions they come in.
+
+    The running maximum runs over the key-ordered bucket: the largest (key, ...) so far is the
+    current key's, as every earlier row of the bucket has a smaller key."""
+    keys = list(table.key)
+    time, sequence = F.col(VERSION_AT), F.col(CHANGE_SEQ)
+    rows = versions.withColumn("_own", F.lit(True))
+    if others is not None:
+        preceding = others.where(sequence.isNotNull()).join(
+            versions.select(*keys).distinct(), keys, "left_semi"
+        )
+        context = preceding.select(*keys, CHANGE_SEQ, VERSION_AT, F.lit(False).alias("_own"))
+        rows = rows.unionByName(context, allowMissingColumns=True)
+    by_sequence = key_ordered(keys, sequence.asc_nulls_first()).rangeBetween(
+        Window.unboundedPreceding, Window.currentRow
+    )
+    # Images rank below change records, so a change record's maximum is over change records.
+    is_record = sequence.isNotNull().alias("_record")
+    latest = F.max(F.struct(*[F.col(k) for k in keys], is_record, time.alias("_t")))
+    effective = F.when(sequence.isNull(), time).otherwise(latest.over(by_sequence)["_t"])
+    return rows.withColumn(EFFECTIVE_AT, effective).where(F.col("_own")).drop("_own")
 
 
 def any_of(conditions: Sequence[Column]) -> Column:
@@ -314,7 +361,7 @@ def split(table: Table, checked: DataFrame, run_id: str) -> SilverFrames:
 
 def silver_columns(table: Table, df: DataFrame) -> list[str]:
     """Declared, carried and derived columns, then the version columns, partition last."""
-    audit = [CHANGE_OP, CHANGE_SEQ, VERSION_AT]
+    audit = [CHANGE_OP, CHANGE_SEQ, VERSION_AT, *[c for c in (EFFECTIVE_AT,) if c in df.columns]]
     bronze_only = _BRONZE_AUDIT | {CHANGE_DATE, KEY_RANK}
     data = [
         c

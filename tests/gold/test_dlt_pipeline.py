@@ -37,7 +37,7 @@ from spotify_assets.catalog.gold_spec import (
     Scd2Dimension,
 )
 from spotify_assets.catalog.rules import Rule
-from spotify_assets.catalog.tables import CATALOG, CHANGE_SEQ, VERSION_AT, Table
+from spotify_assets.catalog.tables import CATALOG, CHANGE_SEQ, EFFECTIVE_AT, Table
 from spotify_assets.gold.transform import SILVER_VERSION_COLUMNS
 from tests.helpers.paths import REPO
 
@@ -319,19 +319,19 @@ def test_databricks_dimensions_are_scd2_with_tracked_columns(
             "track_history_column_list": list(spec.tracked),
         }
         assert databricks.datasets[table.lake_name].kind == "streaming_table"
-        # Business time, then the source's change sequence: one value, as AUTO CDC takes it.
-        assert (spec.business_time, spec.change_sequence) == (VERSION_AT, CHANGE_SEQ)
-        assert flow["sequence_by"] == f"struct({VERSION_AT}, {CHANGE_SEQ})"
+        # Effective time, then the source's change sequence: one value, as AUTO CDC takes it.
+        assert (spec.effective_time, spec.change_sequence) == (EFFECTIVE_AT, CHANGE_SEQ)
+        assert flow["sequence_by"] == f"struct({EFFECTIVE_AT}, {CHANGE_SEQ})"
 
 
-def test_the_fact_reads_dimension_versions_by_business_time(
+def test_the_fact_reads_dimension_versions_by_effective_time(
     databricks: FakeDatabricksPipelines, sail_spark: SparkSession
 ) -> None:
     """AUTO CDC stores `__START_AT`/`__END_AT` as the struct it sequences by; the fact's lookups
-    read them as business time, without versions superseded within their instant, as the
+    read them as effective time, without versions superseded within their instant, as the
     local runner stores them."""
     t0, t5 = datetime(2026, 3, 1), datetime(2026, 3, 1, 5)
-    sequence = f"struct<{VERSION_AT}: timestamp_ntz, {CHANGE_SEQ}: bigint>"
+    sequence = f"struct<{EFFECTIVE_AT}: timestamp_ntz, {CHANGE_SEQ}: bigint>"
     versions = sail_spark.createDataFrame(
         [
             (1, "Free", (t0, 1), (t5, 2)),
@@ -340,7 +340,7 @@ def test_the_fact_reads_dimension_versions_by_business_time(
         ],
         f"user_id int, subscription_type string, {START_AT} {sequence}, {END_AT} {sequence}",
     )
-    by_time = databricks.namespace["_by_business_time"](CATALOG, "DimUser", versions)
+    by_time = databricks.namespace["_by_effective_time"](CATALOG, "DimUser", versions)
     assert sorted(tuple(r) for r in by_time.collect()) == [
         (1, "Family", t5, None),
         (1, "Free", t0, t5),

@@ -79,7 +79,7 @@ class Change:
 @pytest.fixture(autouse=True, scope="module")
 def one_key_bucket() -> Iterator[None]:
     """All keys in one window partition: each key's neighbours are other keys, as at scale."""
-    with mock.patch.object(gold, "KEY_BUCKETS", 1):
+    with mock.patch("spotify_assets.silver.transform.KEY_BUCKETS", 1):
         yield
 
 

@@ -30,6 +30,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spotify_assets.bronze.schema import EXTRACTED_AT, RUN_ID
+from spotify_assets.catalog.gold_spec import END_AT, START_AT, Scd2Dimension
 from spotify_assets.catalog.reference import (
     COUNTRY_CODES,
     COUNTRY_NAMES,
@@ -46,6 +47,7 @@ from spotify_assets.catalog.tables import (
     ColumnType,
     Table,
 )
+from spotify_assets.gold.transform import scd2
 from spotify_assets.silver.transform import (
     CHANGE_DATE,
     FAILED_RULES,
@@ -1001,3 +1003,114 @@ def test_transform_equals_dedup_of_everything(
     assert sorted_tuples(collect(fast.quarantine)) == sorted_tuples(collect(plain.quarantine))
     if table_name in ("DimTrack", "FactStream"):
         assert collect(plain.quarantine), "the input must hold failing rows"
+
+
+# --- a restore on Databricks: the silver task on JVM Spark, the pipeline's AUTO CDC order -------
+#
+# Databricks runs the silver task's transforms on its Spark and AUTO CDC in the pipeline, which
+# orders each key's silver rows by the value of the declared `sequence_by` alone. Here the task's
+# transforms run on JVM Spark partition by partition (each seeing what silver holds of the
+# others, as `SilverStore.refresh` passes it), AUTO CDC's fold runs in Python in the order Spark
+# gives `sequence_by`, and the versions must equal local gold's over Sail's silver.
+
+DAY = timedelta(days=1)
+# Users 1 and 2 are deleted on day 2 and restored on day 3 exactly as they were, `updated_at`
+# included; user 2 is upgraded an hour after its restore. Silver builds days 1-2, then day 3.
+RESTORE_PARTITIONS: list[list[Row]] = [
+    [
+        {"user_id": 1, CHANGE_OP: "I", CHANGE_SEQ: 1},
+        {"user_id": 2, CHANGE_OP: "I", CHANGE_SEQ: 2},
+        {"user_id": 1, CHANGE_OP: "D", CHANGE_SEQ: 3, CHANGE_AT: T0 + DAY},
+        {"user_id": 2, CHANGE_OP: "D", CHANGE_SEQ: 4, CHANGE_AT: T0 + DAY},
+    ],
+    [
+        {"user_id": 1, CHANGE_OP: "I", CHANGE_SEQ: 5, CHANGE_AT: T0 + 2 * DAY},
+        {"user_id": 2, CHANGE_OP: "I", CHANGE_SEQ: 6, CHANGE_AT: T0 + 2 * DAY},
+        {
+            "user_id": 2,
+            "subscription_type": "Family",
+            "updated_at": T0 + 2 * DAY + timedelta(hours=1),
+            CHANGE_OP: "U",
+            CHANGE_SEQ: 7,
+            CHANGE_AT: T0 + 2 * DAY + timedelta(hours=1),
+        },
+    ],
+]
+
+
+def silver_partition_by_partition(session: SparkSession, tmp_path: Path) -> DataFrame:
+    table = CATALOG["DimUser"]
+    held: DataFrame | None = None
+    for rows in RESTORE_PARTITIONS:
+        bronze = read_bronze(session, tmp_path, bronze_rows(table, rows))
+        valid = transform(table, bronze, SILVER_RUN, held).valid
+        # What silver holds afterwards, materialised as a table would be.
+        collected = session.createDataFrame(valid.collect(), valid.schema)
+        held = collected if held is None else held.unionByName(collected)
+    assert held is not None
+    return held
+
+
+def auto_cdc_scd2(silver: DataFrame) -> list[tuple[Any, ...]]:
+    """(user_id, subscription_type, start, end) of each version AUTO CDC SCD type 2 stores:
+    each key's rows applied in the order of the spec's `sequence_by` (a delete, matched by the
+    spec's `delete_when`, closes the open version; a change to a tracked column opens one),
+    `__START_AT`/`__END_AT` read as the time of the sequence value, as the pipeline's fact
+    reads them, and versions lasting no time left out, as it leaves them out."""
+    spec = CATALOG["DimUser"].gold
+    assert isinstance(spec, Scd2Dimension)
+    ordered = silver.select(
+        "*",
+        F.expr(spec.sequence_by).alias("_sequence"),
+        F.expr(spec.delete_when).alias("_delete"),
+    ).orderBy("user_id", "_sequence")
+    versions: list[list[Any]] = []
+    open_version: dict[int, list[Any]] = {}
+    for row in ordered.collect():
+        at, current = row["_sequence"][0], open_version.get(row["user_id"])
+        if row["_delete"]:
+            if current is not None:
+                current[3] = at
+                del open_version[row["user_id"]]
+            continue
+        tracked = tuple(row[c] for c in spec.tracked)
+        if current is not None and current[4] == tracked:
+            continue
+        if current is not None:
+            current[3] = at
+        open_version[row["user_id"]] = [row["user_id"], row["subscription_type"], at, None, tracked]
+        versions.append(open_version[row["user_id"]])
+    return sorted(tuple(v[:4]) for v in versions if v[2] != v[3])
+
+
+def test_a_restore_keeping_its_time_is_current_again_on_databricks_as_locally(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    silver: dict[str, DataFrame] = {}
+    for engine in ENGINES:
+        with api_of(engine):
+            silver[engine] = silver_partition_by_partition(
+                request.getfixturevalue(engine), tmp_path
+            )
+    sail, jvm = ENGINES
+    with api_of(jvm):
+        jvm_rows = collect(silver[jvm])
+        on_databricks = auto_cdc_scd2(silver[jvm])
+    with api_of(sail):
+        assert sorted_tuples(jvm_rows) == sorted_tuples(collect(silver[sail]))
+        gold = scd2(CATALOG["DimUser"], silver[sail]).select(
+            "user_id", "subscription_type", START_AT, END_AT
+        )
+        locally = sorted(tuple(r) for r in gold.collect())
+
+    # A restore takes effect when the delete before it did: a change never takes effect
+    # before one preceding it in the source's sequence.
+    restored, upgraded = T0 + DAY, T0 + 2 * DAY + timedelta(hours=1)
+    assert locally == [
+        (1, "Premium", T0, T0 + DAY),
+        (1, "Premium", restored, None),
+        (2, "Family", upgraded, None),
+        (2, "Premium", T0, T0 + DAY),
+        (2, "Premium", restored, upgraded),
+    ]
+    assert on_databricks == locally

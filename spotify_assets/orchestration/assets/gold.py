@@ -97,7 +97,7 @@ def build_dimension_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         deps=[silver_key(table)],
         group_name=GOLD,
         kinds={"spark", "delta"},
-        description=f"{table.description} SCD type 2 over `{spec.business_time}`, then "
+        description=f"{table.description} SCD type 2 over `{spec.effective_time}`, then "
         f"`{spec.change_sequence}`: one row per version, tracked columns "
         f"{', '.join(spec.tracked)}.",
         check_specs=[*_expectation_checks(key, spec.expectations), *invariants],
