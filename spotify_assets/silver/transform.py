@@ -361,7 +361,9 @@ def split(table: Table, checked: DataFrame, run_id: str) -> SilverFrames:
 
 def silver_columns(table: Table, df: DataFrame) -> list[str]:
     """Declared, carried and derived columns, then the version columns, partition last."""
-    audit = [CHANGE_OP, CHANGE_SEQ, VERSION_AT, *[c for c in (EFFECTIVE_AT,) if c in df.columns]]
+    audit = [CHANGE_OP, CHANGE_SEQ, VERSION_AT]
+    if EFFECTIVE_AT in df.columns:  # a dimension's (`effective_times`)
+        audit.append(EFFECTIVE_AT)
     bronze_only = _BRONZE_AUDIT | {CHANGE_DATE, KEY_RANK}
     data = [
         c
