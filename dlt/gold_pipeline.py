@@ -27,7 +27,7 @@ therefore need `delta.enableChangeDataFeed = true` on Databricks.
 `sequence_by` is a value of each row, so silver stores each version's effective time: its business
 time, but never before a change preceding it in the source's sequence (a row restored with its
 original `updated_at` takes effect after its delete), computed by the same rule the local runner
-orders by (`spotify_assets.silver.effective_times`).
+orders by (`spotify_assets.silver.transform.effective_times`).
 
 `spotify_assets` must be importable: the asset bundle ships the whole repository and the bundle
 root goes on `sys.path`; when this file knows its path (not in a notebook) it adds the repository
