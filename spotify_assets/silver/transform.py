@@ -226,7 +226,10 @@ def effective_times(
         preceding = others.where(sequence.isNotNull()).join(
             versions.select(*keys).distinct(), keys, "left_semi"
         )
-        context = preceding.select(*keys, CHANGE_SEQ, VERSION_AT, F.lit(False).alias("_own"))
+        # Context rows keep silver's own values: a column they left NULL (`_change_date`) made
+        # Sail's Delta write fail its NOT NULL check, although they are filtered out below.
+        shared = [c for c in versions.columns if c in others.columns]
+        context = preceding.select(*shared, F.lit(False).alias("_own"))
         rows = rows.unionByName(context, allowMissingColumns=True)
     by_sequence = key_ordered(keys, sequence.asc_nulls_first()).rangeBetween(
         Window.unboundedPreceding, Window.currentRow
