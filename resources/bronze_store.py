@@ -23,6 +23,7 @@ from spotify_assets.bronze.manifest import BronzeFile, Manifest
 from spotify_assets.bronze.schema import bronze_schema
 from spotify_assets.catalog.lake_paths import bronze_path
 from spotify_assets.catalog.tables import Table
+from spotify_assets.consistency.reconcile import ABSENT, PartitionStats
 
 _VERSION = re.compile(r"^v(\d{10})\.json$")
 DAMAGED = "damaged"  # where `verify --repair` sets damaged manifests aside, below _manifests
@@ -103,17 +104,20 @@ class BronzeStore:
         parts = [self._live_rows(f) for f in manifest.files]
         return _concat(parts) if parts else self.empty()
 
-    def rows_by_partition(self, manifest: Manifest | None = None) -> dict[date, int]:
-        """Live rows per partition: the manifest's counts; only files partly superseded by a
-        newer extraction are read (their change time column), to count their live part."""
+    def partition_stats(
+        self, manifest: Manifest | None = None
+    ) -> dict[date | None, PartitionStats]:
+        """Live rows per partition (None: a snapshot) and when its newest file was written: the
+        manifest's counts; only files partly superseded by a newer extraction are read (their
+        change time column), to count their live part."""
         manifest = manifest or self.current()
-        rows: dict[date, int] = {}
+        stats: dict[date | None, PartitionStats] = {}
         for file in manifest.files:
-            if file.partition is None:
-                continue
             live = file.rows if file.fully_live else self._live_count(file)
-            rows[file.partition] = rows.get(file.partition, 0) + live
-        return rows
+            held = stats.get(file.partition, ABSENT)
+            written = max((t for t in (held.written, file.written) if t is not None), default=None)
+            stats[file.partition] = PartitionStats(held.rows + live, written)
+        return stats
 
     def _live_count(self, file: BronzeFile) -> int:
         column = self.table.change_time_column

@@ -51,6 +51,7 @@ from spotify_assets.source.schema import (
 )
 
 _EPOCH = date(1970, 1, 1)
+_END_OF_TIME = datetime(9999, 12, 31)
 
 
 class RowsBeforePartitionStart(ValueError):
@@ -317,12 +318,13 @@ class CopyRunner(ConfigurableResource, ABC):
     ) -> BronzeFile:
         path = self.store(table).file_path(partition, extraction)
         self.lake.write_parquet(path, rows)
+        written = time.time_ns() // 1_000_000
         if window is None:
             return BronzeFile(path, rows.num_rows, run_id, None, None, fingerprint=fingerprint(
-                rows.select(list(table.column_names))))  # fmt: skip
+                rows.select(list(table.column_names))), written=written)  # fmt: skip
         if partition is not None:
             window = window.intersect(Window.of_days(partition, partition))
-        return BronzeFile(path, rows.num_rows, run_id, partition, window)
+        return BronzeFile(path, rows.num_rows, run_id, partition, window, written=written)
 
 
 class LocalCopyRunner(CopyRunner):
@@ -355,8 +357,7 @@ class LocalCopyRunner(CopyRunner):
         if window is None:
             # A snapshot identical to the one bronze holds (intact) is not copied again.
             rows = self._read(table, query, carried)
-            unchanged = unchanged_snapshot(manifest, rows.select(list(table.column_names)))
-            if unchanged and not self.store(table).damaged_files(manifest.files):
+            if self.holds_snapshot(table, manifest, rows):
                 log(f"{table.name}: unchanged since manifest version {manifest.version}")
                 return CopyResult(
                     table.name, None, high, query, rows_read=rows.num_rows,
@@ -375,6 +376,27 @@ class LocalCopyRunner(CopyRunner):
         return self.commit_files(
             table, manifest, window, files, extraction, run_id, high, query, rows_read, started
         )
+
+    def holds_snapshot(self, table: Table, manifest: Manifest, rows: pa.Table) -> bool:
+        """Whether bronze holds exactly the snapshot `rows`, its files intact: not copied again."""
+        unchanged = unchanged_snapshot(manifest, rows.select(list(table.column_names)))
+        return unchanged and not self.store(table).damaged_files(manifest.files)
+
+    def has_changes(self, table: Table) -> bool:
+        """Whether an incremental copy of `table` would find anything: a snapshot other than
+        bronze's, or change records (rows, in watermark mode) at or after the watermark, those
+        past the source's clock too (a load reports them as not loaded yet). One query."""
+        manifest = self.store(table).current()
+        sql = DIALECTS[self.source.dialect]
+        if table.mode is CaptureMode.SNAPSHOT:
+            rows = self._read(table, sql.extract_query(table, None))
+            return not self.holds_snapshot(table, manifest, rows)
+        if manifest.watermark is None:
+            return True
+        since = Window(manifest.watermark, _END_OF_TIME)
+        with self.source.connect() as conn:
+            days = self.source.session_on(conn).query(sql.daily_profile_query(table, since))
+        return any(int(rows) for _, rows, _ in days)
 
     def _chunks(self, window: Window) -> Iterator[Window]:
         """Query windows of at most `chunk_days` days."""

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
-from spotify_assets.consistency.reconcile import PartitionStats
+from spotify_assets.consistency.reconcile import ABSENT, PartitionStats
 
 Days = tuple[date, date]  # inclusive range of daily partitions
 # Rows one query over a range of daily partitions reads at most (unless one day holds more):
@@ -176,6 +176,16 @@ def partition_stats(lake: LakeStorage, relative: str, partition: str) -> dict[da
             strict=True,
         )
     }
+
+
+def table_stats(lake: LakeStorage, relative: str) -> PartitionStats:
+    """Rows of a whole table and when its newest file was written, from the log's add actions
+    (no scan); `ABSENT` if no table yet."""
+    if not exists(lake, lake.path(relative)):
+        return ABSENT
+    actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
+    rows = pc.sum(actions["num_records"]).as_py()
+    return PartitionStats(int(rows or 0), pc.max(actions["modification_time"]).as_py())
 
 
 def rows_and_nulls(lake: LakeStorage, relative: str, column: str) -> tuple[int, int] | None:

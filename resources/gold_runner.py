@@ -161,12 +161,7 @@ class GoldRunner:
         replace_partitions(self.lake, unchanged.unionByName(rows), target, None, None)
 
     def applied_version(self, table: Table) -> int | None:
-        """The silver version gold/<dim> reflects; None before its first apply."""
-        names = self.lake.list_names(gold_state_path(table))
-        states = sorted(n for n in names if n.endswith(".json"))
-        if not states:
-            return None
-        return int(self.lake.read_json(f"{gold_state_path(table)}/{states[-1]}")["silver_version"])
+        return applied_version(self.lake, table)
 
     def _commit(self, table: Table, version: int) -> None:
         names = [n for n in self.lake.list_names(gold_state_path(table)) if n.endswith(".json")]
@@ -257,6 +252,15 @@ class GoldRunner:
     def read(self, name: str) -> DataFrame:
         """A gold table by name (`dim_user`, `fact_stream`, `agg_daily_track`, ...)."""
         return self._read(gold_path(name))
+
+
+def applied_version(lake: LakeStorage, table: Table) -> int | None:
+    """The silver version gold/<dim> reflects; None before its first apply."""
+    names = lake.list_names(gold_state_path(table))
+    states = sorted(n for n in names if n.endswith(".json"))
+    if not states:
+        return None
+    return int(lake.read_json(f"{gold_state_path(table)}/{states[-1]}")["silver_version"])
 
 
 def _counts(failures: DataFrame | None) -> dict[str, int]:

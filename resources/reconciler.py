@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.copy_runner import CopyRunner
-from resources.delta_tables import delta_table, exists, partition_rows, partition_stats
+from resources.delta_tables import delta_table, exists, partition_stats, table_stats
+from resources.gold_runner import applied_version
 from resources.lake import LakeStorage
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
@@ -35,6 +36,7 @@ from spotify_assets.consistency.reconcile import (
     Layer,
     PartitionStats,
     affects_from,
+    behind,
     first_layers,
     lookback_window,
     stale_days,
@@ -120,7 +122,7 @@ def reconcile(
             rows = session.query(session.sql.daily_profile_query(table, window))
         source = {_as_date(day): DayProfile(int(n), int(total or 0)) for day, n, total in rows}
         bronze = bronze_profile(runner, table, window)
-    live = runner.store(table).rows_by_partition(manifest)
+    live = runner.store(table).partition_stats(manifest)
     lake, boundaries = _lake_layers(runner, table, live, gold_on_lake)
     stale = first_layers([(Layer.BRONZE, stale_days(source, bronze)), *boundaries])
     # An SCD2 dimension applies what silver gained since its last apply: emptied, it would stay
@@ -130,30 +132,24 @@ def reconcile(
         gold_on_lake
         and isinstance(table.gold, Scd2Dimension)
         and silver_rows > 0
-        and _rows(runner.lake, gold_path(table.lake_name)) == 0
+        and table_stats(runner.lake, gold_path(table.lake_name)).rows == 0
     )
     return Reconciliation(table.name, window, source, bronze, lake, stale, empty_gold)
 
 
-def _rows(lake: LakeStorage, relative: str) -> int:
-    """Rows of a Delta table, from its log; 0 if it does not exist."""
-    return partition_rows(lake, relative, None, None) if exists(lake, lake.path(relative)) else 0
-
-
 def _lake_layers(
-    runner: CopyRunner, table: Table, live: dict[date, int], gold_on_lake: bool
+    runner: CopyRunner, table: Table, bronze: Partitions, gold_on_lake: bool
 ) -> tuple[dict[str, Partitions], list[tuple[Layer, set[date]]]]:
     """What each lake layer of `table` holds per day, and the days each boundary finds stale
     (tagged with the layer to rebuild them from)."""
     lake, catalog = runner.lake, runner.source.catalog
-    bronze = {day: PartitionStats(rows) for day, rows in live.items()}
     names = [silver_path(table), quarantine_path(table)]
     silver, quarantine = (partition_stats(lake, name, CHANGE_DATE) for name in names)
     held = {bronze_path(table.name): bronze, names[0]: silver, names[1]: quarantine}
     # Every bronze row is a silver or a quarantined row, once each where no row is delivered
     # twice (watermark mode); change feeds may deliver a version as a record and as an image.
     cleaned = {
-        day: PartitionStats(silver.get(day, ABSENT).rows + quarantine.get(day, ABSENT).rows)
+        day: _cleaned(silver.get(day, ABSENT), quarantine.get(day, ABSENT))
         for day in set(silver) | set(quarantine)
     }
     one_to_one = table.mode is CaptureMode.WATERMARK
@@ -201,6 +197,33 @@ def _versions_by_first_day(lake: LakeStorage, dimension: Table) -> Partitions:
         at = written[posixpath.basename(path)]
         newest[day] = max(at, newest.get(day, at))
     return {day: PartitionStats(0, at) for day, at in newest.items()}
+
+
+def _cleaned(silver: PartitionStats, quarantine: PartitionStats) -> PartitionStats:
+    """What silver made of a bronze partition: its rows and its quarantined rows."""
+    times = [t for t in (silver.written, quarantine.written) if t is not None]
+    return PartitionStats(silver.rows + quarantine.rows, max(times, default=None))
+
+
+def snapshot_behind(runner: CopyRunner, table: Table, gold_on_lake: bool) -> bool:
+    """Whether silver (or gold, when on the lake) of a snapshot table was not built from the
+    snapshot bronze holds now: the same comparison as a day's, over the whole table."""
+    bronze = runner.store(table).partition_stats().get(None, ABSENT)
+    lake, name = runner.lake, table.lake_name
+    silver = table_stats(lake, silver_path(table))
+    cleaned = _cleaned(silver, table_stats(lake, quarantine_path(table)))
+    if behind(bronze, cleaned, one_to_one=True):
+        return True
+    return gold_on_lake and behind(silver, table_stats(lake, gold_path(name)), one_to_one=False)
+
+
+def gold_behind_silver(runner: CopyRunner, table: Table) -> bool:
+    """Whether an SCD2 dimension's gold has not applied silver's latest version (a run stopped
+    between the two): it applies what silver gained since, so its next run catches up."""
+    silver = silver_path(table)
+    if not exists(runner.lake, runner.lake.path(silver)):
+        return False
+    return applied_version(runner.lake, table) != delta_table(runner.lake, silver).version()
 
 
 def _newest(tables: Iterable[Partitions]) -> Partitions:

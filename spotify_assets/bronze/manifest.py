@@ -23,6 +23,9 @@ class BronzeFile:
     window: Window | None  # the extraction window within this partition; None: whole table
     live: tuple[Window, ...] = ()  # parts of `window` not superseded by a newer extraction
     fingerprint: str | None = None  # snapshot files: digest of the source rows
+    # When the file was written, in ms since the epoch (the clock of Delta's add actions), for
+    # reconciliation to tell a layer built before it; None in manifests older than the field.
+    written: int | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -33,6 +36,7 @@ class BronzeFile:
             "window": self.window.to_json() if self.window else None,
             "live": [w.to_json() for w in self.live],
             "fingerprint": self.fingerprint,
+            "written": self.written,
         }
 
     @classmethod
@@ -45,6 +49,7 @@ class BronzeFile:
             window=Window.from_json(value["window"]) if value["window"] else None,
             live=tuple(Window.from_json(w) for w in value["live"]),
             fingerprint=value.get("fingerprint"),
+            written=value.get("written"),
         )
 
     @property

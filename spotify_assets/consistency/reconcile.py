@@ -67,11 +67,12 @@ def behind(upstream: PartitionStats, downstream: PartitionStats, one_to_one: boo
 
     `one_to_one`: every upstream row gives exactly one downstream row (bronze to silver plus
     quarantine, where rows are never re-delivered). Otherwise downstream holds at most as many
-    rows (re-deliveries collapse, expectations drop rows, aggregates group them), holds rows
-    exactly where upstream does (an empty partition that should hold data is a fault), and was
-    written no earlier than upstream's newest file."""
-    if one_to_one:
-        return upstream.rows != downstream.rows
+    rows (re-deliveries collapse, expectations drop rows, aggregates group them) and holds rows
+    exactly where upstream does (an empty partition that should hold data is a fault). Either
+    way it was written no earlier than upstream's newest file (when both times are known): a
+    run stopped between two layers leaves the lower one behind, whatever the counts."""
+    if one_to_one and upstream.rows != downstream.rows:
+        return True
     if downstream.rows > upstream.rows or (upstream.rows > 0) != (downstream.rows > 0):
         return True
     if upstream.written is None or downstream.written is None:

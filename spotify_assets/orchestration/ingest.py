@@ -31,11 +31,11 @@ from dagster import (
     logger,
 )
 
-from resources.copy_runner import CopyRunner
+from resources.copy_runner import CopyRunner, LocalCopyRunner
 from resources.engines import GoldEngine
 from resources.lake import REPAIR_COMMAND, LakeFileError
 from resources.lake_check import delta_faults
-from resources.reconciler import reconcile_all
+from resources.reconciler import gold_behind_silver, reconcile_all, snapshot_behind
 from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.reconcile import Layer, repair_ranges
@@ -196,14 +196,21 @@ def plan_incremental(
     tables: Sequence[Table],
     instance: DagsterInstance | None = None,
     lookback_days: int = DEFAULT_RECONCILE_LOOKBACK_DAYS,
+    gold_on_lake: bool = False,
 ) -> list[PlannedRun]:
-    """Partitioned tables in one run from the oldest resume day to today; snapshots apart.
+    """Partitioned tables in one run from the oldest resume day to today; snapshots apart,
+    unless `caught_up` (only where gold is on the lake to compare, `gold_on_lake`).
 
     A table resumes at its watermark's day, or earlier where a run stopped part-way (bronze
     committed, silver or gold not): the first such day within the lookback, read from the
     instance's materializations, so nothing stays behind after a crash."""
     partitioned = [t for t in tables if t.change_time_column]
-    snapshots = tuple(t.name for t in tables if not t.change_time_column)
+    compared = gold_on_lake and isinstance(runner, LocalCopyRunner)  # it reads the source here
+    snapshots = tuple(
+        t.name
+        for t in tables
+        if not t.change_time_column and not (compared and caught_up(runner, t))
+    )
     since = _today() - timedelta(days=lookback_days)
     days = [d for d in (_resume_day(runner, t) for t in partitioned) if d is not None]
     if instance is not None:
@@ -222,6 +229,36 @@ def plan_incremental(
     if snapshots:
         runs.append(PlannedRun(snapshots, None, True))
     return runs
+
+
+def caught_up(runner: LocalCopyRunner, table: Table) -> bool:
+    """Whether an incremental run of `table` would change nothing, with gold on the lake: the
+    source holds no change since its load, and no run stopped part-way left behind a layer
+    that the per-day reconciliation cannot see (a snapshot's silver or gold; an SCD2
+    dimension's gold, which applies what silver gained since its last apply)."""
+    if runner.has_changes(table):
+        return False
+    if not table.change_time_column:
+        return not snapshot_behind(runner, table, gold_on_lake=True)
+    return not (isinstance(table.gold, Scd2Dimension) and gold_behind_silver(runner, table))
+
+
+def up_to_date(settings: Settings, tables: Sequence[str] = ()) -> bool:
+    """Whether `run` has nothing to do: every selected table `caught_up` and no day stale in
+    any layer. Decided from the source's change feeds, the bronze manifests and the Delta logs
+    alone — no Dagster instance, no run, no Spark session — and False when in doubt (a damaged
+    table, gold not on the lake): the runs then find out."""
+    runner, resources = runner_and_resources(settings)
+    gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
+    selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
+    if failures or not gold.tables_on_lake or not isinstance(runner, LocalCopyRunner):
+        return False
+    try:
+        return all(caught_up(runner, t) for t in selected) and not plan_repairs(
+            runner, selected, settings.reconcile_lookback_days, gold_on_lake=True
+        )
+    except LakeFileError:
+        return False
 
 
 def behind_since(
@@ -311,7 +348,9 @@ def incremental(
     """Copy what the source has gained since each table's watermark, through to gold."""
     runner, resources = runner_and_resources(settings)
     selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
-    runs = plan_incremental(runner, selected, instance, settings.reconcile_lookback_days)
+    gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
+    lookback = settings.reconcile_lookback_days
+    runs = plan_incremental(runner, selected, instance, lookback, gold.tables_on_lake)
     return execute(runs, runner, resources, instance, failures)
 
 

@@ -74,7 +74,9 @@ def build_arrival_sensor(catalog: Catalog, lookback_days: int) -> SensorDefiniti
         description="Requests an incremental run of the tables whose change feed or watermark "
         "column moved since the last evaluation.",
     )
-    def cdc_arrival_sensor(context: SensorEvaluationContext, copy_runner: CopyRunner):
+    def cdc_arrival_sensor(
+        context: SensorEvaluationContext, copy_runner: CopyRunner, gold_engine: GoldEngine
+    ):
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)
         with copy_runner.source.session() as session:
@@ -83,7 +85,9 @@ def build_arrival_sensor(catalog: Catalog, lookback_days: int) -> SensorDefiniti
         moved = [t for t in catalog if seen.get(t.name) != positions[t.name]]
         if not moved:
             return SkipReason("no change since the last evaluation")
-        runs = plan_incremental(copy_runner, moved, context.instance, lookback_days)
+        runs = plan_incremental(
+            copy_runner, moved, context.instance, lookback_days, gold_engine.tables_on_lake
+        )
         context.update_cursor(json.dumps(positions, sort_keys=True))
         context.log.info(f"changes in {', '.join(t.name for t in moved)}")
         key = _digest(positions)
@@ -133,11 +137,15 @@ def build_daily_schedule(catalog: Catalog, lookback_days: int) -> ScheduleDefini
         default_status=DefaultScheduleStatus.STOPPED,
         description="Fallback when the sensors are off: an incremental run of every table.",
     )
-    def daily_catch_up(context: ScheduleEvaluationContext, copy_runner: CopyRunner):
+    def daily_catch_up(
+        context: ScheduleEvaluationContext, copy_runner: CopyRunner, gold_engine: GoldEngine
+    ):
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)
         stamp = context.scheduled_execution_time.isoformat()
-        runs = plan_incremental(copy_runner, list(catalog), context.instance, lookback_days)
+        runs = plan_incremental(
+            copy_runner, list(catalog), context.instance, lookback_days, gold_engine.tables_on_lake
+        )
         return [run_request(r, catalog, f"daily-{stamp}-{n}") for n, r in enumerate(runs)]
 
     return daily_catch_up

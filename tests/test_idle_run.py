@@ -1,0 +1,145 @@
+"""Runs with nothing or little to do (issue 13): `run` with no change in the source decides so
+from the change feeds, the bronze manifests and the Delta logs, and then writes nothing, records
+no Dagster run and starts no Spark session; a snapshot table is rebuilt only when it changed;
+a run stopped between two layers is still finished by the next `run`, change or no change.
+
+One small lakehouse is loaded once for the module; each test starts and ends with it up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from resources.delta_tables import delta_table, partition_stats
+from resources.gold_runner import applied_version
+from resources.lake import LakeStorage
+from resources.silver_store import SilverStore
+from resources.spark import SparkResource
+from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE, CaptureMode
+from spotify_assets.cli import INSTANCE_CONFIG, run
+from spotify_assets.orchestration import ingest
+from spotify_assets.orchestration.resources import copy_runner, source_database
+from spotify_assets.orchestration.settings import Settings
+from tests.test_gold import assert_gold_equals_source, small_source
+
+NOTHING_DONE = {"incremental": [], "repaired": []}
+CALENDAR = next(t for t in CATALOG if t.mode is CaptureMode.SNAPSHOT)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A small embedded source loaded through to gold by `run`, with the CLI's instance."""
+    settings = small_source(tmp_path_factory.mktemp("idle"))
+    settings.dagster_home.mkdir(parents=True)
+    (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+        run(settings)
+        assert ingest.up_to_date(settings)
+        yield settings
+
+
+def _lake_tables() -> list[str]:
+    """Every Delta table of the lake: silver, quarantine, gold and the aggregates."""
+    names = [f"silver/{t.lake_name}" for t in CATALOG]
+    names += [f"silver/_quarantine/{t.lake_name}" for t in CATALOG]
+    names += [f"gold/{t.lake_name}" for t in CATALOG if t.gold]
+    return names + [f"gold/{a.name}" for a in CATALOG.aggregates]
+
+
+def _lake_state(settings: Settings) -> dict[str, object]:
+    """Every Delta table's version, every bronze manifest's version and gold's apply states."""
+    lake = LakeStorage(url=settings.lake_url)
+    state: dict[str, object] = {name: delta_table(lake, name).version() for name in _lake_tables()}
+    runner = copy_runner(settings)
+    state |= {t.name: runner.store(t).latest_version() for t in CATALOG}
+    state |= {f"state {t.name}": applied_version(lake, t) for t in CATALOG}
+    return state
+
+
+def _dagster_state() -> tuple[int, dict[AssetKey, tuple[str, float]]]:
+    """Runs recorded, and the run and time of every asset's latest materialization."""
+    instance = DagsterInstance.get()
+    keys = list(instance.get_asset_keys())
+    latest = instance.get_latest_materialization_events(keys)
+    return len(instance.get_runs()), {k: (e.run_id, e.timestamp) for k, e in latest.items() if e}
+
+
+@pytest.fixture
+def no_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any Spark session asked for fails the test (sessions already open are set aside)."""
+
+    def connect(self: SparkResource) -> None:
+        raise AssertionError("a run with nothing to do started a Spark session")
+
+    monkeypatch.setattr("resources.spark._sessions", {})
+    monkeypatch.setattr(SparkResource, "_connect", connect)
+
+
+def test_a_run_with_nothing_to_do_writes_nothing_records_no_run_and_starts_no_spark(
+    loaded: Settings, no_spark: None
+) -> None:
+    lake, dagster = _lake_state(loaded), _dagster_state()
+    for _ in range(2):
+        assert run(loaded) == NOTHING_DONE
+    assert _lake_state(loaded) == lake, "no Delta version, manifest or gold state written"
+    assert _dagster_state() == dagster, "no Dagster run, no materialization"
+
+
+def test_a_run_with_new_streams_leaves_the_unchanged_calendar_alone(loaded: Settings) -> None:
+    lake = LakeStorage(url=loaded.lake_url)
+    calendar = {name: delta_table(lake, name).version() for name in _calendar_tables()}
+    with source_database(loaded).session() as session:
+        clock = session.clock()
+        session.set_clock(clock + timedelta(hours=1))
+        session.execute(
+            "INSERT INTO FactStream (stream_id, user_id, track_id, date_key, listen_duration, "
+            f"device_type, stream_timestamp) VALUES (99999999, 1, 1, {clock:%Y%m%d}, 60, "
+            f"'mobile', '{clock + timedelta(minutes=30):%Y-%m-%d %H:%M:%S.000}')"
+        )
+    done = run(loaded)
+    assert sum(load["rows"] or 0 for load in done["incremental"]) == 1
+    assert CALENDAR.name not in {load["table"] for load in done["incremental"]}
+    assert {name: delta_table(lake, name).version() for name in _calendar_tables()} == calendar
+    assert_gold_equals_source(loaded)
+    assert ingest.up_to_date(loaded)
+
+
+def _calendar_tables() -> list[str]:
+    name = CALENDAR.lake_name
+    return [f"silver/{name}", f"silver/_quarantine/{name}", f"gold/{name}"]
+
+
+def test_the_next_run_finishes_a_run_stopped_after_bronze_or_silver(loaded: Settings) -> None:
+    """Bronze re-extracted (a refresh stopped once bronze committed): silver, gold and the
+    aggregates of those days are rebuilt, though their row counts match. Silver of a dimension
+    rebuilt and gold not applied: gold catches up. Both without any change in the source."""
+    runner, lake = copy_runner(loaded), LakeStorage(url=loaded.lake_url)
+    catalog = runner.source.catalog
+    fact, users, tracks = catalog.fact, catalog["DimUser"], catalog["DimTrack"]
+    first, last = (
+        runner.store(fact).current().watermark.date() - timedelta(days=d) for d in (5, 3)
+    )
+    for table in (fact, users):
+        runner.copy(table, Window.of_days(first, last), "stopped after bronze")
+    spark = SparkResource().session()
+    SilverStore(lake, spark, tracks).refresh((first, last), "stopped after silver")
+    assert not ingest.up_to_date(loaded)
+
+    done = run(loaded)
+    repaired = {load["table"] for load in done["repaired"]}
+    assert {fact.name, users.name} <= repaired
+    for table in (fact, users):
+        bronze = runner.store(table).partition_stats()
+        silver = partition_stats(lake, f"silver/{table.lake_name}", CHANGE_DATE)
+        for day in (first, last):
+            assert silver[day].written >= bronze[day].written, (table.name, day)
+    silver_tracks = delta_table(lake, f"silver/{tracks.lake_name}").version()
+    assert applied_version(lake, tracks) == silver_tracks
+    assert_gold_equals_source(loaded)
+    assert ingest.up_to_date(loaded)
