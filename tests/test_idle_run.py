@@ -8,17 +8,21 @@ One small lakehouse is loaded once for the module; each test starts and ends wit
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterInstance
+from sqlalchemy.exc import OperationalError
 
 from resources.delta_tables import delta_table, partition_stats
 from resources.gold_runner import applied_version
 from resources.lake import LakeStorage
 from resources.silver_store import SilverStore
 from resources.spark import SparkResource
+from spotify_assets import cli
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE, CaptureMode
 from spotify_assets.cli import INSTANCE_CONFIG, run
@@ -143,3 +147,23 @@ def test_the_next_run_finishes_a_run_stopped_after_bronze_or_silver(loaded: Sett
     assert applied_version(lake, tracks) == silver_tracks
     assert_gold_equals_source(loaded)
     assert ingest.up_to_date(loaded)
+
+
+def test_a_failure_of_dagsters_storage_is_still_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLAlchemy, Dagster's storage layer, is imported only once Dagster's storage is opened
+    (an idle run never does); its failures still read as one line."""
+
+    def full_disk(settings: Settings, tables: object) -> None:
+        raise OperationalError(
+            "INSERT INTO event_logs", {}, sqlite3.OperationalError("disk I/O error")
+        )
+
+    monkeypatch.setenv("SPOTIFY_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setattr(cli, "run", full_disk)
+    assert cli.main(["run"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: Dagster's storage under {tmp_path / 'dagster'} failed: disk I/O error\n"
+    )
