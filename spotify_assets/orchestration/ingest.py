@@ -198,8 +198,10 @@ def plan_incremental(
     lookback_days: int = DEFAULT_RECONCILE_LOOKBACK_DAYS,
     gold_on_lake: bool = False,
 ) -> list[PlannedRun]:
-    """Partitioned tables in one run from the oldest resume day to today; snapshots apart,
-    unless `caught_up` (only where gold is on the lake to compare, `gold_on_lake`).
+    """One run: the partitioned tables from the oldest resume day to the last day the source's
+    clock has reached (today at the latest), and the snapshot tables unless `caught_up` (only
+    where gold is on the lake to compare, `gold_on_lake`). Each run costs Dagster's bookkeeping
+    per run and per partition, so none is spent on a second run or on days with nothing yet.
 
     A table resumes at its watermark's day, or earlier where a run stopped part-way (bronze
     committed, silver or gold not): the first such day within the lookback, read from the
@@ -220,15 +222,14 @@ def plan_incremental(
             for d in (behind_since(instance, catalog, t, since) for t in partitioned)
             if d is not None
         ]
-    runs = []
     if partitioned and days:
         # A watermark can reach tomorrow (a source clock ahead of the wall clock): the run still
         # ends with today's partition, the last one.
         first = min(min(days), _today())
-        runs.append(PlannedRun(tuple(t.name for t in partitioned), (first, _today()), True))
-    if snapshots:
-        runs.append(PlannedRun(snapshots, None, True))
-    return runs
+        reached = (runner.high() - timedelta.resolution).date()
+        last = min(max(first, reached), _today())
+        return [PlannedRun(tuple(t.name for t in partitioned) + snapshots, (first, last), True)]
+    return [PlannedRun(snapshots, None, True)] if snapshots else []
 
 
 def caught_up(runner: LocalCopyRunner, table: Table) -> bool:
