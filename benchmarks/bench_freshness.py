@@ -21,6 +21,10 @@ there; latency = first seen - T0. The split comes from the instance, through Gra
 - run to gold: run started to the new streams seen in gold;
 - and the whole run, started to ended (gold's aggregates come after the fact).
 
+Before the sensor is turned on and again after the warm-up (no change in the source), the CPU
+time of the whole `dagster dev` process group is sampled over `--idle-seconds` (default 60): what
+it burns idle without and with the sensor ticking.
+
 The step timings of each round's run are printed below the table. `--keep DIR` works in DIR
 (new or empty) and leaves the source, the lake, the instance and `dagster-dev.log` there. Not a
 test: run it on the reference machine and record the output in benchmarks/README.md.
@@ -378,6 +382,37 @@ def _group_gone(leader: subprocess.Popen[bytes], timeout: float) -> bool:
     return False
 
 
+def group_cpu_seconds(group: int) -> float:
+    """CPU seconds (user and system, with those of reaped children) of a process group's live
+    processes, from /proc."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # After the command's closing parenthesis: state, ppid, pgrp, ..., utime is the 12th.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == group:
+            total += sum(int(value) for value in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure_idle(dagster: Dagster, seconds: float, label: str) -> None:
+    """CPU burnt by `dagster dev` over `seconds` with nothing to do, and the sensor's ticks."""
+    assert dagster.process is not None
+    started, before = time.time(), group_cpu_seconds(dagster.process.pid)
+    time.sleep(seconds)
+    cpu = group_cpu_seconds(dagster.process.pid) - before
+    ticks = len(dagster.ticks(started)) if dagster.selector else 0
+    print(
+        f"idle, {label}: {cpu:.1f} CPU s in {seconds:.0f} s ({100 * cpu / seconds:.1f}% of a "
+        f"core), {ticks} sensor ticks, load 1m {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -504,7 +539,7 @@ def print_steps(runs: list[tuple[str, Run]]) -> None:
         print(f"{key:<{width}}" + "".join(f"{c:>16}" for c in cells))
 
 
-def run_all(work: Path, scale: float, rounds: int, timeout: float) -> None:
+def run_all(work: Path, scale: float, rounds: int, timeout: float, idle_seconds: float) -> None:
     os.environ["SPOTIFY_HOME"] = str(work)
     # The instance is the work dir's own: dagster_instance writes its dagster.yaml (run queue,
     # one lake writer at a time) and exports DAGSTER_HOME to every process started after it.
@@ -518,6 +553,8 @@ def run_all(work: Path, scale: float, rounds: int, timeout: float) -> None:
         started = time.perf_counter()
         dagster.wait_loaded(timeout)
         print(f"dagster dev ready: {time.perf_counter() - started:.1f} s", flush=True)
+        if idle_seconds:
+            measure_idle(dagster, idle_seconds, "sensor off")
         sensor_on = time.time()
         dagster.start_sensor()
         # Its first evaluation has no cursor: it requests a run of every table.
@@ -526,6 +563,8 @@ def run_all(work: Path, scale: float, rounds: int, timeout: float) -> None:
         )
         for run in warm_up:
             print(f"warm-up run: {run.split()}")
+        if idle_seconds:
+            measure_idle(dagster, idle_seconds, f"{SENSOR} on")
         gold = Gold(settings)
         results = []
         for number in range(1, rounds + 1):
@@ -549,9 +588,12 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per wait")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=60.0, help="CPU sampled idle (0: not measured)"
+    )
     args = parser.parse_args()
     with workdir(args.keep, "spotify-bench-freshness-") as work:
-        run_all(work, args.scale, args.rounds, args.timeout)
+        run_all(work, args.scale, args.rounds, args.timeout, args.idle_seconds)
 
 
 if __name__ == "__main__":

@@ -86,18 +86,25 @@ class BronzeStore:
         return f"{self.root}/{folder}/{extraction}.parquet"
 
     def read(
-        self, partition: date | None, manifest: Manifest | None = None, intact_only: bool = False
+        self,
+        partition: date | None,
+        manifest: Manifest | None = None,
+        intact_only: bool = False,
+        columns: Sequence[str] | None = None,
     ) -> pa.Table:
-        """The live rows of one partition (None: a snapshot table) of the current version.
-        A missing or damaged file fails in one line naming it, or with `intact_only` is left
-        out (a re-extraction of the partition is about to supersede it)."""
+        """The live rows of one partition (None: a snapshot table) of the current version, with
+        only `columns` if given. A missing or damaged file fails in one line naming it, or with
+        `intact_only` is left out (a re-extraction of the partition is about to supersede it)."""
         manifest = manifest or self.current()
         files = manifest.files_of(partition)
         if intact_only:
             damaged = {f.path for f, _ in self.damaged_files(files)}
             files = [f for f in files if f.path not in damaged]
-        parts = [self._live_rows(f) for f in files]
-        return _concat(parts) if parts else self.empty()
+        parts = [self._live_rows(f, columns) for f in files]
+        if parts:
+            return _concat(parts)
+        empty = self.empty()
+        return empty.select(list(columns)) if columns else empty
 
     def read_all(self, manifest: Manifest | None = None) -> pa.Table:
         manifest = manifest or self.current()
@@ -128,14 +135,16 @@ class BronzeStore:
     def empty(self) -> pa.Table:
         return bronze_schema(self.table).empty_table()
 
-    def _live_rows(self, file: BronzeFile) -> pa.Table:
+    def _live_rows(self, file: BronzeFile, columns: Sequence[str] | None = None) -> pa.Table:
+        time = self.table.change_time_column
+        read = None if columns is None else list(dict.fromkeys([*columns, time or columns[0]]))
         try:
-            rows = self.lake.read_parquet([file.path])
+            rows = self.lake.read_parquet([file.path], columns=read)
         except (OSError, pa.ArrowException) as error:
             raise self.file_error(file, _problem(error)) from error
-        if file.fully_live:
-            return rows
-        return rows.filter(self._live(file, rows[self.table.change_time_column]))
+        if not file.fully_live:
+            rows = rows.filter(self._live(file, rows[time]))
+        return rows if columns is None else rows.select(list(columns))
 
     @staticmethod
     def _live(file: BronzeFile, time: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -242,12 +242,15 @@ def bronze_profile(runner: CopyRunner, table: Table, window: Window) -> dict[dat
     store = runner.store(table)
     manifest = store.current()
     days = [p for p in manifest.partitions() if window.start.date() <= p <= window.end.date()]
-    rows = pa.concat_tables([store.read(d, manifest) for d in days]) if days else store.empty()
+    checksum = CHANGE_SEQ if table.mode is CaptureMode.CDC else table.key[0]
+    assert table.change_time_column is not None
+    columns = list(dict.fromkeys([table.change_time_column, checksum, CHANGE_SEQ]))
+    parts = [store.read(d, manifest, columns=columns) for d in days]
+    rows = pa.concat_tables(parts) if parts else store.empty().select(columns)
     time = rows[table.change_time_column]
     inside = pc.and_(pc.greater_equal(time, window.start), pc.less(time, window.end))
     if table.mode is CaptureMode.CDC:
         inside = pc.and_(inside, pc.is_valid(rows[CHANGE_SEQ]))  # change records, not images
-    checksum = CHANGE_SEQ if table.mode is CaptureMode.CDC else table.key[0]
     rows = rows.filter(inside)
     profile = pa.table(
         {
