@@ -24,6 +24,7 @@ from resources.silver_store import SilverStore
 from resources.spark import SparkResource
 from spotify_assets import cli
 from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE, CaptureMode
 from spotify_assets.cli import INSTANCE_CONFIG, run
 from spotify_assets.orchestration import ingest
@@ -50,10 +51,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 def _lake_tables() -> list[str]:
     """Every Delta table of the lake: silver, quarantine, gold and the aggregates."""
-    names = [f"silver/{t.lake_name}" for t in CATALOG]
-    names += [f"silver/_quarantine/{t.lake_name}" for t in CATALOG]
-    names += [f"gold/{t.lake_name}" for t in CATALOG if t.gold]
-    return names + [f"gold/{a.name}" for a in CATALOG.aggregates]
+    names = [silver_path(t) for t in CATALOG] + [quarantine_path(t) for t in CATALOG]
+    names += [gold_path(t.lake_name) for t in CATALOG if t.gold]
+    return names + [gold_path(a.name) for a in CATALOG.aggregates]
 
 
 def _lake_state(settings: Settings) -> dict[str, object]:
@@ -115,8 +115,7 @@ def test_a_run_with_new_streams_leaves_the_unchanged_calendar_alone(loaded: Sett
 
 
 def _calendar_tables() -> list[str]:
-    name = CALENDAR.lake_name
-    return [f"silver/{name}", f"silver/_quarantine/{name}", f"gold/{name}"]
+    return [silver_path(CALENDAR), quarantine_path(CALENDAR), gold_path(CALENDAR.lake_name)]
 
 
 def test_the_next_run_finishes_a_run_stopped_after_bronze_or_silver(loaded: Settings) -> None:
@@ -140,10 +139,10 @@ def test_the_next_run_finishes_a_run_stopped_after_bronze_or_silver(loaded: Sett
     assert {fact.name, users.name} <= repaired
     for table in (fact, users):
         bronze = runner.store(table).partition_stats()
-        silver = partition_stats(lake, f"silver/{table.lake_name}", CHANGE_DATE)
+        silver = partition_stats(lake, silver_path(table), CHANGE_DATE)
         for day in (first, last):
             assert silver[day].written >= bronze[day].written, (table.name, day)
-    silver_tracks = delta_table(lake, f"silver/{tracks.lake_name}").version()
+    silver_tracks = delta_table(lake, silver_path(tracks)).version()
     assert applied_version(lake, tracks) == silver_tracks
     assert_gold_equals_source(loaded)
     assert ingest.up_to_date(loaded)
