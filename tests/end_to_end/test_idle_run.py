@@ -30,7 +30,7 @@ from spotify_assets.cli import INSTANCE_CONFIG, run
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
-from tests.test_gold import assert_gold_equals_source, small_source
+from tests.helpers.gold_reference import assert_gold_equals_source, small_source
 
 NOTHING_DONE = {"incremental": [], "repaired": []}
 CALENDAR = next(t for t in CATALOG if t.mode is CaptureMode.SNAPSHOT)
