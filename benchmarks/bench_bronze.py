@@ -45,7 +45,7 @@ FACT = "FactStream"
 RUN_ID = "bench"
 DLT_MISSING = "dlt not installed (pip install -e '.[bench]')"
 
-# Goals (DESIGN.md): initial rows/s, incremental share of the initial load, no-change seconds.
+# Goals: initial rows/s, incremental share of the initial load, no-change seconds.
 GOAL_ROWS_PER_S = 1_000_000
 GOAL_INCREMENTAL_SHARE = 0.05
 GOAL_NO_CHANGE_S = 1.0

@@ -1,6 +1,6 @@
 """The gold layer as a Databricks Lakeflow (DLT) declarative pipeline, declared from the catalog.
 
-Every dataset comes from a gold spec of `spotify_assets.catalog.tables.CATALOG` (DESIGN.md §6);
+Every dataset comes from a gold spec of `spotify_assets.catalog.tables.CATALOG` (README: Gold);
 the local runner (`resources/gold_runner.py`) applies the same specs on Sail, and both run the
 queries of `spotify_assets.gold.transform`:
 

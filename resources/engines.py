@@ -33,7 +33,7 @@ PREVIEW_ROWS = 5
 
 
 class SilverEngine(ConfigurableResource, ABC):
-    """Rebuilds silver partitions from bronze (DESIGN.md §5), wherever Spark runs."""
+    """Rebuilds silver partitions from bronze (README: Silver), wherever Spark runs."""
 
     lake: LakeStorage
 
@@ -67,7 +67,7 @@ class GoldOutcome:
 
 
 class GoldEngine(ConfigurableResource, ABC):
-    """Builds the gold tables of DESIGN.md §6 from their specs in the catalog."""
+    """Builds the gold tables (README: Gold) from their specs in the catalog."""
 
     lake: LakeStorage
     # Whether gold is Delta tables at `gold/<table>` on the lake, for reconciliation to compare.

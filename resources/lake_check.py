@@ -1,5 +1,5 @@
 """`spotify-lakehouse verify`: bronze manifests, bronze files and Delta logs checked against each
-other, layer by layer (DESIGN.md §11: an empty layer that should hold data is a fault).
+other, layer by layer (an empty layer that should hold data is a fault).
 
 Reads only what is cheap: manifests, parquet footers, Delta logs and their file statistics.
 Row-by-row agreement of the layers is reconciliation's work (`resources/reconciler.py`).

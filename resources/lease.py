@@ -1,4 +1,4 @@
-"""One writer at a time for the whole lake (DESIGN.md §11).
+"""One writer at a time for the whole lake.
 
 Every entry point that writes the lake holds the writer lease: a CLI command for its whole
 duration, and every Dagster run that materializes a lake asset (sensor, schedule, backfill or

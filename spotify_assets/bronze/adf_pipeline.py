@@ -4,7 +4,7 @@ Pure: catalog + T-SQL dialect in, ADF documents out (`build`), as ADF's git layo
 (`pipeline/ingest_tables.json`, `dataset/*.json`, `linkedService/*.json`). `spotify-lakehouse adf
 build` writes them to `adf/`; a test proves the committed files equal a fresh build.
 
-The pipeline `ingest_tables` is the ADF implementation of the copy contract (DESIGN.md §4) that
+The pipeline `ingest_tables` is the ADF implementation of the copy contract that
 `LocalCopyRunner` implements in process. Per table, in a parallel ForEach whose iterations share
 no variable (rule 2: each reads only its own item and its own activities' outputs):
 

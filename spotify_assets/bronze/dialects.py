@@ -216,7 +216,7 @@ class SqlDialect(ABC):
     def extract_query(
         self, table: Table, window: Window | None, carried: tuple[str, ...] = ()
     ) -> str:
-        """The bounded copy query of `table` for a window of change time (DESIGN.md §4).
+        """The bounded copy query of `table` for a window of change time (README: Bronze ingestion).
 
         snapshot: the whole table. watermark: rows whose cdc column is in the window. cdc: the
         change records of the window plus the current images whose cdc column is in it (op 'S',

@@ -13,7 +13,7 @@ from spotify_assets.catalog.tables import (
     Table,
 )
 
-# Audit columns after the source columns (DESIGN.md §4 rule 5). `_op` is I/U/D for change
+# Audit columns after the source columns (README: Bronze ingestion). `_op` is I/U/D for change
 # records and S for a row image (snapshot, watermark, or the current image in cdc mode).
 EXTRACTED_AT = "_extracted_at"
 WINDOW_START = "_window_start"

@@ -1,4 +1,4 @@
-"""The vocabulary of gold specs (DESIGN.md §6): what each gold table is, as data.
+"""The vocabulary of gold specs (README: Gold): what each gold table is, as data.
 
 A source table's catalog entry carries one spec: an SCD2 dimension, a calendar or a
 point-in-time fact. Daily aggregates over the fact are catalog entries of their own. Both the

@@ -74,7 +74,7 @@ class TableRole(StrEnum):
 
 
 class CaptureMode(StrEnum):
-    """How bronze captures a table's changes (DESIGN.md §4)."""
+    """How bronze captures a table's changes (README: Bronze ingestion)."""
 
     SNAPSHOT = "snapshot"
     WATERMARK = "watermark"

@@ -1,4 +1,4 @@
-"""Reconciliation (DESIGN.md §7, §11): which loaded partitions no longer match their upstream.
+"""Reconciliation: which loaded partitions no longer match their upstream.
 
 Every layer boundary is compared per day, each by what it costs:
 - source ↔ bronze, over the lookback only (the source's side is a query on the source): a row

@@ -1,4 +1,4 @@
-"""Gold transforms (DESIGN.md §6): pure PySpark, DataFrame in, DataFrame out.
+"""Gold transforms (README: Gold): pure PySpark, DataFrame in, DataFrame out.
 
     expect        -> rows failing an expectation are dropped (DLT `expect_all_or_drop`), counted
     scd2          -> the SCD type 2 rows of the keys present in some silver versions
@@ -122,7 +122,7 @@ def _in_sequence(table: Table, versions: DataFrame) -> tuple[DataFrame, WindowSp
     """`versions` with their effective time, recomputed over all of them (`effective_times`,
     the rule silver stores it by), and `_delete`; and the window ordering each key's changes as
     AUTO CDC applies them: by effective time, then change sequence (an image, which has none,
-    first), then an upsert before a delete (DESIGN.md §11)."""
+    first), then an upsert before a delete."""
     spec = scd2_spec(table)
     sequence = F.col(spec.change_sequence)
     events = effective_times(table, versions).withColumn(

@@ -1,4 +1,4 @@
-"""Settings from the environment (DESIGN.md §10), read once at load time."""
+"""Settings from the environment (README: Embedded default versus Azure), read once at load time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Silver transforms (DESIGN.md §5): pure PySpark, DataFrame in, DataFrame out.
+"""Silver transforms (README: Silver): pure PySpark, DataFrame in, DataFrame out.
 
 The same functions run on Sail (local), on JVM Spark (tests) and on Databricks. Each step reads
 its rules from the table's catalog entry:
@@ -210,7 +210,7 @@ def key_ordered(keys: list[str], *order: Column | str) -> WindowSpec:
 def effective_times(
     table: Table, versions: DataFrame, others: DataFrame | None = None
 ) -> DataFrame:
-    """`versions` with `_effective_at` (DESIGN.md §11): when each takes effect. That is its
+    """`versions` with `_effective_at`: when each takes effect. That is its
     business time, but a change record never takes effect before one preceding it in the
     source's sequence, so a row restored with its old `updated_at` is restored when it was, not
     before its delete; an image (no sequence) takes effect at its own time. `others`: versions

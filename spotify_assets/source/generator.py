@@ -1,4 +1,4 @@
-"""Deterministic, vectorized source data for the Spotify lakehouse (DESIGN.md §3).
+"""Deterministic, vectorized source data for the Spotify lakehouse (README: The source system).
 
 Pure functions: numpy and pyarrow in, Arrow tables in the catalog's schemas out; no database and
 no I/O. Rows are never built one at a time: every column is an array operation, so scale 1

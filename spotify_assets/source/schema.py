@@ -1,4 +1,4 @@
-"""The source as it is against the catalog, before and during every extraction (DESIGN.md §11).
+"""The source as it is against the catalog, before and during every extraction.
 
 - Columns: a catalog column the source no longer has (renamed or dropped) stops the extraction,
   naming the table and the columns; a column the catalog does not declare follows the table's

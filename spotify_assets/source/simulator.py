@@ -1,4 +1,4 @@
-"""Simulated change of the source system (DESIGN.md §3): the days after the initial data.
+"""Simulated change of the source system: the days after the initial data.
 
 Pure functions like the generator: the simulator reads a SourceState (built from the initial data
 or by the DB layer reading the database), yields ChangeBatches for the DB layer to apply, and keeps

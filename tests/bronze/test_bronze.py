@@ -1,4 +1,4 @@
-"""Bronze ingestion (DESIGN.md §4): initial, incremental, cdc, refresh, crashes, concurrency."""
+"""Bronze ingestion: initial, incremental, cdc, refresh, crashes, concurrency."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reconciliation (DESIGN.md §7, §11): its pure parts, its profile query on each dialect, and
+"""Reconciliation: its pure parts, its profile query on each dialect, and
 every layer boundary (source, bronze, silver, gold fact, aggregates) repaired by the next `run`
 after an interrupted one, or by the reconciliation sensor, over all loaded days."""
 

@@ -1,4 +1,4 @@
-"""End-to-end invariant (DESIGN.md §4-§7): whatever happens — simulated days with late streams,
+"""End-to-end invariant: whatever happens — simulated days with late streams,
 deletes and dirty values, incremental runs, backdated refreshes, a run killed mid-way (SIGKILL)
 and retried — gold ends equal to a reference computed from the source with plain SQL: the
 current state of every dimension, every stream exactly once with its point-in-time attributes,

@@ -1,4 +1,4 @@
-"""Remote Spark (DESIGN.md §11): `run` with SPOTIFY_SPARK_REMOTE against a separate Spark Connect
+"""Remote Spark: `run` with SPOTIFY_SPARK_REMOTE against a separate Spark Connect
 server — Sail in local-cluster mode, a driver and its workers, reaching the lake by its URL —
 builds the same gold as the embedded run, table by table."""
 

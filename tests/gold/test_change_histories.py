@@ -1,4 +1,4 @@
-"""Change histories through the source, the CLI and gold (DESIGN.md §11, "SCD2 order").
+"""Change histories through the source, the CLI and gold (README: Gold).
 
 A loaded lakehouse (source, lake and Dagster home) is prepared once per source engine; each
 history starts from a copy of it, edits the source with SQL as an application would — inserts,

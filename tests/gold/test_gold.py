@@ -1,4 +1,4 @@
-"""Gold end to end: what the pipeline builds equals plain SQL on the source (DESIGN.md §6).
+"""Gold end to end: what the pipeline builds equals plain SQL on the source (README: Gold).
 
 The reference (tests/helpers/gold_reference.py) is written by hand in SQL that SQLite and
 PostgreSQL both run, straight from the source through ODBC. The pipeline runs as a user runs

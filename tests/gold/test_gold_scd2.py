@@ -1,6 +1,6 @@
 """SCD2 dimensions: the gold runner against an independent reference model.
 
-The model is the AUTO CDC contract of DESIGN.md §6 written as a plain loop over each key's
+The model is the AUTO CDC contract of README: Gold written as a plain loop over each key's
 changes in business-time order. Hypothesis feeds random change sequences (inserts, updates of
 tracked and untracked columns, deletes, re-inserts), delivered out of order, re-delivered and
 split across random batches; after every batch silver is rewritten the way silver refreshes do
@@ -94,7 +94,7 @@ def effective_times(changes: list[Change]) -> dict[Change, datetime]:
 
 
 def reference(changes: list[Change]) -> list[tuple[Any, ...]]:
-    """AUTO CDC SCD2, one change at a time per key, in the order of DESIGN.md §11: business time,
+    """AUTO CDC SCD2, one change at a time per key, in gold's order: business time,
     then change sequence (an image, which has none, first), then an upsert before a delete.
     Versions that last no time are then invisible."""
     rows: list[dict[str, Any]] = []

@@ -1,4 +1,4 @@
-"""SCD2 on real change patterns (DESIGN.md §6, issue 11 item 6), end to end through the CLI on
+"""SCD2 on real change patterns (README: Gold), end to end through the CLI on
 the embedded source: a loaded home, the source edited by hand, and after the next run the
 current version of each key in gold equals the source's current row.
 

@@ -1,4 +1,4 @@
-"""Gold as plain SQL on the source: the reference the pipeline's gold must equal (DESIGN.md §6).
+"""Gold as plain SQL on the source: the reference the pipeline's gold must equal (README: Gold).
 
 Written by hand in SQL that SQLite and PostgreSQL both run, straight from the source through
 ODBC: its tables as they were created (copied aside, since the change tables start after them)

@@ -1,4 +1,4 @@
-"""Run-failure alert (DESIGN.md §7): a failed run POSTs `{pipeline_name, run_id, error}` to the
+"""Run-failure alert: a failed run POSTs `{pipeline_name, run_id, error}` to the
 webhook in `SPOTIFY_ALERT_WEBHOOK`, once; no webhook or a failing one never breaks the sensor.
 
 A real run fails (an asset raising, run in process) and the sensor is evaluated on it with

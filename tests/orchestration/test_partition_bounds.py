@@ -1,4 +1,4 @@
-"""Partitions follow the data (DESIGN.md §11): the partition start is configuration, a row older
+"""Partitions follow the data: the partition start is configuration, a row older
 than it fails the load in one line, rows after the last partition are reported, and the
 simulator never moves the source's clock past the current UTC time."""
 

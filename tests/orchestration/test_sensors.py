@@ -1,4 +1,4 @@
-"""Automation (DESIGN.md §7): the CDC arrival sensor, the reconciliation sensor and the daily
+"""Automation (README: Automation): the CDC arrival sensor, the reconciliation sensor and the daily
 schedule request the right runs, and executing those runs brings gold level with the source.
 
 Sensors are evaluated with Dagster's testing API against a real embedded source and lake; the

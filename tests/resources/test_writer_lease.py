@@ -1,4 +1,4 @@
-"""One writer at a time (DESIGN.md §11): the lake writer lease, taken by every entry point that
+"""One writer at a time: the lake writer lease, taken by every entry point that
 writes the lake (the CLI's commands, sensor and UI runs), on a local folder and on Azure
 (Azurite), surviving a holder that was SIGKILLed."""
 

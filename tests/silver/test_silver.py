@@ -1,4 +1,4 @@
-"""Silver on the lake (DESIGN.md §5): Delta partitions replaced from bronze, on Sail."""
+"""Silver on the lake (README: Silver): Delta partitions replaced from bronze, on Sail."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Silver transforms (DESIGN.md §5) on both engines: Sail over Spark Connect and local JVM Spark.
+"""Silver transforms (README: Silver) on both engines: Sail over Spark Connect and local JVM Spark.
 
 Bronze-shaped input is built as pyarrow tables with exactly `bronze_schema(table)`, written to
 parquet and read back by each engine (parquet is the common ground: JVM Spark has no Delta here).

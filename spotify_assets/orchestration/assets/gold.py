@@ -1,4 +1,4 @@
-"""Gold assets: the star schema of DESIGN.md §6 as Delta, built by the gold engine (the local
+"""Gold assets: the star schema of README: Gold as Delta, built by the gold engine (the local
 runner on Sail, or the Databricks pipeline: `resources/engines.py`).
 
 SCD2 dimensions and the calendar are unpartitioned (a dimension applies whatever silver versions

@@ -1,4 +1,4 @@
-"""Run-failure alert (DESIGN.md §7): POST `{pipeline_name, run_id, error}` to a webhook.
+"""Run-failure alert (README: Automation): POST `{pipeline_name, run_id, error}` to a webhook.
 
 The webhook URL comes from `SPOTIFY_ALERT_WEBHOOK`, read when the sensor evaluates, in the code
 server: the URL often carries a signature in its query string (a Logic App trigger URL does), so

@@ -1,4 +1,4 @@
-"""Sensors and the schedule that keep every layer up to date (DESIGN.md §7).
+"""Sensors and the schedule that keep every layer up to date (README: Automation).
 
 - `cdc_arrival_sensor` polls each table's change feed or watermark cheaply (a count and a max per
   table; the cursor keeps one position per table) and requests an incremental run of the tables
