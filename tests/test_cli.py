@@ -117,7 +117,8 @@ def test_run_and_refresh_keep_bronze_equal_to_the_source(
     assert streams.read_all().num_rows == stats["FactStream"]["rows"]
 
     again = run_json(capsys, "run")
-    assert {load["rows"] for load in again["incremental"] if load["table"] != "DimDate"} == {0}
+    # Nothing to copy: an idle run reports no load (or, when it runs, loads of zero rows).
+    assert {load["rows"] for load in again["incremental"] if load["table"] != "DimDate"} <= {0}
     assert again["repaired"] == []
     first = (end - timedelta(days=5)).isoformat()
     run_json(capsys, "refresh", "--from", first, "--to", end.isoformat(), "--tables", "FactStream")

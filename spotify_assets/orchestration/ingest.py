@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -244,6 +244,14 @@ def caught_up(runner: LocalCopyRunner, table: Table) -> bool:
     return not (isinstance(table.gold, Scd2Dimension) and gold_behind_silver(runner, table))
 
 
+def require_partitions(runner: CopyRunner, tables: Iterable[Table]) -> None:
+    """`RowsBeforePartitionStart` if a partitioned table holds a row older than its first
+    partition: checked before any run, since the change feed from the watermark never sees it."""
+    for table in tables:
+        if table.change_time_column:
+            runner.first_change(table)
+
+
 def up_to_date(settings: Settings, tables: Sequence[str] = ()) -> bool:
     """Whether `run` has nothing to do: every selected table `caught_up` and no day stale in
     any layer. Decided from the source's change feeds, the bronze manifests and the Delta logs
@@ -254,6 +262,7 @@ def up_to_date(settings: Settings, tables: Sequence[str] = ()) -> bool:
     selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
     if failures or not gold.tables_on_lake or not isinstance(runner, LocalCopyRunner):
         return False
+    require_partitions(runner, selected)  # a row older than every partition is never skipped
     try:
         return all(caught_up(runner, t) for t in selected) and not plan_repairs(
             runner, selected, settings.reconcile_lookback_days, gold_on_lake=True
@@ -405,9 +414,7 @@ def execute(
     found while planning, are given). `runner` is the resolved one of `runner_and_resources`:
     Dagster's `resources` hold the source's connection string as an `EnvVar`."""
     catalog = runner.source.catalog
-    for table in dict.fromkeys(catalog[name] for run in runs for name in run.tables):
-        if table.change_time_column:
-            runner.first_change(table)  # rows older than the partition start: fail before a run
+    require_partitions(runner, dict.fromkeys(catalog[name] for run in runs for name in run.tables))
     loads: list[TableLoad] = []
     failed = list(failures)
     for run in runs:
