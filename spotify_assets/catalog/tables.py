@@ -458,14 +458,13 @@ class Catalog:
         return tuple(t for t in self.tables if t.role is role)
 
     def with_modes(self, modes: dict[str, CaptureMode | str]) -> Catalog:
-        """The catalog with the capture mode of some tables overridden (e.g. a dim by watermark)."""
-        for name in modes:
-            self[name]
+        """The catalog with the capture mode of some tables overridden (e.g. a dim by watermark);
+        a table is named as in the source or in the lake."""
+        by_table = {self[name].name: CaptureMode(mode) for name, mode in modes.items()}
         return replace(
             self,
             tables=tuple(
-                replace(t, mode=CaptureMode(modes[t.name])) if t.name in modes else t
-                for t in self.tables
+                replace(t, mode=by_table[t.name]) if t.name in by_table else t for t in self.tables
             ),
         )
 

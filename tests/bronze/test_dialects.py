@@ -168,6 +168,8 @@ def test_catalog_defaults_and_mode_overrides() -> None:
     assert overridden["DimUser"].mode is CaptureMode.WATERMARK
     assert overridden["DimTrack"].mode is CaptureMode.WATERMARK
     assert overridden["DimArtist"].mode is CaptureMode.CDC
+    by_lake_name = CATALOG.with_modes(parse_mode_overrides("dim_user=watermark"))
+    assert by_lake_name["DimUser"].mode is CaptureMode.WATERMARK
     with pytest.raises(CatalogError, match="unknown capture mode"):
         parse_mode_overrides("DimUser=nightly")
     with pytest.raises(CatalogError, match="unknown table 'DimNope'"):
