@@ -342,12 +342,12 @@ class DltPipelineRunner(GoldEngine):
     def build_fact(self, catalog: Catalog, days: Days) -> GoldOutcome:
         # A materialized view is recomputed whole from silver (incrementally where Databricks
         # can): refreshing it brings every partition, old days included, up to silver.
-        return self._outcome(self.update([catalog.fact.lake_name]), days)
+        return self._outcome(self.update([catalog.fact.lake_name]))
 
     def build_aggregate(self, catalog: Catalog, spec: Aggregate, days: Days) -> GoldOutcome:
-        return self._outcome(self.update([spec.name]), days)
+        return self._outcome(self.update([spec.name]))
 
-    def _outcome(self, update: DltUpdate, days: Days | None = None) -> GoldOutcome:
+    def _outcome(self, update: DltUpdate) -> GoldOutcome:
         tables = ", ".join(update.full_refresh or update.refresh)
         how = "full refresh" if update.full_refresh else "refresh"
         return GoldOutcome(
@@ -359,9 +359,6 @@ class DltPipelineRunner(GoldEngine):
                 "state": MetadataValue.text(update.state),
                 "refresh_selection": MetadataValue.json(list(update.refresh)),
                 "full_refresh_selection": MetadataValue.json(list(update.full_refresh)),
-                "partitions": MetadataValue.text(
-                    f"{days[0]} .. {days[1]}" if days else "whole table"
-                ),
             },
             failures=None,
             problems=None,

@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -115,6 +115,13 @@ def result_metadata(result: SilverResult) -> dict[str, Any]:
         "silver_rows": result.silver_rows,
         "quarantined": result.quarantined,
         "failures_by_rule": {"raw_value": dict(result.failures), "type": "json"},
+        **{
+            name: {"raw_value": {d.isoformat(): n for d, n in per_day.items()}, "type": "json"}
+            for name, per_day in (
+                ("rows_per_day", result.rows_per_day),
+                ("quarantined_per_day", result.quarantined_per_day),
+            )
+        },
     }
 
 
@@ -130,7 +137,13 @@ def result_from_metadata(values: Mapping[str, Any]) -> SilverResult:
         silver_rows=int(values["silver_rows"]),
         quarantined=int(values["quarantined"]),
         failures={rule: int(count) for rule, count in values["failures_by_rule"].items()},
+        rows_per_day=_per_day(values["rows_per_day"]),
+        quarantined_per_day=_per_day(values["quarantined_per_day"]),
     )
+
+
+def _per_day(counts: Mapping[str, Any]) -> dict[date, int]:
+    return {date.fromisoformat(day): int(n) for day, n in counts.items()}
 
 
 # --- running ---
@@ -192,8 +205,9 @@ def report(pipes: PipesContext, result: SilverResult) -> None:
         f"{result.table}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
         f"silver, {result.quarantined:,} quarantined"
     )
-    pipes.report_asset_materialization(metadata=result_metadata(result))
-    print(json.dumps(asdict(result), default=str))
+    metadata = result_metadata(result)
+    pipes.report_asset_materialization(metadata=metadata)
+    print(json.dumps(metadata))
 
 
 if __name__ == "__main__":

@@ -178,6 +178,18 @@ def partition_stats(lake: LakeStorage, relative: str, partition: str) -> dict[da
     }
 
 
+def rows_per_day(
+    lake: LakeStorage, relative: str, partition: str, days: Days | None
+) -> dict[date, int]:
+    """Rows of each daily partition in `days` (None: all) that holds any, from the log's add
+    actions (no scan)."""
+    return {
+        day: stats.rows
+        for day, stats in partition_stats(lake, relative, partition).items()
+        if days is None or days[0] <= day <= days[1]
+    }
+
+
 def table_stats(lake: LakeStorage, relative: str) -> PartitionStats:
     """Rows of a whole table and when its newest file was written, from the log's add actions
     (no scan); `ABSENT` if no table yet."""

@@ -8,7 +8,8 @@ Databricks (`resources/databricks_engines.py`: a job task through Dagster Pipes,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from typing import ClassVar
 
 from dagster import (
@@ -64,6 +65,8 @@ class GoldOutcome:
     failures: dict[str, int] | None  # rows dropped per expectation; None: not counted here
     problems: dict[str, int] | None = None  # SCD2 invariants broken; None: not evaluated here
     not_evaluated: str = ""  # why `failures` or `problems` is None
+    rows: int | None = None  # of the partitions built (or the table); None: not counted here
+    rows_per_day: dict[date, int] = field(default_factory=dict)  # of those holding any
 
 
 class GoldEngine(ConfigurableResource, ABC):
@@ -134,12 +137,12 @@ class LocalGold(GoldEngine):
         return GoldOutcome(
             summary=f"{result.table}: {result.rows:,} rows in {days}",
             metadata={
-                "dagster/row_count": MetadataValue.int(result.rows),
-                "partitions": MetadataValue.text(days),
-                "dropped_by_expectation": MetadataValue.json(result.failures),
+                "run_dropped_by_expectation": MetadataValue.json(result.failures),
                 **table_metadata(runner.read(result.table), self.lake, result.table),
             },
             failures=result.failures,
+            rows=result.rows,
+            rows_per_day=result.rows_per_day,
         )
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -29,6 +30,7 @@ from resources.delta_tables import (
     partition_rows,
     replace_partitions,
     rows_and_nulls,
+    rows_per_day,
 )
 from resources.lake import LakeStorage
 from spotify_assets.catalog.gold_spec import END_AT, Aggregate, Calendar, PointInTimeFact
@@ -70,6 +72,7 @@ class PartitionBuild:
     days: Days | None  # None: the whole (unpartitioned) table
     rows: int  # rows in those partitions now
     failures: dict[str, int]  # rows dropped per expectation
+    rows_per_day: dict[date, int] = field(default_factory=dict)  # of those partitions holding any
 
 
 class GoldRunner:
@@ -230,11 +233,13 @@ class GoldRunner:
             rows, expected = build(self._read(source).where(inside))
             replace_partitions(self.lake, rows, self._path(name), partition, chunk)
             failures.update(_counts(expected.failures))
+        per_day = rows_per_day(self.lake, gold_path(name), partition, days)
         return PartitionBuild(
             table=name,
             days=days,
-            rows=partition_rows(self.lake, gold_path(name), partition, days),
+            rows=sum(per_day.values()),
             failures=dict(failures),
+            rows_per_day=per_day,
         )
 
     # --- reading ---

@@ -8,7 +8,7 @@ version takes effect: records once captured, which a refresh of theirs gives bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import pyarrow as pa
@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from resources.bronze_store import BronzeStore
-from resources.delta_tables import exists, replace_partitions
+from resources.delta_tables import Days, exists, partition_rows, replace_partitions, rows_per_day
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import bronze_schema
@@ -47,6 +47,9 @@ class SilverResult:
     silver_rows: int
     quarantined: int
     failures: dict[str, int]  # per rule
+    # Per partition replaced (a day missing holds none); empty for a snapshot table.
+    rows_per_day: dict[date, int] = field(default_factory=dict)
+    quarantined_per_day: dict[date, int] = field(default_factory=dict)
 
 
 def spark_ddl(schema: pa.Schema) -> str:
@@ -57,8 +60,11 @@ class SilverStore:
     def __init__(self, lake: LakeStorage, spark: SparkSession, table: Table) -> None:
         self.lake, self.spark, self.table = lake, spark, table
         self.bronze = BronzeStore(lake, table)
-        self.path = lake.path(silver_path(table))
-        self.quarantine_path = lake.path(quarantine_path(table))
+        self.relative, self.quarantine_relative = silver_path(table), quarantine_path(table)
+        self.path, self.quarantine_path = (
+            lake.path(self.relative),
+            lake.path(self.quarantine_relative),
+        )
 
     def bronze_files(self, days: tuple[date, date] | None) -> list[BronzeFile]:
         """The bronze files of the partitions `days` (inclusive); None: all of them."""
@@ -99,16 +105,26 @@ class SilverStore:
                 raise self.bronze.file_error(*damaged[0]) from error
             raise
         replace_partitions(self.lake, frames.quarantine, self.quarantine_path, partition, days)
-        written = self._read(self.path, days)
-        quarantine = self._read(self.quarantine_path, days)
+        rows, per_day = self._counted(self.relative, days)
+        quarantined, quarantined_per_day = self._counted(self.quarantine_relative, days)
         return SilverResult(
             table=self.table.lake_name,
             days=days,
             bronze_rows=bronze.count(),
-            silver_rows=written.count(),
-            quarantined=quarantine.count(),
-            failures=rule_counts(self.table, quarantine),
+            silver_rows=rows,
+            quarantined=quarantined,
+            failures=rule_counts(self.table, self._read(self.quarantine_path, days)),
+            rows_per_day=per_day,
+            quarantined_per_day=quarantined_per_day,
         )
+
+    def _counted(self, relative: str, days: Days | None) -> tuple[int, dict[date, int]]:
+        """Rows of the partitions `days` (None: all) of a table just written, in all and per
+        day (none for a snapshot table), from its log (no scan)."""
+        if self.table.change_time_column is None:
+            return partition_rows(self.lake, relative, None, None), {}
+        per_day = rows_per_day(self.lake, relative, CHANGE_DATE, days)
+        return sum(per_day.values()), per_day
 
     def _accepted(self, days: tuple[date, date] | None) -> DataFrame | None:
         """The rows silver holds outside the partitions `days`: a fact's keys there are taken,

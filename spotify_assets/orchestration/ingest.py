@@ -42,12 +42,13 @@ from spotify_assets.consistency.reconcile import Layer, repair_ranges
 from spotify_assets.orchestration.assets.bronze import (
     NOT_LOADED_YET_OLDEST,
     NOT_LOADED_YET_ROWS,
+    RUN_ROWS_READ,
     bronze_key,
     build_bronze_asset,
 )
 from spotify_assets.orchestration.assets.gold import build_gold_assets_of, gold_key
-from spotify_assets.orchestration.assets.silver import build_silver_asset, silver_key
-from spotify_assets.orchestration.partitions import partition_range_tags
+from spotify_assets.orchestration.assets.silver import QUARANTINED, build_silver_asset, silver_key
+from spotify_assets.orchestration.partitions import ROW_COUNT, partition_range_tags, run_total
 from spotify_assets.orchestration.resources import build_resources, copy_runner
 from spotify_assets.orchestration.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
 
@@ -492,11 +493,14 @@ def _loads(
         op = next((a.op.name for a in assets if key in a.keys), None)
         if op is None:
             return {}
-        # A range run records one materialization per partition, all with the same metadata.
+        # A range run records one materialization per partition, each with the run's totals.
         return result.asset_materializations_for_node(op)[0].metadata
 
     def value(entries: dict, name: str) -> Any:
         return entries[name].value if entries else None
+
+    def total(entries: dict, name: str) -> Any:
+        return run_total(entries, name) if entries else None
 
     loads = []
     for name in run.tables:
@@ -507,12 +511,12 @@ def _loads(
         loads.append(
             TableLoad(
                 table=table.name,
-                rows=value(copied, "rows_read"),
+                rows=value(copied, RUN_ROWS_READ),
                 window=value(copied, "window"),
                 watermark=value(copied, "watermark_after"),
-                silver_rows=value(cleaned, "dagster/row_count"),
-                quarantined=value(cleaned, "quarantined"),
-                gold_rows={k: m["dagster/row_count"].value for k, m in gold.items() if m},
+                silver_rows=total(cleaned, ROW_COUNT),
+                quarantined=total(cleaned, QUARANTINED),
+                gold_rows={k: run_total(m, ROW_COUNT) for k, m in gold.items() if m},
                 **{
                     name: copied[name].value
                     for name in (NOT_LOADED_YET_ROWS, NOT_LOADED_YET_OLDEST)

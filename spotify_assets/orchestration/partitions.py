@@ -1,9 +1,11 @@
 """Partitions shared along the fact path: daily, UTC, over the change time."""
 
+from collections.abc import Mapping
 from datetime import UTC, date
 from functools import cache
+from typing import Any
 
-from dagster import AssetExecutionContext, DailyPartitionsDefinition
+from dagster import AssetExecutionContext, DailyPartitionsDefinition, MetadataValue
 
 from spotify_assets.bronze.windows import DAY, Window
 
@@ -38,3 +40,40 @@ def partition_days(context: AssetExecutionContext) -> tuple[date, date]:
     """The run's partition range as first and last day (inclusive)."""
     window = partition_window(context)
     return window.start.date(), (window.end - DAY).date()
+
+
+# A range run's step returns one result, whose metadata Dagster copies to the materialization of
+# every partition: counts of the data are reported per partition, the run's totals as `run_…`.
+ROW_COUNT = "dagster/row_count"
+RUN_PARTITIONS = "run_partitions"
+
+
+def run_name(count: str) -> str:
+    """The name of a count's total over a range run (`dagster/row_count`: `run_rows`)."""
+    return "run_rows" if count == ROW_COUNT else f"run_{count}"
+
+
+def counts_metadata(
+    context: AssetExecutionContext,
+    totals: Mapping[str, int],
+    per_day: Mapping[str, Mapping[date, int]],
+) -> dict[str, MetadataValue]:
+    """The result metadata of `totals`: on an unpartitioned asset, the counts themselves; on a
+    partitioned one, each partition's materialization gets its own count from `per_day` (0 for
+    a day missing there) and the result carries the totals under their run names, with the
+    run's partitions."""
+    if context.assets_def.partitions_def is None:
+        return {name: MetadataValue.int(total) for name, total in totals.items()}
+    keys = context.partition_keys
+    for key in keys:
+        day = date.fromisoformat(key)
+        own = {name: MetadataValue.int(days.get(day, 0)) for name, days in per_day.items()}
+        context.add_asset_metadata(own, partition_key=key)
+    return {run_name(name): MetadataValue.int(total) for name, total in totals.items()} | {
+        RUN_PARTITIONS: MetadataValue.text(f"{keys[0]} .. {keys[-1]}")
+    }
+
+
+def run_total(metadata: Mapping[str, MetadataValue], count: str) -> Any:
+    """A count of a run from one of its materializations' metadata (see `counts_metadata`)."""
+    return metadata[run_name(count) if run_name(count) in metadata else count].value

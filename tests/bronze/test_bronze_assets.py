@@ -34,7 +34,7 @@ def test_initial_load_is_one_run_over_every_partition_then_incremental(tmp_path:
     assert len(instance.get_runs()) == 1
     assert len(materializations) == partitions
     metadata = materializations[0].metadata
-    assert metadata["dagster/row_count"].value == metadata["rows_read"].value == 10_000
+    assert metadata["run_rows"].value == metadata["run_rows_read"].value == 10_000
     assert metadata["watermark_before"].value == "none"
     assert metadata["watermark_after"].value == f"{HISTORY_END} 00:00:00"
     assert "SELECT" in metadata["source_query"].value
@@ -48,7 +48,7 @@ def test_initial_load_is_one_run_over_every_partition_then_incremental(tmp_path:
         run_config={"ops": {asset.op.name: {"config": {"from_watermark": True}}}},
     )
     (incremental,) = again.asset_materializations_for_node(asset.op.name)
-    assert incremental.metadata["rows_read"].value == 0
+    assert incremental.metadata["run_rows_read"].value == 0
     assert (
         incremental.metadata["window"].value == f"[{HISTORY_END} 00:00:00, {HISTORY_END} 00:00:00)"
     )
@@ -61,5 +61,6 @@ def test_snapshot_table_is_unpartitioned(tmp_path: Path) -> None:
     result = materialize([build_bronze_asset(dates)], resources=build_resources(settings))
     (materialization,) = result.asset_materializations_for_node("bronze__DimDate")
     days = (HISTORY_END - (HISTORY_END - timedelta(days=90))).days + 1
-    assert materialization.metadata["rows_read"].value == days
+    assert materialization.metadata["run_rows_read"].value == days
+    assert materialization.metadata["dagster/row_count"].value == days
     assert materialization.metadata["window"].value == "whole table"

@@ -192,5 +192,5 @@ def test_each_partitions_materialization_names_the_days_written_as_ranges(tmp_pa
     days = [START + timedelta(days=n) for n in range(800) if START + timedelta(days=n) != gap]
     copied = CopyResult("FactStream", None, datetime(2027, 3, 11), "", partitions=tuple(days))
 
-    written = copy_metadata(copied, runner)["partitions_written"].value
+    written = copy_metadata(copied, runner)["run_partitions_written"].value
     assert written == "2025-01-01..2025-03-01, 2025-03-03..2027-03-11"

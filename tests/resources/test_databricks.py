@@ -158,7 +158,10 @@ def spy_store(calls: list[tuple[Any, ...]]) -> Callable[[LakeStorage, object, Ta
 
 def silver_result(table: Table, days: tuple[date, date] | None) -> SilverResult:
     failures = {rule.name: n for n, rule in enumerate(table.silver.rules)}
-    return SilverResult(table.lake_name, days, 1000, 990, sum(failures.values()), failures)
+    quarantined = sum(failures.values())
+    # The first day holds every row; the others none.
+    rows, held = ({days[0]: 990}, {days[0]: quarantined}) if days else ({}, {})
+    return SilverResult(table.lake_name, days, 1000, 990, quarantined, failures, rows, held)
 
 
 def test_the_task_runs_the_same_silver_store_on_the_lake_it_was_given() -> None:
@@ -361,11 +364,14 @@ def test_a_partition_range_runs_one_job_task_and_reports_silver_through_pipes(
         *["/api/2.2/jobs/runs/get"] * 4,  # three polls, then the run's page for metadata
     ]
     # The asset's metadata and checks come from what the task reported.
-    (materialization, *_) = result.asset_materializations_for_node(build_silver_asset(FACT).op.name)
-    assert materialization.metadata["dagster/row_count"].value == 990
-    assert materialization.metadata["partitions"].value == "2026-03-01 .. 2026-03-03"
+    materializations = result.asset_materializations_for_node(build_silver_asset(FACT).op.name)
+    own = [(m.partition, m.metadata["dagster/row_count"].value) for m in materializations]
+    assert own == [("2026-03-01", 990), ("2026-03-02", 0), ("2026-03-03", 0)]
+    materialization = materializations[0]
+    assert materialization.metadata["run_rows"].value == 990
+    assert materialization.metadata["run_partitions"].value == "2026-03-01 .. 2026-03-03"
     expected = silver_result(FACT, days).failures
-    assert materialization.metadata["failures_by_rule"].value == expected
+    assert materialization.metadata["run_failures_by_rule"].value == expected
     checks = {
         e.event_specific_data.check_name: e.event_specific_data
         for e in result.all_events
@@ -618,7 +624,7 @@ def test_gold_assets_on_databricks_send_their_tables_and_say_which_checks_ran(
     ]
     (metadata, *_) = [m.metadata for m in result.asset_materializations_for_node(fact.op.name)]
     assert metadata["update_id"].value == "u-2"
-    assert metadata["partitions"].value == "2026-03-01 .. 2026-03-02"
+    assert metadata["run_partitions"].value == "2026-03-01 .. 2026-03-02"
     evaluations = [
         e.event_specific_data
         for e in again.all_events

@@ -28,7 +28,12 @@ from spotify_assets.catalog.lake_paths import BRONZE, bronze_path
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.reconcile import day_ranges
 from spotify_assets.orchestration.assets.source import source_key
-from spotify_assets.orchestration.partitions import daily_partitions, partition_window
+from spotify_assets.orchestration.partitions import (
+    ROW_COUNT,
+    counts_metadata,
+    daily_partitions,
+    partition_window,
+)
 
 
 class BronzeConfig(Config):
@@ -74,7 +79,11 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
         result = copy_runner.copy(
             table, requested, context.run.run_id, config.from_watermark, log=context.log.info
         )
-        metadata = copy_metadata(result, copy_runner)
+        live = copy_runner.store(table).partition_stats() if partitioned else {}
+        rows = {day: stats.rows for day, stats in live.items() if day is not None}
+        metadata = copy_metadata(result, copy_runner) | counts_metadata(
+            context, {ROW_COUNT: result.rows_written}, {ROW_COUNT: rows}
+        )
         if config.from_watermark and result.window is not None:
             waiting = copy_runner.not_loaded_yet(table, result.window.end)
             metadata |= waiting_metadata(waiting)
@@ -90,6 +99,7 @@ def build_bronze_assets(catalog: Catalog) -> list[AssetsDefinition]:
 
 
 def copy_metadata(result: CopyResult, runner: CopyRunner) -> dict[str, MetadataValue]:
+    """What the copy did (its rows written are counted by `counts_metadata`)."""
     rate = result.rows_read / result.seconds if result.seconds else 0.0
     # As ranges: every partition's materialization of a range run carries this text.
     written = ", ".join(
@@ -97,10 +107,9 @@ def copy_metadata(result: CopyResult, runner: CopyRunner) -> dict[str, MetadataV
         for first, last in day_ranges(result.partitions)
     )
     return {
-        "dagster/row_count": MetadataValue.int(result.rows_written),
-        "rows_read": MetadataValue.int(result.rows_read),
-        "files": MetadataValue.int(len(result.files)),
-        "partitions_written": MetadataValue.text(written or "none"),
+        RUN_ROWS_READ: MetadataValue.int(result.rows_read),
+        "run_files": MetadataValue.int(len(result.files)),
+        "run_partitions_written": MetadataValue.text(written or "none"),
         "window": MetadataValue.text(str(result.window) if result.window else "whole table"),
         "high": MetadataValue.text(result.high.isoformat(sep=" ")),
         "watermark_before": MetadataValue.text(_text(result.watermark_before)),
@@ -112,6 +121,8 @@ def copy_metadata(result: CopyResult, runner: CopyRunner) -> dict[str, MetadataV
         "path": MetadataValue.path(runner.lake.uri(bronze_path(result.table))),
     }
 
+
+RUN_ROWS_READ = "run_rows_read"
 
 # Metadata of an incremental load: source rows past what it could load (the source's clock or
 # the last partition, today UTC).

@@ -30,7 +30,12 @@ from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.gold.transform import SCD2_INVARIANTS
 from spotify_assets.orchestration.assets.silver import DIRTY_ON_PURPOSE, silver_key
-from spotify_assets.orchestration.partitions import daily_partitions, partition_days
+from spotify_assets.orchestration.partitions import (
+    ROW_COUNT,
+    counts_metadata,
+    daily_partitions,
+    partition_days,
+)
 
 
 class DimensionConfig(Config):
@@ -210,8 +215,10 @@ def _result(
     context: AssetExecutionContext, outcome: GoldOutcome, rules: tuple[Rule, ...]
 ) -> MaterializeResult:
     context.log.info(outcome.summary)
+    totals = {} if outcome.rows is None else {ROW_COUNT: outcome.rows}
+    counts = counts_metadata(context, totals, {name: outcome.rows_per_day for name in totals})
     return MaterializeResult(
-        metadata=outcome.metadata, check_results=_expectation_results(rules, outcome)
+        metadata=outcome.metadata | counts, check_results=_expectation_results(rules, outcome)
     )
 
 

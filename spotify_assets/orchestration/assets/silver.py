@@ -25,7 +25,14 @@ from resources.silver_store import SilverResult
 from spotify_assets.catalog.lake_paths import SILVER, quarantine_path, silver_path
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.orchestration.assets.bronze import bronze_key
-from spotify_assets.orchestration.partitions import daily_partitions, partition_days
+from spotify_assets.orchestration.partitions import (
+    ROW_COUNT,
+    counts_metadata,
+    daily_partitions,
+    partition_days,
+)
+
+QUARANTINED = "quarantined"
 
 # Said on every rule's check: a fresh demo shows some of them red, which is the point of its data.
 DIRTY_ON_PURPOSE = "The demo's source holds such rows on purpose: there, a failure is expected."
@@ -69,8 +76,13 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
             f"{table.lake_name}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
             f"silver, {result.quarantined:,} quarantined"
         )
+        counts = counts_metadata(
+            context,
+            {ROW_COUNT: result.silver_rows, QUARANTINED: result.quarantined},
+            {ROW_COUNT: result.rows_per_day, QUARANTINED: result.quarantined_per_day},
+        )
         return MaterializeResult(
-            metadata=silver_metadata(result, silver_engine.lake, table),
+            metadata=silver_metadata(result, silver_engine.lake, table) | counts,
             check_results=[
                 AssetCheckResult(
                     check_name=rule.name,
@@ -92,12 +104,9 @@ def build_silver_assets(catalog: Catalog) -> list[AssetsDefinition]:
 def silver_metadata(
     result: SilverResult, lake: LakeStorage, table: Table
 ) -> dict[str, MetadataValue]:
-    days = f"{result.days[0]} .. {result.days[1]}" if result.days else "whole table"
+    """What the run did (its rows and quarantined rows are counted by `counts_metadata`)."""
     return {
-        "dagster/row_count": MetadataValue.int(result.silver_rows),
-        "bronze_rows": MetadataValue.int(result.bronze_rows),
-        "quarantined": MetadataValue.int(result.quarantined),
-        "partitions": MetadataValue.text(days),
-        "failures_by_rule": MetadataValue.json(result.failures),
+        "run_bronze_rows": MetadataValue.int(result.bronze_rows),
+        "run_failures_by_rule": MetadataValue.json(result.failures),
         "path": MetadataValue.path(lake.uri(silver_path(table))),
     }

@@ -1,0 +1,81 @@
+"""What each partition of a range run records in Dagster (issue 14): its own rows, as the lake
+holds them for that day, and the run's totals under names that say so."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import date
+
+from dagster import AssetKey, DagsterInstance, EventLogRecord
+
+from resources.delta_tables import partition_stats
+from resources.lake import LakeStorage
+from spotify_assets.catalog.gold_spec import PointInTimeFact
+from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
+from spotify_assets.catalog.tables import CHANGE_DATE
+from spotify_assets.orchestration.assets.bronze import bronze_key
+from spotify_assets.orchestration.assets.gold import gold_key
+from spotify_assets.orchestration.assets.silver import silver_key
+from spotify_assets.orchestration.resources import copy_runner
+from spotify_assets.orchestration.settings import Settings
+
+ROWS = "dagster/row_count"
+
+
+def lake_rows(lake: LakeStorage, relative: str, column: str) -> dict[date, int]:
+    return {day: stats.rows for day, stats in partition_stats(lake, relative, column).items()}
+
+
+def assert_own_counts(
+    instance: DagsterInstance, key: AssetKey, expected: Mapping[str, Mapping[date, int]]
+) -> None:
+    """Each partition's latest materialization counts that day's rows of the lake (0 where it
+    holds none); a run whose partitions are all still the latest names its total `run_rows`,
+    the sum of theirs."""
+    records = instance.fetch_materializations(key, limit=10_000).records  # newest first
+    latest: dict[str, EventLogRecord] = {}
+    by_run: dict[str, list[EventLogRecord]] = defaultdict(list)
+    for record in records:
+        assert record.partition_key is not None, key
+        latest.setdefault(record.partition_key, record)
+        by_run[record.run_id].append(record)
+    assert len(latest) > 2, key
+    for partition, record in latest.items():
+        metadata = record.asset_materialization.metadata  # ty: ignore[possibly-missing-attribute]
+        for name, per_day in expected.items():
+            day = date.fromisoformat(partition)
+            assert metadata[name].value == per_day.get(day, 0), (key, partition, name)
+    assert len(set(expected[ROWS].values())) > 1, "days of equal rows would prove nothing"
+    whole = [run for run in by_run.values() if all(latest[r.partition_key] is r for r in run)]  # ty: ignore[invalid-argument-type]
+    assert whole, key
+    for run in whole:
+        metadata = [r.asset_materialization.metadata for r in run]  # ty: ignore[possibly-missing-attribute]
+        assert metadata[0]["run_rows"].value == sum(m[ROWS].value for m in metadata), key
+        assert "run_partitions" in metadata[0], key
+
+
+def test_each_partition_of_the_first_load_carries_its_own_rows(
+    loaded_lakehouse: Settings,
+) -> None:
+    settings = loaded_lakehouse
+    lake = LakeStorage(url=settings.lake_url)
+    runner = copy_runner(settings)
+    catalog = settings.catalog
+    with DagsterInstance.get() as instance:
+        for table in catalog:
+            if table.change_time_column is None:
+                continue
+            manifest = runner.store(table).partition_stats()
+            bronze = {day: s.rows for day, s in manifest.items() if day is not None}
+            assert_own_counts(instance, bronze_key(table), {ROWS: bronze})
+            silver = {
+                ROWS: lake_rows(lake, silver_path(table), CHANGE_DATE),
+                "quarantined": lake_rows(lake, quarantine_path(table), CHANGE_DATE),
+            }
+            assert_own_counts(instance, silver_key(table), silver)
+        spec = catalog.fact.gold
+        assert isinstance(spec, PointInTimeFact)
+        for name in [catalog.fact.lake_name, *(a.name for a in catalog.aggregates)]:
+            gold = lake_rows(lake, gold_path(name), spec.date_column)
+            assert_own_counts(instance, gold_key(name), {ROWS: gold})
