@@ -23,10 +23,12 @@ from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from spotify_assets.consistency.reconcile import ABSENT, PartitionStats
 
 Days = tuple[date, date]  # inclusive range of daily partitions
-# Rows one query over a range of daily partitions reads at most (unless one day holds more):
-# the memory of a build then follows the chunk, not the history. At 15M rows (scale 3), gold's
-# aggregates needed more than Sail's 1-GiB memory pool in hash tables that cannot spill.
+# Rows one query over a range of daily partitions reads at most (unless one day holds more;
+# SPOTIFY_CHUNK_ROWS): the memory of a build then follows the chunk, not the history. At 15M
+# rows (scale 3), gold's aggregates needed more than Sail's 1-GiB memory pool in hash tables
+# that cannot spill.
 CHUNK_ROWS = 2_000_000
+CHUNK_SETTING = "SPOTIFY_CHUNK_ROWS"
 _LOG = "_delta_log"
 _LOG_ENTRY = re.compile(r"^(\d{20})\.(json|crc|checkpoint\.parquet)$")
 
@@ -151,11 +153,13 @@ def split_days(rows_per_day: Mapping[date, int], days: Days, chunk_rows: int) ->
     return [*chunks, (start, days[1])]
 
 
-def day_chunks(lake: LakeStorage, relative: str, partition: str, days: Days) -> list[Days]:
-    """`days` cut into ranges of about `CHUNK_ROWS` rows of the table at `relative`, counted
+def day_chunks(
+    lake: LakeStorage, relative: str, partition: str, days: Days, chunk_rows: int
+) -> list[Days]:
+    """`days` cut into ranges of about `chunk_rows` rows of the table at `relative`, counted
     from its log (no scan)."""
     per_day = partition_stats(lake, relative, partition)
-    return split_days({day: stats.rows for day, stats in per_day.items()}, days, CHUNK_ROWS)
+    return split_days({day: stats.rows for day, stats in per_day.items()}, days, chunk_rows)
 
 
 def partition_stats(lake: LakeStorage, relative: str, partition: str) -> dict[date, PartitionStats]:

@@ -21,7 +21,7 @@ from dagster import (
 )
 from pyspark.sql import DataFrame
 
-from resources.delta_tables import Days
+from resources.delta_tables import CHUNK_ROWS, Days
 from resources.gold_runner import GoldRunner, PartitionBuild
 from resources.lake import LakeStorage
 from resources.silver_store import SilverResult, SilverStore
@@ -49,11 +49,13 @@ class LocalSilver(SilverEngine):
     """Silver on the Spark session of this process (Sail by default, or any `sc://` endpoint)."""
 
     spark: SparkResource
+    chunk_rows: int = CHUNK_ROWS  # bronze rows a fact's query reads at most
 
     def refresh(
         self, context: AssetExecutionContext, table: Table, days: Days | None
     ) -> SilverResult:
-        return SilverStore(self.lake, self.spark.session(), table).refresh(days, context.run.run_id)
+        store = SilverStore(self.lake, self.spark.session(), table, self.chunk_rows)
+        return store.refresh(days, context.run.run_id)
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,10 @@ class LocalGold(GoldEngine):
     """The local gold runner (`resources/gold_runner.py`) on this process's Spark session."""
 
     spark: SparkResource
+    chunk_rows: int = CHUNK_ROWS  # rows of its source a fact's or aggregate's query reads at most
 
     def _runner(self, catalog: Catalog) -> GoldRunner:
-        return GoldRunner(self.lake, self.spark.session(), catalog)
+        return GoldRunner(self.lake, self.spark.session(), catalog, self.chunk_rows)
 
     def apply_dimension(self, catalog: Catalog, table: Table, full: bool) -> GoldOutcome:
         runner = self._runner(catalog)

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from resources.delta_tables import (
+    CHUNK_ROWS,
     Days,
     check_log,
     day_chunks,
@@ -76,8 +77,15 @@ class PartitionBuild:
 
 
 class GoldRunner:
-    def __init__(self, lake: LakeStorage, spark: SparkSession, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        lake: LakeStorage,
+        spark: SparkSession,
+        catalog: Catalog,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> None:
         self.lake, self.spark, self.catalog = lake, spark, catalog
+        self.chunk_rows = chunk_rows
 
     # --- SCD2 dimensions ---
 
@@ -228,7 +236,7 @@ class GoldRunner:
         `source`, a chunk of days at a time: partition P depends only on partition P, and one
         query's memory follows its chunk."""
         failures: Counter[str] = Counter()
-        for chunk in day_chunks(self.lake, source, source_partition, days):
+        for chunk in day_chunks(self.lake, source, source_partition, days, self.chunk_rows):
             inside = F.col(source_partition).between(F.lit(chunk[0]), F.lit(chunk[1]))
             rows, expected = build(self._read(source).where(inside))
             replace_partitions(self.lake, rows, self._path(name), partition, chunk)

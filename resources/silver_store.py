@@ -4,10 +4,15 @@ Silver partition P is a function of bronze partition P and replaces it (replaceW
 refresh cascades and a rerun changes nothing. What silver holds in the other partitions only
 decides which row of a repeated fact key is kept, and after which change records a dimension's
 version takes effect: records once captured, which a refresh of theirs gives back unchanged.
+
+A fact's range of partitions is rebuilt a chunk of days at a time, in order, so one query's
+memory follows its chunk: a key's earliest row wins whichever chunk holds it, since every chunk
+sees the rows the chunks before it kept.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -16,7 +21,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from resources.bronze_store import BronzeStore
-from resources.delta_tables import Days, exists, partition_rows, replace_partitions, rows_per_day
+from resources.delta_tables import (
+    CHUNK_ROWS,
+    Days,
+    exists,
+    partition_rows,
+    replace_partitions,
+    rows_per_day,
+    split_days,
+)
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import bronze_schema
@@ -42,7 +55,7 @@ _SPARK_TYPES = {
 @dataclass(frozen=True)
 class SilverResult:
     table: str
-    days: tuple[date, date] | None  # the partitions replaced; None: the whole (snapshot) table
+    days: Days | None  # the partitions replaced; None: the whole (snapshot) table
     bronze_rows: int
     silver_rows: int
     quarantined: int
@@ -57,8 +70,11 @@ def spark_ddl(schema: pa.Schema) -> str:
 
 
 class SilverStore:
-    def __init__(self, lake: LakeStorage, spark: SparkSession, table: Table) -> None:
+    def __init__(
+        self, lake: LakeStorage, spark: SparkSession, table: Table, chunk_rows: int = CHUNK_ROWS
+    ) -> None:
         self.lake, self.spark, self.table = lake, spark, table
+        self.chunk_rows = chunk_rows
         self.bronze = BronzeStore(lake, table)
         self.relative, self.quarantine_relative = silver_path(table), quarantine_path(table)
         self.path, self.quarantine_path = (
@@ -66,7 +82,7 @@ class SilverStore:
             lake.path(self.quarantine_relative),
         )
 
-    def bronze_files(self, days: tuple[date, date] | None) -> list[BronzeFile]:
+    def bronze_files(self, days: Days | None) -> list[BronzeFile]:
         """The bronze files of the partitions `days` (inclusive); None: all of them."""
         return [
             f
@@ -74,7 +90,7 @@ class SilverStore:
             if days is None or (f.partition is not None and days[0] <= f.partition <= days[1])
         ]
 
-    def read_bronze(self, days: tuple[date, date] | None) -> DataFrame:
+    def read_bronze(self, days: Days | None) -> DataFrame:
         """The live bronze rows of the partitions `days` (inclusive); None: all of them."""
         files = self.bronze_files(days)
         # Fully live files are read in one scan; superseded parts of the others are filtered out.
@@ -92,25 +108,15 @@ class SilverStore:
         rows = self.spark.read.parquet(self.lake.path(file.path))
         return rows.where(in_windows(F.col(self.table.change_time_column), file.live))
 
-    def refresh(self, days: tuple[date, date] | None, run_id: str) -> SilverResult:
+    def refresh(self, days: Days | None, run_id: str) -> SilverResult:
         """Rebuild the silver partitions `days` (and their quarantine) from bronze."""
-        partition = CHANGE_DATE if self.table.change_time_column else None
-        try:
-            bronze = self.read_bronze(days)
-            frames: SilverFrames = transform(self.table, bronze, run_id, self._accepted(days))
-            replace_partitions(self.lake, frames.valid, self.path, partition, days)
-        except Exception as error:
-            # A missing bronze file surfaces in Spark's words (when it plans or reads): name it.
-            if damaged := self.bronze.damaged_files(self.bronze_files(days)):
-                raise self.bronze.file_error(*damaged[0]) from error
-            raise
-        replace_partitions(self.lake, frames.quarantine, self.quarantine_path, partition, days)
+        bronze_rows = sum(self._refresh(chunk, days, run_id) for chunk in self.chunks(days))
         rows, per_day = self._counted(self.relative, days)
         quarantined, quarantined_per_day = self._counted(self.quarantine_relative, days)
         return SilverResult(
             table=self.table.lake_name,
             days=days,
-            bronze_rows=bronze.count(),
+            bronze_rows=bronze_rows,
             silver_rows=rows,
             quarantined=quarantined,
             failures=rule_counts(self.table, self._read(self.quarantine_path, days)),
@@ -126,17 +132,50 @@ class SilverStore:
         per_day = rows_per_day(self.lake, relative, CHANGE_DATE, days)
         return sum(per_day.values()), per_day
 
-    def _accepted(self, days: tuple[date, date] | None) -> DataFrame | None:
-        """The rows silver holds outside the partitions `days`: a fact's keys there are taken,
-        a cdc dimension's change records there may precede the versions rebuilt."""
+    def chunks(self, days: Days | None) -> list[Days | None]:
+        """`days` cut into ranges of about `chunk_rows` bronze rows (counted from the manifest:
+        no scan), for a fact; a dimension's versions take effect after change records in any
+        of the partitions rebuilt (`effective_times`), so its range stays whole."""
+        if days is None or self.table.role is not TableRole.FACT:
+            return [days]
+        per_day: Counter[date] = Counter()
+        for file in self.bronze_files(days):
+            per_day[file.partition] += file.rows  # type: ignore[index]
+        return [*split_days(per_day, days, self.chunk_rows)]
+
+    def _refresh(self, chunk: Days | None, days: Days | None, run_id: str) -> int:
+        """Replace the partitions `chunk` of `days`; the bronze rows read."""
+        partition = CHANGE_DATE if self.table.change_time_column else None
+        try:
+            bronze = self.read_bronze(chunk)
+            accepted = self._accepted(chunk, days)
+            frames: SilverFrames = transform(self.table, bronze, run_id, accepted)
+            replace_partitions(self.lake, frames.valid, self.path, partition, chunk)
+        except Exception as error:
+            # A missing bronze file surfaces in Spark's words (when it plans or reads): name it.
+            if damaged := self.bronze.damaged_files(self.bronze_files(chunk)):
+                raise self.bronze.file_error(*damaged[0]) from error
+            raise
+        replace_partitions(self.lake, frames.quarantine, self.quarantine_path, partition, chunk)
+        return bronze.count()
+
+    def _accepted(self, chunk: Days | None, days: Days | None) -> DataFrame | None:
+        """The rows silver holds outside the partitions being rebuilt (from `chunk` to the end
+        of `days`: the chunks before it are rebuilt already): a fact's keys there are taken, a
+        cdc dimension's change records there may precede the versions rebuilt."""
         table = self.table
         fact = table.role is TableRole.FACT
         changes = table.role is TableRole.DIMENSION and table.mode is CaptureMode.CDC
-        if not (fact or changes) or days is None or not exists(self.lake, self.path):
+        if (
+            not (fact or changes)
+            or chunk is None
+            or days is None
+            or not exists(self.lake, self.path)
+        ):
             return None
-        return self.read().where(~F.col(CHANGE_DATE).between(F.lit(days[0]), F.lit(days[1])))
+        return self.read().where(~F.col(CHANGE_DATE).between(F.lit(chunk[0]), F.lit(days[1])))
 
-    def _read(self, path: str, days: tuple[date, date] | None) -> DataFrame:
+    def _read(self, path: str, days: Days | None) -> DataFrame:
         rows = self.spark.read.format("delta").load(path)
         if days is None or self.table.change_time_column is None:
             return rows

@@ -70,8 +70,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
     return {
         "source_db": runner.source,
         "copy_runner": runner,
-        "silver_engine": LocalSilver(lake=runner.lake, spark=spark),
-        "gold_engine": LocalGold(lake=runner.lake, spark=spark),
+        "silver_engine": LocalSilver(lake=runner.lake, spark=spark, chunk_rows=settings.chunk_rows),
+        "gold_engine": LocalGold(lake=runner.lake, spark=spark, chunk_rows=settings.chunk_rows),
         "lake_writer": LakeWriter(lake=runner.lake, wait_seconds=settings.writer_wait_seconds),
     }
 

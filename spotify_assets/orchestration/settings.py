@@ -11,6 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from resources.delta_tables import CHUNK_ROWS, CHUNK_SETTING
 from resources.lease import DEFAULT_WAIT_SECONDS, WAIT_SETTING
 from resources.odbc import dialect_of
 from resources.spark import DEFAULT_MEMORY_POOL_GIB, MEMORY_SETTING
@@ -47,6 +48,7 @@ class Settings:
     writer_wait_seconds: float = DEFAULT_WAIT_SECONDS  # for another writer of the lake
     partition_start_override: date | None = None  # SPOTIFY_PARTITION_START
     spark_memory_gib: float = DEFAULT_MEMORY_POOL_GIB  # Sail in process: its queries' memory
+    chunk_rows: int = CHUNK_ROWS  # rows one silver or gold query over a range of days reads
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -60,6 +62,7 @@ class Settings:
         )
         writer_wait = _number(environ, WAIT_SETTING, DEFAULT_WAIT_SECONDS)
         spark_memory = _number(environ, MEMORY_SETTING, DEFAULT_MEMORY_POOL_GIB, minimum=0.25)
+        chunk_rows = _number(environ, CHUNK_SETTING, CHUNK_ROWS, minimum=1)
         override = environ.get(PARTITION_START_VARIABLE)
         if env == Environment.AZURE:
             _require_azure(environ)
@@ -76,6 +79,7 @@ class Settings:
             writer_wait_seconds=writer_wait,
             partition_start_override=_day(override, PARTITION_START_VARIABLE) if override else None,
             spark_memory_gib=spark_memory,
+            chunk_rows=chunk_rows,
         )
 
     @property

@@ -22,7 +22,9 @@ from typing import Any
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
+from resources.delta_tables import CHUNK_SETTING
 from spotify_assets.catalog.gold_spec import END_AT
+from spotify_assets.catalog.lake_paths import gold_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, DIM_USER, ColumnType, Table
 from spotify_assets.cli import source_init
 from spotify_assets.orchestration.settings import Settings
@@ -150,6 +152,31 @@ def test_runs_after_dimension_updates_stay_bounded(
         assert result.returncode == 0, result.stderr[-3000:]
         expected = {user: (country, plan) for user, country, plan, _ in changes}
         assert current_users(settings, list(expected)) == expected
+
+
+def test_a_first_load_builds_the_fact_a_chunk_of_days_at_a_time(
+    tmp_path: Path, bounded: Callable[..., BoundedRun]
+) -> None:
+    # Memory follows a chunk of days only if the fact's silver and gold are written a chunk at
+    # a time: with chunks a third of the source, each takes a Delta commit per chunk.
+    settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
+    source_init(settings, 0.002, SEED, datetime.now(UTC).date() - timedelta(days=2), 6)
+    with sqlite3.connect(settings.embedded_source_path) as db:
+        (streams,) = db.execute(f"SELECT COUNT(*) FROM {CATALOG.fact.name}").fetchone()
+    env = {
+        **os.environ,
+        "SPOTIFY_HOME": str(tmp_path),
+        "PYTHONPATH": str(REPO),
+        CHUNK_SETTING: str(streams // 3),
+    }
+    run = [str(Path(sys.executable).with_name("spotify-lakehouse")), "run"]
+    result = bounded(run, BOUND_GIB, env=env)
+    assert not result.killed_for_memory, f"the first load passed {BOUND_GIB} GiB"
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in (silver_path(CATALOG.fact), gold_path(CATALOG.fact.lake_name)):
+        history = DeltaTable(f"{settings.lake_url}/{path}").history()
+        writes = [c for c in history if c["operation"] != "CREATE TABLE"]
+        assert len(writes) >= 3, f"{path}: {[c['operation'] for c in history]}"
 
 
 def high_cardinality_aggregation(home: str, rows: int) -> None:
