@@ -16,11 +16,13 @@ nothing changed. Then, each on a fresh SPOTIFY_HOME of its own:
   (`SAIL_MODE=local-cluster sail spark server`, via SPOTIFY_SPARK_REMOTE);
 - freshness: bench_freshness.py (scale 0.1, the arrival sensor on), its median latency.
 
-Every command is a subprocess: "seconds" is its wall time, start-up included; "peak GiB" the peak
-resident memory of its whole process tree (polled every 50 ms; over --memory-limit GiB the tree is
-SIGKILLed and the row says so; the remote row adds the server's own peak). A flag set to 0 skips
-its part, so the script can be run part by part. Not a test: run it on the reference machine and
-record the output in benchmarks/README.md.
+Every command is a subprocess: "seconds" is its wall time, start-up included; "CPU s" the user +
+system seconds of its process tree (which a shared machine's load inflates far less: compare these
+when the loads differ; the remote row counts the CLI's alone); "load" the 1-min load average as it
+ended; "peak GiB" the peak resident memory of its whole process tree (polled every 50 ms; over
+--memory-limit GiB the tree is SIGKILLed and the row says so; the remote row adds the server's own
+peak). A flag set to 0 skips its part, so the script can be run part by part. Not a test: run it
+on the reference machine and record the output in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import sys
@@ -62,6 +65,8 @@ class Row:
     step: str
     seconds: float | None = None
     peak_gib: float | None = None
+    cpu_s: float | None = None  # user + system seconds of the command's process tree
+    load: float | None = None  # the 1-min load average as the command ended
     goal: str = ""
     met: bool | None = None
     note: str = ""  # what else was measured
@@ -70,6 +75,21 @@ class Row:
     @property
     def verdict(self) -> str:
         return {None: "", True: "met", False: "NOT met"}[self.met]
+
+
+def children_cpu() -> float:
+    """User + system seconds of this process's waited-for children and their descendants."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+@contextmanager
+def cpu_and_load(row: Row) -> Iterator[Row]:
+    """Fill in `row`'s CPU seconds and load average with those of the subprocesses the block
+    runs (and waits for)."""
+    before = children_cpu()
+    yield row
+    row.cpu_s, row.load = children_cpu() - before, os.getloadavg()[0]
 
 
 class Lakehouse:
@@ -84,11 +104,17 @@ class Lakehouse:
 
     def __call__(self, label: str, *args: str) -> Row:
         print(f"scale {self.scale:g}: {label} ...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        done = run_bounded([CLI, *args], self.limit, env=self.env, timeout=TIMEOUT_S)
-        seconds = time.perf_counter() - started
-        row = Row(f"{self.scale:g}", label, seconds, done.peak_gib)
-        print(f"  {seconds:.1f} s, peak {done.peak_gib:.2f} GiB", file=sys.stderr, flush=True)
+        row = Row(f"{self.scale:g}", label)
+        with cpu_and_load(row):
+            started = time.perf_counter()
+            done = run_bounded([CLI, *args], self.limit, env=self.env, timeout=TIMEOUT_S)
+            row.seconds, row.peak_gib = time.perf_counter() - started, done.peak_gib
+        print(
+            f"  {row.seconds:.1f} s, {row.cpu_s:.1f} CPU s (load {row.load:.1f}), "
+            f"peak {done.peak_gib:.2f} GiB",
+            file=sys.stderr,
+            flush=True,
+        )
         if done.killed_for_memory:
             row.error = f"killed: its processes passed {self.limit:g} GiB"
         elif done.returncode != 0:
@@ -160,20 +186,26 @@ def layers_row(work: Path, scale: float) -> Row:
     """The sum of the layer benchmarks' work: bench_gold.py's bronze, silver and gold steps."""
     ctx = Context(BENCH / "bench_gold.py", work / f"layers-{scale:g}", scale)
     ctx.work.mkdir(parents=True)
-    parts = {}
+    parts, cpu = {}, {}
     for step in ("create", "bronze", "silver", "gold-build"):
-        done = measure(f"layers at scale {scale:g}: {step}", step, ctx, {"PYTHONPATH": str(REPO)})
+        with cpu_and_load(Row(f"{scale:g}", step)) as used:
+            done = measure(
+                f"layers at scale {scale:g}: {step}", step, ctx, {"PYTHONPATH": str(REPO)}
+            )
         if not done.ok:
             return Row(f"{scale:g}", "sum of the layers' work", error=f"{step}: {done.note}")
-        parts[step] = done
-    work_parts = [parts[s] for s in ("bronze", "silver", "gold-build")]
+        parts[step], cpu[step] = done, used
+    steps = ("bronze", "silver", "gold-build")
     return Row(
         f"{scale:g}",
         "sum of the layers' work",
-        sum(p.seconds or 0 for p in work_parts),
-        max(p.peak_mib or 0 for p in work_parts) / 1024,
+        sum(parts[s].seconds or 0 for s in steps),
+        max(parts[s].peak_mib or 0 for s in steps) / 1024,
+        # Of the steps' whole processes, imports included.
+        cpu_s=sum(cpu[s].cpu_s or 0 for s in steps),
+        load=cpu["gold-build"].load,
         note="bronze {:.1f} + silver {:.1f} + gold {:.1f} s (bench_gold.py steps)".format(
-            *(p.seconds for p in work_parts)
+            *(parts[s].seconds for s in steps)
         ),
     )
 
@@ -220,9 +252,11 @@ def freshness_row(rounds: int, limit: float) -> Row:
     print(f"freshness, {rounds} rounds ...", file=sys.stderr, flush=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, str(BENCH / "bench_freshness.py"), "--rounds", str(rounds)]
-    done = run_bounded(command, limit, env=env, timeout=TIMEOUT_S)
+    row = Row("0.1", "source change → gold, arrival sensor on (median)")
+    with cpu_and_load(row):
+        done = run_bounded(command, limit, env=env, timeout=TIMEOUT_S)
+    row.peak_gib = done.peak_gib
     found = re.search(r"latency: median ([\d.]+) s, max ([\d.]+) s", done.stdout)
-    row = Row("0.1", "source change → gold, arrival sensor on (median)", peak_gib=done.peak_gib)
     if done.returncode != 0 or found is None:
         print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
         row.error = f"bench_freshness.py failed (exit {done.returncode})"
@@ -255,6 +289,8 @@ def judge_all(rows: list[Row]) -> None:
             initial = find(rows, scale, "initial run")
             if initial and initial.seconds:
                 goal_s, text = 0.1 * initial.seconds, "≤ 10% of the initial run"
+            if initial and initial.cpu_s and row.cpu_s is not None:
+                row.note = f"CPU: {row.cpu_s / initial.cpu_s:.0%} of the initial run's"
         elif scale <= 0.004:
             goal_s, text = 10.0, "≤ 10 s"
         elif layers and layers.seconds and layers.scale == row.scale:
@@ -272,11 +308,19 @@ def judge_all(rows: list[Row]) -> None:
 
 def print_rows(rows: list[Row]) -> None:
     width = max(len(r.step) for r in rows) + 2
-    print(f"\n{'scale':<7}{'step':<{width}}{'seconds':>9}{'peak GiB':>10}  {'goal':<42}verdict")
+    print(
+        f"\n{'scale':<7}{'step':<{width}}{'seconds':>9}{'CPU s':>9}{'load':>6}{'peak GiB':>10}"
+        f"  {'goal':<42}verdict"
+    )
     for r in rows:
-        seconds = "—" if r.seconds is None else f"{r.seconds:.1f}"
-        peak = "—" if r.peak_gib is None else f"{r.peak_gib:.2f}"
-        print(f"{r.scale:<7}{r.step:<{width}}{seconds:>9}{peak:>10}  {r.goal:<42}{r.verdict}")
+        figures = "".join(
+            f"{'—' if value is None else format(value, spec):>{width_}}"
+            for value, spec, width_ in (
+                (r.seconds, ".1f", 9), (r.cpu_s, ".1f", 9), (r.load, ".1f", 6),
+                (r.peak_gib, ".2f", 10),
+            )
+        )  # fmt: skip
+        print(f"{r.scale:<7}{r.step:<{width}}{figures}  {r.goal:<42}{r.verdict}")
         for text in (r.error, r.note):
             if text:
                 print(f"{'':<7}  {text}")
