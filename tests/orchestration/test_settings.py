@@ -16,6 +16,7 @@ NUMERIC = {
     "SPOTIFY_RECONCILE_LOOKBACK_DAYS": 1,
     "SPOTIFY_WRITER_WAIT_SECONDS": 0.0,
     "SPOTIFY_SPARK_MEMORY_GIB": 0.25,
+    "SPOTIFY_CHUNK_ROWS": 1,
 }
 
 
@@ -44,6 +45,7 @@ def test_any_text_either_parses_to_a_finite_value_in_range_or_is_refused(text: s
             "SPOTIFY_RECONCILE_LOOKBACK_DAYS": settings.reconcile_lookback_days,
             "SPOTIFY_WRITER_WAIT_SECONDS": settings.writer_wait_seconds,
             "SPOTIFY_SPARK_MEMORY_GIB": settings.spark_memory_gib,
+            "SPOTIFY_CHUNK_ROWS": settings.chunk_rows,
         }
         assert math.isfinite(values[name]) and values[name] >= low
 
@@ -56,3 +58,4 @@ def test_numeric_settings_accept_numbers_and_default_when_unset() -> None:
     assert Settings.from_env({}).reconcile_lookback_days == 10
     assert Settings.from_env({"SPOTIFY_SPARK_MEMORY_GIB": "2"}).spark_memory_gib == 2.0
     assert Settings.from_env({}).spark_memory_gib == 1.0
+    assert Settings.from_env({"SPOTIFY_CHUNK_ROWS": "1000"}).chunk_rows == 1000
