@@ -98,22 +98,21 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
     def _store_asset_check_evaluation_planned(
         self, event: EventLogEntry, event_id: int | None
     ) -> None:
-        """Dagster's rows (one per partition of a range run's check), with the event serialized
-        once for all of them instead of once per row."""
+        """One row per check and run, where Dagster writes one per partition of a range run: the
+        assets evaluate each check once for the run (a result without a partition), which
+        Dagster records on the row without a partition, leaving the others PLANNED for ever."""
         planned = event.get_dagster_event().asset_check_planned_data
-        subset = planned.partitions_subset
-        row = {
-            "asset_key": planned.asset_key.to_string(),
-            "check_name": planned.check_name,
-            "run_id": event.run_id,
-            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
-            "evaluation_event": serialize_value(event),
-            "evaluation_event_timestamp": self._event_insert_timestamp(event),
-            "evaluation_event_storage_id": event_id,
-        }
-        partitions = subset.get_partition_keys() if subset else [None]
         with self.index_connection() as conn:
             conn.execute(
                 AssetCheckExecutionsTable.insert(),
-                [row | {"partition": partition} for partition in partitions],
+                {
+                    "asset_key": planned.asset_key.to_string(),
+                    "check_name": planned.check_name,
+                    "partition": None,
+                    "run_id": event.run_id,
+                    "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+                    "evaluation_event": serialize_value(event),
+                    "evaluation_event_timestamp": self._event_insert_timestamp(event),
+                    "evaluation_event_storage_id": event_id,
+                },
             )
