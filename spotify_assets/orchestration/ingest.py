@@ -493,8 +493,9 @@ def _loads(
         op = next((a.op.name for a in assets if key in a.keys), None)
         if op is None:
             return {}
-        # A range run records one materialization per partition, each with the run's totals.
-        return result.asset_materializations_for_node(op)[0].metadata
+        # A range run records one materialization per partition, each with the run's totals;
+        # the last one also with the run's details.
+        return result.asset_materializations_for_node(op)[-1].metadata
 
     def value(entries: dict, name: str) -> Any:
         return entries[name].value if entries else None

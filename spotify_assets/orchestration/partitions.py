@@ -42,8 +42,6 @@ def partition_days(context: AssetExecutionContext) -> tuple[date, date]:
     return window.start.date(), (window.end - DAY).date()
 
 
-# A range run's step returns one result, whose metadata Dagster copies to the materialization of
-# every partition: counts of the data are reported per partition, the run's totals as `run_…`.
 ROW_COUNT = "dagster/row_count"
 RUN_PARTITIONS = "run_partitions"
 
@@ -53,27 +51,32 @@ def run_name(count: str) -> str:
     return "run_rows" if count == ROW_COUNT else f"run_{count}"
 
 
-def counts_metadata(
+def result_metadata(
     context: AssetExecutionContext,
+    details: Mapping[str, MetadataValue],
     totals: Mapping[str, int],
     per_day: Mapping[str, Mapping[date, int]],
 ) -> dict[str, MetadataValue]:
-    """The result metadata of `totals`: on an unpartitioned asset, the counts themselves; on a
-    partitioned one, each partition's materialization gets its own count from `per_day` (0 for
-    a day missing there) and the result carries the totals under their run names, with the
-    run's partitions."""
+    """The metadata of an asset's result: on an unpartitioned asset, `details` and the counts
+    `totals`. A range run's one result is copied by Dagster to every partition's
+    materialization: there the result carries only the totals, under their run names, and the
+    run's partitions; each partition gets its own counts from `per_day` (0 for a day missing
+    there), and the last one, which Dagster shows as the asset's latest materialization, the
+    `details` too (stored once per day, they made most of a first load's event log)."""
     if context.assets_def.partitions_def is None:
-        return {name: MetadataValue.int(total) for name, total in totals.items()}
+        return {**details, **{name: MetadataValue.int(total) for name, total in totals.items()}}
     keys = context.partition_keys
     for key in keys:
         day = date.fromisoformat(key)
         own = {name: MetadataValue.int(days.get(day, 0)) for name, days in per_day.items()}
-        context.add_asset_metadata(own, partition_key=key)
+        context.add_asset_metadata(
+            {**details, **own} if key == keys[-1] else own, partition_key=key
+        )
     return {run_name(name): MetadataValue.int(total) for name, total in totals.items()} | {
         RUN_PARTITIONS: MetadataValue.text(f"{keys[0]} .. {keys[-1]}")
     }
 
 
 def run_total(metadata: Mapping[str, MetadataValue], count: str) -> Any:
-    """A count of a run from one of its materializations' metadata (see `counts_metadata`)."""
+    """A count of a run from one of its materializations' metadata (see `result_metadata`)."""
     return metadata[run_name(count) if run_name(count) in metadata else count].value

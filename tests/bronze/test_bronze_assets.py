@@ -33,7 +33,7 @@ def test_initial_load_is_one_run_over_every_partition_then_incremental(tmp_path:
     partitions = (last - HISTORY_START).days + 1
     assert len(instance.get_runs()) == 1
     assert len(materializations) == partitions
-    metadata = materializations[0].metadata
+    metadata = materializations[-1].metadata  # the last partition's: the run's details
     assert metadata["run_rows"].value == metadata["run_rows_read"].value == 10_000
     assert metadata["watermark_before"].value == "none"
     assert metadata["watermark_after"].value == f"{HISTORY_END} 00:00:00"

@@ -185,8 +185,7 @@ def test_a_batched_range_run_leaves_the_history_dagsters_default_storage_leaves(
 
 
 def test_each_partitions_materialization_names_the_days_written_as_ranges(tmp_path: Path) -> None:
-    """Every partition's materialization of a range run carries the run's copy metadata: days
-    listed one by one would make a first load's event log grow with the square of its days."""
+    """A range run's copy metadata names the days it wrote as ranges, not one by one."""
     runner = LocalCopyRunner(
         source=SourceDatabase(
             connection_string=sqlite_connection_string(tmp_path / "source.db"),

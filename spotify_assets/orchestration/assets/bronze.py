@@ -30,9 +30,9 @@ from spotify_assets.consistency.reconcile import day_ranges
 from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.partitions import (
     ROW_COUNT,
-    counts_metadata,
     daily_partitions,
     partition_window,
+    result_metadata,
 )
 
 
@@ -79,17 +79,19 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
         result = copy_runner.copy(
             table, requested, context.run.run_id, config.from_watermark, log=context.log.info
         )
-        live = copy_runner.store(table).partition_stats() if partitioned else {}
-        rows = {day: stats.rows for day, stats in live.items() if day is not None}
-        metadata = copy_metadata(result, copy_runner) | counts_metadata(
-            context, {ROW_COUNT: result.rows_written}, {ROW_COUNT: rows}
-        )
+        details = copy_metadata(result, copy_runner)
         if config.from_watermark and result.window is not None:
             waiting = copy_runner.not_loaded_yet(table, result.window.end)
-            metadata |= waiting_metadata(waiting)
+            details |= waiting_metadata(waiting)
             if waiting.rows:
                 context.log.warning(f"{table.name}: {describe_waiting(waiting)}")
-        return MaterializeResult(metadata=metadata)
+        live = copy_runner.store(table).partition_stats() if partitioned else {}
+        rows = {day: stats.rows for day, stats in live.items() if day is not None}
+        return MaterializeResult(
+            metadata=result_metadata(
+                context, details, {ROW_COUNT: result.rows_written}, {ROW_COUNT: rows}
+            )
+        )
 
     return bronze
 
@@ -99,9 +101,9 @@ def build_bronze_assets(catalog: Catalog) -> list[AssetsDefinition]:
 
 
 def copy_metadata(result: CopyResult, runner: CopyRunner) -> dict[str, MetadataValue]:
-    """What the copy did (its rows written are counted by `counts_metadata`)."""
+    """What the copy did (its rows written are counted by `result_metadata`)."""
     rate = result.rows_read / result.seconds if result.seconds else 0.0
-    # As ranges: every partition's materialization of a range run carries this text.
+    # As ranges: a first load of years is one line, not a list of its days.
     written = ", ".join(
         f"{first}..{last}" if first != last else str(first)
         for first, last in day_ranges(result.partitions)

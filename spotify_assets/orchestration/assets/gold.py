@@ -32,9 +32,9 @@ from spotify_assets.gold.transform import SCD2_INVARIANTS
 from spotify_assets.orchestration.assets.silver import DIRTY_ON_PURPOSE, silver_key
 from spotify_assets.orchestration.partitions import (
     ROW_COUNT,
-    counts_metadata,
     daily_partitions,
     partition_days,
+    result_metadata,
 )
 
 
@@ -216,9 +216,10 @@ def _result(
 ) -> MaterializeResult:
     context.log.info(outcome.summary)
     totals = {} if outcome.rows is None else {ROW_COUNT: outcome.rows}
-    counts = counts_metadata(context, totals, {name: outcome.rows_per_day for name in totals})
+    per_day = {name: outcome.rows_per_day for name in totals}
     return MaterializeResult(
-        metadata=outcome.metadata | counts, check_results=_expectation_results(rules, outcome)
+        metadata=result_metadata(context, outcome.metadata, totals, per_day),
+        check_results=_expectation_results(rules, outcome),
     )
 
 

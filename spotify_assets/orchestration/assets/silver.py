@@ -27,9 +27,9 @@ from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.partitions import (
     ROW_COUNT,
-    counts_metadata,
     daily_partitions,
     partition_days,
+    result_metadata,
 )
 
 QUARANTINED = "quarantined"
@@ -76,13 +76,14 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
             f"{table.lake_name}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
             f"silver, {result.quarantined:,} quarantined"
         )
-        counts = counts_metadata(
+        metadata = result_metadata(
             context,
+            silver_metadata(result, silver_engine.lake, table),
             {ROW_COUNT: result.silver_rows, QUARANTINED: result.quarantined},
             {ROW_COUNT: result.rows_per_day, QUARANTINED: result.quarantined_per_day},
         )
         return MaterializeResult(
-            metadata=silver_metadata(result, silver_engine.lake, table) | counts,
+            metadata=metadata,
             check_results=[
                 AssetCheckResult(
                     check_name=rule.name,
@@ -104,7 +105,7 @@ def build_silver_assets(catalog: Catalog) -> list[AssetsDefinition]:
 def silver_metadata(
     result: SilverResult, lake: LakeStorage, table: Table
 ) -> dict[str, MetadataValue]:
-    """What the run did (its rows and quarantined rows are counted by `counts_metadata`)."""
+    """What the run did (its rows and quarantined rows are counted by `result_metadata`)."""
     return {
         "run_bronze_rows": MetadataValue.int(result.bronze_rows),
         "run_failures_by_rule": MetadataValue.json(result.failures),
