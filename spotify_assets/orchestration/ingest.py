@@ -422,7 +422,7 @@ def execute(
         assets = run.assets(catalog)
         result = _materialize(run, assets, catalog, resources, instance)
         if result.success:
-            loads += _loads(run, assets, catalog, result)
+            loads += _loads(run, catalog, result)
         else:
             failed += _failure_lines(run, assets, result, instance)
     if failed:
@@ -482,20 +482,17 @@ def _root(error: _ErrorInfo | None) -> str:
     return f"{error.cls_name}: {text}" if prefix.endswith(str(error.cls_name)) else message
 
 
-def _loads(
-    run: PlannedRun,
-    assets: list[AssetsDefinition],
-    catalog: Catalog,
-    result: ExecuteInProcessResult,
-) -> list[TableLoad]:
+def _loads(run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult) -> list[TableLoad]:
+    # A range run records one materialization per partition, each with the run's totals; the
+    # last one also with the run's details. One pass: a first load holds thousands of events.
+    last = {
+        event.asset_key: event.step_materialization_data.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+
     def metadata(key: AssetKey) -> dict:
         """The asset's materialization metadata; empty if the run did not select it."""
-        op = next((a.op.name for a in assets if key in a.keys), None)
-        if op is None:
-            return {}
-        # A range run records one materialization per partition, each with the run's totals;
-        # the last one also with the run's details.
-        return result.asset_materializations_for_node(op)[-1].metadata
+        return dict(last.get(key, {}))
 
     def value(entries: dict, name: str) -> Any:
         return entries[name].value if entries else None
