@@ -358,7 +358,7 @@ def demo(settings: Settings) -> None:
         f"\nlake: {settings.lake_url}"
         f"\nOpen the Dagster UI:  SPOTIFY_HOME={settings.home} "
         f"DAGSTER_HOME={settings.dagster_home} {BATCH_SIZE_VARIABLE}={EVENT_BATCH_SIZE} "
-        ".venv/bin/dagster dev -w workspace.yaml"
+        ".venv/bin/dg dev"
         "\n(turn the sensors on under Automation to keep the lake fresh as the source changes)"
     )
 

@@ -1,7 +1,7 @@
 """The sensors' work, in process: evaluate the CDC arrival and reconciliation sensors and execute
 the runs they request, until both have nothing left to ask for.
 
-This is what `dagster dev` with the sensors turned on does over a few ticks; the demo and the
+This is what `dg dev` with the sensors turned on does over a few ticks; the demo and the
 end-to-end test use it to let automation catch up without a daemon.
 """
 

@@ -1,4 +1,4 @@
-"""The Dagster code location: `dagster dev -w workspace.yaml`."""
+"""The Dagster code location: `dg dev` (pyproject.toml, `[tool.dg]`) or `workspace.yaml`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,6 @@ def build_definitions(settings: Settings) -> Definitions:
 
 
 # Beta APIs we rely on knowingly (backfill policies, observable sources): not news to whoever runs
-# `dagster dev`, whose code server and run workers load this module.
+# `dg dev`, whose code server and run workers load this module.
 warnings.filterwarnings("ignore", category=BetaWarning)
 defs = build_definitions(Settings.from_env())

@@ -10,13 +10,10 @@ recorded as a junit property and copied to `$SPOTIFY_TEST_ARTIFACTS` when set).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -33,20 +30,18 @@ from dagster import AssetRecordsFilter, DagsterInstance
 from deltalake import DeltaTable
 
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import INSTANCE_CONFIG
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.assets.gold import gold_key
 from spotify_assets.orchestration.assets.silver import silver_key
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.silver.transform import CHANGE_DATE
-from tests.helpers.paths import REPO
+from tests.helpers.dagster_dev import start_dev, stop_dev
 from tests.helpers.servers import free_port
 
 # Setup (source, initial load, `dagster dev`) plus a daemon-run backfill take about 3 minutes
 # on 2 shared cores; the margin is for a busy machine, not for a slower test.
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
 
-DAGSTER = Path(sys.executable).with_name("dagster")
 # The loaded lakehouse's history ends the day before END (`small_source`: four days ago); the
 # backfill rebuilds its last two days.
 END = datetime.now(UTC).date() - timedelta(days=4)
@@ -151,19 +146,6 @@ def poll(what: str, seconds: float, check: Callable[[], Any], ui: DagsterUi) -> 
     return result
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop `dagster dev` and everything it started (webserver, daemon, code server, run
-    workers), which share its process group."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=15)
-    # Children outlive a parent that has exited, and the webserver ignores the polite signal.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 @pytest.fixture(scope="module")
 def dagster_ui(tmp_path_factory: pytest.TempPathFactory, loaded_home: Path) -> Iterator[DagsterUi]:
     """`dagster dev` over a copy of the loaded lakehouse; the UI and the test share one
@@ -171,28 +153,9 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, loaded_home: Path) -> I
     home = tmp_path_factory.mktemp("ui") / "home"
     shutil.copytree(loaded_home, home)
     settings = Settings.from_env({"SPOTIFY_HOME": str(home)})
-    # The CLI's instance: its run queue limits, telemetry off.
-    (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
-
-    # The code location must see exactly the test's settings: no SPOTIFY_* from outside (a
-    # configured alert webhook above all), only SPOTIFY_HOME. Launched runs inherit this env.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTIFY_")}
-    env |= {
-        "SPOTIFY_HOME": str(home),
-        "DAGSTER_HOME": str(settings.dagster_home),
-        "DAGSTER_DISABLE_TELEMETRY": "1",  # dagster.yaml stops recording; this stops uploads
-    }
     port = free_port()
     ui = DagsterUi(url=f"http://127.0.0.1:{port}", settings=settings, log=home / "dagster-dev.log")
-    with ui.log.open("wb") as log:
-        process = subprocess.Popen(
-            [str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, stopped as a whole
-        )
+    process = start_dev(settings, port, ui.log)
     try:
 
         def location_loaded() -> bool:
@@ -214,7 +177,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, loaded_home: Path) -> I
         poll("the UI's code location loaded", READY_SECONDS, location_loaded, ui)
         yield ui
     finally:
-        stop(process)
+        stop_dev(process)
 
 
 def fact_rows(settings: Settings, layer: str, day_column: str) -> list[tuple[Any, ...]]:
