@@ -105,7 +105,7 @@ def test_observation_reports_row_counts_and_a_version(
 
 
 def test_loading_the_code_location_warns_of_no_beta_api(tmp_path: Path) -> None:
-    """`dagster dev` loads it: Beta APIs the project relies on knowingly are not user news."""
+    """`dg dev` loads it: Beta APIs the project relies on knowingly are not user news."""
     env = {**os.environ, "SPOTIFY_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
     env.pop("SPOTIFY_SOURCE_ODBC", None)
     result = subprocess.run(

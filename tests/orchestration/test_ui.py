@@ -1,4 +1,4 @@
-"""The Dagster UI end to end: `dagster dev` on 127.0.0.1 over a loaded lake, a partition backfill
+"""The Dagster UI end to end: `dg dev` on 127.0.0.1 over a loaded lake, a partition backfill
 launched through GraphQL (the UI's own API) and executed by the daemon, then a headless-Chromium
 screenshot of the backfilled asset graph.
 
@@ -38,7 +38,7 @@ from spotify_assets.silver.transform import CHANGE_DATE
 from tests.helpers.dagster_dev import start_dev, stop_dev
 from tests.helpers.servers import free_port
 
-# Setup (source, initial load, `dagster dev`) plus a daemon-run backfill take about 3 minutes
+# Setup (source, initial load, `dg dev`) plus a daemon-run backfill take about 3 minutes
 # on 2 shared cores; the margin is for a busy machine, not for a slower test.
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(600)]
 
@@ -110,7 +110,7 @@ _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class DagsterUi:
     url: str
     settings: Settings
-    log: Path  # the output of `dagster dev`
+    log: Path  # the output of `dg dev`
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
@@ -141,14 +141,14 @@ def poll(what: str, seconds: float, check: Callable[[], Any], ui: DagsterUi) -> 
     deadline = time.monotonic() + seconds
     while not (result := check()):
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds} s\n--- dagster dev ---\n{ui.log_tail()}")
+            pytest.fail(f"{what}: not within {seconds} s\n--- dg dev ---\n{ui.log_tail()}")
         time.sleep(2)
     return result
 
 
 @pytest.fixture(scope="module")
 def dagster_ui(tmp_path_factory: pytest.TempPathFactory, loaded_home: Path) -> Iterator[DagsterUi]:
-    """`dagster dev` over a copy of the loaded lakehouse; the UI and the test share one
+    """`dg dev` over a copy of the loaded lakehouse; the UI and the test share one
     instance."""
     home = tmp_path_factory.mktemp("ui") / "home"
     shutil.copytree(loaded_home, home)
@@ -160,7 +160,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory, loaded_home: Path) -> I
 
         def location_loaded() -> bool:
             if process.poll() is not None:
-                pytest.fail(f"dagster dev exited ({process.returncode}):\n{ui.log_tail()}")
+                pytest.fail(f"dg dev exited ({process.returncode}):\n{ui.log_tail()}")
             try:
                 workspace = ui.graphql(WORKSPACE)["workspaceOrError"]
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -231,7 +231,7 @@ def test_a_backfill_launched_through_graphql_rebuilds_the_days(
 ) -> None:
     assert backfill.status in SUCCEEDED, (
         f"backfill {backfill.id}: {backfill.status} {backfill.error} runs={backfill.runs}\n"
-        f"--- dagster dev ---\n{dagster_ui.log_tail()}"
+        f"--- dg dev ---\n{dagster_ui.log_tail()}"
     )
     assert backfill.runs and {r["status"] for r in backfill.runs} == {"SUCCESS"}, backfill.runs
     run_ids = {r["runId"] for r in backfill.runs}
