@@ -262,7 +262,7 @@ def freshness_row(rounds: int, limit: float) -> Row:
         row.error = f"bench_freshness.py failed (exit {done.returncode})"
         return row
     row.seconds = float(found.group(1))
-    row.note = f"max {found.group(2)} s over {rounds} rounds; peak is the whole dagster dev tree"
+    row.note = f"max {found.group(2)} s over {rounds} rounds; peak is the whole dg dev tree"
     return judge(row, 10.0, "≤ 10 s", peak=False)
 
 

@@ -1,14 +1,14 @@
-"""Freshness: seconds from a source change to gold, with `dagster dev` and the CDC sensor running.
+"""Freshness: seconds from a source change to gold, with `dg dev` and the CDC sensor running.
 
     .venv/bin/python benchmarks/bench_freshness.py [--scale 0.1] [--rounds 3] [--keep DIR]
 
 Creates a scale-S SQLite source (history ending today, UTC) and loads it with
 `spotify-lakehouse run`, under an instance configured the way the CLI does it (run queue, one lake
-writer at a time). Then starts `dagster dev` on a free port, turns `cdc_arrival_sensor` on through
+writer at a time). Then starts `dg dev` on a free port, turns `cdc_arrival_sensor` on through
 GraphQL, and lets its first evaluation — it has no cursor yet, so it requests a run of every
 table — finish: the "warm-up" run brings nothing new, its figures are the fixed cost of a run.
 
-Each round waits a random 0-20 s (a change may arrive at any point of the sensor's 15-20-s
+Each round waits a random 0-10 s (a change may arrive at any point of the sensor's 5-10-s
 cycle), commits the next simulated hour of changes (new streams and a few dimension changes; no
 late and no dirty rows, so every new stream must reach gold) and takes T0 when the commit
 returns. It polls `gold/fact_stream` with delta-rs every 0.5 s until all the new stream ids are
@@ -19,10 +19,12 @@ there; latency = first seen - T0. The split comes from the instance, through Gra
 - queue: run created to launched (the run queue's dequeue loop);
 - launch: launched to started (the run worker's process start-up and code load);
 - run to gold: run started to the new streams seen in gold;
-- and the whole run, started to ended (gold's aggregates come after the fact).
+- and the whole run, started to ended (gold's aggregates come after the fact);
+- CPU s: user + system seconds of the whole `dg dev` process tree (the run worker included),
+  from the commit to the end of the round's runs: what the figures above cost, whatever the load.
 
 Before the sensor is turned on and again after the warm-up (no change in the source), the CPU
-time of the whole `dagster dev` process group is sampled over `--idle-seconds` (default 60): what
+time of the whole `dg dev` process group is sampled over `--idle-seconds` (default 60): what
 it burns idle without and with the sensor ticking.
 
 The step timings of each round's run are printed below the table. `--keep DIR` works in DIR
@@ -64,7 +66,7 @@ from spotify_assets.source.simulator import SimulationRates, simulate
 REPO = Path(__file__).resolve().parent.parent
 SENSOR = "cdc_arrival_sensor"
 FACT = "FactStream"
-GOAL_SECONDS = 60.0
+GOAL_SECONDS = 10.0  # median (issue 13)
 POLL_SECONDS = 0.5
 CHECK_EVERY_POLLS = 10  # a failed run is looked for every 5 s, not at each poll
 # One hour of simulated time per round: 50-120 new streams at scale 0.1, and the rounds stay
@@ -78,7 +80,7 @@ RATES = SimulationRates(late_fraction=0.0, dirty_fraction=0.0)
 # read the change, and the previous round's ended long before.
 TICK_SECONDS = 5.0
 SEED = 1000  # plus the round: each round's hour draws its own changes and start delay
-# Ticks come every 15-20 s: the minimum interval, then the sensor daemon's 5-s loop.
+# Ticks come every 5-10 s: the minimum interval, then the sensor daemon's 5-s loop.
 TICK_CYCLE_SECONDS = ARRIVAL_INTERVAL_SECONDS + 5
 ACTIVE_RUN_STATUSES = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
 TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -218,6 +220,7 @@ class Round:
     visible: float
     tick: float
     run: Run
+    cpu: float  # of the `dg dev` tree, from the commit to the end of the round's runs
 
     @property
     def latency(self) -> float:
@@ -237,7 +240,7 @@ class Round:
 
 
 class Dagster:
-    """`dagster dev` in its own process group, queried through GraphQL."""
+    """`dg dev` in its own process group, queried through GraphQL."""
 
     def __init__(self, work: Path, port: int) -> None:
         self.port = port
@@ -248,7 +251,7 @@ class Dagster:
 
     @contextmanager
     def running(self) -> Iterator[Dagster]:
-        command = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml"]
+        command = [str(Path(sys.executable).with_name("dg")), "dev"]
         command += ["-h", "127.0.0.1", "-p", str(self.port)]
         env = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1"}
         with self.log.open("wb") as log:
@@ -288,9 +291,9 @@ class Dagster:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"dagster dev exited with {self.process.returncode}")
+                raise RuntimeError(f"dg dev exited with {self.process.returncode}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"dagster dev not ready after {timeout:.0f} s")
+                raise RuntimeError(f"dg dev not ready after {timeout:.0f} s")
             try:
                 workspace = _value(self.gql(LOCATIONS_QUERY), "workspaceOrError", "Workspace")
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -400,7 +403,7 @@ def group_cpu_seconds(group: int) -> float:
 
 
 def measure_idle(dagster: Dagster, seconds: float, label: str) -> None:
-    """CPU burnt by `dagster dev` over `seconds` with nothing to do, and the sensor's ticks."""
+    """CPU burnt by `dg dev` over `seconds` with nothing to do, and the sensor's ticks."""
     assert dagster.process is not None
     started, before = time.time(), group_cpu_seconds(dagster.process.pid)
     time.sleep(seconds)
@@ -485,6 +488,8 @@ def measure_round(
     # ends, which must not fix the phase.
     time.sleep(random.Random(SEED + number).uniform(0, TICK_CYCLE_SECONDS))
     load = os.getloadavg()[0]  # the machine may be shared: other jobs slow every figure down
+    assert dagster.process is not None
+    cpu = group_cpu_seconds(dagster.process.pid)
     changed, ids = change_source(settings, seed=SEED + number)
     t0 = time.time()  # Dagster's timestamps are epoch seconds too
     print(f"round {number}: {len(ids)} new streams ({changed} rows changed) ...", flush=True)
@@ -496,25 +501,26 @@ def measure_round(
     tick = dagster.first_tick_with_runs(t0 - TICK_SECONDS, timeout)
     runs = dagster.wait_runs(tick["runIds"], timeout)
     fact_run = next((r for r in runs if FACT in r.describe), runs[0])
-    return Round(number, load, len(ids), t0, visible, tick["timestamp"], fact_run)
+    # The run workers have exited by now and the code server has reaped them: their CPU time
+    # is in its children's counters.
+    cpu = group_cpu_seconds(dagster.process.pid) - cpu
+    return Round(number, load, len(ids), t0, visible, tick["timestamp"], fact_run, cpu)
 
 
 def print_rounds(rounds: list[Round]) -> None:
     names = ("tick wait", "sensor eval", "queue", "launch", "run to gold", "run total")
-    header = ("load 1m", "streams", "latency s", *names)
+    header = ("load 1m", "streams", "latency s", *names, "CPU s")
     print(f"\n{'round':<7}" + "".join(f"{h:>13}" for h in header))
     for r in rounds:
         cells = [f"{r.load:.2f}", f"{r.streams:,d}", f"{r.latency:.1f}"]
         cells += [fmt(v, ".1f") for v in r.split().values()]
+        cells.append(f"{r.cpu:.1f}")
         print(f"{r.number:<7}" + "".join(f"{c:>13}" for c in cells))
     latencies = [r.latency for r in rounds]
-    worst = max(latencies)
-    print(
-        f"\nlatency: median {statistics.median(latencies):.1f} s, max {worst:.1f} s "
-        f"over {len(rounds)} rounds"
-    )
-    met = "met" if worst <= GOAL_SECONDS else "NOT met"
-    print(f"goal: latency <= {GOAL_SECONDS:.0f} s in every round — {met}")
+    median = statistics.median(latencies)
+    print(f"\nlatency: median {median:.1f} s, max {max(latencies):.1f} s over {len(rounds)} rounds")
+    met = "met" if median <= GOAL_SECONDS else "NOT met"
+    print(f"goal: median latency <= {GOAL_SECONDS:.0f} s — {met}")
 
 
 def print_steps(runs: list[tuple[str, Run]]) -> None:
@@ -552,7 +558,7 @@ def run_all(work: Path, scale: float, rounds: int, timeout: float, idle_seconds:
     with dagster.running():
         started = time.perf_counter()
         dagster.wait_loaded(timeout)
-        print(f"dagster dev ready: {time.perf_counter() - started:.1f} s", flush=True)
+        print(f"dg dev ready: {time.perf_counter() - started:.1f} s", flush=True)
         if idle_seconds:
             measure_idle(dagster, idle_seconds, "sensor off")
         sensor_on = time.time()

@@ -47,7 +47,9 @@ from spotify_assets.orchestration.ingest import (
     plan_repairs,
 )
 
-ARRIVAL_INTERVAL_SECONDS = 15
+# The sensor daemon looks at sensors every 5 s at most, so a change waits 0-5 s for its tick
+# (plus the evaluation); each tick is a few small queries (`table_stats`), no Spark.
+ARRIVAL_INTERVAL_SECONDS = 5
 RECONCILIATION_INTERVAL_SECONDS = 300
 NO_SOURCE = "the source is not initialised (spotify-lakehouse source init)"
 
