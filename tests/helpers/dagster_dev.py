@@ -45,6 +45,9 @@ def start_dev(settings: Settings, port: int, log: Path) -> subprocess.Popen[byte
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # A shell without job control starts background jobs with SIGINT ignored, which
+            # their children inherit: `dg dev` must get Ctrl-C as in a terminal.
+            preexec_fn=_interruptible,
         )
 
 
@@ -64,6 +67,10 @@ def location_loaded(process: subprocess.Popen[bytes], port: int, seconds: float)
                 return True
         time.sleep(1)
     return False
+
+
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def group_gone(leader: subprocess.Popen[bytes], timeout: float) -> bool:
