@@ -10,7 +10,7 @@ shard, holding exactly the rows the one-by-one path writes, so everything that r
 log (the UI, partition status, run planning) sees the same history.
 
 The instance the CLI creates (`spotify_assets/cli.py`) names this class in its `dagster.yaml`,
-and the CLI sets `DAGSTER_EVENT_BATCH_SIZE`; `dagster dev` on the same instance needs it too.
+and the CLI sets `DAGSTER_EVENT_BATCH_SIZE`; `dg dev` on the same instance needs it too.
 """
 
 from __future__ import annotations
