@@ -119,6 +119,9 @@ class SimulationRates:
     streams_per_day: float | None = None  # None: the initial data's rate per live user
     late_fraction: float = 0.03  # share of new streams stamped 1..late_max_days days back
     late_max_days: int = 5
+    # Share of new streams whose user and track the source gets only later: the keys the next
+    # new user and track take (an app that writes the stream before the account or catalogue).
+    early_fraction: float = 0.0
     dirty_fraction: float = 0.01  # share of inserted/updated rows given one dirty value
 
     def __post_init__(self) -> None:
@@ -281,7 +284,11 @@ def _slice(
             new = _new_rows(rng, name, ids, window, survivors["DimArtist"])
             inserts[name] = _add_dirt(rng, new, name, rates.dirty_fraction)
 
-    streams = _new_streams(state, rng, rates, window, survivors)
+    upcoming = {  # the keys the next new rows take, after this slice's
+        name: state.next_ids[name] + (inserts[name].num_rows if name in inserts else 0)
+        for name in ("DimUser", "DimTrack")
+    }
+    streams = _new_streams(state, rng, rates, window, survivors, upcoming)
     if streams.num_rows:
         inserts["FactStream"] = _add_dirt(rng, streams, "FactStream", rates.dirty_fraction)
     return ChangeBatch(at=at, inserts=inserts, updates=updates, deletes=deletes)
@@ -354,8 +361,10 @@ def _new_streams(
     rates: SimulationRates,
     window: tuple[int, int],
     survivors: dict[str, np.ndarray],
+    upcoming: dict[str, int],
 ) -> pa.Table:
-    """Streams of users and tracks live throughout the slice; a few arrive days late."""
+    """Streams of users and tracks live throughout the slice; a few arrive days late, and a few
+    come before their user and track exist (`early_fraction`: the `upcoming` keys)."""
     users, tracks = survivors["DimUser"], survivors["DimTrack"]
     per_day = rates.streams_per_day
     if per_day is None:
@@ -370,13 +379,19 @@ def _new_streams(
         weighted_choice(rng, n, rank_weights(tracks, TRACK_SALT, TRACK_ZIPF_EXPONENT))
     ]
     first = state.next_ids["FactStream"]
+    user_ids = users[
+        weighted_choice(rng, n, rank_weights(users, USER_SALT, USER_ACTIVITY_EXPONENT))
+    ]
+    listen = listen_durations(rng, _playable_seconds(state.dims["DimTrack"], track_ids))
+    if rates.early_fraction:  # drawn only then: other rates keep their streams for a seed
+        early = rng.random(n) < rates.early_fraction
+        user_ids = np.where(early, upcoming["DimUser"], user_ids)
+        track_ids = np.where(early, upcoming["DimTrack"], track_ids)
     return stream_table(
         stream_ids=np.arange(first, first + n, dtype=np.int64),
-        user_ids=users[
-            weighted_choice(rng, n, rank_weights(users, USER_SALT, USER_ACTIVITY_EXPONENT))
-        ],
+        user_ids=user_ids,
         track_ids=track_ids,
-        listen=listen_durations(rng, _playable_seconds(state.dims["DimTrack"], track_ids)),
+        listen=listen,
         devices=pick_weighted(rng, DEVICES, DEVICE_WEIGHTS, n),
         seconds=np.where(late, arrival - backdate, arrival),
     )

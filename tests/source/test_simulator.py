@@ -235,6 +235,24 @@ def test_streams_reference_users_and_tracks_live_throughout_the_slice(history: H
                 live[name] -= set(batch.deletes[name].to_pylist())
 
 
+def test_early_streams_come_before_their_user_and_track(data: InitialData) -> None:
+    """A stream of a user and a track the source does not have yet: the keys the next new ones
+    take, inserted in a later slice (or still to come)."""
+    state = fresh_state(data)
+    before = {name: set(rows_by_key(name, state.dims[name])) for name in DIMS}
+    batches = run(state, 4, early_fraction=0.05)
+    for name, column in (("DimUser", "user_id"), ("DimTrack", "track_id")):
+        known, early = set(before[name]), set()
+        for batch in batches:
+            if name in batch.inserts:
+                known |= set(batch.inserts[name].column(key_of(name)).to_pylist())
+            streams = batch.inserts.get("FactStream")
+            if streams is not None:
+                early |= set(pc.drop_null(streams.column(column)).to_pylist()) - known
+        assert early, column
+        assert early <= (known - before[name]) | {state.next_ids[name]}, column
+
+
 def test_on_time_and_late_streams(history: History) -> None:
     late_count = total = 0
     for batch in history.batches:
