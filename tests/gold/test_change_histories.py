@@ -3,7 +3,8 @@
 A loaded lakehouse (source, lake and Dagster home) is prepared once per source engine; each
 history starts from a copy of it, edits the source with SQL as an application would — inserts,
 updates, updates that keep `updated_at`, deletes, re-inserts of deleted keys, restores of a
-deleted row with its original `updated_at`, key updates, new and late streams, several changes in
+deleted row with its original `updated_at`, key updates, new and late streams, streams of a user
+and a track that arrive in the source only later (late dimension members), several changes in
 one clock tick or at equal timestamps — runs `spotify-lakehouse run` after each round, and then
 gold equals plain SQL over the source: the current version of every key, every stream with its
 point-in-time user, and every aggregate. Explicit histories cover every pattern and each case
@@ -39,6 +40,7 @@ from tests.helpers.servers import PostgresServer
 from tests.helpers.source import HISTORY_DAYS
 
 USERS = CATALOG["DimUser"]
+TRACKS = CATALOG["DimTrack"]
 STREAMS = CATALOG.fact
 KEYS = (3, 4, 20)  # a few existing users, so that changes to one key pile up
 NEW_KEY = 5000  # inserts and key updates use this key and above (never allocated by the generator)
@@ -49,7 +51,7 @@ Change = tuple[str, int, str, str, int]  # kind, which key, country, plan, secon
 History = list[list[Change]]  # rounds of changes, `spotify-lakehouse run` after each
 
 KINDS = ("insert", "update", "update_keeping_time", "delete", "reinsert", "restore", "rekey",
-         "stream", "late_stream")  # fmt: skip
+         "stream", "late_stream", "early_stream", "member")  # fmt: skip
 changes = st.tuples(
     st.sampled_from(KINDS),
     st.integers(0, len(KEYS) - 1),  # which key (among those it applies to)
@@ -61,14 +63,25 @@ histories = st.lists(st.lists(changes, min_size=1, max_size=6), min_size=1, max_
 
 # Every pattern at least once: a re-insert in the delete's tick, an update keeping updated_at,
 # two updates at one timestamp, a restore with the original updated_at, a key update, a new key,
-# and streams (on time and late) after the changes.
+# streams (on time and late) after the changes, and a stream of a user and a track that arrive
+# in the next round, dated before it.
 EVERY_PATTERN = [
     [("delete", 0, "US", "Free", 60), ("reinsert", 0, "SE", "Premium", 0),
      ("update_keeping_time", 0, "GB", "Family", 1), ("delete", 2, "US", "Free", 1),
-     ("insert", 0, "GB", "Premium", 1), ("stream", 0, "US", "Free", 90)],
-    [("restore", 0, "US", "Free", 1), ("rekey", 1, "US", "Free", 0),
+     ("insert", 0, "GB", "Premium", 1), ("stream", 0, "US", "Free", 90),
+     ("early_stream", 1, "US", "Free", 0)],
+    [("member", 2, "SE", "Premium", 1), ("restore", 0, "US", "Free", 1),
+     ("rekey", 1, "US", "Free", 0),
      ("update", 0, "US", "Free", 60), ("update", 0, "GB", "Premium", 0),
      ("stream", 2, "US", "Free", 1), ("late_stream", 2, "US", "Free", 0)],
+]  # fmt: skip
+
+# Streams of a user and a track neither of which exists yet (today's and two days old), loaded;
+# then both arrive with an `updated_at` after the streams (EVERY_PATTERN has one arriving with
+# an `updated_at` before its stream).
+LATE_MEMBERS = [
+    [("early_stream", 0, "US", "Free", 60), ("early_stream", 2, "US", "Free", 1)],
+    [("member", 0, "GB", "Premium", 60)],
 ]  # fmt: skip
 
 # Found by generated histories, one regression each:
@@ -95,7 +108,9 @@ class SourceEditor:
     """Applies abstract changes to DimUser (and new streams) through SQL, tracking which keys
     are live and the last row of each deleted key; a change that does not apply is skipped.
     `which` picks the key among those a change applies to (and a late stream is `which + 1`
-    days old)."""
+    days old). An early stream is `which` days old and of the user and the track the next
+    `member` brings into the source (their key is the next new key), which is `updated_at` now
+    (`which` 0) or `which + 2` days ago, before any early stream."""
 
     session: SourceSession
     clock: datetime
@@ -118,6 +133,12 @@ class SourceEditor:
         if kind == "insert":
             template = next(iter({**self.live, **self.deleted}.values()))
             self._insert(template | values | {"user_id": self._new_key(), "updated_at": self.clock})
+            return
+        if kind == "early_stream":
+            self._stream(self.next_key, self.clock - timedelta(days=which), track=self.next_key)
+            return
+        if kind == "member":
+            self._member(values, self.clock - timedelta(days=which + 2 if which else 0))
             return
         known = sorted(self.deleted if kind in ("reinsert", "restore") else self.live)
         if not known:
@@ -163,11 +184,22 @@ class SourceEditor:
         self.session.bulk_insert(USERS, pa.Table.from_pylist([row], schema=USERS.arrow_schema))
         self.live[row["user_id"]] = row
 
-    def _stream(self, user: int, at: datetime) -> None:
+    def _member(self, values: dict[str, Any], updated_at: datetime) -> None:
+        """The user and the track of the next new key, as of `updated_at`."""
+        key = self._new_key()
+        template = next(iter({**self.live, **self.deleted}.values()))
+        self._insert(template | values | {"user_id": key, "updated_at": updated_at})
+        track = self.session.read_table(TRACKS).slice(0, 1).to_pylist()[0]
+        new_track = track | {"track_id": key, "updated_at": updated_at}
+        self.session.bulk_insert(
+            TRACKS, pa.Table.from_pylist([new_track], schema=TRACKS.arrow_schema)
+        )
+
+    def _stream(self, user: int, at: datetime, track: int = 1) -> None:
         row = {
             "stream_id": self.next_stream,
             "user_id": user,
-            "track_id": 1,
+            "track_id": track,
             "date_key": int(at.strftime("%Y%m%d")),
             "listen_duration": 200,
             "device_type": "mobile",
@@ -234,6 +266,10 @@ def replay(cli: Lakehouse, history: History) -> None:
 
 def test_gold_follows_every_change_pattern(loaded: Callable[[], Lakehouse]) -> None:
     replay(loaded(), EVERY_PATTERN)
+
+
+def test_gold_fills_in_late_dimension_members(loaded: Callable[[], Lakehouse]) -> None:
+    replay(loaded(), LATE_MEMBERS)
 
 
 @pytest.mark.parametrize("loaded", ["sqlite"], indirect=True)
