@@ -69,6 +69,8 @@ class GoldOutcome:
     not_evaluated: str = ""  # why `failures` or `problems` is None
     rows: int | None = None  # of the partitions built (or the table); None: not counted here
     rows_per_day: dict[date, int] = field(default_factory=dict)  # of those holding any
+    # The fact: rows whose dimension member has not arrived yet, per dimension; None: not counted
+    unmatched: dict[str, int] | None = None
 
 
 class GoldEngine(ConfigurableResource, ABC):
@@ -141,11 +143,17 @@ class LocalGold(GoldEngine):
             summary=f"{result.table}: {result.rows:,} rows in {days}",
             metadata={
                 "run_dropped_by_expectation": MetadataValue.json(result.failures),
+                **(
+                    {"rows_awaiting_member": MetadataValue.json(result.unmatched)}
+                    if result.unmatched is not None
+                    else {}
+                ),
                 **table_metadata(runner.read(result.table), self.lake, result.table),
             },
             failures=result.failures,
             rows=result.rows,
             rows_per_day=result.rows_per_day,
+            unmatched=result.unmatched,
         )
 
 

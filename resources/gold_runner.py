@@ -7,7 +7,10 @@ replaceWhere, as Databricks applies the same specs in the pipeline of `dlt/`.
                        the computing follows the changed keys (see `_replace_keys` for the write).
                        State: gold/_state/<table>/vNNNNNNNNNN.json, written after the commit.
     gold/dim_date      the calendar, replaced whole.
-    gold/fact_stream   partition P from silver partition P and the SCD2 dimensions.
+    gold/fact_stream   partition P from silver partition P and the SCD2 dimensions; before it,
+                       gold/_unmatched/fact_stream partition P: the dimension keys of P's facts
+                       that no dimension row has yet, for reconciliation to rebuild P when they
+                       arrive (written first: if the fact's commit is lost, P stays stale).
     gold/agg_daily_*   partition P from gold/fact_stream partition P.
 """
 
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -34,8 +39,20 @@ from resources.delta_tables import (
     rows_per_day,
 )
 from resources.lake import LakeStorage
-from spotify_assets.catalog.gold_spec import END_AT, Aggregate, Calendar, PointInTimeFact
-from spotify_assets.catalog.lake_paths import gold_path, gold_state_path, silver_path
+from spotify_assets.catalog.gold_spec import (
+    END_AT,
+    UNMATCHED_DIMENSION,
+    UNMATCHED_FACTS,
+    Aggregate,
+    Calendar,
+    PointInTimeFact,
+)
+from spotify_assets.catalog.lake_paths import (
+    gold_path,
+    gold_state_path,
+    silver_path,
+    unmatched_path,
+)
 from spotify_assets.catalog.tables import CHANGE_DATE, Catalog, Table
 from spotify_assets.gold.transform import (
     SCD2_INVARIANTS,
@@ -46,6 +63,7 @@ from spotify_assets.gold.transform import (
     point_in_time,
     scd2,
     scd2_problems,
+    unmatched,
 )
 
 
@@ -74,6 +92,8 @@ class PartitionBuild:
     rows: int  # rows in those partitions now
     failures: dict[str, int]  # rows dropped per expectation
     rows_per_day: dict[date, int] = field(default_factory=dict)  # of those partitions holding any
+    # The fact: rows whose dimension member has not arrived yet, per dimension, in the table.
+    unmatched: dict[str, int] | None = None
 
 
 class GoldRunner:
@@ -205,18 +225,29 @@ class GoldRunner:
                 raise RuntimeError(f"{gold_path(name)} does not exist yet: materialize it first")
             dimensions[lookup.dimension] = self._read(gold_path(name))
 
-        def build(silver: DataFrame) -> tuple[DataFrame, Expected]:
+        unmatched_table = self.lake.path(unmatched_path(fact))
+
+        def build(silver: DataFrame, chunk: Days) -> tuple[DataFrame, Expected]:
             expected = expect(spec.expectations, silver)
+            missing = unmatched(self.catalog, expected.kept, dimensions)
+            replace_partitions(self.lake, missing, unmatched_table, spec.date_column, chunk)
             return point_in_time(self.catalog, expected.kept, dimensions), expected
 
         source = silver_path(fact)
-        return self._replace(fact.lake_name, spec.date_column, days, source, CHANGE_DATE, build)
+        built = self._replace(fact.lake_name, spec.date_column, days, source, CHANGE_DATE, build)
+        records = unmatched_records(self.lake, self.catalog)
+        assert records is not None  # written with the fact
+        counts = {
+            lookup.dimension: _sum(records, UNMATCHED_DIMENSION, lookup.dimension, UNMATCHED_FACTS)
+            for lookup in spec.lookups
+        }
+        return replace(built, unmatched=counts)
 
     def build_aggregate(self, spec: Aggregate, days: Days) -> PartitionBuild:
         fact = self.catalog.fact
         date_column = fact.gold.date_column  # type: ignore[union-attr]
 
-        def build(facts: DataFrame) -> tuple[DataFrame, Expected]:
+        def build(facts: DataFrame, chunk: Days) -> tuple[DataFrame, Expected]:
             expected = expect(spec.expectations, aggregate(spec, facts))
             return expected.kept, expected
 
@@ -230,15 +261,15 @@ class GoldRunner:
         days: Days,
         source: str,
         source_partition: str,
-        build: Callable[[DataFrame], tuple[DataFrame, Expected]],
+        build: Callable[[DataFrame, Days], tuple[DataFrame, Expected]],
     ) -> PartitionBuild:
         """Replace the partitions `days` of gold/<name> with `build` of the same partitions of
-        `source`, a chunk of days at a time: partition P depends only on partition P, and one
-        query's memory follows its chunk."""
+        `source` (and the chunk of days they are), a chunk of days at a time: partition P
+        depends only on partition P, and one query's memory follows its chunk."""
         failures: Counter[str] = Counter()
         for chunk in day_chunks(self.lake, source, source_partition, days, self.chunk_rows):
             inside = F.col(source_partition).between(F.lit(chunk[0]), F.lit(chunk[1]))
-            rows, expected = build(self._read(source).where(inside))
+            rows, expected = build(self._read(source).where(inside), chunk)
             replace_partitions(self.lake, rows, self._path(name), partition, chunk)
             failures.update(_counts(expected.failures))
         per_day = rows_per_day(self.lake, gold_path(name), partition, days)
@@ -274,6 +305,21 @@ def applied_version(lake: LakeStorage, table: Table) -> int | None:
     if not states:
         return None
     return int(lake.read_json(f"{gold_state_path(table)}/{states[-1]}")["silver_version"])
+
+
+def unmatched_records(lake: LakeStorage, catalog: Catalog) -> pa.Table | None:
+    """What gold/_unmatched/<fact> holds: per day, the dimension keys of facts no dimension row
+    has yet (`unmatched`); None before the fact's first build. A small table, read whole."""
+    relative = unmatched_path(catalog.fact)
+    if not exists(lake, lake.path(relative)):
+        return None
+    return delta_table(lake, relative).to_pyarrow_table()
+
+
+def _sum(table: pa.Table, where: str, equals: str, column: str) -> int:
+    """The sum of `column` over the rows of `table` whose `where` is `equals`."""
+    rows = table.filter(pc.equal(table[where], equals))
+    return int(pc.sum(rows[column]).as_py() or 0)
 
 
 def _counts(failures: DataFrame | None) -> dict[str, int]:

@@ -6,7 +6,8 @@
   statistics from the bronze manifest and the Delta logs (no data read, no Spark), and the fact's
   days against the dimension versions that can change them (the fact's point-in-time lookups:
   `affects_from`, over the key, time and sequence columns of the dimensions' silver versions,
-  read with delta-rs).
+  read with delta-rs), and the days whose facts held a key no dimension row had yet, once the
+  dimension's gold has it (from gold/_unmatched/<fact>, usually empty).
 
 `reconcile_all` gives, per table, the stale days and the layer each must be rebuilt from.
 """
@@ -23,12 +24,19 @@ import pyarrow.compute as pc
 
 from resources.copy_runner import CopyRunner
 from resources.delta_tables import delta_table, exists, partition_stats, table_stats
-from resources.gold_runner import applied_version
+from resources.gold_runner import applied_version, unmatched_records
 from resources.lake import LakeStorage
 from spotify_assets.bronze.windows import Window
-from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
+from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.lake_paths import bronze_path, gold_path, quarantine_path, silver_path
-from spotify_assets.catalog.tables import CHANGE_DATE, CHANGE_SEQ, VERSION_AT, CaptureMode, Table
+from spotify_assets.catalog.tables import (
+    CHANGE_DATE,
+    CHANGE_SEQ,
+    VERSION_AT,
+    CaptureMode,
+    Catalog,
+    Table,
+)
 from spotify_assets.consistency.reconcile import (
     ABSENT,
     AFFECTS_FROM,
@@ -39,6 +47,7 @@ from spotify_assets.consistency.reconcile import (
     behind,
     first_layers,
     lookback_window,
+    members_arrived,
     stale_days,
     stale_partitions,
     written_before,
@@ -162,12 +171,32 @@ def _lake_layers(
             _versions_by_first_day(lake, catalog[lookup.dimension]) for lookup in spec.lookups
         )
         stale = stale_partitions(silver, fact, False) | written_before(dimensions, fact)
+        stale |= _members_arrived(lake, catalog)
         boundaries.append((Layer.GOLD, stale))
         for aggregate in catalog.aggregates:
             name = gold_path(aggregate.name)
             held[name] = partition_stats(lake, name, spec.date_column)
             boundaries.append((Layer.AGGREGATES, stale_partitions(fact, held[name], False)))
     return held, boundaries
+
+
+def _members_arrived(lake: LakeStorage, catalog: Catalog) -> set[date]:
+    """The fact's days holding a key that no dimension row had when they were built and that
+    the dimension's gold has now (`members_arrived`)."""
+    unmatched = unmatched_records(lake, catalog)
+    if unmatched is None or unmatched.num_rows == 0:
+        return set()
+    spec = catalog.fact.gold
+    assert isinstance(spec, PointInTimeFact)
+    present = {}
+    for dimension in set(unmatched[UNMATCHED_DIMENSION].to_pylist()):
+        table = catalog[dimension]
+        (key,) = table.key
+        relative = gold_path(table.lake_name)
+        if exists(lake, lake.path(relative)):
+            held = delta_table(lake, relative).to_pyarrow_dataset().to_table(columns=[key])
+            present[dimension] = pc.cast(held[key], pa.string())
+    return members_arrived(unmatched, present, spec.date_column)
 
 
 def _versions_by_first_day(lake: LakeStorage, dimension: Table) -> Partitions:

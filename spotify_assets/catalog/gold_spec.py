@@ -12,6 +12,9 @@ from spotify_assets.catalog.rules import Rule
 
 START_AT = "__START_AT"
 END_AT = "__END_AT"
+# What a point-in-time fact's build records of keys it found in no dimension row (late members),
+# per day: the dimension's source table name, the key as text, and how many fact rows hold it.
+UNMATCHED_DIMENSION, UNMATCHED_KEY, UNMATCHED_FACTS = "dimension", "key", "facts"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class PointInTimeFact:
     """One row per key, partitioned by `date_column`, with `lookups` resolved at `time_column`.
 
     A fact older than the first version of its dimension row takes that first version; one with
-    no dimension row at all gets NULLs."""
+    no dimension row at all gets NULLs until the row arrives (its day is then rebuilt)."""
 
     time_column: str
     date_column: str

@@ -6,6 +6,8 @@ under: the only place these paths are spelled.
     silver/_quarantine/<table>      Delta, the rows that failed a rule
     gold/<table or aggregate>       Delta
     gold/_state/<table>             the silver version each SCD2 dimension was applied from
+    gold/_unmatched/<table>         Delta, per day the dimension keys a fact's rows hold that no
+                                    dimension row has yet (late members)
 
 A layer's name is also its Dagster asset group and the first part of its assets' keys.
 """
@@ -40,3 +42,7 @@ def gold_path(name: str) -> str:
 
 def gold_state_path(table: Table) -> str:
     return f"{GOLD}/_state/{table.lake_name}"
+
+
+def unmatched_path(table: Table) -> str:
+    return f"{GOLD}/_unmatched/{table.lake_name}"

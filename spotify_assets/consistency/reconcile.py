@@ -8,7 +8,9 @@ Every layer boundary is compared per day, each by what it costs:
   bronze manifests and the Delta logs say of each partition (`PartitionStats`: rows and when its
   newest file was written), without reading the data;
 - the dimensions' silver versions ↔ the point-in-time fact: the first fact day each version can
-  change (`affects_from`, from a few columns of the versions) against when that day was built.
+  change (`affects_from`, from a few columns of the versions) against when that day was built;
+  and the days whose facts held a key no dimension row had yet, once gold's dimension has it
+  (`members_arrived`: a late member's first version fills in facts of any earlier day).
 A stale day is rebuilt from the first layer that differs (`Layer`), with everything below it.
 """
 
@@ -23,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spotify_assets.bronze.windows import Window, midnight
+from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, UNMATCHED_KEY
 
 AFFECTS_FROM = "_affects_from"
 
@@ -140,6 +143,25 @@ def affects_from(
     return rows.drop_columns([earliest, first_sequence, images]).append_column(
         AFFECTS_FROM, pc.if_else(replaces_first, every_day, day)
     )
+
+
+def members_arrived(
+    unmatched: pa.Table, present: Mapping[str, pa.Array], date_column: str
+) -> set[date]:
+    """Days of `unmatched` (what the fact's build found in no dimension row, per day) holding a
+    key that a dimension now has (`present`: per dimension's source table name, the keys its
+    gold holds, as text). `affects_from` dates a key's first version at its business day, but
+    facts of any earlier day take it too."""
+    days: set[date] = set()
+    for dimension, keys in present.items():
+        rows = unmatched.filter(
+            pc.and_(
+                pc.equal(unmatched[UNMATCHED_DIMENSION], dimension),
+                pc.is_in(unmatched[UNMATCHED_KEY], keys),
+            )
+        )
+        days.update(rows[date_column].to_pylist())
+    return days
 
 
 def first_layers(stale: Iterable[tuple[Layer, Iterable[date]]]) -> dict[date, Layer]:

@@ -3,6 +3,7 @@
     expect        -> rows failing an expectation are dropped (DLT `expect_all_or_drop`), counted
     scd2          -> the SCD type 2 rows of the keys present in some silver versions
     point_in_time -> fact rows with dimension columns as they were at the fact's time
+    unmatched     -> per day, the dimension keys of fact rows that no dimension row has yet
     aggregate     -> a daily aggregate of fact rows
     scd2_problems -> invariants of an SCD2 table, counted for asset checks
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
@@ -21,6 +23,9 @@ from pyspark.sql import functions as F
 from spotify_assets.catalog.gold_spec import (
     END_AT,
     START_AT,
+    UNMATCHED_DIMENSION,
+    UNMATCHED_FACTS,
+    UNMATCHED_KEY,
     Aggregate,
     PointInTimeFact,
     Scd2Dimension,
@@ -170,6 +175,30 @@ def point_in_time(
         columns[-1:-1] = lookup.columns
         result = joined.select(*columns)
     return result
+
+
+def unmatched(catalog: Catalog, facts: DataFrame, dimensions: Mapping[str, DataFrame]) -> DataFrame:
+    """Per day and lookup, the keys that `point_in_time` finds in no dimension row (a member the
+    source has not got yet: those facts carry NULLs until it arrives), with how many fact rows
+    hold each: the fact's date column, `dimension` (its source table name), `key` (as text) and
+    `facts`. Usually empty."""
+    spec = catalog.fact.gold
+    assert isinstance(spec, PointInTimeFact)
+    parts = []
+    for lookup in spec.lookups:
+        (key,) = catalog[lookup.dimension].key
+        known = dimensions[lookup.dimension].select(F.col(key).alias("_known")).distinct()
+        missing = facts.join(known, facts[lookup.on] == known["_known"], "left_anti")
+        parts.append(
+            missing.where(F.col(lookup.on).isNotNull())
+            .groupBy(
+                F.col(CHANGE_DATE).alias(spec.date_column),
+                F.lit(lookup.dimension).alias(UNMATCHED_DIMENSION),
+                F.col(lookup.on).cast("string").alias(UNMATCHED_KEY),
+            )
+            .agg(F.count(F.lit(1)).alias(UNMATCHED_FACTS))
+        )
+    return reduce(DataFrame.unionByName, parts)
 
 
 def _periods(versions: DataFrame, key: str, columns: tuple[str, ...]) -> DataFrame:

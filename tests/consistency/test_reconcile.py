@@ -21,6 +21,7 @@ from resources.reconciler import reconcile
 from resources.silver_store import SilverStore
 from spotify_assets.bronze.dialects import DIALECTS, Dialect
 from spotify_assets.bronze.windows import Window
+from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, UNMATCHED_FACTS, UNMATCHED_KEY
 from spotify_assets.catalog.tables import (
     CATALOG,
     CHANGE_AT,
@@ -41,6 +42,7 @@ from spotify_assets.consistency.reconcile import (
     day_ranges,
     first_layers,
     lookback_window,
+    members_arrived,
     repair_ranges,
     stale_days,
     stale_partitions,
@@ -123,6 +125,22 @@ def test_a_dimension_version_affects_the_fact_from_its_business_day_or_every_day
     by_day = {d: PartitionStats(0, 50) for d in found[AFFECTS_FROM].to_pylist()}
     fact = {d: PartitionStats(1, 40) for d in day.values()}
     assert written_before(by_day, fact) == set(day.values())
+
+
+def test_a_fact_day_is_stale_once_a_member_it_found_no_row_of_has_arrived() -> None:
+    """Facts of a key no dimension row had when their day was built take the key's first
+    version once it arrives, whatever its business time: exactly those days are rebuilt."""
+    unmatched = pa.table(
+        {
+            "stream_date": [D1, D2, D3, D5],
+            UNMATCHED_DIMENSION: ["DimUser", "DimTrack", "DimUser", "DimUser"],
+            UNMATCHED_KEY: ["7", "7", "8", "9"],
+            UNMATCHED_FACTS: [1, 2, 1, 3],
+        }
+    )
+    present = {"DimUser": pa.array(["1", "7", "9"]), "DimTrack": pa.array(["8"])}
+    assert members_arrived(unmatched, present, "stream_date") == {D1, D5}
+    assert members_arrived(unmatched, {}, "stream_date") == set()
 
 
 def test_a_day_is_rebuilt_from_its_first_stale_layer_in_ranges() -> None:

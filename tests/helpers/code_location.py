@@ -9,15 +9,17 @@ from pathlib import Path
 
 from dagster import AssetKey, Definitions
 
-from spotify_assets.catalog.gold_spec import Scd2Dimension
+from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.gold.transform import SCD2_INVARIANTS
+from spotify_assets.orchestration.assets.gold import MEMBERS_ARRIVED
 from tests.helpers.paths import REPO
 
 
 def assert_gold_graph(defs: Definitions) -> None:
     """Dimensions unpartitioned with blocking SCD2 checks; fact and aggregates on the fact
-    path's partitions, the fact after its lookups; a check per expectation everywhere."""
+    path's partitions, the fact after its lookups (and checking that their members arrived); a
+    check per expectation everywhere."""
     graph = defs.resolve_asset_graph()
 
     def checks_of(key: AssetKey) -> dict[str, bool]:
@@ -34,6 +36,8 @@ def assert_gold_graph(defs: Definitions) -> None:
         if isinstance(table.gold, Scd2Dimension):
             assert node.partitions_def is None
             assert checks_of(node.key) == expectations | dict.fromkeys(SCD2_INVARIANTS, True)
+        elif isinstance(table.gold, PointInTimeFact):
+            assert checks_of(node.key) == expectations | {MEMBERS_ARRIVED: False}
         else:
             assert checks_of(node.key) == expectations
     node = graph.get(AssetKey(["gold", fact.lake_name]))

@@ -158,6 +158,20 @@ def build_calendar_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
     return calendar
 
 
+MEMBERS_ARRIVED = "dimension_members_arrived"
+
+
+def _members_arrived(outcome: GoldOutcome) -> AssetCheckResult:
+    if outcome.unmatched is None:
+        return _not_evaluated(MEMBERS_ARRIVED, outcome)
+    return AssetCheckResult(
+        check_name=MEMBERS_ARRIVED,
+        passed=not any(outcome.unmatched.values()),
+        severity=AssetCheckSeverity.WARN,
+        metadata={f"rows_awaiting_{name}": n for name, n in outcome.unmatched.items()},
+    )
+
+
 def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
     fact = catalog.fact
     spec = fact.gold
@@ -165,6 +179,7 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
     key = gold_key(fact.lake_name)
     lookups = [gold_key(catalog[lookup.dimension].lake_name) for lookup in spec.lookups]
     carried = ", ".join(c for lookup in spec.lookups for c in lookup.columns)
+    members = " or ".join(lookup.dimension for lookup in spec.lookups)
 
     @asset(
         key=key,
@@ -175,14 +190,23 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
         f"partitioned by `{spec.date_column}`.",
         partitions_def=daily_partitions(fact.first_partition),
         backfill_policy=BackfillPolicy.single_run(),
-        check_specs=_expectation_checks(key, spec.expectations),
+        check_specs=[
+            *_expectation_checks(key, spec.expectations),
+            AssetCheckSpec(
+                MEMBERS_ARRIVED,
+                asset=key,
+                description=f"Rows whose key in {members} the source does not have yet (the "
+                "fact came first): they carry NULL attributes until the member arrives, and "
+                "the next run then rebuilds their days.",
+            ),
+        ],
     )
     def fact_table(
         context: AssetExecutionContext, gold_engine: GoldEngine, lake_writer: LakeWriter
     ) -> MaterializeResult:
         lake_writer.check()
         outcome = gold_engine.build_fact(catalog, partition_days(context))
-        return _result(context, outcome, spec.expectations)
+        return _result(context, outcome, spec.expectations, _members_arrived(outcome))
 
     return fact_table
 
@@ -212,14 +236,17 @@ def build_aggregate_asset(catalog: Catalog, spec: Aggregate) -> AssetsDefinition
 
 
 def _result(
-    context: AssetExecutionContext, outcome: GoldOutcome, rules: tuple[Rule, ...]
+    context: AssetExecutionContext,
+    outcome: GoldOutcome,
+    rules: tuple[Rule, ...],
+    *checks: AssetCheckResult,
 ) -> MaterializeResult:
     context.log.info(outcome.summary)
     totals = {} if outcome.rows is None else {ROW_COUNT: outcome.rows}
     per_day = {name: outcome.rows_per_day for name in totals}
     return MaterializeResult(
         metadata=result_metadata(context, outcome.metadata, totals, per_day),
-        check_results=_expectation_results(rules, outcome),
+        check_results=[*_expectation_results(rules, outcome), *checks],
     )
 
 
