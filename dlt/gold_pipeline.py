@@ -74,7 +74,12 @@ from spotify_assets.catalog.gold_spec import (
 from spotify_assets.catalog.lake_paths import silver_path
 from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import CATALOG, Catalog, Table
-from spotify_assets.gold.transform import SILVER_VERSION_COLUMNS, aggregate, point_in_time
+from spotify_assets.gold.transform import (
+    SILVER_VERSION_COLUMNS,
+    aggregate,
+    calendar,
+    point_in_time,
+)
 
 LAKE_URL_CONF = "spotify.lake_url"
 # Delta change data feed: its metadata columns, and the change types that carry a row as it now is.
@@ -168,7 +173,7 @@ def _dimension(table: Table, spec: Scd2Dimension) -> None:
 def _calendar(table: Table, spec: Calendar) -> None:
     def rows() -> DataFrame:
         spark = _spark()
-        return spark.read.format("delta").load(_silver_path(spark, table))
+        return calendar(spark.read.format("delta").load(_silver_path(spark, table)))
 
     dp.materialized_view(name=table.lake_name, comment=table.description)(
         _expect(spec.expectations)(rows)

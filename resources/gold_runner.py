@@ -58,6 +58,7 @@ from spotify_assets.gold.transform import (
     SCD2_INVARIANTS,
     Expected,
     aggregate,
+    calendar,
     expect,
     live_keys,
     point_in_time,
@@ -205,7 +206,7 @@ class GoldRunner:
 
     def build_calendar(self, table: Table) -> PartitionBuild:
         assert isinstance(table.gold, Calendar)
-        expected = expect(table.gold.expectations, self._read(silver_path(table)))
+        expected = expect(table.gold.expectations, calendar(self._read(silver_path(table))))
         replace_partitions(self.lake, expected.kept, self._path(table.lake_name), None, None)
         return PartitionBuild(
             table=table.lake_name,

@@ -8,17 +8,14 @@ from spotify_assets.catalog.tables import (
     CHANGE_AT,
     CHANGE_OP,
     CHANGE_SEQ,
+    EXTRACTED_AT,
+    RUN_ID,
     UNTYPED,
+    WINDOW_END,
+    WINDOW_START,
     CaptureMode,
     Table,
 )
-
-# Audit columns after the source columns (README: Bronze ingestion). `_op` is I/U/D for change
-# records and S for a row image (snapshot, watermark, or the current image in cdc mode).
-EXTRACTED_AT = "_extracted_at"
-WINDOW_START = "_window_start"
-WINDOW_END = "_window_end"
-RUN_ID = "_run_id"
 
 
 def bronze_schema(table: Table, carried: tuple[str, ...] = ()) -> pa.Schema:

@@ -80,6 +80,7 @@ GoldSpec = Scd2Dimension | Calendar | PointInTimeFact
 class Measure:
     name: str
     expression: str  # a Spark SQL aggregate over the fact's rows
+    description: str = ""
 
 
 @dataclass(frozen=True)

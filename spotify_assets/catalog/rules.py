@@ -40,6 +40,7 @@ class Derived:
     name: str
     expression: str
     type: str  # Spark SQL type name
+    description: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from enum import StrEnum
 import pyarrow as pa
 
 from spotify_assets.catalog.gold_spec import (
+    END_AT,
+    START_AT,
     Aggregate,
     Calendar,
     GoldSpec,
@@ -87,6 +89,7 @@ class Column:
     type: ColumnType
     nullable: bool = True
     length: int | None = None  # max characters of a STRING column on servers that need one
+    description: str = ""  # what a person sees on every asset holding the column
 
     def __post_init__(self) -> None:
         validate_identifier(self.name)
@@ -183,6 +186,11 @@ class Table:
 CHANGE_SEQ = "_seq"
 CHANGE_OP = "_op"
 CHANGE_AT = "_changed_at"
+# Audit columns every bronze extraction adds after the source's (spotify_assets/bronze/schema.py).
+EXTRACTED_AT = "_extracted_at"
+WINDOW_START = "_window_start"
+WINDOW_END = "_window_end"
+RUN_ID = "_run_id"
 # Columns silver adds: the business time of a version (a delete's: its change time), when a
 # dimension's version takes effect (its business time, never before a change preceding it in the
 # source's sequence) and the partition date of a row.
@@ -196,9 +204,29 @@ VALUES_TYPED = Rule("values_typed", f"{UNTYPED} IS NULL")
 # Silver's rank of a fact row among the rows of its key (1: the one kept; see silver.rank_keys).
 KEY_RANK = "_key_rank"
 
+# What each column a layer adds holds: said once here, shown on every asset that has it.
+AUDIT_COLUMNS: dict[str, str] = {
+    CHANGE_OP: "Change operation: I insert, U update, D delete (change records), S a row image "
+    "(snapshot, watermark copy, or the current row in cdc mode).",
+    CHANGE_SEQ: "The source's change sequence (the LSN on SQL Server); NULL for a row image.",
+    CHANGE_AT: "When the source recorded the change (a cdc table's partition time).",
+    EXTRACTED_AT: "When the copy read the row from the source (UTC).",
+    WINDOW_START: "Start of the load window the row was copied in (NULL: a whole-table snapshot).",
+    WINDOW_END: "End of the load window the row was copied in, exclusive (NULL: a snapshot).",
+    RUN_ID: "The Dagster run that copied the row.",
+    UNTYPED: "Raw text of values that did not fit their declared type, by column (NULL: none).",
+    VERSION_AT: "Business time of the version: the change-time column, or a delete's change time "
+    "(NULL for snapshot rows).",
+    EFFECTIVE_AT: "When the version takes effect: its business time, never before a change that "
+    "precedes it in the source's sequence.",
+    CHANGE_DATE: "The UTC day of the row's change time: its partition.",
+    START_AT: "When this version became current.",
+    END_AT: "When this version stopped being current (NULL: the current version).",
+}
 
-def _s(name: str, length: int, nullable: bool = True) -> Column:
-    return Column(name, ColumnType.STRING, nullable, length)
+
+def _s(name: str, length: int, description: str, nullable: bool = True) -> Column:
+    return Column(name, ColumnType.STRING, nullable, length, description)
 
 
 def _scd2(key: str, tracked: tuple[str, ...]) -> Scd2Dimension:
@@ -218,13 +246,18 @@ DIM_USER = Table(
     lake_name="dim_user",
     description="Listeners and their subscription.",
     columns=(
-        Column("user_id", ColumnType.INT, nullable=False),
-        _s("user_name", 100),
-        _s("country", 50),
-        _s("subscription_type", 20),
-        Column("start_date", ColumnType.DATE),
-        Column("end_date", ColumnType.DATE),
-        Column("updated_at", ColumnType.TIMESTAMP, nullable=False),
+        Column("user_id", ColumnType.INT, nullable=False, description="The listener's id."),
+        _s("user_name", 100, "The listener's name (upper case from silver on)."),
+        _s("country", 50, "The listener's country (ISO 3166 alpha-2 from silver on)."),
+        _s("subscription_type", 20, f"The plan: {', '.join(SUBSCRIPTIONS)}."),
+        Column("start_date", ColumnType.DATE, description="When the subscription started."),
+        Column("end_date", ColumnType.DATE, description="When it ended (NULL: still running)."),
+        Column(
+            "updated_at",
+            ColumnType.TIMESTAMP,
+            nullable=False,
+            description="When the source last changed the row: its business time.",
+        ),
     ),
     key=("user_id",),
     role=TableRole.DIMENSION,
@@ -251,11 +284,16 @@ DIM_ARTIST = Table(
     lake_name="dim_artist",
     description="Artists with genre and country.",
     columns=(
-        Column("artist_id", ColumnType.INT, nullable=False),
-        _s("artist_name", 100),
-        _s("genre", 50),
-        _s("country", 50),
-        Column("updated_at", ColumnType.TIMESTAMP, nullable=False),
+        Column("artist_id", ColumnType.INT, nullable=False, description="The artist's id."),
+        _s("artist_name", 100, "The artist's name."),
+        _s("genre", 50, "Main genre (lower case from silver on)."),
+        _s("country", 50, "The artist's country (ISO 3166 alpha-2 from silver on)."),
+        Column(
+            "updated_at",
+            ColumnType.TIMESTAMP,
+            nullable=False,
+            description="When the source last changed the row: its business time.",
+        ),
     ),
     key=("artist_id",),
     role=TableRole.DIMENSION,
@@ -282,13 +320,18 @@ DIM_TRACK = Table(
     lake_name="dim_track",
     description="Tracks, their artist and album.",
     columns=(
-        Column("track_id", ColumnType.INT, nullable=False),
-        _s("track_name", 200),
-        Column("artist_id", ColumnType.INT),
-        _s("album_name", 200),
-        Column("duration_sec", ColumnType.INT),
-        Column("release_date", ColumnType.DATE),
-        Column("updated_at", ColumnType.TIMESTAMP, nullable=False),
+        Column("track_id", ColumnType.INT, nullable=False, description="The track's id."),
+        _s("track_name", 200, "The track's title (dashes as spaces from silver on)."),
+        Column("artist_id", ColumnType.INT, description="The track's artist."),
+        _s("album_name", 200, "The album the track is on."),
+        Column("duration_sec", ColumnType.INT, description="Length of the track in seconds."),
+        Column("release_date", ColumnType.DATE, description="When the track was released."),
+        Column(
+            "updated_at",
+            ColumnType.TIMESTAMP,
+            nullable=False,
+            description="When the source last changed the row: its business time.",
+        ),
     ),
     key=("track_id",),
     role=TableRole.DIMENSION,
@@ -305,6 +348,7 @@ DIM_TRACK = Table(
                 "CASE WHEN duration_sec < 150 THEN 'low' "
                 "WHEN duration_sec < 300 THEN 'medium' ELSE 'high' END",
                 "string",
+                "low under 150 s, medium under 300 s, high from 300 s.",
             ),
         ),
         rules=(
@@ -325,12 +369,12 @@ DIM_DATE = Table(
     lake_name="dim_date",
     description="Calendar days, keyed yyyymmdd.",
     columns=(
-        Column("date_key", ColumnType.INT, nullable=False),
-        Column("date", ColumnType.DATE, nullable=False),
-        Column("day", ColumnType.INT, nullable=False),
-        Column("month", ColumnType.INT, nullable=False),
-        Column("year", ColumnType.INT, nullable=False),
-        _s("weekday", 10, nullable=False),
+        Column("date_key", ColumnType.INT, nullable=False, description="The day as yyyymmdd."),
+        Column("date", ColumnType.DATE, nullable=False, description="The day."),
+        Column("day", ColumnType.INT, nullable=False, description="Day of the month."),
+        Column("month", ColumnType.INT, nullable=False, description="Month, 1-12."),
+        Column("year", ColumnType.INT, nullable=False, description="Year."),
+        _s("weekday", 10, "Name of the weekday (Monday ...).", nullable=False),
     ),
     key=("date_key",),
     role=TableRole.CALENDAR,
@@ -348,13 +392,18 @@ FACT_STREAM = Table(
     lake_name="fact_stream",
     description="One row per stream (a play of a track by a user).",
     columns=(
-        Column("stream_id", ColumnType.BIGINT, nullable=False),
-        Column("user_id", ColumnType.INT),
-        Column("track_id", ColumnType.INT),
-        Column("date_key", ColumnType.INT),
-        Column("listen_duration", ColumnType.INT),
-        _s("device_type", 50),
-        Column("stream_timestamp", ColumnType.TIMESTAMP, nullable=False),
+        Column("stream_id", ColumnType.BIGINT, nullable=False, description="The stream's id."),
+        Column("user_id", ColumnType.INT, description="Who listened."),
+        Column("track_id", ColumnType.INT, description="What was played."),
+        Column("date_key", ColumnType.INT, description="The stream's day as yyyymmdd."),
+        Column("listen_duration", ColumnType.INT, description="Seconds listened."),
+        _s("device_type", 50, f"The device played on: {', '.join(DEVICES)}."),
+        Column(
+            "stream_timestamp",
+            ColumnType.TIMESTAMP,
+            nullable=False,
+            description="When the stream started: its business time and partition time.",
+        ),
     ),
     key=("stream_id",),
     role=TableRole.FACT,
@@ -388,9 +437,11 @@ FACT_STREAM = Table(
 )
 
 
-_STREAMS = Measure("streams", "count(*)")
-_LISTENING_SECONDS = Measure("listening_seconds", "sum(CAST(listen_duration AS BIGINT))")
-_LISTENERS = Measure("listeners", "count(DISTINCT user_id)")
+_STREAMS = Measure("streams", "count(*)", "Streams.")
+_LISTENING_SECONDS = Measure(
+    "listening_seconds", "sum(CAST(listen_duration AS BIGINT))", "Seconds listened, summed."
+)
+_LISTENERS = Measure("listeners", "count(DISTINCT user_id)", "Distinct listeners.")
 _AT_LEAST_ONE_STREAM = (Rule("streams_positive", "streams > 0"),)
 
 DAILY_AGGREGATES = (
@@ -420,7 +471,11 @@ DAILY_AGGREGATES = (
         "agg_daily_user",
         "Streams, distinct tracks and listening seconds per listener and day.",
         group_by=("stream_date", "user_id"),
-        measures=(_STREAMS, Measure("tracks", "count(DISTINCT track_id)"), _LISTENING_SECONDS),
+        measures=(
+            _STREAMS,
+            Measure("tracks", "count(DISTINCT track_id)", "Distinct tracks."),
+            _LISTENING_SECONDS,
+        ),
         expectations=_AT_LEAST_ONE_STREAM,
     ),
 )

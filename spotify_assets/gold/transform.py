@@ -1,6 +1,7 @@
 """Gold transforms (README: Gold): pure PySpark, DataFrame in, DataFrame out.
 
     expect        -> rows failing an expectation are dropped (DLT `expect_all_or_drop`), counted
+    calendar      -> the calendar's rows without silver's version bookkeeping
     scd2          -> the SCD type 2 rows of the keys present in some silver versions
     point_in_time -> fact rows with dimension columns as they were at the fact's time
     unmatched     -> per day, the dimension keys of fact rows that no dimension row has yet
@@ -69,6 +70,12 @@ def expect(rules: tuple[Rule, ...], df: DataFrame) -> Expected:
         *[F.sum(F.array_contains(names, r.name).cast("int")).alias(r.name) for r in rules]
     )
     return Expected(kept=kept, failures=failures)
+
+
+def calendar(silver: DataFrame) -> DataFrame:
+    """Dropped by name: a declarative pipeline cannot read a plan's columns while it registers
+    its datasets."""
+    return silver.drop(*SILVER_VERSION_COLUMNS)
 
 
 def scd2_spec(table: Table) -> Scd2Dimension:

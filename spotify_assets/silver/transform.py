@@ -31,9 +31,13 @@ from spotify_assets.catalog.tables import (
     CHANGE_OP,
     CHANGE_SEQ,
     EFFECTIVE_AT,
+    EXTRACTED_AT,
     KEY_RANK,
+    RUN_ID,
     UNTYPED,
     VERSION_AT,
+    WINDOW_END,
+    WINDOW_START,
     CaptureMode,
     ColumnType,
     Table,
@@ -46,7 +50,6 @@ from spotify_assets.catalog.tables import (
 FAILED_RULES = "_failed_rules"
 RULE = "_rule"
 RAW = "_raw"
-RUN_ID = "_run_id"
 
 SPARK_TYPES = {
     ColumnType.INT: "int",
@@ -59,8 +62,7 @@ SPARK_TYPES = {
 _SAFE_CASTS = {("int", "bigint"), ("smallint", "int"), ("smallint", "bigint"), ("void", "*")}
 # Bronze's own columns: not source columns, so never schema drift.
 _BRONZE_AUDIT = {
-    CHANGE_OP, CHANGE_SEQ, CHANGE_AT, "_extracted_at", "_window_start", "_window_end", "_run_id",
-    UNTYPED,
+    CHANGE_OP, CHANGE_SEQ, CHANGE_AT, EXTRACTED_AT, WINDOW_START, WINDOW_END, RUN_ID, UNTYPED,
 }  # fmt: skip
 
 

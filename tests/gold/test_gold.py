@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 from deltalake import DeltaTable
 
-from spotify_assets.catalog.tables import CATALOG
+from spotify_assets.catalog.columns import gold_columns, silver_columns
+from spotify_assets.catalog.lake_paths import gold_path, silver_path
+from spotify_assets.catalog.tables import CATALOG, CHANGE_OP, CHANGE_SEQ, VERSION_AT
 from spotify_assets.cli import source_simulate
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.settings import Settings
@@ -88,3 +91,19 @@ def test_a_run_with_nothing_new_changes_no_gold_table(pipeline) -> None:
     ingest.incremental(settings, instance)
     for name, version in versions.items():
         assert DeltaTable(f"{settings.lake_url}/gold/{name}").version() == version, name
+
+
+def test_silver_and_gold_hold_the_columns_the_catalog_describes(loaded_home: Path) -> None:
+    """What the UI shows of each table (its described columns, in order) is what was written;
+    the calendar's gold carries none of silver's version bookkeeping."""
+    lake = Settings.from_env({"SPOTIFY_HOME": str(loaded_home)}).lake_url
+
+    def written(relative: str) -> list[str]:
+        return [f.name for f in DeltaTable(f"{lake}/{relative}").schema().fields]
+
+    for table in CATALOG:
+        assert written(silver_path(table)) == [c.name for c in silver_columns(table)], table.name
+        for name in CATALOG.gold_tables(table):
+            assert written(gold_path(name)) == [c.name for c in gold_columns(CATALOG, name)], name
+    calendar = written(gold_path(CATALOG["DimDate"].lake_name))
+    assert not {CHANGE_OP, CHANGE_SEQ, VERSION_AT} & set(calendar), calendar
