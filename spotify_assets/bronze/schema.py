@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from spotify_assets.catalog.columns import DescribedColumn, describe
 from spotify_assets.catalog.tables import (
     CHANGE_AT,
     CHANGE_OP,
@@ -34,3 +35,10 @@ def bronze_schema(table: Table, carried: tuple[str, ...] = ()) -> pa.Schema:
     ]
     new = [pa.field(name, pa.string()) for name in carried]
     return pa.schema(list(table.arrow_schema) + new + audit)
+
+
+def bronze_columns(table: Table) -> list[DescribedColumn]:
+    """The columns of `bronze_schema`, described."""
+    return [
+        DescribedColumn(f.name, str(f.type), describe(table, f.name)) for f in bronze_schema(table)
+    ]

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog.gold_spec import Scd2Dimension
-from spotify_assets.catalog.tables import CATALOG, configured_catalog
+from spotify_assets.catalog.tables import (
+    AUDIT_COLUMNS,
+    CATALOG,
+    CHANGE_OP,
+    CHANGE_SEQ,
+    VERSION_AT,
+    configured_catalog,
+)
 from spotify_assets.consistency.reconcile import Layer
 from spotify_assets.orchestration.definitions import OBSERVE_SOURCE_JOB, build_definitions
 from spotify_assets.orchestration.ingest import PlannedRun
@@ -81,6 +88,28 @@ def test_asset_graph_snapshot(tmp_path: Path) -> None:
         assert [c.name for c in columns] == list(table.column_names)
         assert spec.metadata["capture_mode"] == table.mode.value
         assert spec.group_name == "source"
+
+
+def test_every_asset_describes_each_of_its_columns_and_each_audit_column_alike(
+    tmp_path: Path,
+) -> None:
+    defs = build_definitions(Settings.from_env({"SPOTIFY_HOME": str(tmp_path)}))
+    graph = defs.resolve_asset_graph()
+    schemas = {
+        key.to_user_string(): graph.get(key).metadata["dagster/column_schema"].columns
+        for key in graph.get_all_asset_keys()
+    }
+    audit_texts: dict[str, set[str]] = {}
+    for key, columns in schemas.items():
+        assert columns, key
+        for column in columns:
+            assert column.description, f"{key}: {column.name} has no description"
+            if column.name in AUDIT_COLUMNS:
+                audit_texts.setdefault(column.name, set()).add(column.description)
+    assert set(audit_texts) == set(AUDIT_COLUMNS)
+    assert all(len(texts) == 1 for texts in audit_texts.values()), audit_texts
+    calendar = {c.name for c in schemas[f"gold/{CATALOG['DimDate'].lake_name}"]}
+    assert not {CHANGE_OP, CHANGE_SEQ, VERSION_AT} & calendar
 
 
 def test_observation_reports_row_counts_and_a_version(

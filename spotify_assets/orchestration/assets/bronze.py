@@ -15,18 +15,17 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
-    TableColumn,
-    TableSchema,
     asset,
 )
 from pydantic import Field
 
 from resources.copy_runner import CopyResult, CopyRunner, Waiting
 from resources.lease import LakeWriter
-from spotify_assets.bronze.schema import bronze_schema
+from spotify_assets.bronze.schema import bronze_columns
 from spotify_assets.catalog.lake_paths import BRONZE, bronze_path
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.reconcile import day_ranges
+from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
 from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.partitions import (
     ROW_COUNT,
@@ -50,7 +49,6 @@ def bronze_key(table: Table) -> AssetKey:
 
 def build_bronze_asset(table: Table) -> AssetsDefinition:
     partitioned = table.change_time_column is not None
-    schema = bronze_schema(table)
 
     @asset(
         key=bronze_key(table),
@@ -61,9 +59,7 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
         partitions_def=daily_partitions(table.first_partition) if partitioned else None,
         backfill_policy=BackfillPolicy.single_run() if partitioned else None,
         metadata={
-            "dagster/column_schema": TableSchema(
-                columns=[TableColumn(f.name, str(f.type)) for f in schema]
-            ),
+            COLUMN_SCHEMA: column_schema(bronze_columns(table)),
             "capture_mode": table.mode.value,
             "change_time": table.change_time_column or "",
         },

@@ -24,11 +24,13 @@ from pydantic import Field
 
 from resources.engines import GoldEngine, GoldOutcome
 from resources.lease import LakeWriter
+from spotify_assets.catalog.columns import gold_columns
 from spotify_assets.catalog.gold_spec import Aggregate, Calendar, PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.lake_paths import GOLD
 from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.gold.transform import SCD2_INVARIANTS
+from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
 from spotify_assets.orchestration.assets.silver import DIRTY_ON_PURPOSE, silver_key
 from spotify_assets.orchestration.partitions import (
     ROW_COUNT,
@@ -101,6 +103,7 @@ def build_dimension_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         key=key,
         deps=[silver_key(table)],
         group_name=GOLD,
+        metadata={COLUMN_SCHEMA: column_schema(gold_columns(catalog, table.lake_name))},
         kinds={"spark", "delta"},
         description=f"{table.description} SCD type 2 over `{spec.effective_time}`, then "
         f"`{spec.change_sequence}`: one row per version, tracked columns "
@@ -145,6 +148,7 @@ def build_calendar_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         key=key,
         deps=[silver_key(table)],
         group_name=GOLD,
+        metadata={COLUMN_SCHEMA: column_schema(gold_columns(catalog, table.lake_name))},
         kinds={"spark", "delta"},
         description=f"{table.description} Silver's current rows.",
         check_specs=_expectation_checks(key, spec.expectations),
@@ -185,6 +189,7 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
         key=key,
         deps=[silver_key(fact), *lookups],
         group_name=GOLD,
+        metadata={COLUMN_SCHEMA: column_schema(gold_columns(catalog, fact.lake_name))},
         kinds={"spark", "delta"},
         description=f"{fact.description} With {carried} as they were at `{spec.time_column}`; "
         f"partitioned by `{spec.date_column}`.",
@@ -219,6 +224,7 @@ def build_aggregate_asset(catalog: Catalog, spec: Aggregate) -> AssetsDefinition
         key=key,
         deps=[gold_key(fact.lake_name)],
         group_name=GOLD,
+        metadata={COLUMN_SCHEMA: column_schema(gold_columns(catalog, spec.name))},
         kinds={"spark", "delta"},
         description=f"{spec.description} Partitioned like the fact.",
         partitions_def=daily_partitions(fact.first_partition),

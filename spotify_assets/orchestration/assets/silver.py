@@ -22,9 +22,11 @@ from resources.engines import SilverEngine
 from resources.lake import LakeStorage
 from resources.lease import LakeWriter
 from resources.silver_store import SilverResult
+from spotify_assets.catalog.columns import silver_columns
 from spotify_assets.catalog.lake_paths import SILVER, quarantine_path, silver_path
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.orchestration.assets.bronze import bronze_key
+from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
 from spotify_assets.orchestration.partitions import (
     ROW_COUNT,
     daily_partitions,
@@ -62,6 +64,7 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
         kinds={"spark", "delta"},
         description=f"Cleaned versions of `{table.name}`; failing rows in "
         f"{quarantine_path(table)}.",
+        metadata={COLUMN_SCHEMA: column_schema(silver_columns(table))},
         partitions_def=daily_partitions(table.first_partition) if partitioned else None,
         backfill_policy=BackfillPolicy.single_run() if partitioned else None,
         check_specs=checks,

@@ -9,14 +9,14 @@ from dagster import (
     DataVersion,
     MetadataValue,
     ObserveResult,
-    TableColumn,
-    TableSchema,
     multi_observable_source_asset,
 )
 
 from resources.source_db import SourceDatabase
+from spotify_assets.catalog.columns import source_columns
 from spotify_assets.catalog.lake_paths import SOURCE
 from spotify_assets.catalog.tables import Catalog, Table
+from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
 
 
 def source_key(table: Table) -> AssetKey:
@@ -24,10 +24,6 @@ def source_key(table: Table) -> AssetKey:
 
 
 def source_spec(table: Table, dialect: str) -> AssetSpec:
-    columns = [
-        TableColumn(c.name, c.type.value, description="key" if c.name in table.key else None)
-        for c in table.columns
-    ]
     return AssetSpec(
         key=source_key(table),
         description=f"{table.description} Source table `{table.name}`, captured by "
@@ -35,7 +31,7 @@ def source_spec(table: Table, dialect: str) -> AssetSpec:
         group_name=SOURCE,
         kinds={dialect},
         metadata={
-            "dagster/column_schema": TableSchema(columns=columns),
+            COLUMN_SCHEMA: column_schema(source_columns(table)),
             "capture_mode": table.mode.value,
             "cdc_column": table.cdc_column or "",
             "key": ", ".join(table.key),
