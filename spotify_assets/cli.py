@@ -409,8 +409,19 @@ class _Parser(argparse.ArgumentParser):
     validation (argparse's default is the usage block, then the message)."""
 
     def error(self, message: str) -> NoReturn:
+        if unknown := _INVALID_CHOICE.match(message):
+            # "argument source_command: invalid choice: 'frob' (choose from 'init', …)"
+            # -> "source frob: expected a command: init, …"
+            typed = " ".join([*self.prog.split()[1:], unknown["value"]])
+            choices = unknown["choices"].replace("'", "")
+            raise UsageError(f"{typed}: expected a command: {choices} (see `{self.prog} --help`)")
         # "argument --from: 2026/11/20: expected …" -> "--from 2026/11/20: expected …"
         raise UsageError(re.sub(r"^argument (-[^:]+): ", r"\1 ", message))
+
+
+_INVALID_CHOICE = re.compile(
+    r"^argument \w+: invalid choice: '?(?P<value>[^']*?)'? \(choose from (?P<choices>.*)\)$"
+)
 
 
 def _checked(

@@ -167,6 +167,12 @@ def test_bad_run_arguments_fail_clearly(
          "--tables DimDate: a snapshot table, copied whole by every `spotify-lakehouse run`; "
          "refresh re-extracts days of DimUser, DimArtist, DimTrack, FactStream"),
         (["refresh", "--from", "2026-11-20"], {}, "the following arguments are required: --to"),
+        (["frobnicate"], {},
+         "frobnicate: expected a command: source, run, refresh, verify, demo, adf (see "
+         "`spotify-lakehouse --help`)"),
+        (["source", "frob"], {},
+         "source frob: expected a command: init, simulate, stats (see "
+         "`spotify-lakehouse source --help`)"),
         (["verify", "--tables", "fact_stream"], {},
          "the source holds no Spotify tables yet (looked in {home}/source.db; SPOTIFY_HOME "
          "defaults to ./.data of the current directory): run `spotify-lakehouse source init`"),
