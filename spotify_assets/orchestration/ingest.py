@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from dagster import (
     AssetKey,
     AssetsDefinition,
+    AssetSelection,
     DagsterEventType,
     DagsterInstance,
     Definitions,
@@ -48,6 +49,7 @@ from spotify_assets.orchestration.assets.bronze import (
 )
 from spotify_assets.orchestration.assets.gold import build_gold_assets_of, gold_key
 from spotify_assets.orchestration.assets.silver import QUARANTINED, build_silver_asset, silver_key
+from spotify_assets.orchestration.assets.source import build_source_observation, source_key
 from spotify_assets.orchestration.partitions import ROW_COUNT, partition_range_tags, run_total
 from spotify_assets.orchestration.resources import build_resources, copy_runner
 from spotify_assets.orchestration.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
@@ -420,7 +422,7 @@ def execute(
     failed = list(failures)
     for run in runs:
         assets = run.assets(catalog)
-        result = _materialize(run, assets, catalog, resources, instance)
+        result = _materialize(run, assets, runner, resources, instance)
         if result.success:
             loads += _loads(run, catalog, result)
         else:
@@ -433,14 +435,22 @@ def execute(
 def _materialize(
     run: PlannedRun,
     assets: list[AssetsDefinition],
-    catalog: Catalog,
+    runner: CopyRunner,
     resources: dict[str, object],
     instance: DagsterInstance,
 ) -> ExecuteInProcessResult:
+    """The run's job; one that copies from the source observes the tables it reads first, so
+    the UI's lineage starts with the source's row counts and change-feed positions (and bronze
+    is built from the data version observed)."""
+    catalog = runner.source.catalog
+    selected = [key for a in assets for key in a.keys]
+    if run.start is Layer.BRONZE:
+        assets = [build_source_observation(catalog, runner.source.dialect), *assets]
+        selected = [source_key(catalog[name]) for name in run.tables] + selected
     defs = Definitions(
         assets=assets,
         resources=resources,
-        jobs=[define_asset_job(JOBS[run.kind])],
+        jobs=[define_asset_job(JOBS[run.kind], selection=AssetSelection.assets(*selected))],
         loggers={"console": progress_logger},
     )
     return defs.resolve_job_def(JOBS[run.kind]).execute_in_process(

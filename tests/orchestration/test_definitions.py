@@ -8,7 +8,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from dagster import AssetKey, DagsterEventType
+from dagster import AssetKey, DagsterEventType, DagsterInstance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,8 +23,10 @@ from spotify_assets.catalog.tables import (
     configured_catalog,
 )
 from spotify_assets.consistency.reconcile import Layer
+from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.definitions import OBSERVE_SOURCE_JOB, build_definitions
 from spotify_assets.orchestration.ingest import PlannedRun
+from spotify_assets.orchestration.resources import source_database
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.code_location import assert_gold_graph, validate_workspace
 from tests.helpers.paths import REPO
@@ -153,6 +155,23 @@ def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
     env = {**os.environ, "SPOTIFY_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
     env.pop("SPOTIFY_SOURCE_ODBC", None)
     validate_workspace(env)
+
+
+def test_a_run_observes_the_source_tables_it_copies(loaded_lakehouse: Settings) -> None:
+    """The lineage starts with live numbers: the initial load recorded each source table's row
+    count and change-feed position, as the observation job does."""
+    with DagsterInstance.get() as instance, source_database(loaded_lakehouse).session() as session:
+        loads = {r.run_id for r in instance.get_runs() if r.tags.get("spotify/run")}
+        for table in CATALOG:
+            (record,) = instance.fetch_observations(source_key(table), limit=1).records
+            assert record.run_id in loads, table.name
+            observed = record.asset_observation
+            stats = session.table_stats(table)
+            # Values as the observation job records them (an empty change feed: no position).
+            assert {n: observed.metadata[n].value for n in stats} == {
+                n: "" if v is None else v for n, v in stats.items()
+            }, table.name
+            assert observed.tags["dagster/data_version"]
 
 
 @settings(max_examples=25, deadline=None)
