@@ -1,11 +1,14 @@
 """The Dagster UI end to end: `dg dev` on 127.0.0.1 over a loaded lake, a partition backfill
-launched through GraphQL (the UI's own API) and executed by the daemon, then a headless-Chromium
-screenshot of the backfilled asset graph.
+launched through GraphQL (the UI's own API) and executed by the daemon, then headless-Chromium
+screenshots of the asset graph, a partitioned asset and its checks.
 
 The assertions are on the runs and the data: the backfill's runs succeeded, they materialized
 bronze, silver and gold (fact and aggregates) for exactly the requested days, and gold still
-equals silver on those days. The screenshot only goes to the test's output (its path is printed,
-recorded as a junit property and copied to `$SPOTIFY_TEST_ARTIFACTS` when set).
+equals silver on those days. Then what a user reads, through GraphQL: runs named by their job and
+tags, every asset's columns described, the source tables observed by the load, and each
+partition's own row count. The screenshots go to the test's output (their paths are printed,
+recorded as junit properties and copied to `$SPOTIFY_TEST_ARTIFACTS` when set), and replace the
+README's in docs/screenshots/ when SPOTIFY_REFRESH_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -19,23 +22,29 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from dagster import AssetRecordsFilter, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from deltalake import DeltaTable
 
+from spotify_assets.catalog.columns import gold_columns, silver_columns, source_columns
+from spotify_assets.catalog.lake_paths import gold_path, silver_path
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.assets.gold import gold_key
 from spotify_assets.orchestration.assets.silver import silver_key
+from spotify_assets.orchestration.assets.source import source_key
+from spotify_assets.orchestration.ingest import DAYS_TAG, JOBS, RUN_KIND_TAG, TABLES_TAG
+from spotify_assets.orchestration.partitions import partition_range_tags
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.silver.transform import CHANGE_DATE
 from tests.helpers.dagster_dev import start_dev, stop_dev
+from tests.helpers.paths import REPO
 from tests.helpers.servers import free_port
 
 # Setup (source, initial load, `dg dev`) plus a daemon-run backfill take about 3 minutes
@@ -98,6 +107,20 @@ query Backfill($id: String!) {
     ... on Error { message }
   }
 }
+"""
+RUNS = """
+{ runsOrError { __typename ... on Runs { results { runId jobName tags { key value } } } } }
+"""
+COLUMNS = """
+{ assetNodes { assetKey { path } metadataEntries {
+    label ... on TableSchemaMetadataEntry { schema { columns { name description } } } } } }
+"""
+EVENTS = """
+query Events($key: AssetKeyInput!) { assetOrError(assetKey: $key) { __typename ... on Asset {
+    assetObservations(limit: 1) { runId metadataEntries { label ...Values } }
+    assetMaterializations { partition runId metadataEntries { label ...Values } } } } }
+fragment Values on MetadataEntry {
+    ... on IntMetadataEntry { intValue } ... on TextMetadataEntry { text } }
 """
 SUCCEEDED = {"COMPLETED", "COMPLETED_SUCCESS"}
 FAILED = {"FAILED", "COMPLETED_FAILED", "CANCELED"}
@@ -259,37 +282,138 @@ def test_a_backfill_launched_through_graphql_rebuilds_the_days(
     assert gold == fact_rows(settings, "silver", CHANGE_DATE)
 
 
-def test_a_screenshot_of_the_backfilled_asset_graph(
+def asset_events(ui: DagsterUi, key: AssetKey) -> dict[str, Any]:
+    asset = ui.graphql(EVENTS, {"key": {"path": key.path}})["assetOrError"]
+    assert asset["__typename"] == "Asset", (key.to_user_string(), asset)
+    return asset
+
+
+def values(event: dict[str, Any]) -> dict[str, Any]:
+    """An event's metadata as the UI shows it: label -> number or text."""
+    return {e["label"]: e.get("intValue", e.get("text")) for e in event["metadataEntries"]}
+
+
+def test_runs_are_named_by_their_job_and_tagged_with_what_they_did(
+    dagster_ui: DagsterUi, backfill: Backfill
+) -> None:
+    runs = dagster_ui.graphql(RUNS)["runsOrError"]["results"]
+    tags = {r["runId"]: {t["key"]: t["value"] for t in r["tags"]} for r in runs}
+    # The lake was loaded by `spotify-lakehouse run`: one incremental load of every table.
+    (load,) = [r for r in runs if RUN_KIND_TAG in tags[r["runId"]]]
+    loaded = tags[load["runId"]]
+    assert load["jobName"] == JOBS["incremental"]
+    assert loaded[RUN_KIND_TAG] == "incremental"
+    assert set(loaded[TABLES_TAG].split(", ")) == {t.name for t in CATALOG}
+    first, last = (date.fromisoformat(d) for d in loaded[DAYS_TAG].split(".."))
+    assert first < last <= END
+    # The UI's backfill: each of its runs names the backfill and the days it rebuilt.
+    for run in backfill.runs:
+        run_tags = tags[run["runId"]]
+        assert run_tags["dagster/backfill"] == backfill.id
+        assert run_tags.items() >= partition_range_tags(DAYS[0], DAYS[-1]).items()
+
+
+def test_every_asset_shows_its_columns_described_by_the_catalog(dagster_ui: DagsterUi) -> None:
+    nodes = dagster_ui.graphql(COLUMNS)["assetNodes"]
+    shown = {
+        AssetKey(n["assetKey"]["path"]): [
+            (c["name"], c["description"])
+            for e in n["metadataEntries"]
+            if e["label"] == "dagster/column_schema"
+            for c in e["schema"]["columns"]
+        ]
+        for n in nodes
+    }
+    expected = {}
+    for table in CATALOG:
+        expected[source_key(table)] = source_columns(table)
+        expected[silver_key(table)] = silver_columns(table)
+        expected |= {gold_key(n): gold_columns(CATALOG, n) for n in CATALOG.gold_tables(table)}
+    for key, columns in expected.items():
+        assert shown[key] == [(c.name, c.description) for c in columns], key.to_user_string()
+    # Bronze adds its audit columns, each described.
+    for table in CATALOG:
+        bronze = shown[bronze_key(table)]
+        assert [n for n, _ in bronze[: len(table.columns)]] == list(table.column_names)
+        assert all(description for _, description in bronze), table.name
+
+
+def test_the_source_tables_were_observed_by_the_load(dagster_ui: DagsterUi) -> None:
+    """The lineage starts with live numbers, not "Never observed": the load that copied each
+    source table recorded its row count."""
+    runs = dagster_ui.graphql(RUNS)["runsOrError"]["results"]
+    loads = {r["runId"] for r in runs if r["jobName"] == JOBS["incremental"]}
+    for table in CATALOG:
+        (observed,) = asset_events(dagster_ui, source_key(table))["assetObservations"]
+        assert observed["runId"] in loads, table.name
+        assert values(observed)["rows"] > 0, table.name
+
+
+def test_each_partition_shows_its_own_row_count(dagster_ui: DagsterUi, backfill: Backfill) -> None:
+    """Every partition's latest materialization counts that partition's rows, whether a CLI
+    load wrote many days in one run or the UI's backfill rebuilt some."""
+    lake = dagster_ui.settings.lake_url
+    layers = {
+        silver_key(FACT): (silver_path(FACT), CHANGE_DATE),
+        gold_key(FACT.lake_name): (gold_path(FACT.lake_name), FACT.gold.date_column),
+    }
+    for key, (relative, day_column) in layers.items():
+        days = DeltaTable(f"{lake}/{relative}").to_pyarrow_table(columns=[day_column])
+        counts = {
+            str(row["values"]): row["counts"]
+            for row in pc.value_counts(days[day_column]).to_pylist()
+        }
+        latest: dict[str, dict[str, Any]] = {}
+        for event in asset_events(dagster_ui, key)["assetMaterializations"]:
+            latest.setdefault(event["partition"], event)  # newest first
+        shown = {day: values(event)["dagster/row_count"] for day, event in latest.items()}
+        assert {day: n for day, n in shown.items() if n} == counts, key.to_user_string()
+        assert {latest[d.isoformat()]["runId"] for d in DAYS} <= {r["runId"] for r in backfill.runs}
+
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+GOLD_FACT = f"assets/{'/'.join(gold_key(FACT.lake_name).path)}"
+# The README's pictures: gold's fact and everything it is built from (source tables included),
+# one backfilled partition of it, and the checks of silver's fact.
+PAGES = {
+    "asset-graph": f"{GOLD_FACT}?view=lineage&lineageScope=upstream&lineageDepth=4",
+    "partitioned-asset": f"{GOLD_FACT}?view=partitions&partition={DAYS[-1]}",
+    "asset-checks": f"assets/{'/'.join(silver_key(FACT).path)}?view=checks",
+}
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_a_screenshot_of_the_ui_after_the_backfill(
     dagster_ui: DagsterUi,
     backfill: Backfill,
     tmp_path: Path,
     record_property: Callable[[str, object], None],
+    name: str,
 ) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("no screenshot: chromium is not installed (`make test` installs it)")
-    # The first visit opens a "join the community" dialog over the graph; mark it seen.
+    # The first visit opens a "join the community" dialog over the page; mark it seen.
     dagster_ui.graphql("mutation { setNuxSeen }")
-    # The lineage view of bronze FactStream, downstream: exactly the backfilled assets.
-    page = f"{dagster_ui.url}/assets/{'/'.join(bronze_key(FACT).path)}"
-    page += "?view=lineage&lineageScope=downstream&lineageDepth=3"
-    screenshot = tmp_path / "asset-graph.png"
+    refresh = os.environ.get("SPOTIFY_REFRESH_SCREENSHOTS") == "1"
+    screenshot = (SCREENSHOTS if refresh else tmp_path) / f"{name}.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
             chromium,
             *CHROMIUM_FLAGS,
             f"--user-data-dir={tmp_path / 'chromium'}",
             f"--screenshot={screenshot}",
-            page,
+            f"{dagster_ui.url}/{PAGES[name]}",
         ],
         check=True,
         capture_output=True,
         timeout=120,
     )
-    print(f"asset graph after backfill {backfill.id}: {screenshot}")
-    record_property("screenshot", str(screenshot))
+    print(f"{name} after backfill {backfill.id}: {screenshot}")
+    record_property(f"screenshot-{name}", str(screenshot))
     if artifacts := os.environ.get("SPOTIFY_TEST_ARTIFACTS"):
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(screenshot, Path(artifacts) / screenshot.name)
-    # A blank 1600x1000 page compresses to a few kB; the rendered graph is well over 50.
+    # A blank 1600x1000 page compresses to a few kB; a rendered page is well over 50.
     assert screenshot.stat().st_size > 50_000
