@@ -19,13 +19,13 @@ from dagster import (
     TableColumn,
     TableSchema,
 )
-from pyspark.sql import DataFrame
 
 from resources.delta_tables import CHUNK_ROWS, Days
 from resources.gold_runner import GoldRunner, PartitionBuild
 from resources.lake import LakeStorage
 from resources.silver_store import SilverResult, SilverStore
 from resources.spark import SparkResource
+from spotify_assets.catalog.columns import CARRIED, gold_columns
 from spotify_assets.catalog.gold_spec import Aggregate
 from spotify_assets.catalog.lake_paths import gold_path
 from spotify_assets.catalog.tables import Catalog, Table
@@ -119,7 +119,7 @@ class LocalGold(GoldEngine):
                 "versions_applied": MetadataValue.int(result.versions_read),
                 "full_rebuild": MetadataValue.bool(result.full),
                 "silver_version": MetadataValue.int(result.silver_version),
-                **table_metadata(runner.read(table.lake_name), self.lake, table.lake_name),
+                **table_metadata(runner, self.lake, table.lake_name),
             },
             failures=result.failures,
             problems=result.problems,
@@ -148,7 +148,7 @@ class LocalGold(GoldEngine):
                     if result.unmatched is not None
                     else {}
                 ),
-                **table_metadata(runner.read(result.table), self.lake, result.table),
+                **table_metadata(runner, self.lake, result.table),
             },
             failures=result.failures,
             rows=result.rows,
@@ -157,10 +157,18 @@ class LocalGold(GoldEngine):
         )
 
 
-def table_metadata(table: DataFrame, lake: LakeStorage, name: str) -> dict[str, MetadataValue]:
-    """Schema, a few rows and the path of a gold table, for the asset's page in the UI."""
+def table_metadata(runner: GoldRunner, lake: LakeStorage, name: str) -> dict[str, MetadataValue]:
+    """Schema (described as the catalog describes the table), a few rows and the path of a gold
+    table, for the asset's page in the UI."""
+    table = runner.read(name)
+    described = {c.name: c.description for c in gold_columns(runner.catalog, name)}
     schema = TableSchema(
-        columns=[TableColumn(f.name, f.dataType.simpleString()) for f in table.schema.fields]
+        columns=[
+            TableColumn(
+                f.name, f.dataType.simpleString(), description=described.get(f.name, CARRIED)
+            )
+            for f in table.schema.fields
+        ]
     )
     rows = table.limit(PREVIEW_ROWS).collect()
     header = [f.name for f in table.schema.fields]

@@ -22,6 +22,7 @@ from spotify_assets.catalog.lake_paths import gold_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, CHANGE_OP, CHANGE_SEQ, VERSION_AT
 from spotify_assets.cli import source_simulate
 from spotify_assets.orchestration import ingest
+from spotify_assets.orchestration.assets.gold import gold_key
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source
 from tests.helpers.source import DIRTY, LATE, SEED
@@ -96,7 +97,8 @@ def test_a_run_with_nothing_new_changes_no_gold_table(pipeline) -> None:
 def test_silver_and_gold_hold_the_columns_the_catalog_describes(loaded_home: Path) -> None:
     """What the UI shows of each table (its described columns, in order) is what was written;
     the calendar's gold carries none of silver's version bookkeeping."""
-    lake = Settings.from_env({"SPOTIFY_HOME": str(loaded_home)}).lake_url
+    settings = Settings.from_env({"SPOTIFY_HOME": str(loaded_home)})
+    lake = settings.lake_url
 
     def written(relative: str) -> list[str]:
         return [f.name for f in DeltaTable(f"{lake}/{relative}").schema().fields]
@@ -107,3 +109,16 @@ def test_silver_and_gold_hold_the_columns_the_catalog_describes(loaded_home: Pat
             assert written(gold_path(name)) == [c.name for c in gold_columns(CATALOG, name)], name
     calendar = written(gold_path(CATALOG["DimDate"].lake_name))
     assert not {CHANGE_OP, CHANGE_SEQ, VERSION_AT} & set(calendar), calendar
+
+    # The schema each gold materialization records (the UI shows the latest) is described too.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+        with DagsterInstance.get() as instance:
+            for table in CATALOG:
+                for name in CATALOG.gold_tables(table):
+                    event = instance.get_latest_materialization_event(gold_key(name))
+                    assert event is not None and event.asset_materialization is not None
+                    recorded = event.asset_materialization.metadata["dagster/column_schema"]
+                    assert [(c.name, c.description) for c in recorded.value.columns] == [
+                        (c.name, c.description) for c in gold_columns(CATALOG, name)
+                    ], name
