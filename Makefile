@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # System packages: unixODBC and the SQLite ODBC driver for the embedded source; the tests also
 # need psqlODBC, a PostgreSQL server (started by the test fixture on 127.0.0.1), Java 17 (JVM
 # Spark runs the silver transforms as a second engine) and Chromium (the UI test's headless
-# screenshot of the asset graph).
+# screenshots of the UI).
 DEMO_PACKAGES := unixodbc libsqliteodbc
 TEST_PACKAGES := $(DEMO_PACKAGES) odbc-postgresql postgresql openjdk-17-jre-headless chromium
 # Azurite, the Azure Blob storage emulator the ADLS tests run against, from npm into .azurite/
