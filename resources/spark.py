@@ -45,6 +45,10 @@ def _start_sail(memory_pool_gib: float) -> str:
     # their share instead. Sail reads these once, as its server starts.
     os.environ["SAIL_RUNTIME__MEMORY_POOL__TYPE"] = "fair"
     os.environ["SAIL_RUNTIME__MEMORY_POOL__FAIR__MAX_SIZE"] = str(int(memory_pool_gib * 2**30))
+    # The server serves this process alone, whose session is kept for its lifetime: Sail would
+    # end it after spark.session_timeout_secs idle (900 s), failing a long-lived process's next
+    # query (a code server, a test worker).
+    os.environ["SAIL_SPARK__SESSION_TIMEOUT_SECS"] = str(10 * 365 * 24 * 3600)
     # Sail's server reads its Azure settings from the environment once, as it starts, and knows
     # no connection strings: give it the account the lake uses (resources/lake.py).
     os.environ.update(object_store_env_from_connection_string(os.environ))
