@@ -31,6 +31,26 @@ from tests.helpers.servers import PG_PASSWORD, Azurite, PostgresServer, free_por
 from tests.helpers.source import HISTORY_START
 
 
+def _declared_timeout(item: pytest.Item, default: float) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is None:
+        return default
+    return float(marker.args[0] if marker.args else marker.kwargs.get("timeout", default))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with a test declaring a longer timeout than the default (its author knows it is
+    long) run first, longest first: the workers (`--dist loadscope`, whole modules in this
+    order) then end together instead of one running a long module alone at the end. A module's
+    own order is kept (the sort is stable)."""
+    default = float(config.getini("timeout") or 0)
+    longest: dict[str, float] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        longest[module] = max(longest.get(module, 0.0), _declared_timeout(item, default))
+    items.sort(key=lambda item: -longest[item.nodeid.split("::")[0]])
+
+
 def _pg_bindir() -> Path:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     found = candidates[-1] if candidates else shutil.which("initdb")
