@@ -91,6 +91,7 @@ def test_console_script_reports_bad_configuration_without_the_password(home: Pat
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.timeout(600)  # runs and refreshes through the CLI: minutes when the machine is busy
 def test_run_and_refresh_keep_bronze_equal_to_the_source(
     home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,6 +31,7 @@ SEEDS = [int(os.environ["SPOTIFY_E2E_SEED"])] if "SPOTIFY_E2E_SEED" in os.enviro
 DAYS = replace(BUSY_DAY, early_fraction=0.02)
 
 
+@pytest.mark.timeout(600)  # a first load and four runs: minutes when the machine is busy
 @pytest.mark.parametrize("seed", SEEDS, ids=lambda s: f"seed{s}")
 def test_gold_equals_the_source_whatever_happens(
     lakehouse_cli: Lakehouse, killed_run, seed: int

@@ -39,6 +39,9 @@ from tests.helpers.processes import Lakehouse
 from tests.helpers.servers import PostgresServer
 from tests.helpers.source import HISTORY_DAYS
 
+# A first load per engine, then a run per round: minutes when the workers share a busy machine.
+pytestmark = pytest.mark.timeout(600)
+
 USERS = CATALOG["DimUser"]
 TRACKS = CATALOG["DimTrack"]
 STREAMS = CATALOG.fact

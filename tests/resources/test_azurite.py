@@ -189,6 +189,7 @@ def _calendar(lake: LakeStorage) -> pa.Table:
     return delta_table(lake, "gold/dim_date").to_pyarrow_table().sort_by("date_key")
 
 
+@pytest.mark.timeout(600)  # two runs to gold over HTTP: minutes when the machine is busy
 def test_pipeline_bronze_to_gold_on_azurite(
     azurite: Azurite, azure_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
