@@ -229,6 +229,15 @@ def _s(name: str, length: int, description: str, nullable: bool = True) -> Colum
     return Column(name, ColumnType.STRING, nullable, length, description)
 
 
+# Every dimension's business time: the change feed's cursor and SCD2's order.
+_UPDATED_AT = Column(
+    "updated_at",
+    ColumnType.TIMESTAMP,
+    nullable=False,
+    description="When the source last changed the row: its business time.",
+)
+
+
 def _scd2(key: str, tracked: tuple[str, ...]) -> Scd2Dimension:
     """Versions ordered by the time they take effect, then change sequence; a change-feed
     delete closes the current version."""
@@ -252,12 +261,7 @@ DIM_USER = Table(
         _s("subscription_type", 20, f"The plan: {', '.join(SUBSCRIPTIONS)}."),
         Column("start_date", ColumnType.DATE, description="When the subscription started."),
         Column("end_date", ColumnType.DATE, description="When it ended (NULL: still running)."),
-        Column(
-            "updated_at",
-            ColumnType.TIMESTAMP,
-            nullable=False,
-            description="When the source last changed the row: its business time.",
-        ),
+        _UPDATED_AT,
     ),
     key=("user_id",),
     role=TableRole.DIMENSION,
@@ -288,12 +292,7 @@ DIM_ARTIST = Table(
         _s("artist_name", 100, "The artist's name."),
         _s("genre", 50, "Main genre (lower case from silver on)."),
         _s("country", 50, "The artist's country (ISO 3166 alpha-2 from silver on)."),
-        Column(
-            "updated_at",
-            ColumnType.TIMESTAMP,
-            nullable=False,
-            description="When the source last changed the row: its business time.",
-        ),
+        _UPDATED_AT,
     ),
     key=("artist_id",),
     role=TableRole.DIMENSION,
@@ -326,12 +325,7 @@ DIM_TRACK = Table(
         _s("album_name", 200, "The album the track is on."),
         Column("duration_sec", ColumnType.INT, description="Length of the track in seconds."),
         Column("release_date", ColumnType.DATE, description="When the track was released."),
-        Column(
-            "updated_at",
-            ColumnType.TIMESTAMP,
-            nullable=False,
-            description="When the source last changed the row: its business time.",
-        ),
+        _UPDATED_AT,
     ),
     key=("track_id",),
     role=TableRole.DIMENSION,
