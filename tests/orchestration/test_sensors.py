@@ -24,17 +24,21 @@ from dagster import (
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import source_init, source_simulate
+from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.catch_up import CatchUp
 from spotify_assets.orchestration.definitions import build_definitions
 from spotify_assets.orchestration.partitions import (
     PARTITION_RANGE_END_TAG,
     PARTITION_RANGE_START_TAG,
 )
-from spotify_assets.orchestration.resources import copy_runner
+from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source
 from tests.helpers.servers import PG_PASSWORD
 from tests.helpers.source import DIRTY, LATE, SEED
+
+# The key prefixes a run that copies from the source selects: its observation, then every layer.
+COPYING_RUN = {"source", "bronze", "silver", "gold"}
 
 
 @pytest.fixture
@@ -81,7 +85,7 @@ def test_arrival_sensor_requests_incremental_runs_that_reach_gold(lakehouse) -> 
     assert partitioned.tags[PARTITION_RANGE_END_TAG] == str(last_day)
     assert {r.tags["spotify/run"] for r in requests} == {"incremental"}
     assert partitioned.tags["spotify/days"].endswith(f"..{last_day}")
-    assert {k.path[0] for k in partitioned.asset_selection} == {"bronze", "silver", "gold"}
+    assert {k.path[0] for k in partitioned.asset_selection} == COPYING_RUN
     for request in requests:
         execute(defs, request, instance)
     assert_gold_equals_source(settings)
@@ -115,7 +119,10 @@ def test_reconciliation_sensor_refreshes_exactly_the_days_with_late_rows(loaded)
         assert first < before.date(), "only days loaded before the late rows arrived"
         assert request.tags["spotify/run"] == "repair"
         assert request.tags["spotify/days"].startswith(f"{first}..")
-        assert {k.path[0] for k in request.asset_selection} == {"bronze", "silver", "gold"}
+        assert {k.path[0] for k in request.asset_selection} == COPYING_RUN
+        assert [k for k in request.asset_selection if k.path[0] == "source"] == [
+            source_key(CATALOG.fact)
+        ], "it observes the table it copies, no other"
     again, _, _ = evaluate(defs, "reconciliation_sensor", instance)
     assert [r.run_key for r in again] == [r.run_key for r in requests], "same stale days, same key"
 
@@ -123,6 +130,31 @@ def test_reconciliation_sensor_refreshes_exactly_the_days_with_late_rows(loaded)
         execute(defs, request, instance)
     assert evaluate(defs, "reconciliation_sensor", instance)[0] == []
     assert_gold_equals_source(settings)
+
+
+def test_sensor_runs_observe_exactly_the_source_tables_they_copy(loaded) -> None:
+    """Automation's runs start the lineage with live numbers, as the CLI's do: each records an
+    observation of the source tables it copies (row count, change-feed position), no other."""
+    settings, defs, instance = loaded
+    source_simulate(settings, 1, SEED, DIRTY)
+    before = {r.run_id for r in instance.get_runs()}
+    requests, _, _ = evaluate(defs, "cdc_arrival_sensor", instance)
+    copied = {t for r in requests for t in requested_tables(r)}
+    for request in requests:
+        execute(defs, request, instance)
+    automated = {r.run_id for r in instance.get_runs()} - before
+    observed = set()
+    with source_database(settings).session() as session:
+        for table in CATALOG:
+            (record,) = instance.fetch_observations(source_key(table), limit=1).records
+            if record.run_id in automated:
+                observed.add(table.name)
+                stats = session.table_stats(table)
+                metadata = record.asset_observation.metadata
+                assert {n: metadata[n].value for n in stats} == {
+                    n: "" if v is None else v for n, v in stats.items()
+                }, table.name
+    assert copied and observed == copied
 
 
 def test_an_incremental_run_resumes_where_a_stopped_run_left_silver_and_gold(loaded) -> None:
