@@ -131,7 +131,8 @@ class PlannedRun:
         return tags
 
     def assets(self, catalog: Catalog) -> list[AssetsDefinition]:
-        """The definitions the run executes (what a sensor's request needs is `asset_keys`)."""
+        """The definitions the run materializes (what a sensor's request needs is `asset_keys`;
+        the source's observation, built for the source's dialect, is added by `_materialize`)."""
         tables = [catalog[name] for name in self.tables]
         bronze = [build_bronze_asset(t) for t in tables] if self.start <= Layer.BRONZE else []
         silver = [build_silver_asset(t) for t in tables] if self.start <= Layer.SILVER else []
@@ -144,8 +145,10 @@ class PlannedRun:
         return bronze + silver + gold
 
     def asset_keys(self, catalog: Catalog) -> list[AssetKey]:
-        """The keys of `assets`, from the catalog alone."""
+        """The keys of `assets`, from the catalog alone, after the source tables a run that
+        copies observes first (whoever starts it: the CLI, a sensor or the schedule)."""
         tables = [catalog[name] for name in self.tables]
+        observed = [source_key(t) for t in tables] if self.start is Layer.BRONZE else []
         bronze = [bronze_key(t) for t in tables] if self.start <= Layer.BRONZE else []
         silver = [silver_key(t) for t in tables] if self.start <= Layer.SILVER else []
         gold = [
@@ -154,7 +157,7 @@ class PlannedRun:
             for n, name in enumerate(catalog.gold_tables(t))
             if self.start <= _gold_layer(n)
         ]
-        return bronze + silver + gold
+        return observed + bronze + silver + gold
 
     def run_config(self, catalog: Catalog) -> dict:
         # An asset's op is named after its key (Dagster's default).
@@ -443,14 +446,13 @@ def _materialize(
     the UI's lineage starts with the source's row counts and change-feed positions (and bronze
     is built from the data version observed)."""
     catalog = runner.source.catalog
-    selected = [key for a in assets for key in a.keys]
     if run.start is Layer.BRONZE:
         assets = [build_source_observation(catalog, runner.source.dialect), *assets]
-        selected = [source_key(catalog[name]) for name in run.tables] + selected
+    selection = AssetSelection.assets(*run.asset_keys(catalog))
     defs = Definitions(
         assets=assets,
         resources=resources,
-        jobs=[define_asset_job(JOBS[run.kind], selection=AssetSelection.assets(*selected))],
+        jobs=[define_asset_job(JOBS[run.kind], selection=selection)],
         loggers={"console": progress_logger},
     )
     return defs.resolve_job_def(JOBS[run.kind]).execute_in_process(

@@ -38,7 +38,7 @@ from dagster import (
 
 from resources.copy_runner import CopyRunner
 from resources.engines import GoldEngine
-from spotify_assets.catalog.lake_paths import BRONZE, GOLD, SILVER
+from spotify_assets.catalog.lake_paths import BRONZE, GOLD, SILVER, SOURCE
 from spotify_assets.catalog.tables import Catalog
 from spotify_assets.orchestration.ingest import (
     WRITER_TAG,
@@ -52,6 +52,9 @@ from spotify_assets.orchestration.ingest import (
 ARRIVAL_INTERVAL_SECONDS = 5
 RECONCILIATION_INTERVAL_SECONDS = 300
 NO_SOURCE = "the source is not initialised (spotify-lakehouse source init)"
+# What automation may request: the layers, and the source's observation, which every run that
+# copies from the source records first (`PlannedRun.asset_keys`).
+AUTOMATED = AssetSelection.groups(SOURCE, BRONZE, SILVER, GOLD)
 
 
 def run_request(run: PlannedRun, catalog: Catalog, key: str) -> RunRequest:
@@ -71,7 +74,7 @@ def build_arrival_sensor(catalog: Catalog, lookback_days: int) -> SensorDefiniti
     @sensor(
         name="cdc_arrival_sensor",
         minimum_interval_seconds=ARRIVAL_INTERVAL_SECONDS,
-        target=AssetSelection.groups(BRONZE, SILVER, GOLD),
+        target=AUTOMATED,
         default_status=DefaultSensorStatus.STOPPED,
         description="Requests an incremental run of the tables whose change feed or watermark "
         "column moved since the last evaluation.",
@@ -102,7 +105,7 @@ def build_reconciliation_sensor(catalog: Catalog, lookback_days: int) -> SensorD
     @sensor(
         name="reconciliation_sensor",
         minimum_interval_seconds=RECONCILIATION_INTERVAL_SECONDS,
-        target=AssetSelection.groups(BRONZE, SILVER, GOLD),
+        target=AUTOMATED,
         default_status=DefaultSensorStatus.STOPPED,
         description=f"Compares per-day counts and checksums of the source and bronze over the "
         f"last {lookback_days} loaded days, and of bronze, silver, gold fact and aggregates over "
@@ -135,7 +138,7 @@ def build_daily_schedule(catalog: Catalog, lookback_days: int) -> ScheduleDefini
         name="daily_catch_up",
         cron_schedule="0 2 * * *",
         execution_timezone="UTC",
-        target=AssetSelection.groups(BRONZE, SILVER, GOLD),
+        target=AUTOMATED,
         default_status=DefaultScheduleStatus.STOPPED,
         description="Fallback when the sensors are off: an incremental run of every table.",
     )
