@@ -15,10 +15,10 @@ from dagster import (
     Definitions,
     RunRequest,
     build_sensor_context,
-    materialize,
+    define_asset_job,
 )
 
-from spotify_assets.orchestration.ingest import describe_run
+from spotify_assets.orchestration.ingest import JOBS, RUN_KIND_TAG, describe_run
 
 SENSORS = ("cdc_arrival_sensor", "reconciliation_sensor")
 
@@ -56,12 +56,13 @@ class CatchUp:
         return done
 
     def execute(self, request: RunRequest) -> None:
-        assets = [a for a in self.defs.assets or [] if hasattr(a, "keys")]
-        materialize(
-            assets,  # type: ignore[arg-type]
+        """Runs a request as the daemon would, under the job name of its kind (the UI's run list
+        shows `incremental_load` or `repair_stale_days`, as for the CLI's runs)."""
+        job = define_asset_job(
+            JOBS[request.tags[RUN_KIND_TAG]],
             selection=AssetSelection.assets(*(request.asset_selection or [])),
-            resources=self.defs.resources,
-            instance=self.instance,
-            tags=request.tags,
-            run_config=request.run_config,
+        )
+        defs = Definitions(assets=self.defs.assets, resources=self.defs.resources, jobs=[job])
+        defs.resolve_job_def(job.name).execute_in_process(
+            instance=self.instance, tags=request.tags, run_config=request.run_config
         )

@@ -89,6 +89,7 @@ def test_arrival_sensor_requests_incremental_runs_that_reach_gold(lakehouse) -> 
     for request in requests:
         execute(defs, request, instance)
     assert_gold_equals_source(settings)
+    assert {run.job_name for run in instance.get_runs()} == {"incremental_load"}
 
     requests, skip, cursor = evaluate(defs, "cdc_arrival_sensor", instance, cursor)
     assert requests == [] and "no change" in skip
