@@ -66,26 +66,26 @@ MIN_TRACK_SECONDS = 90
 MAX_TRACK_SECONDS = 600
 SKIP_SECONDS = 30
 
-_SYLLABLES = pa.array([
+# Plain tuples, made arrays where drawn from: any pyarrow array built from Python values imports
+# pandas (~0.5 s), which every process importing this module (the whole CLI) would pay.
+_SYLLABLES = (
     "ka", "lu", "mi", "ra", "no", "ve", "ta", "si", "do", "re", "an", "el", "or", "is", "ba", "co",
     "da", "fi", "ga", "ha", "jo", "ke", "li", "ma", "ne", "pa", "ro", "sa", "tu", "vi", "wa", "ze",
     "yo", "bel", "dan", "mar", "len", "tor", "ash", "kin",
-])  # fmt: skip
-_ADJECTIVES = pa.array([
+)  # fmt: skip
+_ADJECTIVES = (
     "Midnight", "Golden", "Electric", "Broken", "Neon", "Summer", "Lonely", "Wild", "Silent",
     "Velvet", "Crystal", "Burning", "Endless", "Hollow", "Sweet", "Cold", "Blue", "Faded", "Lost",
     "Paper", "Silver", "Young", "Restless", "Northern", "Secret", "Dancing", "Falling", "Holy",
     "Violet", "Wicked",
-])  # fmt: skip
-_NOUNS = pa.array([
+)  # fmt: skip
+_NOUNS = (
     "Heart", "Dream", "City", "Fire", "Rain", "Love", "Road", "Sky", "Echo", "Light", "Ocean",
     "Shadow", "Storm", "River", "Star", "Night", "Garden", "Mirror", "Ghost", "Wave", "Horizon",
     "Flame", "Season", "Signal", "Kingdom", "Memory", "Thunder", "Moon", "Highway", "Paradise",
-])  # fmt: skip
-_TRACK_SUFFIXES = pa.array(
-    ["", "", "", "", "", "", " - Remix", " - Live", " - Acoustic", " - Radio Edit"]
-)
-_ALBUM_SUFFIXES = pa.array(["", "", "", "", " (Deluxe)", " EP", " Vol. 2", " (Remastered)"])
+)  # fmt: skip
+_TRACK_SUFFIXES = ("", "", "", "", "", "", " - Remix", " - Live", " - Acoustic", " - Radio Edit")
+_ALBUM_SUFFIXES = ("", "", "", "", " (Deluxe)", " EP", " Vol. 2", " (Remastered)")
 
 # Independent random streams per table; streams additionally per day of history.
 _TAG_USERS, _TAG_ARTISTS, _TAG_TRACKS, _TAG_STREAMS = 1, 2, 3, 4
@@ -219,8 +219,8 @@ def int32_array(values: np.ndarray) -> pa.Array:
     return pa.array(values.astype(np.int32), type=pa.int32())
 
 
-def pick(rng: np.random.Generator, values: pa.Array, n: int) -> pa.Array:
-    return values.take(rng.integers(0, len(values), n))
+def pick(rng: np.random.Generator, values: tuple[str, ...], n: int) -> pa.Array:
+    return pa.array(values).take(rng.integers(0, len(values), n))
 
 
 def pick_weighted(
