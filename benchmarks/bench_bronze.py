@@ -64,7 +64,7 @@ def step_create(ctx: Context) -> Payload:
 
 def step_simulate(ctx: Context) -> Payload:
     """One simulated day of inserts, updates, deletes and late data (~1% of the rows)."""
-    from spotify_assets.cli import source_simulate
+    from spotify_assets.cli.commands import source_simulate
     from spotify_assets.source.simulator import SimulationRates
 
     simulated = source_simulate(settings(ctx), 1, SEED, SimulationRates())

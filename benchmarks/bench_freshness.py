@@ -57,7 +57,7 @@ import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from harness import fmt, workdir
 
-from spotify_assets.cli import dagster_instance
+from spotify_assets.cli.commands import dagster_instance
 from spotify_assets.orchestration.resources import source_database
 from spotify_assets.orchestration.sensors.automation import ARRIVAL_INTERVAL_SECONDS
 from spotify_assets.orchestration.settings import Settings

@@ -284,7 +284,7 @@ def step_gold_nochange(ctx: Context) -> Payload:
 
 def step_simulate(ctx: Context) -> Payload:
     """One simulated day of `RATES`: about 1% of each dimension's keys updated."""
-    from spotify_assets.cli import source_simulate
+    from spotify_assets.cli.commands import source_simulate
 
     simulated = source_simulate(settings(ctx), 1, None, _rates())
     return {

@@ -32,7 +32,7 @@ DAYS_VARIABLE = "BENCH_HISTORY_DAYS"
 def step_source(ctx: Context) -> Payload:
     from datetime import UTC, datetime, timedelta
 
-    from spotify_assets.cli import source_init
+    from spotify_assets.cli.commands import source_init
 
     days = int(os.environ[DAYS_VARIABLE])
     end = datetime.now(UTC).date() - timedelta(days=1)
@@ -43,7 +43,7 @@ def step_source(ctx: Context) -> Payload:
 def step_first_load(ctx: Context) -> Payload:
     from dagster import DagsterEventType
 
-    from spotify_assets.cli import dagster_instance
+    from spotify_assets.cli.commands import dagster_instance
     from spotify_assets.orchestration import ingest
 
     config = settings(ctx)

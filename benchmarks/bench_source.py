@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from spotify_assets.cli import source_init, source_simulate
+from spotify_assets.cli.commands import source_init, source_simulate
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.generator import generate
 from spotify_assets.source.simulator import SimulationRates, simulate, state_from_initial

@@ -67,7 +67,7 @@ def create_source(ctx: Context, seed: int) -> Payload:
     """A scale-S SQLite source whose history ends two days ago."""
     from datetime import UTC, datetime, timedelta
 
-    from spotify_assets.cli import source_init
+    from spotify_assets.cli.commands import source_init
 
     end = datetime.now(UTC).date() - timedelta(days=2)
     created = source_init(settings(ctx), ctx.scale, seed, end, force=True)

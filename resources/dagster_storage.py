@@ -9,8 +9,9 @@ first load of three years spent most of its time there. Here a batch is one tran
 shard, holding exactly the rows the one-by-one path writes, so everything that reads the event
 log (the UI, partition status, run planning) sees the same history.
 
-The instance the CLI creates (`spotify_assets/cli.py`) names this class in its `dagster.yaml`,
-and the CLI sets `DAGSTER_EVENT_BATCH_SIZE`; `dg dev` on the same instance needs it too.
+The instance the CLI creates (`spotify_assets/cli/commands.py`) names this class in its
+`dagster.yaml`, and the CLI sets `DAGSTER_EVENT_BATCH_SIZE`; `dg dev` on the same instance needs
+it too.
 """
 
 from __future__ import annotations

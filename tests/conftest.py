@@ -22,7 +22,7 @@ import pytest
 from resources.lake import LakeStorage
 from resources.lease import LakeWriter
 from resources.source_db import SourceDatabase, sqlite_connection_string
-from spotify_assets.cli import INSTANCE_CONFIG, run
+from spotify_assets.cli.commands import instance_config, run
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import small_source
 from tests.helpers.paths import REPO
@@ -184,7 +184,7 @@ def loaded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("loaded") / "home"
     settings = small_source(home)
     settings.dagster_home.mkdir()
-    (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    (settings.dagster_home / "dagster.yaml").write_text(instance_config())
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(settings.dagster_home))
         run(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import dagster_instance, demo_settings, main
+from spotify_assets.cli import main
+from spotify_assets.cli.commands import dagster_instance, demo_settings
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
+from tests.helpers.processes import cli_imports
 
 SECRET = "not-in-any-output-42"
 
@@ -197,6 +200,17 @@ def test_every_cli_mistake_is_one_line_and_exit_code_2(
     out, err = capsys.readouterr()
     assert err == f"error: {message.format(home=home)}\n"
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["source", "simulate", "--days", "0"], ["run", "--tables", "nope"]]
+)
+def test_help_and_usage_mistakes_load_no_pipeline_library(home: Path, argv: list[str]) -> None:
+    # Each costs a large part of a second or more to import (issue 13).
+    heavy = ("dagster", "pyspark", "deltalake", "pandas", "sqlalchemy")
+    result, loaded = cli_imports(argv, heavy, {**os.environ, "SPOTIFY_HOME": str(home)})
+    assert result.returncode == (0 if argv == ["--help"] else 2)
+    assert loaded == []
 
 
 def test_output_that_is_not_a_terminal_has_no_progress_bars_or_telemetry_banner(

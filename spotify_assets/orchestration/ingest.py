@@ -54,7 +54,7 @@ from spotify_assets.orchestration.partitions import ROW_COUNT, partition_range_t
 from spotify_assets.orchestration.resources import build_resources, copy_runner
 from spotify_assets.orchestration.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
 
-# Runs that write the lake carry this tag; the run queue admits one at a time (see cli.py).
+# Runs that write the lake carry this tag; the run queue admits one at a time (see cli/commands.py).
 WRITER_TAG = {"spotify/writer": "lakehouse"}
 # What a run is, in tags a person reads in the UI's run list and timeline (CLI and sensor runs).
 RUN_KIND_TAG = "spotify/run"

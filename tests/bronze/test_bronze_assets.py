@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance, materialize
 
-from spotify_assets.cli import source_init
+from spotify_assets.cli.commands import source_init
 from spotify_assets.orchestration.assets.bronze import build_bronze_asset
 from spotify_assets.orchestration.partitions import partition_range_tags
 from spotify_assets.orchestration.resources import build_resources

@@ -18,7 +18,8 @@ import pytest
 
 import resources.lake
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import main, source_simulate
+from spotify_assets.cli import main
+from spotify_assets.cli.commands import source_simulate
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates

@@ -30,7 +30,7 @@ from spotify_assets.catalog.tables import (
     VERSION_AT,
     CaptureMode,
 )
-from spotify_assets.cli import INSTANCE_CONFIG, refresh, run
+from spotify_assets.cli.commands import instance_config, refresh, run
 from spotify_assets.consistency.reconcile import (
     ABSENT,
     AFFECTS_FROM,
@@ -223,7 +223,7 @@ def _lakehouse(home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """A small embedded source; CLI runs and in-process runs share one Dagster instance."""
     settings = small_source(home)
     settings.dagster_home.mkdir(parents=True)
-    (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    (settings.dagster_home / "dagster.yaml").write_text(instance_config())
     monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
     return settings
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from spotify_assets.cli import source_simulate
+from spotify_assets.cli.commands import source_simulate
 from tests.helpers.gold_reference import (
     assert_dimensions_equal_source,
     assert_gold_equals_source,

@@ -8,6 +8,8 @@ One small lakehouse is loaded once for the module; each test starts and ends wit
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,15 +24,16 @@ from resources.gold_runner import applied_version
 from resources.lake import LakeStorage
 from resources.silver_store import SilverStore
 from resources.spark import SparkResource
-from spotify_assets import cli
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE, CaptureMode
-from spotify_assets.cli import INSTANCE_CONFIG, run
+from spotify_assets.cli import commands, main
+from spotify_assets.cli.commands import instance_config, run
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source
+from tests.helpers.processes import cli_imports
 
 NOTHING_DONE = {"incremental": [], "repaired": []}
 CALENDAR = next(t for t in CATALOG if t.mode is CaptureMode.SNAPSHOT)
@@ -41,7 +44,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A small embedded source loaded through to gold by `run`, with the CLI's instance."""
     settings = small_source(tmp_path_factory.mktemp("idle"))
     settings.dagster_home.mkdir(parents=True)
-    (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    (settings.dagster_home / "dagster.yaml").write_text(instance_config())
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(settings.dagster_home))
         run(settings)
@@ -93,6 +96,18 @@ def test_a_run_with_nothing_to_do_writes_nothing_records_no_run_and_starts_no_sp
         assert run(loaded) == NOTHING_DONE
     assert _lake_state(loaded) == lake, "no Delta version, manifest or gold state written"
     assert _dagster_state() == dagster, "no Dagster run, no materialization"
+
+
+def test_a_run_with_nothing_to_do_leaves_dagsters_storage_unloaded(
+    loaded: Settings,
+) -> None:
+    # Dagster's event-log storage (with SQLAlchemy) is for runs, and an idle run starts none.
+    storage = ("resources.dagster_storage", "sqlalchemy")
+    env = {**os.environ, "SPOTIFY_HOME": str(loaded.home)}
+    result, imported = cli_imports(["run"], storage, env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == NOTHING_DONE
+    assert imported == []
 
 
 def test_a_run_with_new_streams_leaves_the_unchanged_calendar_alone(loaded: Settings) -> None:
@@ -161,8 +176,8 @@ def test_a_failure_of_dagsters_storage_is_still_one_line(
 
     monkeypatch.setenv("SPOTIFY_HOME", str(tmp_path))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    monkeypatch.setattr(cli, "run", full_disk)
-    assert cli.main(["run"]) == 1
+    monkeypatch.setattr(commands, "run", full_disk)
+    assert main(["run"]) == 1
     assert capsys.readouterr().err == (
         f"error: Dagster's storage under {tmp_path / 'dagster'} failed: disk I/O error\n"
     )

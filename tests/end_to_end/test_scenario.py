@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import source_simulate
+from spotify_assets.cli.commands import source_simulate
 from spotify_assets.orchestration.resources import source_database
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import (

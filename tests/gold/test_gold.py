@@ -20,7 +20,7 @@ from deltalake import DeltaTable
 from spotify_assets.catalog.columns import gold_columns, silver_columns
 from spotify_assets.catalog.lake_paths import gold_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, CHANGE_OP, CHANGE_SEQ, VERSION_AT
-from spotify_assets.cli import source_simulate
+from spotify_assets.cli.commands import source_simulate
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.assets.gold import gold_key
 from spotify_assets.orchestration.settings import Settings

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from spotify_assets.cli import INSTANCE_CONFIG
+from spotify_assets.cli.commands import instance_config
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.paths import REPO
 
@@ -30,7 +30,7 @@ def start_dev(settings: Settings, port: int, log: Path) -> subprocess.Popen[byte
     `log`. The code location sees only SPOTIFY_HOME of the SPOTIFY_* settings (a configured alert
     webhook above all stays out); launched runs inherit the same environment."""
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    (settings.dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)  # run queue, telemetry
+    (settings.dagster_home / "dagster.yaml").write_text(instance_config())  # run queue, telemetry
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTIFY_")}
     env |= {
         "SPOTIFY_HOME": str(settings.home),

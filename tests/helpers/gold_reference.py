@@ -24,7 +24,7 @@ from resources.source_db import SourceSession
 from spotify_assets.catalog.gold_spec import END_AT
 from spotify_assets.catalog.reference import COUNTRY_NAMES, DEVICES, SUBSCRIPTIONS
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import source_init
+from spotify_assets.cli.commands import source_init
 from spotify_assets.orchestration.resources import source_database
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.source import HISTORY_DAYS, SEED

@@ -3,6 +3,7 @@ runs it."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import glob
 import os
@@ -126,6 +127,32 @@ class Lakehouse:
         assert PG_PASSWORD not in output, f"{args}: the password is in the output"
         assert result.returncode == 0, f"{args}: exit {result.returncode}\n{result.stderr[-4000:]}"
         return result.stdout
+
+
+# `main(argv)` in a fresh interpreter, then which of the named modules it imported, on stderr's
+# last line.
+_MAIN_THEN_MODULES = """
+import sys
+from spotify_assets.cli import main
+try:
+    code = main(sys.argv[2:])
+except SystemExit as exit:
+    code = exit.code
+print(sorted(set(sys.argv[1].split(",")) & sys.modules.keys()), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def cli_imports(
+    argv: list[str], modules: tuple[str, ...], env: dict[str, str]
+) -> tuple[BoundedRun, list[str]]:
+    """`spotify-lakehouse ARGV` in a fresh interpreter under the CLI's memory bound: how it ran,
+    and which of `modules` it had imported by the time it finished."""
+    result = run_bounded(
+        [sys.executable, "-c", _MAIN_THEN_MODULES, ",".join(modules), *argv], CLI_MEMORY_GIB, env
+    )
+    assert not result.killed_for_memory and "Traceback" not in result.stderr, result.stderr
+    return result, ast.literal_eval(result.stderr.splitlines()[-1])
 
 
 def run_killed_after_bronze(cli: Lakehouse, rng: random.Random) -> None:

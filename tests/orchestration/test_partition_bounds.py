@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from spotify_assets.cli import INSTANCE_CONFIG, main
+from spotify_assets.cli import main
+from spotify_assets.cli.commands import instance_config
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.definitions import build_definitions
 from spotify_assets.orchestration.resources import copy_runner, source_database
@@ -28,7 +29,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SPOTIFY_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
     (tmp_path / "home" / "dagster").mkdir(parents=True)
-    (tmp_path / "home" / "dagster" / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    (tmp_path / "home" / "dagster" / "dagster.yaml").write_text(instance_config())
     return tmp_path / "home"
 
 

@@ -23,7 +23,7 @@ from dagster import (
 
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import source_init, source_simulate
+from spotify_assets.cli.commands import source_init, source_simulate
 from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.catch_up import CatchUp
 from spotify_assets.orchestration.definitions import build_definitions

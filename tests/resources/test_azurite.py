@@ -33,7 +33,7 @@ from resources.lake import (
 )
 from spotify_assets.catalog.gold_spec import Scd2Dimension
 from spotify_assets.catalog.tables import CATALOG, CaptureMode
-from spotify_assets.cli import source_init, source_simulate
+from spotify_assets.cli.commands import source_init, source_simulate
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
 from tests.helpers.servers import Azurite

@@ -32,7 +32,7 @@ from resources.copy_runner import CopyResult, LocalCopyRunner
 from resources.dagster_storage import BATCH_SIZE_VARIABLE, BatchingSqliteEventLogStorage
 from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase, sqlite_connection_string
-from spotify_assets.cli import dagster_instance
+from spotify_assets.cli.commands import dagster_instance
 from spotify_assets.orchestration.assets.bronze import copy_metadata
 from spotify_assets.orchestration.partitions import (
     daily_partitions,

@@ -28,7 +28,7 @@ from resources.lease import (
     lake_writer,
     run_entry,
 )
-from spotify_assets.cli import EXIT_LAKE_BUSY, source_init
+from spotify_assets.cli.commands import EXIT_LAKE_BUSY, source_init
 from spotify_assets.orchestration.assets.bronze import build_bronze_asset
 from spotify_assets.orchestration.assets.silver import build_silver_asset
 from spotify_assets.orchestration.resources import build_resources

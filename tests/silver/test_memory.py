@@ -26,7 +26,7 @@ from resources.delta_tables import CHUNK_SETTING
 from spotify_assets.catalog.gold_spec import END_AT
 from spotify_assets.catalog.lake_paths import gold_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, DIM_USER, ColumnType, Table
-from spotify_assets.cli import source_init
+from spotify_assets.cli.commands import source_init
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.paths import REPO
 from tests.helpers.processes import BoundedRun

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from resources.silver_store import SilverStore
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import CATALOG, Table
-from spotify_assets.cli import source_init, source_simulate
+from spotify_assets.cli.commands import source_init, source_simulate
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.silver.transform import CHANGE_DATE, RULE, in_windows
