@@ -49,6 +49,12 @@ def _start_sail(memory_pool_gib: float) -> str:
     # end it after spark.session_timeout_secs idle (900 s), failing a long-lived process's next
     # query (a code server, a test worker).
     os.environ["SAIL_SPARK__SESSION_TIMEOUT_SECS"] = str(10 * 365 * 24 * 3600)
+    # Sail allocates with mimalloc, which by default keeps freed pages committed for a while and
+    # commits its arenas eagerly: a first load at scale 1 grew step by step to 3.1-3.9 GiB of RSS
+    # and never gave it back. Returning pages at once keeps it under 1 GiB at no measured cost
+    # (benchmarks/README.md). mimalloc reads these as the library loads, hence before the import.
+    os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
+    os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
     # Sail's server reads its Azure settings from the environment once, as it starts, and knows
     # no connection strings: give it the account the lake uses (resources/lake.py).
     os.environ.update(object_store_env_from_connection_string(os.environ))
