@@ -64,6 +64,10 @@ from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates, simulate
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the dg dev helpers the tests use: tests/helpers/dagster_dev.py
+
+from tests.helpers.dagster_dev import group_gone  # noqa: E402
+
 SENSOR = "cdc_arrival_sensor"
 FACT = "FactStream"
 GOAL_SECONDS = 10.0  # median (issue 13)
@@ -282,7 +286,7 @@ class Dagster:
                 os.killpg(group, sig)
             except ProcessLookupError:
                 return
-            if _group_gone(self.process, 30.0):
+            if group_gone(self.process, 30.0):
                 return
 
     def wait_loaded(self, timeout: float) -> None:
@@ -370,19 +374,6 @@ class Dagster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"runs still active after {timeout:.0f} s")
             time.sleep(1)
-
-
-def _group_gone(leader: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Whether every process of the leader's group exited within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        leader.poll()  # reaps the leader: a zombie would still count as a member
-        try:
-            os.killpg(leader.pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def group_cpu_seconds(group: int) -> float:
