@@ -9,6 +9,10 @@ first load of three years spent most of its time there. Here a batch is one tran
 shard, holding exactly the rows the one-by-one path writes, so everything that reads the event
 log (the UI, partition status, run planning) sees the same history.
 
+Dagster's SQLite storage also creates a SQLAlchemy engine for each connection, that is for each
+event stored, and so compiles every statement afresh each time; here each shard's engine is
+kept (still without a connection pool: a connection lives only while it is used, as in Dagster).
+
 The instance the CLI creates (`spotify_assets/cli/commands.py`) names this class in its
 `dagster.yaml`, and the CLI sets `DAGSTER_EVENT_BATCH_SIZE`; `dg dev` on the same instance needs
 it too.
@@ -17,7 +21,9 @@ it too.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
 
 from dagster import StringSource
 from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
@@ -28,7 +34,14 @@ from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,
     SqlEventLogStorageTable,
 )
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+)
 from dagster._serdes import ConfigurableClassData, serialize_value
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
 
 # Dagster hands events to `store_event_batch` in batches of up to this many only when it is set.
 BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
@@ -51,6 +64,23 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
     ) -> BatchingSqliteEventLogStorage:
         runs = os.path.join(config_value["dagster_home"], "history", "runs")
         return cls(base_dir=runs, inst_data=inst_data)
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        """A transaction on the shard, as Dagster's, on the shard's kept engine."""
+        with self._db_lock:
+            engine = _engine(self.conn_string_for_shard(shard))
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        """As Dagster's (asked for each asset event stored), on the index's kept engine."""
+        engine = _engine(self.conn_string_for_shard(INDEX_SHARD_NAME))
+        with engine.connect() as conn:
+            return bool(engine.dialect.has_table(conn, table_name))
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         # Dagster batches the events of one run (its planned events, or one step's asset events).
@@ -117,3 +147,12 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
                     "evaluation_event_storage_id": event_id,
                 },
             )
+
+
+# A process writes one run's shard at a time and the index; one reading the history (the UI)
+# goes through many runs' shards: the least recently used engines are dropped.
+@lru_cache(maxsize=16)
+def _engine(url: str) -> Engine:
+    return create_engine(
+        url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+    )

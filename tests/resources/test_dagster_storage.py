@@ -3,7 +3,7 @@ records one planned event and one materialization per asset and partition (the U
 partition), written in a fixed number of transactions instead of two per event, and the history
 it leaves reads exactly as Dagster's default SQLite storage leaves it."""
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
@@ -26,7 +26,7 @@ from dagster import (
 )
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from resources.copy_runner import CopyResult, LocalCopyRunner
 from resources.dagster_storage import BATCH_SIZE_VARIABLE, BatchingSqliteEventLogStorage
@@ -159,6 +159,29 @@ def test_the_cli_instance_writes_a_range_run_in_transactions_that_do_not_grow_wi
         assert len(planned) == 3 * days  # one per asset and partition, as Dagster records them
     # Per event, two transactions each: 30 more days would add ~600. Batched: the same count.
     assert counted[40] == counted[10], counted
+
+
+def test_the_cli_instance_keeps_one_engine_per_event_log_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster's SQLite event log creates a SQLAlchemy engine, and compiles its statements
+    afresh, for each event it stores; the CLI's instance keeps one engine per file."""
+    instance = cli_instance(tmp_path / "home", monkeypatch)
+    run_range(instance, 1)  # creating the files and checking their schema takes an engine each
+    engines: dict[Path, list[Engine]] = defaultdict(list)  # held: no id is reused
+
+    def connected(connection: Connection) -> None:
+        engines[Path(str(connection.engine.url.database))].append(connection.engine)
+
+    event.listen(Engine, "engine_connect", connected)
+    try:
+        run_range(instance, 3)
+    finally:
+        event.remove(Engine, "engine_connect", connected)
+    event_log = Path(instance.root_directory) / "history" / "runs"
+    used = {path.name: len(set(map(id, held))) for path, held in engines.items()}
+    shards = {name: n for name, n in used.items() if (event_log / name).exists()}
+    assert len(shards) == 2 and set(shards.values()) == {1}, used  # the run's and the index
 
 
 def test_a_batched_range_run_leaves_the_history_dagsters_default_storage_leaves(
