@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import Failure
+from dagster import ConfigurableResource, Failure
 
 from resources.adf import AdfClient, DataFactoryResource, TableCopy
 from resources.copy_runner import (
@@ -31,6 +31,7 @@ from resources.copy_runner import (
     nothing_copied,
     unchanged_snapshot,
 )
+from resources.dagster_resources import LakeResource, SourceResource
 from spotify_assets.bronze.adf_pipeline import query_template
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import EXTRACTED_AT, WINDOW_END, WINDOW_START, bronze_schema
@@ -40,9 +41,11 @@ from spotify_assets.catalog.tables import CHANGE_OP, CHANGE_SEQ, UNTYPED, Captur
 _TIMESTAMP_COLUMNS = (EXTRACTED_AT, WINDOW_START, WINDOW_END)
 
 
-class AzureCopyRunner(CopyRunner):
+class AzureCopyRunner(ConfigurableResource, CopyRunner):
     """Plans like every `CopyRunner`; copies with Data Factory, then commits the landed file."""
 
+    source: SourceResource
+    lake: LakeResource
     data_factory: DataFactoryResource
 
     def adf_client(self) -> AdfClient:

@@ -149,8 +149,7 @@ class BronzeStore:
     @staticmethod
     def _live(file: BronzeFile, time: pa.ChunkedArray) -> pa.ChunkedArray:
         """Which rows of a partly superseded file are live: change time in a live window."""
-        masks = [pc.and_(pc.greater_equal(time, w.start), pc.less(time, w.end)) for w in file.live]
-        return functools.reduce(pc.or_, masks)
+        return functools.reduce(pc.or_, [window.holds(time) for window in file.live])
 
     def file_error(self, file: BronzeFile, problem: str) -> LakeFileError:
         """A bronze file the manifest lists cannot be read: one line naming it and the fix."""

@@ -23,8 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import ConfigurableResource
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from resources.bronze_store import BronzeStore
 from resources.lake import LakeStorage
@@ -110,9 +109,11 @@ class PlannedCopy:
     started: float  # `time.perf_counter()` when the copy started
 
 
-class CopyRunner(ConfigurableResource, ABC):
+class CopyRunner(BaseModel, ABC):
     """Copies source windows into bronze. Planning and the commit (step 4) are the same in every
-    environment; how the window's rows are read and written is each runner's own."""
+    environment; how the window's rows are read and written is each runner's own. A plain object:
+    planning runs (and the idle `run`'s decision) needs no Dagster; the Dagster resources are
+    `LocalCopyResource` and `AzureCopyRunner`."""
 
     source: SourceDatabase
     lake: LakeStorage
@@ -268,13 +269,7 @@ class CopyRunner(ConfigurableResource, ABC):
             # A damaged file cannot be carried: its past images are lost with it, and this
             # re-extraction (the repair of that damage) must still go through.
             old = store.read(partition, manifest, intact_only=True)
-            time_ = old[CHANGE_AT]
-            old = old.filter(
-                pc.and_(
-                    pc.equal(old[CHANGE_OP], "S"),
-                    pc.and_(pc.greater_equal(time_, part.start), pc.less(time_, part.end)),
-                )
-            )
+            old = old.filter(pc.and_(pc.equal(old[CHANGE_OP], "S"), part.holds(old[CHANGE_AT])))
             if old.num_rows == 0:
                 continue
             new = [f.path for f in new_files if f.partition == partition]

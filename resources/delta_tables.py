@@ -1,12 +1,13 @@
-"""Delta writes shared by silver and gold: whole-partition replacement and creation.
+"""Delta tables of the lake read with delta-rs, without Spark: their logs, file statistics per
+partition (no data scanned), chunks of days, and small tables whole. Spark's writes are in
+`delta_writes.py`.
 
-Sail cannot `replaceWhere` or `MERGE INTO` a path that holds no Delta table yet, so a missing
-table is first created empty, with its schema and partitioning.
+Nothing here imports pyarrow's dataset module (and with it pandas, ~0.4 CPU s together): the
+idle `run` reads Delta logs and nothing more.
 """
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from collections.abc import Mapping
@@ -14,10 +15,8 @@ from datetime import date, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, Field
+from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import DeltaError, TableNotFoundError
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from spotify_assets.consistency.reconcile import ABSENT, PartitionStats
@@ -67,43 +66,6 @@ def check_log(lake: LakeStorage, path: str) -> None:
         )
 
 
-def create_if_missing(
-    lake: LakeStorage, frame: DataFrame, path: str, partition: str | None
-) -> None:
-    check_log(lake, path)
-    if not exists(lake, path):
-        empty = frame.limit(0).write.format("delta").mode("overwrite")
-        (empty.partitionBy(partition) if partition else empty).save(path)
-
-
-def replace_partitions(
-    lake: LakeStorage, frame: DataFrame, path: str, partition: str | None, days: Days | None
-) -> None:
-    """Replace the partitions `days` of the table at `path` with `frame` (every row of which
-    must fall in them); `days` None or no `partition`: replace the whole table."""
-    create_if_missing(lake, frame, path, partition)
-    writer = _with_table_columns(lake, frame, path).write.format("delta").mode("overwrite")
-    if partition and days is not None:
-        first, last = (d.isoformat() for d in days)
-        writer = writer.option(
-            "replaceWhere", f"{partition} >= DATE'{first}' AND {partition} <= DATE'{last}'"
-        )
-    writer.save(path)
-
-
-def _with_table_columns(lake: LakeStorage, frame: DataFrame, path: str) -> DataFrame:
-    """`frame` with exactly the table's columns, as Sail's `replaceWhere` requires: a new column
-    (a source column carried by the drift policy) first joins the table's schema; a column the
-    frame lacks (a partition extracted before it appeared) comes as NULL."""
-    table = DeltaTable(path, storage_options=lake.delta_storage_options())
-    types = {f.name: json.loads(f.to_json())["type"] for f in table.schema().fields}
-    new = [f for f in frame.schema.fields if f.name not in types]
-    if new:
-        table.alter.add_columns([Field.from_json(json.dumps(f.jsonValue())) for f in new])
-    missing = [F.lit(None).cast(t).alias(c) for c, t in types.items() if c not in frame.columns]
-    return frame.select("*", *missing) if missing else frame
-
-
 def delta_table(lake: LakeStorage, relative: str, version: int | None = None) -> DeltaTable:
     """delta-rs's view of a lake table (its log, versions and files), without Spark; a
     damaged log fails in one line naming the table."""
@@ -121,6 +83,27 @@ def delta_table(lake: LakeStorage, relative: str, version: int | None = None) ->
         raise _damaged(lake, relative, f"has an unreadable Delta log ({reason})") from error
 
 
+def add_actions(table: DeltaTable) -> pa.Table:
+    """The files of a table's current version with their statistics (`path`, `num_records`,
+    `modification_time`, `partition.<column>`, ...), from its log. Taken over Arrow's stream
+    interface: `pa.table()` would first ask whether it is a pandas frame, importing pandas."""
+    return pa.RecordBatchReader.from_stream(table.get_add_actions(flatten=True)).read_all()
+
+
+def read_delta(lake: LakeStorage, relative: str, columns: list[str] | None = None) -> pa.Table:
+    """The rows of a (small) lake table, or of some of its `columns`, in the table's own types:
+    read with delta-rs's query engine, so pyarrow's dataset module (which imports pandas) is not
+    needed."""
+    table = delta_table(lake, relative)
+    schema = pa.schema(table.schema().to_arrow())
+    if columns is not None:
+        schema = pa.schema([schema.field(name) for name in columns])
+    select = ", ".join(f'"{name}"' for name in schema.names)
+    rows = QueryBuilder().register("t", table).execute(f"SELECT {select} FROM t")
+    # The engine reads text as string views; the table's readers expect its declared types.
+    return pa.RecordBatchReader.from_stream(rows).read_all().cast(schema)
+
+
 def _damaged(lake: LakeStorage, relative: str, problem: str) -> LakeFileError:
     return LakeFileError(f"{lake.uri(relative)} {problem}; run `{REPAIR_COMMAND}`", problem)
 
@@ -129,7 +112,7 @@ def partition_rows(
     lake: LakeStorage, relative: str, partition: str | None, days: Days | None
 ) -> int:
     """Rows in the partitions `days` (None: all), from the log's file statistics: no scan."""
-    actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
+    actions = add_actions(delta_table(lake, relative))
     records = actions["num_records"]
     if partition and days is not None:
         day = actions[f"partition.{partition}"]
@@ -167,19 +150,19 @@ def partition_stats(lake: LakeStorage, relative: str, partition: str) -> dict[da
     actions (no scan); empty if no table yet."""
     if not exists(lake, lake.path(relative)):
         return {}
-    actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
-    grouped = actions.group_by(f"partition.{partition}").aggregate(
-        [("num_records", "sum"), ("modification_time", "max")]
-    )
-    return {
-        day: PartitionStats(int(rows or 0), written)
-        for day, rows, written in zip(
-            grouped[f"partition.{partition}"].to_pylist(),
-            grouped["num_records_sum"].to_pylist(),
-            grouped["modification_time_max"].to_pylist(),
-            strict=True,
-        )
-    }
+    actions = add_actions(delta_table(lake, relative))
+    # Summed here, a file at a time, not with `group_by`: its engine, Acero, imports pyarrow's
+    # dataset module and pandas (~0.4 CPU s of an idle `run`), for a few hundred files.
+    stats: dict[date, PartitionStats] = {}
+    for day, rows, written in zip(
+        actions[f"partition.{partition}"].to_pylist(),
+        actions["num_records"].to_pylist(),
+        actions["modification_time"].to_pylist(),
+        strict=True,
+    ):
+        held = stats.get(day, ABSENT)
+        stats[day] = PartitionStats(held.rows + (rows or 0), max(written, held.written or written))
+    return stats
 
 
 def rows_per_day(
@@ -199,7 +182,7 @@ def table_stats(lake: LakeStorage, relative: str) -> PartitionStats:
     (no scan); `ABSENT` if no table yet."""
     if not exists(lake, lake.path(relative)):
         return ABSENT
-    actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
+    actions = add_actions(delta_table(lake, relative))
     rows = pc.sum(actions["num_records"]).as_py()
     return PartitionStats(int(rows or 0), pc.max(actions["modification_time"]).as_py())
 
@@ -207,7 +190,7 @@ def table_stats(lake: LakeStorage, relative: str) -> PartitionStats:
 def rows_and_nulls(lake: LakeStorage, relative: str, column: str) -> tuple[int, int] | None:
     """Rows of a table and NULLs in one of its columns, from the log's file statistics (no
     scan); None if some file carries no statistics for it."""
-    actions = pa.table(delta_table(lake, relative).get_add_actions(flatten=True))
+    actions = add_actions(delta_table(lake, relative))
     nulls = f"null_count.{column}"
     if nulls not in actions.column_names or actions[nulls].null_count:
         return None

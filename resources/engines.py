@@ -20,6 +20,7 @@ from dagster import (
     TableSchema,
 )
 
+from resources.dagster_resources import LakeResource
 from resources.delta_tables import CHUNK_ROWS, Days
 from resources.gold_runner import GoldRunner, PartitionBuild
 from resources.lake import LakeStorage
@@ -36,7 +37,7 @@ PREVIEW_ROWS = 5
 class SilverEngine(ConfigurableResource, ABC):
     """Rebuilds silver partitions from bronze (README: Silver), wherever Spark runs."""
 
-    lake: LakeStorage
+    lake: LakeResource
 
     @abstractmethod
     def refresh(
@@ -76,7 +77,7 @@ class GoldOutcome:
 class GoldEngine(ConfigurableResource, ABC):
     """Builds the gold tables (README: Gold) from their specs in the catalog."""
 
-    lake: LakeStorage
+    lake: LakeResource
     # Whether gold is Delta tables at `gold/<table>` on the lake, for reconciliation to compare.
     tables_on_lake: ClassVar[bool] = True
 

@@ -34,10 +34,11 @@ from resources.delta_tables import (
     delta_table,
     exists,
     partition_rows,
-    replace_partitions,
     rows_and_nulls,
     rows_per_day,
 )
+from resources.delta_writes import replace_partitions
+from resources.gold_state import applied_version, unmatched_records
 from resources.lake import LakeStorage
 from spotify_assets.catalog.gold_spec import (
     END_AT,
@@ -297,24 +298,6 @@ class GoldRunner:
     def read(self, name: str) -> DataFrame:
         """A gold table by name (`dim_user`, `fact_stream`, `agg_daily_track`, ...)."""
         return self._read(gold_path(name))
-
-
-def applied_version(lake: LakeStorage, table: Table) -> int | None:
-    """The silver version gold/<dim> reflects; None before its first apply."""
-    names = lake.list_names(gold_state_path(table))
-    states = sorted(n for n in names if n.endswith(".json"))
-    if not states:
-        return None
-    return int(lake.read_json(f"{gold_state_path(table)}/{states[-1]}")["silver_version"])
-
-
-def unmatched_records(lake: LakeStorage, catalog: Catalog) -> pa.Table | None:
-    """What gold/_unmatched/<fact> holds: per day, the dimension keys of facts no dimension row
-    has yet (`unmatched`); None before the fact's first build. A small table, read whole."""
-    relative = unmatched_path(catalog.fact)
-    if not exists(lake, lake.path(relative)):
-        return None
-    return delta_table(lake, relative).to_pyarrow_table()
 
 
 def _sum(table: pa.Table, where: str, equals: str, column: str) -> int:

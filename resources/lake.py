@@ -25,9 +25,8 @@ from urllib.parse import urlsplit
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster import ConfigurableResource
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr
 
 AZURE_SCHEMES = frozenset({"abfss", "abfs", "az"})
 # Azurite's well-known account and key, published with the emulator: not a secret.
@@ -195,8 +194,9 @@ def object_store_env_from_connection_string(environ: Mapping[str, str]) -> dict[
     return _from_connection_string(connection).object_store_env() if connection else {}
 
 
-class LakeStorage(ConfigurableResource):
-    """Root of the lake; every path below is relative to it (`bronze/FactStream/...`)."""
+class LakeStorage(BaseModel):
+    """Root of the lake; every path below is relative to it (`bronze/FactStream/...`). A plain
+    object (no Dagster needed to read the lake); `LakeResource` is the Dagster resource."""
 
     url: str = Field(
         description="Local path, or abfss://<container>@<account>.dfs.core.windows.net/<path> "
@@ -278,10 +278,12 @@ class LakeStorage(ConfigurableResource):
             return self.fs.size(path)
 
     def read_parquet(self, relatives: list[str], columns: list[str] | None = None) -> pa.Table:
-        tables = [
-            pq.read_table(self.path(r), filesystem=self._arrow_fs(), columns=columns)
-            for r in relatives
-        ]
+        """The rows of whole files, one after the other. Each file is read on its own, not as a
+        dataset: pyarrow's dataset module imports pandas (~0.4 CPU s an idle `run` saves)."""
+        tables = []
+        for relative in relatives:
+            with pq.ParquetFile(self.path(relative), filesystem=self._arrow_fs()) as file:
+                tables.append(file.read(columns=columns))
         return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
     def parquet_rows(self, relative: str) -> int:

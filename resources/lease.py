@@ -2,9 +2,10 @@
 
 Every entry point that writes the lake holds the writer lease: a CLI command for its whole
 duration, and every Dagster run that materializes a lake asset (sensor, schedule, backfill or
-UI run) through the `lake_writer` resource. A second writer waits for it, up to a bound, saying
-for whom, then gives up in one line. Runs of a CLI command execute in its own process and hold
-the command's lease again (re-entrant), recording their run id in it.
+UI run) through the `lake_writer` resource (`LakeWriter`, resources/dagster_resources.py). A
+second writer waits for it, up to a bound, saying for whom, then gives up in one line. Runs of a
+CLI command execute in its own process and hold the command's lease again (re-entrant),
+recording their run id in it.
 
 The lease is a sequence of small JSON records, `_lease/NNNNNNNNNN.json`, each published with the
 lake's exclusive create (`If-None-Match: *` on Azure, a hard link on a local folder): the highest
@@ -25,14 +26,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import Field, PrivateAttr
 
 from resources.lake import LakeConflictError, LakeStorage
 
@@ -276,40 +274,6 @@ def run_entry(tags: Mapping[str, str]) -> str:
     if backfill := tags.get("dagster/backfill"):
         return f"backfill run ({backfill})"
     return "UI run"
-
-
-class LakeWriter(ConfigurableResource):
-    """The writer lease, held by a Dagster run from its start (before any step writes) to its
-    end. Every asset that writes the lake requires it, so a run that writes holds it; a sensor
-    evaluation (no run) takes nothing."""
-
-    lake: LakeStorage
-    wait_seconds: float = Field(
-        default=DEFAULT_WAIT_SECONDS,
-        description="How long a run waits for another writer of the lake before it fails.",
-    )
-    _held: ExitStack | None = PrivateAttr(default=None)
-    _hold: Hold | None = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        run = context.run
-        if run is None or context.log is None:
-            return
-        log = context.log.info
-        self._held = ExitStack()
-        self._hold = self._held.enter_context(
-            lake_writer(self.lake, run_entry(run.tags), self.wait_seconds, log, run.run_id)
-        )
-
-    def teardown_after_execution(self, context: InitResourceContext) -> None:
-        if self._held is not None:
-            self._held.close()
-
-    def check(self) -> None:
-        """Before an asset writes: the run still holds the lease."""
-        if self._hold is None:
-            raise LeaseLostError("the lake writer lease is only held within a Dagster run")
-        self._hold.check()
 
 
 def _path(number: int) -> str:

@@ -23,8 +23,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.copy_runner import CopyRunner
-from resources.delta_tables import delta_table, exists, partition_stats, table_stats
-from resources.gold_runner import applied_version, unmatched_records
+from resources.delta_tables import (
+    add_actions,
+    delta_table,
+    exists,
+    partition_stats,
+    read_delta,
+    table_stats,
+)
+from resources.gold_state import applied_version, unmatched_records
 from resources.lake import LakeStorage
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, PointInTimeFact, Scd2Dimension
@@ -65,6 +72,11 @@ class Reconciliation:
     lake: dict[str, Partitions]  # per lake table (its path in the lake), what it holds per day
     stale: dict[date, Layer]  # stale day -> the first layer to rebuild it from
     rebuild_gold: bool = False  # its unpartitioned gold table is empty while silver is not
+
+    @property
+    def consistent(self) -> bool:
+        """Nothing of the table to rebuild: no stale day, gold not missing."""
+        return not self.stale and not self.rebuild_gold
 
     def evidence(self, first: date, last: date) -> dict[str, dict[str, list[int | None]]]:
         """What each side holds of the stale days `first`..`last` (a repair's identity)."""
@@ -194,7 +206,7 @@ def _members_arrived(lake: LakeStorage, catalog: Catalog) -> set[date]:
         (key,) = table.key
         relative = gold_path(table.lake_name)
         if exists(lake, lake.path(relative)):
-            held = delta_table(lake, relative).to_pyarrow_dataset().to_table(columns=[key])
+            held = read_delta(lake, relative, [key])
             present[dimension] = pc.cast(held[key], pa.string())
     return members_arrived(unmatched, present, spec.date_column)
 
@@ -206,7 +218,7 @@ def _versions_by_first_day(lake: LakeStorage, dimension: Table) -> Partitions:
     if not exists(lake, lake.path(relative)):
         return {}
     silver = delta_table(lake, relative)
-    actions = pa.table(silver.get_add_actions(flatten=True))
+    actions = add_actions(silver)
     # The log's paths are relative to the table, a scan's may not be: files go by name.
     written = dict(
         zip(
@@ -276,28 +288,20 @@ def bronze_profile(runner: CopyRunner, table: Table, window: Window) -> dict[dat
     columns = list(dict.fromkeys([table.change_time_column, checksum, CHANGE_SEQ]))
     parts = [store.read(d, manifest, columns=columns) for d in days]
     rows = pa.concat_tables(parts) if parts else store.empty().select(columns)
-    time = rows[table.change_time_column]
-    inside = pc.and_(pc.greater_equal(time, window.start), pc.less(time, window.end))
+    inside = window.holds(rows[table.change_time_column])
     if table.mode is CaptureMode.CDC:
         inside = pc.and_(inside, pc.is_valid(rows[CHANGE_SEQ]))  # change records, not images
     rows = rows.filter(inside)
-    profile = pa.table(
-        {
-            "day": pc.cast(rows[table.change_time_column], pa.date32()),
-            # Summed exactly, as the source sums it (no 64-bit wrap-around on large sequences).
-            "sum": pc.cast(rows[checksum], pa.decimal128(38, 0)),
-        }
-    )
-    grouped = profile.group_by("day").aggregate([("sum", "count"), ("sum", "sum")])
-    return {
-        day: DayProfile(int(n), int(total or 0))
-        for day, n, total in zip(
-            grouped["day"].to_pylist(),
-            grouped["sum_count"].to_pylist(),
-            grouped["sum_sum"].to_pylist(),
-            strict=True,
-        )
-    }
+    days = pc.cast(rows[table.change_time_column], pa.date32())
+    # Summed exactly, as the source sums it (no 64-bit wrap-around on large sequences).
+    sums = pc.cast(rows[checksum], pa.decimal128(38, 0))
+    # A day at a time (the lookback's few), not with `group_by`: its engine, Acero, imports
+    # pyarrow's dataset module and pandas, ~0.4 CPU s of an idle `run`.
+    profile = {}
+    for day in pc.unique(days):
+        held = sums.filter(pc.equal(days, day))
+        profile[day.as_py()] = DayProfile(pc.count(held).as_py(), int(pc.sum(held).as_py() or 0))
+    return profile
 
 
 def _as_date(value: object) -> date:

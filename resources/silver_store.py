@@ -26,10 +26,10 @@ from resources.delta_tables import (
     Days,
     exists,
     partition_rows,
-    replace_partitions,
     rows_per_day,
     split_days,
 )
+from resources.delta_writes import replace_partitions
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import bronze_schema

@@ -1,9 +1,10 @@
 """The source system: an operational SQL database reached through ODBC.
 
-`SourceDatabase` is the Dagster resource (configuration + connections). `SourceSession` holds one
-open DB-API connection and the catalog-driven operations on it: create the schema with its change
-capture, bulk-load rows, apply simulated change batches, read the simulator's state, and report
-statistics. The same code serves SQLite, PostgreSQL and SQL Server; only `SqlDialect` differs.
+`SourceDatabase` is its configuration and connections (in Dagster, `SourceResource`).
+`SourceSession` holds one open DB-API connection and the catalog-driven operations on it: create
+the schema with its change capture, bulk-load rows, apply simulated change batches, read the
+simulator's state, and report statistics. The same code serves SQLite, PostgreSQL and SQL
+Server; only `SqlDialect` differs.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyodbc
-from dagster import ConfigurableResource
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from resources.odbc import (
     SourceConfigError,
@@ -64,8 +64,9 @@ def sqlite_connection_string(path: Path) -> str:
     return f"Driver=SQLite3;Database={path};Timeout=30000"
 
 
-class SourceDatabase(ConfigurableResource):
-    """The operational database the lakehouse ingests from (SQLite, PostgreSQL or Azure SQL)."""
+class SourceDatabase(BaseModel):
+    """The operational database the lakehouse ingests from (SQLite, PostgreSQL or Azure SQL); in
+    Dagster, `SourceResource`."""
 
     connection_string: str = Field(
         description="ODBC connection string; secrets are redacted from every message and log."

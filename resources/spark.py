@@ -16,6 +16,7 @@ from pydantic import Field
 from pyspark.sql import SparkSession
 
 from resources.lake import object_store_env_from_connection_string
+from resources.spark_memory import DEFAULT_MEMORY_POOL_GIB
 
 
 class SparkKind(StrEnum):
@@ -26,11 +27,6 @@ class SparkKind(StrEnum):
 class SparkConfigError(ValueError):
     pass
 
-
-# The memory of Sail's queries in process (SPOTIFY_SPARK_MEMORY_GIB): with the rest of a run
-# (Dagster, Python, Arrow buffers) a first load then peaks below 2 GiB whatever the data's size.
-DEFAULT_MEMORY_POOL_GIB = 1.0
-MEMORY_SETTING = "SPOTIFY_SPARK_MEMORY_GIB"
 
 _lock = threading.Lock()
 _sessions: dict[str, SparkSession] = {}

@@ -19,8 +19,7 @@ from pathlib import Path
 import pyodbc
 import pytest
 
-from resources.lake import LakeStorage
-from resources.lease import LakeWriter
+from resources.dagster_resources import LakeResource, LakeWriter
 from resources.source_db import SourceDatabase, sqlite_connection_string
 from spotify_assets.cli.commands import instance_config, run
 from spotify_assets.orchestration.settings import Settings
@@ -210,7 +209,7 @@ def loaded_lakehouse(
 def lake_writer(tmp_path: Path) -> LakeWriter:
     """The writer lease every lake-writing asset requires, of a local lake: for tests whose
     engines' lake is one no test can reach (a stand-in Azure account)."""
-    return LakeWriter(lake=LakeStorage(url=str(tmp_path / "lease")))
+    return LakeWriter(lake=LakeResource(url=str(tmp_path / "lease")))
 
 
 @pytest.fixture

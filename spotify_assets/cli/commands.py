@@ -17,7 +17,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
-from dagster import BetaWarning, DagsterInstance
 from tqdm import tqdm
 
 from resources.delta_tables import delta_table, exists
@@ -31,15 +30,17 @@ from spotify_assets.catalog.gold_spec import END_AT, Scd2Dimension
 from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, CatalogError
 from spotify_assets.cli.parser import DEFAULT_SCALE, DEFAULT_SEED, DEMO_DAYS, DEMO_HOME
-from spotify_assets.orchestration import ingest, recovery
-from spotify_assets.orchestration.catch_up import CatchUp
+from spotify_assets.orchestration import gate
 from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.generator import generate
 from spotify_assets.source.simulator import ChangeBatch, SimulationRates, simulate
 
 if TYPE_CHECKING:
+    from dagster import DagsterInstance
     from sqlalchemy.exc import DBAPIError
+
+    from spotify_assets.orchestration.ingest import RunFailed
 
 # What the demo builds itself under its home: it refuses to run with these set elsewhere.
 DEMO_OWNS = ("SPOTIFY_LAKE_URL", "DAGSTER_HOME", "SPOTIFY_PARTITION_START")
@@ -158,6 +159,7 @@ def instance_config() -> str:
     # Imported here, as in `dagster_instance`: Dagster's storage modules and SQLAlchemy take
     # ~0.35 CPU s to import, which an idle `run` (no Dagster run) does not need.
     from resources.dagster_storage import BatchingSqliteEventLogStorage
+    from spotify_assets.orchestration import ingest
 
     return (
         (
@@ -175,8 +177,14 @@ def instance_config() -> str:
 
 
 def dagster_instance(settings: Settings) -> DagsterInstance:
-    """The instance under `$DAGSTER_HOME` (default `$SPOTIFY_HOME/dagster`), shared with the UI."""
+    """The instance under `$DAGSTER_HOME` (default `$SPOTIFY_HOME/dagster`), shared with the UI.
+    Dagster loads here, once a command runs something (~0.6 CPU s an idle `run` saves)."""
+    from dagster import BetaWarning, DagsterInstance
+
     from resources.dagster_storage import BATCH_SIZE_VARIABLE, EVENT_BATCH_SIZE
+
+    # Beta APIs we rely on knowingly (backfill policies, observable sources): not news to users.
+    warnings.filterwarnings("ignore", category=BetaWarning)
 
     if not os.environ.get("DAGSTER_HOME"):
         settings.dagster_home.mkdir(parents=True, exist_ok=True)
@@ -195,6 +203,14 @@ def _storage_error() -> type[DBAPIError]:
     from sqlalchemy.exc import DBAPIError
 
     return DBAPIError
+
+
+def _run_failed() -> type[RunFailed]:
+    """`ingest.RunFailed`, named in an except clause as `_storage_error`: `ingest` loads Dagster,
+    which an idle `run` does not."""
+    from spotify_assets.orchestration.ingest import RunFailed
+
+    return RunFailed
 
 
 P = ParamSpec("P")
@@ -225,8 +241,10 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
     """Bring every layer up to date with the source: incremental and CDC loads from each
     table's watermark, then the refresh of any loaded day reconciliation finds stale."""
     source_database(settings).require_initialised()
-    if ingest.up_to_date(settings, tables):  # found cheaply: no Dagster run, no Spark session
+    if gate.up_to_date(settings, tables):  # found cheaply: Dagster and Spark not even loaded
         return {"incremental": [], "repaired": []}
+    from spotify_assets.orchestration import ingest
+
     instance = dagster_instance(settings)
     done: dict[str, list[ingest.TableLoad]] = {}
     failures: list[str] = []
@@ -235,7 +253,7 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
     for step, work in (("incremental", ingest.incremental), ("repaired", ingest.repair)):
         try:
             done[step] = work(settings, instance, tables)
-        except ingest.RunFailed as failed:
+        except _run_failed() as failed:
             done[step], failures = failed.loads, failures + failed.failures
     if failures:
         raise ingest.RunFailed(
@@ -258,6 +276,8 @@ def refresh(
                 f"`spotify-lakehouse run`; refresh re-extracts days of {dated}"
             )
     source_database(settings).require_initialised()
+    from spotify_assets.orchestration import ingest
+
     instance = dagster_instance(settings)
     return [asdict(load) for load in ingest.refresh(settings, instance, first, last, tables)]
 
@@ -265,6 +285,8 @@ def refresh(
 def verify(settings: Settings, tables: Sequence[str] = ()) -> int:
     """Print what is missing or damaged on the lake, one line each; exit code 1 if anything."""
     source_database(settings).require_initialised()
+    from spotify_assets.orchestration import recovery
+
     faults = recovery.verify(settings, tables)
     for fault in faults:
         print(fault.describe())
@@ -280,6 +302,8 @@ def repair(settings: Settings, tables: Sequence[str] = ()) -> int:
     """Rebuild what `verify` finds from the layer below; print what was done and what remains
     (exit code 1 while something does)."""
     source_database(settings).require_initialised()
+    from spotify_assets.orchestration import recovery
+
     done = recovery.repair(settings, dagster_instance(settings), tables)
     _print(asdict(done))
     for line in done.remaining:
@@ -329,6 +353,7 @@ def demo(settings: Settings) -> None:
     step("initial load, bronze to gold", lambda: run(settings))
     # Imported here: the code location module builds its `defs` from the environment on import.
     from resources.dagster_storage import BATCH_SIZE_VARIABLE, EVENT_BATCH_SIZE
+    from spotify_assets.orchestration.catch_up import CatchUp
     from spotify_assets.orchestration.definitions import build_definitions
 
     rates = SimulationRates()
@@ -410,8 +435,6 @@ def _print(payload: object) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the parsed command line; its exit code, with any error said in one line."""
-    # Beta APIs we rely on knowingly (backfill policies, observable sources): not news to users.
-    warnings.filterwarnings("ignore", category=BetaWarning)
     try:
         settings = Settings.from_env()
         if args.command == "demo":
@@ -440,7 +463,7 @@ def run_command(args: argparse.Namespace) -> int:
     except LakeBusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LAKE_BUSY
-    except ingest.RunFailed as failed:
+    except _run_failed() as failed:
         if failed.loads:
             _print([asdict(load) for load in failed.loads])
         for line in failed.failures:

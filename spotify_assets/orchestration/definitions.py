@@ -16,7 +16,7 @@ from spotify_assets.orchestration.assets.bronze import build_bronze_assets
 from spotify_assets.orchestration.assets.gold import build_gold_assets
 from spotify_assets.orchestration.assets.silver import build_silver_assets
 from spotify_assets.orchestration.assets.source import build_source_observation
-from spotify_assets.orchestration.resources import build_resources
+from spotify_assets.orchestration.run_resources import build_resources
 from spotify_assets.orchestration.sensors.alerts import run_failure_alert
 from spotify_assets.orchestration.sensors.automation import (
     build_arrival_sensor,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -34,9 +34,8 @@ from dagster import (
 
 from resources.copy_runner import CopyRunner, LocalCopyRunner
 from resources.engines import GoldEngine
-from resources.lake import REPAIR_COMMAND, LakeFileError
-from resources.lake_check import delta_faults
-from resources.reconciler import gold_behind_silver, reconcile_all, snapshot_behind
+from resources.lake import LakeFileError
+from resources.reconciler import reconcile_all
 from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.reconcile import Layer, repair_ranges
@@ -50,8 +49,10 @@ from spotify_assets.orchestration.assets.bronze import (
 from spotify_assets.orchestration.assets.gold import build_gold_assets_of, gold_key
 from spotify_assets.orchestration.assets.silver import QUARANTINED, build_silver_asset, silver_key
 from spotify_assets.orchestration.assets.source import build_source_observation, source_key
+from spotify_assets.orchestration.gate import caught_up, intact, require_partitions, select_tables
 from spotify_assets.orchestration.partitions import ROW_COUNT, partition_range_tags, run_total
-from spotify_assets.orchestration.resources import build_resources, copy_runner
+from spotify_assets.orchestration.resources import copy_runner
+from spotify_assets.orchestration.run_resources import build_resources
 from spotify_assets.orchestration.settings import DEFAULT_RECONCILE_LOOKBACK_DAYS, Settings
 
 # Runs that write the lake carry this tag; the run queue admits one at a time (see cli/commands.py).
@@ -238,45 +239,6 @@ def plan_incremental(
     return [PlannedRun(snapshots, None, True)] if snapshots else []
 
 
-def caught_up(runner: LocalCopyRunner, table: Table) -> bool:
-    """Whether an incremental run of `table` would change nothing, with gold on the lake: the
-    source holds no change since its load, and no run stopped part-way left behind a layer
-    that the per-day reconciliation cannot see (a snapshot's silver or gold; an SCD2
-    dimension's gold, which applies what silver gained since its last apply)."""
-    if runner.has_changes(table):
-        return False
-    if not table.change_time_column:
-        return not snapshot_behind(runner, table, gold_on_lake=True)
-    return not (isinstance(table.gold, Scd2Dimension) and gold_behind_silver(runner, table))
-
-
-def require_partitions(runner: CopyRunner, tables: Iterable[Table]) -> None:
-    """`RowsBeforePartitionStart` if a partitioned table holds a row older than its first
-    partition: checked before any run, since the change feed from the watermark never sees it."""
-    for table in tables:
-        if table.change_time_column:
-            runner.first_change(table)
-
-
-def up_to_date(settings: Settings, tables: Sequence[str] = ()) -> bool:
-    """Whether `run` has nothing to do: every selected table `caught_up` and no day stale in
-    any layer. Decided from the source's change feeds, the bronze manifests and the Delta logs
-    alone — no Dagster instance, no run, no Spark session — and False when in doubt (a damaged
-    table, gold not on the lake): the runs then find out."""
-    runner, resources = runner_and_resources(settings)
-    gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
-    selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
-    if failures or not gold.tables_on_lake or not isinstance(runner, LocalCopyRunner):
-        return False
-    require_partitions(runner, selected)  # a row older than every partition is never skipped
-    try:
-        return all(caught_up(runner, t) for t in selected) and not plan_repairs(
-            runner, selected, settings.reconcile_lookback_days, gold_on_lake=True
-        )
-    except LakeFileError:
-        return False
-
-
 def behind_since(
     instance: DagsterInstance, catalog: Catalog, table: Table, since: date
 ) -> date | None:
@@ -363,7 +325,7 @@ def incremental(
 ) -> list[TableLoad]:
     """Copy what the source has gained since each table's watermark, through to gold."""
     runner, resources = runner_and_resources(settings)
-    selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
+    selected, failures = intact(runner, select_tables(runner.source.catalog, tables))
     gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
     lookback = settings.reconcile_lookback_days
     runs = plan_incremental(runner, selected, instance, lookback, gold.tables_on_lake)
@@ -379,7 +341,7 @@ def refresh(
 ) -> list[TableLoad]:
     """Re-extract the days `first`..`last` of the selected tables (a backdated refresh)."""
     runner, resources = runner_and_resources(settings)
-    selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
+    selected, failures = intact(runner, select_tables(runner.source.catalog, tables))
     runs = plan_refresh(selected, first, last)
     return execute(runs, runner, resources, instance, failures)
 
@@ -390,7 +352,7 @@ def repair(
     """Rebuild the loaded days some layer holds differently from the one above it (late or
     missing rows, an interrupted run), from that layer down."""
     runner, resources = runner_and_resources(settings)
-    selected, failures = _intact(runner, select_tables(runner.source.catalog, tables))
+    selected, failures = intact(runner, select_tables(runner.source.catalog, tables))
     gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
 
     def plan(tables: Sequence[Table]) -> list[PlannedRun]:
@@ -541,29 +503,6 @@ def runner_and_resources(settings: Settings) -> tuple[CopyRunner, dict[str, obje
     """A runner that plans here, outside Dagster (its source resolved), and the resources the
     runs get (Dagster resolves their configuration when each run starts)."""
     return copy_runner(settings), build_resources(settings)
-
-
-def _intact(runner: CopyRunner, tables: Sequence[Table]) -> tuple[list[Table], list[str]]:
-    """The tables whose bronze manifest and Delta logs can be read, and one line for each of the
-    others: a damaged table blocks only itself. (An emptied table with an intact log is not
-    blocked: reconciliation compares the layers and rebuilds it; `verify` names it.)"""
-    intact, failures = [], []
-    for table in tables:
-        try:
-            manifest = runner.store(table).current()
-        except LakeFileError as error:
-            failures.append(str(error))
-            continue
-        catalog = runner.source.catalog
-        faults = [f for f in delta_faults(runner.lake, catalog, table, manifest) if not f.empty]
-        failures += [f"{f.describe()}; run `{REPAIR_COMMAND}`" for f in faults]
-        if not faults:
-            intact.append(table)
-    return intact, failures
-
-
-def select_tables(catalog: Catalog, tables: Sequence[str]) -> list[Table]:
-    return [catalog[name] for name in tables] if tables else list(catalog)
 
 
 def _resume_day(runner: CopyRunner, table: Table) -> date | None:

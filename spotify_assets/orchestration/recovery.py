@@ -20,13 +20,13 @@ from spotify_assets.catalog.tables import Table
 from spotify_assets.consistency.faults import Fault, Layer
 from spotify_assets.consistency.reconcile import Layer as RebuildFrom
 from spotify_assets.consistency.reconcile import day_ranges
+from spotify_assets.orchestration.gate import select_tables
 from spotify_assets.orchestration.ingest import (
     PlannedRun,
     RunFailed,
     execute,
     plan_refresh,
     runner_and_resources,
-    select_tables,
 )
 from spotify_assets.orchestration.settings import Settings
 

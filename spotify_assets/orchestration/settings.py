@@ -14,7 +14,7 @@ from typing import TypeVar
 from resources.delta_tables import CHUNK_ROWS, CHUNK_SETTING
 from resources.lease import DEFAULT_WAIT_SECONDS, WAIT_SETTING
 from resources.odbc import dialect_of
-from resources.spark import DEFAULT_MEMORY_POOL_GIB, MEMORY_SETTING
+from resources.spark_memory import DEFAULT_MEMORY_POOL_GIB, MEMORY_SETTING
 from spotify_assets.bronze.dialects import Dialect
 from spotify_assets.bronze.windows import DEFAULT_SAFETY_LAG_SECONDS
 from spotify_assets.catalog.tables import Catalog, configured_catalog
@@ -107,6 +107,13 @@ class Settings:
     def catalog(self) -> Catalog:
         """The table catalog as these settings configure it (capture modes, partition start)."""
         return configured_catalog(self.capture_modes, self.partition_start)
+
+    @property
+    def gold_on_lake(self) -> bool:
+        """Whether gold is Delta tables on the lake, for reconciliation to compare: locally; on
+        Azure, Databricks' pipeline publishes gold to its catalog (`GoldEngine.tables_on_lake`
+        of the environment's engine)."""
+        return self.env is Environment.LOCAL
 
     @property
     def embedded_source_path(self) -> Path:

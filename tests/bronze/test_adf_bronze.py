@@ -19,7 +19,7 @@ import pytest
 from resources.adf import AdfClient, DataFactoryResource, TableCopy
 from resources.azure_copy import AzureCopyRunner
 from resources.copy_runner import CopyRunner, LocalCopyRunner
-from resources.lake import LakeStorage
+from resources.dagster_resources import LakeResource, SourceResource
 from resources.source_db import SourceDatabase
 from spotify_assets.bronze import adf_pipeline as adf
 from spotify_assets.bronze.dialects import DIALECTS
@@ -45,7 +45,10 @@ def azure_runner(source: SourceDatabase, lake: Path) -> AzureCopyRunner:
         subscription_id=SUBSCRIPTION, resource_group=GROUP, factory_name=FACTORY
     )
     return AzureCopyRunner(
-        source=source, lake=LakeStorage(url=str(lake)), safety_lag_seconds=0, data_factory=factory
+        source=SourceResource(**source.model_dump()),
+        lake=LakeResource(url=str(lake)),
+        safety_lag_seconds=0,
+        data_factory=factory,
     )
 
 

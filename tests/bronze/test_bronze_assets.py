@@ -10,7 +10,7 @@ from dagster import DagsterInstance, materialize
 from spotify_assets.cli.commands import source_init
 from spotify_assets.orchestration.assets.bronze import build_bronze_asset
 from spotify_assets.orchestration.partitions import partition_range_tags
-from spotify_assets.orchestration.resources import build_resources
+from spotify_assets.orchestration.run_resources import build_resources
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.source import HISTORY_END, HISTORY_START, SCALE, SEED
 

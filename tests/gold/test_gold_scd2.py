@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pyspark.sql import DataFrame, SparkSession
 
 from resources import gold_runner
-from resources.delta_tables import replace_partitions
+from resources.delta_writes import replace_partitions
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
 from spotify_assets.catalog.gold_spec import END_AT, START_AT

@@ -10,11 +10,11 @@ import pytest
 
 from resources.adf import DataFactoryResource
 from resources.azure_copy import AzureCopyRunner
+from resources.dagster_resources import LakeWriter
 from resources.databricks_engines import DatabricksSilverRunner, DltPipelineRunner
 from resources.engines import LocalGold, LocalSilver
-from resources.lease import LakeWriter
 from spotify_assets.orchestration.definitions import build_definitions
-from spotify_assets.orchestration.resources import build_resources
+from spotify_assets.orchestration.run_resources import build_resources
 from spotify_assets.orchestration.settings import Environment, Settings
 from tests.helpers.code_location import assert_gold_graph, validate_workspace
 
@@ -58,8 +58,12 @@ def test_the_azure_environment_selects_the_azure_resources(tmp_path: Path) -> No
         azure_settings(tmp_path, SPOTIFY_DATABRICKS_SILVER_CLUSTER_ID="0301-123456-abcdefgh")
     )
     assert named["silver_engine"].cluster_id == "0301-123456-abcdefgh"  # type: ignore[attr-defined]
-    local = build_resources(Settings.from_env({"SPOTIFY_HOME": str(tmp_path)}))
+    local_settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
+    local = build_resources(local_settings)
     assert (type(local["silver_engine"]), type(local["gold_engine"])) == (LocalSilver, LocalGold)
+    # The idle `run`'s decision knows where gold is from the settings, without the engines.
+    for settings, engines in ((azure_settings(tmp_path), resources), (local_settings, local)):
+        assert settings.gold_on_lake == engines["gold_engine"].tables_on_lake  # type: ignore[attr-defined]
 
 
 def test_both_environments_have_the_same_asset_graph(tmp_path: Path) -> None:

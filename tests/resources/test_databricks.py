@@ -39,6 +39,7 @@ from databricks.sdk.service.jobs import JobsAPI
 from databricks.sdk.service.pipelines import PipelinesAPI
 
 from resources import databricks_engines, databricks_silver
+from resources.dagster_resources import LakeResource, LakeWriter
 from resources.databricks_engines import (
     ENTRYPOINT,
     TASK_LIBRARIES,
@@ -50,7 +51,6 @@ from resources.databricks_engines import (
 )
 from resources.databricks_silver import SilverTask
 from resources.lake import LakeStorage
-from resources.lease import LakeWriter
 from resources.silver_store import SilverResult
 from spotify_assets.catalog.tables import CATALOG, Table
 from spotify_assets.gold.transform import SCD2_INVARIANTS
@@ -220,7 +220,7 @@ def test_main_without_dagster_puts_the_repo_on_the_path_and_prints_the_result(
 
 def runner(**settings: Any) -> DatabricksSilverRunner:
     return DatabricksSilverRunner(
-        lake=LakeStorage(url=LAKE_URL),
+        lake=LakeResource(url=LAKE_URL),
         workspace=DatabricksWorkspace(host=HOST),
         bundle_files=FILES,
         poll_interval_seconds=0,
@@ -469,7 +469,7 @@ class FakePipelines:
 
 def dlt_runner(**settings: Any) -> DltPipelineRunner:
     return DltPipelineRunner(
-        lake=LakeStorage(url=LAKE_URL),
+        lake=LakeResource(url=LAKE_URL),
         workspace=DatabricksWorkspace(host=HOST),
         pipeline_id=PIPELINE,
         **settings,

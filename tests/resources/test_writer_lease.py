@@ -31,7 +31,7 @@ from resources.lease import (
 from spotify_assets.cli.commands import EXIT_LAKE_BUSY, source_init
 from spotify_assets.orchestration.assets.bronze import build_bronze_asset
 from spotify_assets.orchestration.assets.silver import build_silver_asset
-from spotify_assets.orchestration.resources import build_resources
+from spotify_assets.orchestration.run_resources import build_resources
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
 from tests.helpers.paths import REPO

@@ -199,7 +199,7 @@ def high_cardinality_aggregation(home: str, rows: int) -> None:
     settings give silver (SPOTIFY_SPARK_MEMORY_GIB from the environment)."""
     from pyspark.sql import functions as F
 
-    from spotify_assets.orchestration.resources import build_resources
+    from spotify_assets.orchestration.run_resources import build_resources
 
     settings = Settings.from_env({**os.environ, "SPOTIFY_HOME": home})
     spark = build_resources(settings)["silver_engine"].spark.session()

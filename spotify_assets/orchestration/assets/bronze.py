@@ -15,12 +15,13 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     asset,
 )
 from pydantic import Field
 
 from resources.copy_runner import CopyResult, CopyRunner, Waiting
-from resources.lease import LakeWriter
+from resources.dagster_resources import LakeWriter
 from spotify_assets.bronze.schema import bronze_columns
 from spotify_assets.catalog.lake_paths import BRONZE, bronze_path
 from spotify_assets.catalog.tables import Catalog, Table
@@ -67,7 +68,7 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
     def bronze(
         context: AssetExecutionContext,
         config: BronzeConfig,
-        copy_runner: CopyRunner,
+        copy_runner: ResourceParam[CopyRunner],
         lake_writer: LakeWriter,
     ) -> MaterializeResult:
         lake_writer.check()

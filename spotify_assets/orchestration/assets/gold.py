@@ -22,8 +22,8 @@ from dagster import (
 )
 from pydantic import Field
 
+from resources.dagster_resources import LakeWriter
 from resources.engines import GoldEngine, GoldOutcome
-from resources.lease import LakeWriter
 from spotify_assets.catalog.columns import gold_columns
 from spotify_assets.catalog.gold_spec import Aggregate, Calendar, PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.lake_paths import GOLD

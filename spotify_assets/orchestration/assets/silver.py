@@ -18,9 +18,9 @@ from dagster import (
     asset,
 )
 
+from resources.dagster_resources import LakeWriter
 from resources.engines import SilverEngine
 from resources.lake import LakeStorage
-from resources.lease import LakeWriter
 from resources.silver_store import SilverResult
 from spotify_assets.catalog.columns import silver_columns
 from spotify_assets.catalog.lake_paths import SILVER, quarantine_path, silver_path

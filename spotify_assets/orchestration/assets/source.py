@@ -9,6 +9,7 @@ from dagster import (
     DataVersion,
     MetadataValue,
     ObserveResult,
+    ResourceParam,
     multi_observable_source_asset,
 )
 
@@ -48,7 +49,7 @@ def build_source_observation(catalog: Catalog, dialect: str):
         specs=specs, name="observe_source", can_subset=True, group_name=SOURCE
     )
     def observe_source(
-        context: AssetExecutionContext, source_db: SourceDatabase
+        context: AssetExecutionContext, source_db: ResourceParam[SourceDatabase]
     ) -> Iterator[ObserveResult]:
         with source_db.connect() as conn:
             session = source_db.session_on(conn)

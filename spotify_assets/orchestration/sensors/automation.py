@@ -26,6 +26,7 @@ from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
     DefaultSensorStatus,
+    ResourceParam,
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
@@ -80,7 +81,9 @@ def build_arrival_sensor(catalog: Catalog, lookback_days: int) -> SensorDefiniti
         "column moved since the last evaluation.",
     )
     def cdc_arrival_sensor(
-        context: SensorEvaluationContext, copy_runner: CopyRunner, gold_engine: GoldEngine
+        context: SensorEvaluationContext,
+        copy_runner: ResourceParam[CopyRunner],
+        gold_engine: GoldEngine,
     ):
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)
@@ -112,7 +115,9 @@ def build_reconciliation_sensor(catalog: Catalog, lookback_days: int) -> SensorD
         "every loaded day, and rebuilds the days that differ from the first layer that differs.",
     )
     def reconciliation_sensor(
-        context: SensorEvaluationContext, copy_runner: CopyRunner, gold_engine: GoldEngine
+        context: SensorEvaluationContext,
+        copy_runner: ResourceParam[CopyRunner],
+        gold_engine: GoldEngine,
     ):
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)
@@ -143,7 +148,9 @@ def build_daily_schedule(catalog: Catalog, lookback_days: int) -> ScheduleDefini
         description="Fallback when the sensors are off: an incremental run of every table.",
     )
     def daily_catch_up(
-        context: ScheduleEvaluationContext, copy_runner: CopyRunner, gold_engine: GoldEngine
+        context: ScheduleEvaluationContext,
+        copy_runner: ResourceParam[CopyRunner],
+        gold_engine: GoldEngine,
     ):
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)

@@ -1,0 +1,53 @@
+"""Delta writes shared by silver and gold, on Spark: whole-partition replacement and creation.
+
+Sail cannot `replaceWhere` or `MERGE INTO` a path that holds no Delta table yet, so a missing
+table is first created empty, with its schema and partitioning.
+"""
+
+from __future__ import annotations
+
+import json
+
+from deltalake import DeltaTable, Field
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from resources.delta_tables import Days, check_log, exists
+from resources.lake import LakeStorage
+
+
+def create_if_missing(
+    lake: LakeStorage, frame: DataFrame, path: str, partition: str | None
+) -> None:
+    check_log(lake, path)
+    if not exists(lake, path):
+        empty = frame.limit(0).write.format("delta").mode("overwrite")
+        (empty.partitionBy(partition) if partition else empty).save(path)
+
+
+def replace_partitions(
+    lake: LakeStorage, frame: DataFrame, path: str, partition: str | None, days: Days | None
+) -> None:
+    """Replace the partitions `days` of the table at `path` with `frame` (every row of which
+    must fall in them); `days` None or no `partition`: replace the whole table."""
+    create_if_missing(lake, frame, path, partition)
+    writer = _with_table_columns(lake, frame, path).write.format("delta").mode("overwrite")
+    if partition and days is not None:
+        first, last = (d.isoformat() for d in days)
+        writer = writer.option(
+            "replaceWhere", f"{partition} >= DATE'{first}' AND {partition} <= DATE'{last}'"
+        )
+    writer.save(path)
+
+
+def _with_table_columns(lake: LakeStorage, frame: DataFrame, path: str) -> DataFrame:
+    """`frame` with exactly the table's columns, as Sail's `replaceWhere` requires: a new column
+    (a source column carried by the drift policy) first joins the table's schema; a column the
+    frame lacks (a partition extracted before it appeared) comes as NULL."""
+    table = DeltaTable(path, storage_options=lake.delta_storage_options())
+    types = {f.name: json.loads(f.to_json())["type"] for f in table.schema().fields}
+    new = [f for f in frame.schema.fields if f.name not in types]
+    if new:
+        table.alter.add_columns([Field.from_json(json.dumps(f.jsonValue())) for f in new])
+    missing = [F.lit(None).cast(t).alias(c) for c, t in types.items() if c not in frame.columns]
+    return frame.select("*", *missing) if missing else frame

@@ -1,0 +1,83 @@
+"""Whether `run` has anything to do, decided before Dagster or Spark is loaded: from the source's
+change feeds, the bronze manifests and the Delta logs, on the plain objects of `resources.py`.
+The rules it applies (which tables are intact, which have changes, what reconciliation finds
+stale) are the ones the runs plan with (`ingest.py` uses them from here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from resources.copy_runner import CopyRunner, LocalCopyRunner
+from resources.lake import REPAIR_COMMAND, LakeFileError
+from resources.lake_check import delta_faults
+from resources.reconciler import gold_behind_silver, reconcile_all, snapshot_behind
+from spotify_assets.catalog.gold_spec import Scd2Dimension
+from spotify_assets.catalog.tables import Catalog, Table
+from spotify_assets.orchestration.resources import copy_runner
+from spotify_assets.orchestration.settings import Settings
+
+
+def up_to_date(settings: Settings, tables: Sequence[str] = ()) -> bool:
+    """Whether `run` has nothing to do: every selected table `caught_up` and no day stale in
+    any layer. Decided from the source's change feeds, the bronze manifests and the Delta logs
+    alone — no Dagster instance, no run, no Spark session — and False when in doubt (a damaged
+    table, gold not on the lake): the runs then find out."""
+    if not settings.gold_on_lake:
+        return False
+    runner = copy_runner(settings)
+    selected, failures = intact(runner, select_tables(runner.source.catalog, tables))
+    if failures:
+        return False
+    require_partitions(runner, selected)  # a row older than every partition is never skipped
+    try:
+        if not all(caught_up(runner, t) for t in selected):
+            return False
+        lookback = settings.reconcile_lookback_days
+        found = reconcile_all(runner, selected, lookback, gold_on_lake=True)
+    except LakeFileError:
+        return False
+    return all(table.consistent for table in found)
+
+
+def caught_up(runner: LocalCopyRunner, table: Table) -> bool:
+    """Whether an incremental run of `table` would change nothing, with gold on the lake: the
+    source holds no change since its load, and no run stopped part-way left behind a layer
+    that the per-day reconciliation cannot see (a snapshot's silver or gold; an SCD2
+    dimension's gold, which applies what silver gained since its last apply)."""
+    if runner.has_changes(table):
+        return False
+    if not table.change_time_column:
+        return not snapshot_behind(runner, table, gold_on_lake=True)
+    return not (isinstance(table.gold, Scd2Dimension) and gold_behind_silver(runner, table))
+
+
+def require_partitions(runner: CopyRunner, tables: Iterable[Table]) -> None:
+    """`RowsBeforePartitionStart` if a partitioned table holds a row older than its first
+    partition: checked before any run, since the change feed from the watermark never sees it."""
+    for table in tables:
+        if table.change_time_column:
+            runner.first_change(table)
+
+
+def intact(runner: CopyRunner, tables: Sequence[Table]) -> tuple[list[Table], list[str]]:
+    """The tables whose bronze manifest and Delta logs can be read, and one line for each of the
+    others: a damaged table blocks only itself. (An emptied table with an intact log is not
+    blocked: reconciliation compares the layers and rebuilds it; `verify` names it.)"""
+    tables_intact, failures = [], []
+    catalog = runner.source.catalog
+    for table in tables:
+        try:
+            manifest = runner.store(table).current()
+        except LakeFileError as error:
+            failures.append(str(error))
+            continue
+        faults = [f for f in delta_faults(runner.lake, catalog, table, manifest) if not f.empty]
+        failures += [f"{f.describe()}; run `{REPAIR_COMMAND}`" for f in faults]
+        if not faults:
+            tables_intact.append(table)
+    return tables_intact, failures
+
+
+def select_tables(catalog: Catalog, tables: Sequence[str]) -> list[Table]:
+    return [catalog[name] for name in tables] if tables else list(catalog)
