@@ -20,7 +20,7 @@ from dagster import AssetKey, DagsterInstance
 from sqlalchemy.exc import OperationalError
 
 from resources.delta_tables import delta_table, partition_stats
-from resources.gold_runner import applied_version
+from resources.gold_state import applied_version
 from resources.lake import LakeStorage
 from resources.silver_store import SilverStore
 from resources.spark import SparkResource
@@ -29,7 +29,7 @@ from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver
 from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE, CaptureMode
 from spotify_assets.cli import commands, main
 from spotify_assets.cli.commands import instance_config, run
-from spotify_assets.orchestration import ingest
+from spotify_assets.orchestration import gate
 from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source
@@ -48,7 +48,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(settings.dagster_home))
         run(settings)
-        assert ingest.up_to_date(settings)
+        assert gate.up_to_date(settings)
         yield settings
 
 
@@ -98,16 +98,18 @@ def test_a_run_with_nothing_to_do_writes_nothing_records_no_run_and_starts_no_sp
     assert _dagster_state() == dagster, "no Dagster run, no materialization"
 
 
-def test_a_run_with_nothing_to_do_leaves_dagsters_storage_unloaded(
-    loaded: Settings,
-) -> None:
-    # Dagster's event-log storage (with SQLAlchemy) is for runs, and an idle run starts none.
-    storage = ("resources.dagster_storage", "sqlalchemy")
+def test_a_run_with_nothing_to_do_loads_neither_dagster_nor_spark(loaded: Settings) -> None:
+    """Deciding that there is nothing to do takes the change feeds, the manifests and the Delta
+    logs alone: Dagster (and its storage, SQLAlchemy) and Spark are for runs, and importing them
+    would cost an idle `run` most of its time."""
+    unloaded = ("dagster", "pyspark", "resources.dagster_storage", "sqlalchemy")
     env = {**os.environ, "SPOTIFY_HOME": str(loaded.home)}
-    result, imported = cli_imports(["run"], storage, env)
+    lake = _lake_state(loaded)
+    result, imported = cli_imports(["run"], unloaded, env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == NOTHING_DONE
     assert imported == []
+    assert _lake_state(loaded) == lake, "no Delta version, manifest or gold state written"
 
 
 def test_a_run_with_new_streams_leaves_the_unchanged_calendar_alone(loaded: Settings) -> None:
@@ -126,7 +128,7 @@ def test_a_run_with_new_streams_leaves_the_unchanged_calendar_alone(loaded: Sett
     assert CALENDAR.name not in {load["table"] for load in done["incremental"]}
     assert {name: delta_table(lake, name).version() for name in _calendar_tables()} == calendar
     assert_gold_equals_source(loaded)
-    assert ingest.up_to_date(loaded)
+    assert gate.up_to_date(loaded)
 
 
 def _calendar_tables() -> list[str]:
@@ -147,7 +149,7 @@ def test_the_next_run_finishes_a_run_stopped_after_bronze_or_silver(loaded: Sett
         runner.copy(table, Window.of_days(first, last), "stopped after bronze")
     spark = SparkResource().session()
     SilverStore(lake, spark, tracks).refresh((first, last), "stopped after silver")
-    assert not ingest.up_to_date(loaded)
+    assert not gate.up_to_date(loaded)
 
     done = run(loaded)
     repaired = {load["table"] for load in done["repaired"]}
@@ -160,7 +162,7 @@ def test_the_next_run_finishes_a_run_stopped_after_bronze_or_silver(loaded: Sett
     silver_tracks = delta_table(lake, silver_path(tracks)).version()
     assert applied_version(lake, tracks) == silver_tracks
     assert_gold_equals_source(loaded)
-    assert ingest.up_to_date(loaded)
+    assert gate.up_to_date(loaded)
 
 
 def test_a_failure_of_dagsters_storage_is_still_one_line(
