@@ -5,8 +5,9 @@
 - bronze ↔ silver (+ quarantine) ↔ gold fact ↔ aggregates, over every loaded day: partition
   statistics from the bronze manifest and the Delta logs (no data read, no Spark), and the fact's
   days against the dimension versions that can change them (the fact's point-in-time lookups:
-  `affects_from`, over the key, time and sequence columns of the dimensions' silver versions,
-  read with delta-rs), and the days whose facts held a key no dimension row had yet, once the
+  `affects_from`, over the key, time and sequence columns of the dimensions' silver versions
+  written since the fact's oldest day was built and the older versions of their keys, read
+  with delta-rs), and the days whose facts held a key no dimension row had yet, once the
   dimension's gold has it (from gold/_unmatched/<fact>, usually empty).
 
 `reconcile_all` gives, per table, the stale days and the layer each must be rebuilt from.
@@ -14,6 +15,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, replace
@@ -21,6 +24,7 @@ from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from resources.copy_runner import CopyRunner
 from resources.delta_tables import (
@@ -179,8 +183,10 @@ def _lake_layers(
     if gold_on_lake and isinstance(spec, PointInTimeFact):
         fact_name = gold_path(table.lake_name)
         fact = held[fact_name] = partition_stats(lake, fact_name, spec.date_column)
+        built = min((s.written for s in fact.values() if s.written is not None), default=None)
         dimensions = _newest(
-            _versions_by_first_day(lake, catalog[lookup.dimension]) for lookup in spec.lookups
+            _versions_by_first_day(lake, catalog[lookup.dimension], built)
+            for lookup in spec.lookups
         )
         stale = stale_partitions(silver, fact, False) | written_before(dimensions, fact)
         stale |= _members_arrived(lake, catalog)
@@ -211,11 +217,14 @@ def _members_arrived(lake: LakeStorage, catalog: Catalog) -> set[date]:
     return members_arrived(unmatched, present, spec.date_column)
 
 
-def _versions_by_first_day(lake: LakeStorage, dimension: Table) -> Partitions:
+def _versions_by_first_day(lake: LakeStorage, dimension: Table, built: int | None) -> Partitions:
     """Per first day of the fact that some silver versions of `dimension` can change
-    (`affects_from`), when the newest file holding such versions was written."""
+    (`affects_from`), when the newest file holding such versions was written: of the files
+    written after `built` (when the fact's oldest day was built; None: no day built), as an
+    older file cannot make a day stale (`written_before`). Their versions and the older
+    versions of the same keys are read, not the dimension's whole history."""
     relative = silver_path(dimension)
-    if not exists(lake, lake.path(relative)):
+    if built is None or not exists(lake, lake.path(relative)):
         return {}
     silver = delta_table(lake, relative)
     actions = add_actions(silver)
@@ -227,8 +236,20 @@ def _versions_by_first_day(lake: LakeStorage, dimension: Table) -> Partitions:
             strict=True,
         )
     )
+    dataset = silver.to_pyarrow_dataset()
+    fragments = list(dataset.get_fragments())
+    newer = [f for f in fragments if written[posixpath.basename(f.path)] > built]
+    if not newer:
+        return {}
     columns = [*dimension.key, VERSION_AT, CHANGE_SEQ, CHANGE_DATE, "__filename"]
-    versions = silver.to_pyarrow_dataset().to_table(columns=columns)
+    changed = _files(dataset, newer).to_table(columns=columns)
+    # A version's first day depends on every version of its key (`affects_from`).
+    same_keys = functools.reduce(
+        operator.and_, (pc.field(k).isin(pc.unique(changed[k])) for k in dimension.key)
+    )
+    older = [f for f in fragments if written[posixpath.basename(f.path)] <= built]
+    context = _files(dataset, older).to_table(columns=columns, filter=same_keys)
+    versions = pa.concat_tables([changed, context])
     days = affects_from(versions, dimension.key, VERSION_AT, CHANGE_SEQ, CHANGE_DATE)
     files = days.group_by("__filename").aggregate([(AFFECTS_FROM, "min")])
     newest: dict[date, int] = {}
@@ -236,8 +257,14 @@ def _versions_by_first_day(lake: LakeStorage, dimension: Table) -> Partitions:
         files["__filename"].to_pylist(), files[f"{AFFECTS_FROM}_min"].to_pylist(), strict=True
     ):
         at = written[posixpath.basename(path)]
-        newest[day] = max(at, newest.get(day, at))
+        if at > built:
+            newest[day] = max(at, newest.get(day, at))
     return {day: PartitionStats(0, at) for day, at in newest.items()}
+
+
+def _files(dataset: ds.FileSystemDataset, fragments: list[ds.Fragment]) -> ds.FileSystemDataset:
+    """`dataset` restricted to some of its files."""
+    return ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
 
 
 def _cleaned(silver: PartitionStats, quarantine: PartitionStats) -> PartitionStats:

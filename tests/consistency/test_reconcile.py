@@ -14,14 +14,21 @@ import pytest
 from dagster import DagsterInstance, build_sensor_context
 from sqlglot import exp
 
-from resources.delta_tables import delta_table
+from resources import reconciler
+from resources.delta_tables import delta_table, table_stats
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
 from resources.reconciler import reconcile
 from resources.silver_store import SilverStore
 from spotify_assets.bronze.dialects import DIALECTS, Dialect
 from spotify_assets.bronze.windows import Window
-from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, UNMATCHED_FACTS, UNMATCHED_KEY
+from spotify_assets.catalog.gold_spec import (
+    UNMATCHED_DIMENSION,
+    UNMATCHED_FACTS,
+    UNMATCHED_KEY,
+    PointInTimeFact,
+)
+from spotify_assets.catalog.lake_paths import silver_path
 from spotify_assets.catalog.tables import (
     CATALOG,
     CHANGE_AT,
@@ -30,7 +37,7 @@ from spotify_assets.catalog.tables import (
     VERSION_AT,
     CaptureMode,
 )
-from spotify_assets.cli.commands import instance_config, refresh, run
+from spotify_assets.cli.commands import instance_config, refresh, run, source_simulate
 from spotify_assets.consistency.reconcile import (
     ABSENT,
     AFFECTS_FROM,
@@ -55,6 +62,7 @@ from spotify_assets.orchestration.partitions import (
     PARTITION_RANGE_START_TAG,
 )
 from spotify_assets.orchestration.settings import Settings
+from spotify_assets.source.simulator import SimulationRates
 from tests.helpers.bronze import load_everything, runner_for
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source
 from tests.helpers.processes import Lakehouse
@@ -323,3 +331,32 @@ def test_the_next_run_repairs_a_failure_in_each_layer_and_lost_gold_partitions(
     versions = _delta_versions(settings)
     assert run(settings)["repaired"] == []
     assert _delta_versions(settings) == versions, "a run with nothing to do writes nothing"
+
+
+@pytest.mark.timeout(600)
+def test_reconciliation_reads_only_the_dimension_versions_written_since_the_fact_was_built(
+    loaded_lakehouse: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silver file of a dimension older than every fact day's build cannot make one stale:
+    a run with nothing new reads no version, a run after a simulated day the versions of the
+    keys changed since the initial load, not the dimensions' whole history."""
+    settings = loaded_lakehouse
+    read: list[int] = []
+
+    def counted(versions: pa.Table, *columns: object) -> pa.Table:
+        read.append(versions.num_rows)
+        return affects_from(versions, *columns)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reconciler, "affects_from", counted)
+    assert run(settings)["repaired"] == []
+    assert read == []
+
+    source_simulate(settings, 1, 3, SimulationRates(late_fraction=0.0))
+    run(settings)
+    spec = CATALOG.fact.gold
+    assert isinstance(spec, PointInTimeFact)
+    lake = LakeStorage(url=settings.lake_url)
+    history = [table_stats(lake, silver_path(CATALOG[x.dimension])).rows for x in spec.lookups]
+    assert read, "the new versions are read"
+    assert max(read) * 10 < min(history), (read, history)
+    assert_gold_equals_source(settings)
