@@ -21,10 +21,10 @@ import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, replace
 from datetime import date
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from resources.copy_runner import CopyRunner
 from resources.delta_tables import (
@@ -63,6 +63,9 @@ from spotify_assets.consistency.reconcile import (
     stale_partitions,
     written_before,
 )
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 Partitions = dict[date, PartitionStats]
 
@@ -236,11 +239,11 @@ def _versions_by_first_day(lake: LakeStorage, dimension: Table, built: int | Non
             strict=True,
         )
     )
+    if all(at <= built for at in written.values()):
+        return {}
     dataset = silver.to_pyarrow_dataset()
     fragments = list(dataset.get_fragments())
     newer = [f for f in fragments if written[posixpath.basename(f.path)] > built]
-    if not newer:
-        return {}
     columns = [*dimension.key, VERSION_AT, CHANGE_SEQ, CHANGE_DATE, "__filename"]
     changed = _files(dataset, newer).to_table(columns=columns)
     # A version's first day depends on every version of its key (`affects_from`).
@@ -264,7 +267,10 @@ def _versions_by_first_day(lake: LakeStorage, dimension: Table, built: int | Non
 
 def _files(dataset: ds.FileSystemDataset, fragments: list[ds.Fragment]) -> ds.FileSystemDataset:
     """`dataset` restricted to some of its files."""
-    return ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+    # Imported here, as by delta-rs's datasets: it imports pandas, which an idle run does without.
+    from pyarrow.dataset import FileSystemDataset
+
+    return FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
 
 
 def _cleaned(silver: PartitionStats, quarantine: PartitionStats) -> PartitionStats:
