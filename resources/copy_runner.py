@@ -362,11 +362,13 @@ class LocalCopyRunner(CopyRunner):
         else:
             # Each worker reads, splits and writes whole chunks: the engines release the GIL,
             # so both cores work, and memory holds at most `workers` chunks.
+            chunks = list(self._chunks(window))
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                for chunk_rows, chunk_files in pool.map(copy_chunk, self._chunks(window)):
+                copied = pool.map(copy_chunk, chunks)
+                for done, (chunk_rows, chunk_files) in enumerate(copied, start=1):
                     rows_read += chunk_rows
                     files += chunk_files
-                    if chunk_rows:
+                    if rows_read and _progress_step(done, len(chunks)):
                         log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
         return self.commit_files(
             table, manifest, window, files, extraction, run_id, high, query, rows_read, started
@@ -425,6 +427,16 @@ class LocalCopyRunner(CopyRunner):
             except SourceUnavailableError:
                 raise error from None
             return type_values(rows, schema)
+
+
+# Progress lines of one copy at most: each is an event the run's log stores, and a first load
+# of years is hundreds of chunks.
+PROGRESS_LINES = 10
+
+
+def _progress_step(done: int, chunks: int) -> bool:
+    """Whether the `done`th of `chunks` chunks completes a step of the copy's progress (a tenth)."""
+    return done * PROGRESS_LINES // chunks > (done - 1) * PROGRESS_LINES // chunks
 
 
 def nothing_copied(

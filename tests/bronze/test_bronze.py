@@ -323,3 +323,24 @@ def test_a_copy_killed_at_any_moment_is_recovered_by_the_next(
     assert files_after_kill, "the copy was killed before writing anything: kill later"
     load_everything(runner, source.catalog, "after the kill")
     assert_bronze_matches_source(source, runner)
+
+
+def test_a_long_copy_logs_a_bounded_number_of_progress_lines(
+    sqlite_source: SourceDatabase, tmp_path: Path
+) -> None:
+    """Each progress line is an event the run's log stores: a first load of years copied in
+    hundreds of chunks logged one per chunk. Now a line per tenth of the chunks, the last one
+    with every row."""
+    initialise(sqlite_source)
+    runner = runner_for(sqlite_source, tmp_path / "lake", chunk_days=1)
+    fact = sqlite_source.catalog.fact
+    lines: list[str] = []
+    result = runner.copy(fact, None, "run", from_watermark=True, log=lines.append)
+    progress = [line for line in lines if "rows copied into" in line]
+    assert result.window is not None
+    assert result.window.end - result.window.start > timedelta(days=20)  # a chunk per day
+    assert 1 <= len(progress) <= 10, progress
+    assert (
+        progress[-1]
+        == f"{fact.name}: {result.rows_read:,} rows copied into {len(result.files)} files"
+    )
