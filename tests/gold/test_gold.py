@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 from deltalake import DeltaTable
@@ -122,3 +123,16 @@ def test_silver_and_gold_hold_the_columns_the_catalog_describes(loaded_home: Pat
                     assert [(c.name, c.description) for c in recorded.value.columns] == [
                         (c.name, c.description) for c in gold_columns(CATALOG, name)
                     ], name
+
+
+def test_each_daily_partition_of_the_fact_and_aggregates_is_one_file(loaded_home: Path) -> None:
+    """A partition written in several files costs its writer and every later reader of the log
+    (reconciliation, the chunks' row counts) per file: the aggregation's partitions each wrote
+    one for every day."""
+    lake = Settings.from_env({"SPOTIFY_HOME": str(loaded_home)}).lake_url
+    fact = CATALOG.fact
+    date_column = fact.gold.date_column  # type: ignore[union-attr]
+    for name in [fact.lake_name, *(a.name for a in CATALOG.aggregates)]:
+        actions = pa.table(DeltaTable(f"{lake}/{gold_path(name)}").get_add_actions(flatten=True))
+        days = actions[f"partition.{date_column}"].to_pylist()
+        assert len(days) == len(set(days)) > 1, name
