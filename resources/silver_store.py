@@ -110,13 +110,14 @@ class SilverStore:
 
     def refresh(self, days: Days | None, run_id: str) -> SilverResult:
         """Rebuild the silver partitions `days` (and their quarantine) from bronze."""
-        bronze_rows = sum(self._refresh(chunk, days, run_id) for chunk in self.chunks(days))
+        for chunk in self.chunks(days):
+            self._refresh(chunk, days, run_id)
         rows, per_day = self._counted(self.relative, days)
         quarantined, quarantined_per_day = self._counted(self.quarantine_relative, days)
         return SilverResult(
             table=self.table.lake_name,
             days=days,
-            bronze_rows=bronze_rows,
+            bronze_rows=self._bronze_rows(days),
             silver_rows=rows,
             quarantined=quarantined,
             failures=rule_counts(self.table, self._read(self.quarantine_path, days)),
@@ -143,8 +144,17 @@ class SilverStore:
             per_day[file.partition] += file.rows  # type: ignore[index]
         return [*split_days(per_day, days, self.chunk_rows)]
 
-    def _refresh(self, chunk: Days | None, days: Days | None, run_id: str) -> int:
-        """Replace the partitions `chunk` of `days`; the bronze rows read."""
+    def _bronze_rows(self, days: Days | None) -> int:
+        """The live bronze rows of the partitions `days` (None: all), as `read_bronze` reads
+        them, counted from the manifest (no scan: a query re-reading every file of a chunk)."""
+        return sum(
+            stats.rows
+            for day, stats in self.bronze.partition_stats().items()
+            if days is None or (day is not None and days[0] <= day <= days[1])
+        )
+
+    def _refresh(self, chunk: Days | None, days: Days | None, run_id: str) -> None:
+        """Replace the partitions `chunk` of `days`."""
         partition = CHANGE_DATE if self.table.change_time_column else None
         try:
             bronze = self.read_bronze(chunk)
@@ -157,7 +167,6 @@ class SilverStore:
                 raise self.bronze.file_error(*damaged[0]) from error
             raise
         replace_partitions(self.lake, frames.quarantine, self.quarantine_path, partition, chunk)
-        return bronze.count()
 
     def _accepted(self, chunk: Days | None, days: Days | None) -> DataFrame | None:
         """The rows silver holds outside the partitions being rebuilt (from `chunk` to the end
