@@ -135,8 +135,12 @@ class PlannedRun:
         """The definitions the run materializes (what a sensor's request needs is `asset_keys`;
         the source's observation, built for the source's dialect, is added by `_materialize`)."""
         tables = [catalog[name] for name in self.tables]
-        bronze = [build_bronze_asset(t) for t in tables] if self.start <= Layer.BRONZE else []
-        silver = [build_silver_asset(t) for t in tables] if self.start <= Layer.SILVER else []
+        bronze = (
+            [build_bronze_asset(catalog, t) for t in tables] if self.start <= Layer.BRONZE else []
+        )
+        silver = (
+            [build_silver_asset(catalog, t) for t in tables] if self.start <= Layer.SILVER else []
+        )
         gold = [
             asset
             for t in tables

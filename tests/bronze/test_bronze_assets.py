@@ -20,7 +20,7 @@ def test_initial_load_is_one_run_over_every_partition_then_incremental(tmp_path:
     source_init(settings, SCALE, SEED, HISTORY_END)
     resources = build_resources(settings)
     facts = settings.catalog["FactStream"]
-    asset = build_bronze_asset(facts)
+    asset = build_bronze_asset(settings.catalog, facts)
     instance = DagsterInstance.ephemeral()
     last = HISTORY_END  # the open partition: the day the source clock is in
     result = materialize(
@@ -58,7 +58,9 @@ def test_snapshot_table_is_unpartitioned(tmp_path: Path) -> None:
     settings = Settings.from_env({"SPOTIFY_HOME": str(tmp_path)})
     source_init(settings, SCALE, SEED, HISTORY_END)
     dates = settings.catalog["DimDate"]
-    result = materialize([build_bronze_asset(dates)], resources=build_resources(settings))
+    result = materialize(
+        [build_bronze_asset(settings.catalog, dates)], resources=build_resources(settings)
+    )
     (materialization,) = result.asset_materializations_for_node("bronze__DimDate")
     days = (HISTORY_END - (HISTORY_END - timedelta(days=90))).days + 1
     assert materialization.metadata["run_rows_read"].value == days

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    DagsterEventType,
     DagsterInstance,
     Definitions,
     RunRequest,
@@ -24,7 +25,10 @@ from dagster import (
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli.commands import source_init, source_simulate
-from spotify_assets.orchestration.assets.source import source_key
+from spotify_assets.orchestration.assets.bronze import bronze_key
+from spotify_assets.orchestration.assets.gold import gold_key
+from spotify_assets.orchestration.assets.silver import silver_key
+from spotify_assets.orchestration.assets.source import build_source_observation, source_key
 from spotify_assets.orchestration.catch_up import CatchUp
 from spotify_assets.orchestration.definitions import build_definitions
 from spotify_assets.orchestration.partitions import (
@@ -156,6 +160,31 @@ def test_sensor_runs_observe_exactly_the_source_tables_they_copy(loaded) -> None
                     n: "" if v is None else v for n, v in stats.items()
                 }, table.name
     assert copied and observed == copied
+
+
+def test_a_run_builds_gold_fact_before_the_tables_the_fact_does_not_read(loaded) -> None:
+    """New streams reach gold as early as a run can bring them: its steps run one at a time, the
+    fact's own and those of the dimensions it looks up first; the other tables' after."""
+    settings, defs, instance = loaded
+    source_simulate(settings, 1, SEED, DIRTY)
+    requests, _, _ = evaluate(defs, "cdc_arrival_sensor", instance)
+    (request,) = [r for r in requests if "FactStream" in requested_tables(r)]
+    inputs = CATALOG.fact_inputs()
+    assert requested_tables(request) - {t.name for t in inputs}  # steps that could come first
+    execute(defs, request, instance)
+
+    (run,) = instance.get_runs(limit=1)
+    started = [
+        e.step_key for e in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_START)
+    ]
+    fact = gold_key(CATALOG.fact.lake_name).to_python_identifier()
+    keys = [bronze_key(t) for t in inputs] + [silver_key(t) for t in inputs]
+    keys += [gold_key(t.lake_name) for t in inputs if t != CATALOG.fact]
+    observation = build_source_observation(CATALOG, settings.source_dialect).op.name
+    assert set(started[: started.index(fact)]) == {
+        observation,
+        *(k.to_python_identifier() for k in keys),
+    }
 
 
 def test_an_incremental_run_resumes_where_a_stopped_run_left_silver_and_gold(loaded) -> None:

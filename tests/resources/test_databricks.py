@@ -332,7 +332,7 @@ def pipes_over_files(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def materialize_fact_silver(lake_writer: LakeWriter, first: date, last: date) -> Any:
     return materialize(
-        [build_silver_asset(FACT)],
+        [build_silver_asset(CONFIGURED, FACT)],
         resources={"silver_engine": runner(), "lake_writer": lake_writer},
         tags=partition_range_tags(first, last),
         raise_on_error=False,
@@ -364,7 +364,9 @@ def test_a_partition_range_runs_one_job_task_and_reports_silver_through_pipes(
         *["/api/2.2/jobs/runs/get"] * 4,  # three polls, then the run's page for metadata
     ]
     # The asset's metadata and checks come from what the task reported.
-    materializations = result.asset_materializations_for_node(build_silver_asset(FACT).op.name)
+    materializations = result.asset_materializations_for_node(
+        build_silver_asset(CONFIGURED, FACT).op.name
+    )
     own = [(m.partition, m.metadata["dagster/row_count"].value) for m in materializations]
     assert own == [("2026-03-01", 990), ("2026-03-02", 0), ("2026-03-03", 0)]
     materialization = materializations[-1]  # the last partition's: the run's details

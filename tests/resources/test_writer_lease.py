@@ -203,7 +203,10 @@ def test_a_sensor_run_waits_for_the_cli_and_writes_nothing_until_it_may(
     end = datetime.now(UTC).date() - timedelta(days=1)
     source_init(settings, 0.001, 7, end, history_days=3)
     calendar = settings.catalog["DimDate"]
-    assets = [build_bronze_asset(calendar), build_silver_asset(calendar)]
+    assets = [
+        build_bronze_asset(settings.catalog, calendar),
+        build_silver_asset(settings.catalog, calendar),
+    ]
     tags = {"dagster/sensor_name": "cdc_arrival_sensor"}
 
     instance = DagsterInstance.ephemeral()

@@ -27,6 +27,7 @@ from spotify_assets.catalog.lake_paths import BRONZE, bronze_path
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.reconcile import day_ranges
 from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
+from spotify_assets.orchestration.assets.order import step_tags
 from spotify_assets.orchestration.assets.source import source_key
 from spotify_assets.orchestration.partitions import (
     ROW_COUNT,
@@ -48,13 +49,14 @@ def bronze_key(table: Table) -> AssetKey:
     return AssetKey([BRONZE, table.name])
 
 
-def build_bronze_asset(table: Table) -> AssetsDefinition:
+def build_bronze_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
     partitioned = table.change_time_column is not None
 
     @asset(
         key=bronze_key(table),
         deps=[source_key(table)],
         group_name=BRONZE,
+        op_tags=step_tags(catalog, table),
         kinds={"parquet"},
         description=f"Raw copy of `{table.name}` ({table.mode.value}), with audit columns.",
         partitions_def=daily_partitions(table.first_partition) if partitioned else None,
@@ -94,7 +96,7 @@ def build_bronze_asset(table: Table) -> AssetsDefinition:
 
 
 def build_bronze_assets(catalog: Catalog) -> list[AssetsDefinition]:
-    return [build_bronze_asset(t) for t in catalog]
+    return [build_bronze_asset(catalog, t) for t in catalog]
 
 
 def copy_metadata(result: CopyResult, runner: CopyRunner) -> dict[str, MetadataValue]:

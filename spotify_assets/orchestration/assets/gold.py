@@ -31,6 +31,7 @@ from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.gold.transform import SCD2_INVARIANTS
 from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
+from spotify_assets.orchestration.assets.order import step_tags
 from spotify_assets.orchestration.assets.silver import DIRTY_ON_PURPOSE, silver_key
 from spotify_assets.orchestration.partitions import (
     ROW_COUNT,
@@ -103,6 +104,7 @@ def build_dimension_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         key=key,
         deps=[silver_key(table)],
         group_name=GOLD,
+        op_tags=step_tags(catalog, table),
         metadata={COLUMN_SCHEMA: column_schema(gold_columns(catalog, table.lake_name))},
         kinds={"spark", "delta"},
         description=f"{table.description} SCD type 2 over `{spec.effective_time}`, then "
@@ -189,6 +191,7 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
         key=key,
         deps=[silver_key(fact), *lookups],
         group_name=GOLD,
+        op_tags=step_tags(catalog, fact),
         metadata={COLUMN_SCHEMA: column_schema(gold_columns(catalog, fact.lake_name))},
         kinds={"spark", "delta"},
         description=f"{fact.description} With {carried} as they were at `{spec.time_column}`; "

@@ -27,6 +27,7 @@ from spotify_assets.catalog.lake_paths import SILVER, quarantine_path, silver_pa
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
+from spotify_assets.orchestration.assets.order import step_tags
 from spotify_assets.orchestration.partitions import (
     ROW_COUNT,
     daily_partitions,
@@ -44,7 +45,7 @@ def silver_key(table: Table) -> AssetKey:
     return AssetKey([SILVER, table.lake_name])
 
 
-def build_silver_asset(table: Table) -> AssetsDefinition:
+def build_silver_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
     partitioned = table.change_time_column is not None
     key = silver_key(table)
     checks = [
@@ -61,6 +62,7 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
         key=key,
         deps=[bronze_key(table)],
         group_name=SILVER,
+        op_tags=step_tags(catalog, table),
         kinds={"spark", "delta"},
         description=f"Cleaned versions of `{table.name}`; failing rows in "
         f"{quarantine_path(table)}.",
@@ -102,7 +104,7 @@ def build_silver_asset(table: Table) -> AssetsDefinition:
 
 
 def build_silver_assets(catalog: Catalog) -> list[AssetsDefinition]:
-    return [build_silver_asset(t) for t in catalog]
+    return [build_silver_asset(catalog, t) for t in catalog]
 
 
 def silver_metadata(
