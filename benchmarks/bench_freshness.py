@@ -8,7 +8,7 @@ writer at a time). Then starts `dg dev` on a free port, turns `cdc_arrival_senso
 GraphQL, and lets its first evaluation — it has no cursor yet, so it requests a run of every
 table — finish: the "warm-up" run brings nothing new, its figures are the fixed cost of a run.
 
-Each round waits a random 0-10 s (a change may arrive at any point of the sensor's 5-10-s
+Each round waits a random 0-5 s (a change may arrive at any point of the sensor's 5-s
 cycle), commits the next simulated hour of changes (new streams and a few dimension changes; no
 late and no dirty rows, so every new stream must reach gold) and takes T0 when the commit
 returns. It polls `gold/fact_stream` with delta-rs every 0.5 s until all the new stream ids are
@@ -59,7 +59,7 @@ from harness import fmt, workdir
 
 from spotify_assets.cli.commands import dagster_instance
 from spotify_assets.orchestration.resources import source_database
-from spotify_assets.orchestration.sensors.automation import ARRIVAL_INTERVAL_SECONDS
+from spotify_assets.orchestration.sensors.automation import SENSOR_DAEMON_LOOP_SECONDS
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates, simulate
 
@@ -84,8 +84,8 @@ RATES = SimulationRates(late_fraction=0.0, dirty_fraction=0.0)
 # read the change, and the previous round's ended long before.
 TICK_SECONDS = 5.0
 SEED = 1000  # plus the round: each round's hour draws its own changes and start delay
-# Ticks come every 5-10 s: the minimum interval, then the sensor daemon's 5-s loop.
-TICK_CYCLE_SECONDS = ARRIVAL_INTERVAL_SECONDS + 5
+# Ticks come at each loop of the sensor daemon (the sensor's minimum interval is just under it).
+TICK_CYCLE_SECONDS = SENSOR_DAEMON_LOOP_SECONDS
 ACTIVE_RUN_STATUSES = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
 TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 
