@@ -10,8 +10,11 @@ shard, holding exactly the rows the one-by-one path writes, so everything that r
 log (the UI, partition status, run planning) sees the same history.
 
 Dagster's SQLite storage also creates a SQLAlchemy engine for each connection, that is for each
-event stored, and so compiles every statement afresh each time; here each shard's engine is
-kept (still without a connection pool: a connection lives only while it is used, as in Dagster).
+event stored, and so compiles every statement afresh each time; here each file's engine is kept
+(still without a connection pool: a connection lives only while it is used, as in Dagster). And
+the run and schedule storages check their schema against every Alembic migration script each
+time an instance is created, which a code server does for each sensor evaluation: here once per
+process and file.
 
 The instance the CLI creates (`spotify_assets/cli/commands.py`) names this class in its
 `dagster.yaml`, and the CLI sets `DAGSTER_EVENT_BATCH_SIZE`; `dg dev` on the same instance needs
@@ -24,6 +27,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import ClassVar, Self, TypeVar
 
 from dagster import StringSource
 from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
@@ -34,10 +38,10 @@ from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,
     SqlEventLogStorageTable,
 )
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    INDEX_SHARD_NAME,
-    SQLITE_BUSY_TIMEOUT_SECONDS,
-)
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
+from dagster._core.storage.runs import SqliteRunStorage
+from dagster._core.storage.schedules import SqliteScheduleStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
 from dagster._serdes import ConfigurableClassData, serialize_value
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
@@ -149,8 +153,73 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
             )
 
 
-# A process writes one run's shard at a time and the index; one reading the history (the UI)
-# goes through many runs' shards: the least recently used engines are dropped.
+class KeptSqliteRunStorage(SqliteRunStorage):
+    """Dagster's SQLite run storage (`history/runs.db` in the instance's home, as by default) on
+    a kept engine, its schema checked once per process."""
+
+    folder: ClassVar[str] = "history"
+    kind: ClassVar[str] = "runs"  # Dagster's name for the file
+
+    @classmethod
+    def config_type(cls) -> dict[str, object]:
+        return {"dagster_home": StringSource}
+
+    @classmethod
+    def from_config_value(  # ty: ignore[invalid-method-override]
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, str]
+    ) -> Self:
+        return _checked_once(cls, config_value["dagster_home"], inst_data)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        with _engine(self._conn_string).connect() as conn, conn.begin():
+            yield conn
+
+
+class KeptSqliteScheduleStorage(SqliteScheduleStorage):
+    """Dagster's SQLite schedule storage (`schedules/schedules.db`, as by default) on a kept
+    engine, its schema checked once per process: sensor ticks are written there."""
+
+    folder: ClassVar[str] = "schedules"
+    kind: ClassVar[str] = "schedules"
+
+    @classmethod
+    def config_type(cls) -> dict[str, object]:
+        return {"dagster_home": StringSource}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, str]
+    ) -> Self:
+        return _checked_once(cls, config_value["dagster_home"], inst_data)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        with _engine(self._conn_string).connect() as conn, conn.begin():
+            yield conn
+
+
+_SCHEMA_CHECKED: set[str] = set()  # the files whose schema this process has checked or created
+
+
+Kept = TypeVar("Kept", KeptSqliteRunStorage, KeptSqliteScheduleStorage)
+
+
+def _checked_once(storage: type[Kept], home: str, inst_data: ConfigurableClassData | None) -> Kept:
+    """The storage on its file under the instance's `home`; the first time in this process
+    through Dagster's `from_local`, which creates or checks the schema."""
+    base_dir = os.path.join(home, storage.folder)
+    url = create_db_conn_string(base_dir, storage.kind)
+    if url in _SCHEMA_CHECKED:
+        return storage(url, inst_data)
+    created = storage.from_local(base_dir, inst_data)
+    _SCHEMA_CHECKED.add(url)
+    return created
+
+
+# A process writes one run's event shard at a time, the index, the runs and the ticks; one
+# reading the history (the UI) goes through many runs' shards: the least recently used engines
+# are dropped.
 @lru_cache(maxsize=16)
 def _engine(url: str) -> Engine:
     return create_engine(

@@ -152,15 +152,25 @@ def source_stats(settings: Settings) -> dict[str, object]:
 
 def instance_config() -> str:
     """The `dagster.yaml` of the product's instance: storage defaults (all under DAGSTER_HOME),
-    with an event log that writes a batch of events (a range run's per-partition events) at once;
+    with an event log that writes a batch of events (a range run's per-partition events) at once,
+    and SQLite files each on one engine per process (`resources/dagster_storage.py`);
     lake writers queue one at a time (ingest.WRITER_TAG). The instance does not report usage (and
     so prints no telemetry banner into the CLI's output); `telemetry: enabled: true` in its
     dagster.yaml turns it on."""
     # Imported here, as in `dagster_instance`: Dagster's storage modules and SQLAlchemy take
     # ~0.35 CPU s to import, which an idle `run` (no Dagster run) does not need.
-    from resources.dagster_storage import BatchingSqliteEventLogStorage
+    from resources.dagster_storage import (
+        BatchingSqliteEventLogStorage,
+        KeptSqliteRunStorage,
+        KeptSqliteScheduleStorage,
+    )
     from spotify_assets.orchestration import ingest
 
+    storages = {
+        "event_log_storage": BatchingSqliteEventLogStorage,
+        "run_storage": KeptSqliteRunStorage,
+        "schedule_storage": KeptSqliteScheduleStorage,
+    }
     return (
         (
             "telemetry:\n  enabled: false\n"
@@ -168,10 +178,10 @@ def instance_config() -> str:
             "  tag_concurrency_limits:\n"
         )
         + "".join(f"    - key: {key}\n      limit: 1\n" for key in ingest.WRITER_TAG)
-        + (
-            f"event_log_storage:\n  module: {BatchingSqliteEventLogStorage.__module__}\n"
-            f"  class: {BatchingSqliteEventLogStorage.__name__}\n"
+        + "".join(
+            f"{role}:\n  module: {storage.__module__}\n  class: {storage.__name__}\n"
             "  config:\n    dagster_home:\n      env: DAGSTER_HOME\n"
+            for role, storage in storages.items()
         )
     )
 

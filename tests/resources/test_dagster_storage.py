@@ -161,27 +161,47 @@ def test_the_cli_instance_writes_a_range_run_in_transactions_that_do_not_grow_wi
     assert counted[40] == counted[10], counted
 
 
-def test_the_cli_instance_keeps_one_engine_per_event_log_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Dagster's SQLite event log creates a SQLAlchemy engine, and compiles its statements
-    afresh, for each event it stores; the CLI's instance keeps one engine per file."""
-    instance = cli_instance(tmp_path / "home", monkeypatch)
-    run_range(instance, 1)  # creating the files and checking their schema takes an engine each
-    engines: dict[Path, list[Engine]] = defaultdict(list)  # held: no id is reused
+@contextmanager
+def engines_used() -> Iterator[dict[str, list[Engine]]]:
+    """The SQLAlchemy engines that connect while open, by file name (held: no id is reused)."""
+    engines: dict[str, list[Engine]] = defaultdict(list)
 
     def connected(connection: Connection) -> None:
-        engines[Path(str(connection.engine.url.database))].append(connection.engine)
+        engines[Path(str(connection.engine.url.database)).name].append(connection.engine)
 
     event.listen(Engine, "engine_connect", connected)
     try:
-        run_range(instance, 3)
+        yield engines
     finally:
         event.remove(Engine, "engine_connect", connected)
-    event_log = Path(instance.root_directory) / "history" / "runs"
-    used = {path.name: len(set(map(id, held))) for path, held in engines.items()}
-    shards = {name: n for name, n in used.items() if (event_log / name).exists()}
-    assert len(shards) == 2 and set(shards.values()) == {1}, used  # the run's and the index
+
+
+def test_the_cli_instance_keeps_one_engine_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster's SQLite storage creates a SQLAlchemy engine, and compiles its statements afresh,
+    for each event it stores and each read or write of a run; the CLI's instance keeps one
+    engine per file."""
+    instance = cli_instance(tmp_path / "home", monkeypatch)
+    run_range(instance, 1)  # creating the files and checking their schema takes an engine each
+    with engines_used() as engines:
+        run_id = run_range(instance, 3)
+    used = {name: len(set(map(id, held))) for name, held in engines.items()}
+    assert {f"{run_id}.db", "index.db", "runs.db"} <= used.keys(), used
+    assert set(used.values()) == {1}, used
+
+
+def test_the_cli_instance_checks_its_schema_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A code server creates the instance again for each sensor evaluation; Dagster's run and
+    schedule storages then compare their schema with every migration script. The CLI's
+    instance does that once per process: created again, it opens no file."""
+    ref = cli_instance(tmp_path / "home", monkeypatch).get_ref()
+    with engines_used() as engines:
+        for _ in range(3):
+            DagsterInstance.from_ref(ref).dispose()
+    assert not engines, {name: len(held) for name, held in engines.items()}
 
 
 def test_a_batched_range_run_leaves_the_history_dagsters_default_storage_leaves(
