@@ -136,13 +136,19 @@ class CopyRunner(BaseModel, ABC):
         return _as_datetime(server) - timedelta(seconds=self.safety_lag_seconds)
 
     def plan(
-        self, table: Table, requested: Window | None, from_watermark: bool = False
+        self,
+        table: Table,
+        requested: Window | None,
+        from_watermark: bool = False,
+        reextract_from: date | None = None,
     ) -> tuple[Window | None, datetime, Manifest]:
         """The window to copy: the request, bounded by `high`.
 
         `from_watermark` (incremental) starts where the last load ended, or at the partition
-        start on a first load, and runs to the end of the request: loads stay contiguous. A
-        source holding rows older than the partition start fails here, before any copy.
+        start on a first load, and runs to the end of the request: loads stay contiguous; with
+        `reextract_from`, it starts at that day if earlier (loaded days re-extracted whole, for
+        late rows). A source holding rows older than the partition start fails here, before any
+        copy.
         """
         manifest = self.store(table).current()
         high = self.high()
@@ -153,6 +159,8 @@ class CopyRunner(BaseModel, ABC):
         start = requested.start
         if from_watermark:
             start = manifest.watermark or self.history_start(table)
+            if reextract_from is not None:
+                start = min(start, midnight(reextract_from))
         end = min(requested.end, high)
         return Window(start, max(start, end)), high, manifest
 
@@ -190,11 +198,12 @@ class CopyRunner(BaseModel, ABC):
         run_id: str,
         from_watermark: bool = False,
         log: Callable[[str], None] = lambda message: None,
+        reextract_from: date | None = None,
     ) -> CopyResult:
         """Copy the planned window of `requested`; an empty one copies nothing and keeps the
         watermark."""
         started = time.perf_counter()
-        window, high, manifest = self.plan(table, requested, from_watermark)
+        window, high, manifest = self.plan(table, requested, from_watermark, reextract_from)
         carried = self.source_columns(table, log).carried
         if carried:
             log(f"{table.name}: new source column(s) {', '.join(carried)} carried as text")

@@ -37,6 +37,7 @@ from resources.delta_tables import (
 )
 from resources.gold_state import applied_version, unmatched_records
 from resources.lake import LakeStorage
+from spotify_assets.bronze.manifest import Manifest
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.lake_paths import bronze_path, gold_path, quarantine_path, silver_path
@@ -142,14 +143,7 @@ def reconcile(
     if table.mode is CaptureMode.SNAPSHOT:
         return Reconciliation(table.name, None, {}, {}, {}, {})
     manifest = runner.store(table).current()
-    window = lookback_window(manifest.watermark, lookback_days, table.first_partition)
-    source: dict[date, DayProfile] = {}
-    bronze: dict[date, DayProfile] = {}
-    if window is not None:
-        with runner.source.session() as session:
-            rows = session.query(session.sql.daily_profile_query(table, window))
-        source = {_as_date(day): DayProfile(int(n), int(total or 0)) for day, n, total in rows}
-        bronze = bronze_profile(runner, table, window)
+    window, source, bronze = _source_and_bronze(runner, table, manifest, lookback_days)
     live = runner.store(table).partition_stats(manifest)
     lake, boundaries = _lake_layers(runner, table, live, gold_on_lake)
     stale = first_layers([(Layer.BRONZE, stale_days(source, bronze)), *boundaries])
@@ -163,6 +157,29 @@ def reconcile(
         and table_stats(runner.lake, gold_path(table.lake_name)).rows == 0
     )
     return Reconciliation(table.name, window, source, bronze, lake, stale, empty_gold)
+
+
+def late_days(runner: CopyRunner, table: Table, lookback_days: int) -> list[date]:
+    """The loaded days within `lookback_days` before the watermark where the source holds
+    other rows than bronze (late rows): the source ↔ bronze part of `reconcile` alone."""
+    if table.mode is CaptureMode.SNAPSHOT:
+        return []
+    manifest = runner.store(table).current()
+    _, source, bronze = _source_and_bronze(runner, table, manifest, lookback_days)
+    return stale_days(source, bronze)
+
+
+def _source_and_bronze(
+    runner: CopyRunner, table: Table, manifest: Manifest, lookback_days: int
+) -> tuple[Window | None, dict[date, DayProfile], dict[date, DayProfile]]:
+    """The lookback window before the watermark, and the source's and bronze's profile of it."""
+    window = lookback_window(manifest.watermark, lookback_days, table.first_partition)
+    if window is None:
+        return None, {}, {}
+    with runner.source.session() as session:
+        rows = session.query(session.sql.daily_profile_query(table, window))
+    source = {_as_date(day): DayProfile(int(n), int(total or 0)) for day, n, total in rows}
+    return window, source, bronze_profile(runner, table, window)
 
 
 def _lake_layers(

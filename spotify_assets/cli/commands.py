@@ -258,9 +258,12 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
     instance = dagster_instance(settings)
     done: dict[str, list[ingest.TableLoad]] = {}
     failures: list[str] = []
-    # Reconciliation's repairs run even if some incremental load failed: a damaged table blocks
-    # only itself.
-    for step, work in (("incremental", ingest.incremental), ("repaired", ingest.repair)):
+    # The incremental run re-extracts the days late rows fell into; reconciliation afterwards
+    # repairs whatever is still stale, even if some incremental load failed: a damaged table
+    # blocks only itself.
+    steps = (("incremental", functools.partial(ingest.incremental, late=True)),
+             ("repaired", ingest.repair))  # fmt: skip
+    for step, work in steps:
         try:
             done[step] = work(settings, instance, tables)
         except _run_failed() as failed:

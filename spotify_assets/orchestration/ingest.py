@@ -3,7 +3,8 @@ in process from the command line (Dagster runs recorded in `$DAGSTER_HOME`).
 
 A `PlannedRun` is one Dagster run over bronze, silver and gold of some tables:
 - incremental: every table from its watermark up to the source's clock, rebuilding the silver and
-  gold partitions it touched, and applying new dimension versions to gold;
+  gold partitions it touched, and applying new dimension versions to gold; the CLI's also
+  re-extracts the loaded days where the source holds late rows (`with_late_days`);
 - refresh: a date range re-extracted and everything downstream of it rebuilt (a backdated
   refresh), or rebuilt from the first layer reconciliation found stale (a repair).
 """
@@ -14,7 +15,7 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
@@ -35,7 +36,7 @@ from dagster import (
 from resources.copy_runner import CopyRunner, LocalCopyRunner
 from resources.engines import GoldEngine
 from resources.lake import LakeFileError
-from resources.reconciler import reconcile_all
+from resources.reconciler import late_days, reconcile_all
 from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.reconcile import Layer, repair_ranges
@@ -61,6 +62,7 @@ WRITER_TAG = {"spotify/writer": "lakehouse"}
 RUN_KIND_TAG = "spotify/run"
 TABLES_TAG = "spotify/tables"
 DAYS_TAG = "spotify/days"
+LATE_TAG = "spotify/late_days"
 FROM_LAYER_TAG = "spotify/from_layer"
 # The job a CLI run executes, by kind: its name in the UI's run list.
 JOBS = {
@@ -111,6 +113,8 @@ class PlannedRun:
     from_watermark: bool  # incremental; False: re-extract the whole days (refresh)
     evidence: str = ""  # why a repair: what each layer holds of the days (part of its run key)
     start: Layer = Layer.BRONZE  # the first layer rebuilt; every layer below it follows
+    # Incremental: per table, the first loaded day re-extracted whole with it (late rows).
+    late: tuple[tuple[str, date], ...] = ()
 
     @property
     def kind(self) -> str:
@@ -129,6 +133,8 @@ class PlannedRun:
             }
         if self.start is not Layer.BRONZE:
             tags[FROM_LAYER_TAG] = self.start.name.lower()
+        if self.late:
+            tags[LATE_TAG] = ", ".join(f"{name} from {day}" for name, day in self.late)
         return tags
 
     def assets(self, catalog: Catalog) -> list[AssetsDefinition]:
@@ -167,9 +173,10 @@ class PlannedRun:
     def run_config(self, catalog: Catalog) -> dict:
         # An asset's op is named after its key (Dagster's default).
         extracted = [catalog[name] for name in self.tables] if self.start is Layer.BRONZE else []
+        late = {name: {"reextract_from": day.isoformat()} for name, day in self.late}
         ops = {
             bronze_key(t).to_python_identifier(): {
-                "config": {"from_watermark": self.from_watermark}
+                "config": {"from_watermark": self.from_watermark, **late.get(t.name, {})}
             }
             for t in extracted
         }
@@ -191,10 +198,12 @@ class PlannedRun:
 
 
 def describe_run(tags: Mapping[str, str]) -> str:
-    """One line from a run's tags: `repair of FactStream 2026-11-21..2026-11-23 from silver`."""
+    """One line from a run's tags: `repair of FactStream 2026-11-21..2026-11-23 from silver`,
+    `incremental of … 2026-11-21..2026-11-27, late rows of FactStream from 2026-11-21`."""
     days = f" {tags[DAYS_TAG]}" if DAYS_TAG in tags else ""
     start = f" from {tags[FROM_LAYER_TAG]}" if FROM_LAYER_TAG in tags else ""
-    return f"{tags[RUN_KIND_TAG]} of {tags[TABLES_TAG]}{days}{start}"
+    late = f", late rows of {tags[LATE_TAG]}" if LATE_TAG in tags else ""
+    return f"{tags[RUN_KIND_TAG]} of {tags[TABLES_TAG]}{days}{start}{late}"
 
 
 def _gold_layer(n: int) -> Layer:
@@ -241,6 +250,36 @@ def plan_incremental(
         last = min(max(first, reached), _today())
         return [PlannedRun(tuple(t.name for t in partitioned) + snapshots, (first, last), True)]
     return [PlannedRun(snapshots, None, True)] if snapshots else []
+
+
+def with_late_days(
+    runner: CopyRunner, runs: Sequence[PlannedRun], lookback_days: int
+) -> list[PlannedRun]:
+    """The incremental `runs` with the late rows of their tables in them: where the source holds
+    other rows than bronze in a loaded day of the lookback (the source ↔ bronze part of
+    reconciliation, which would otherwise repair them in a second run), the table's bronze
+    re-extracts from that day and the run's days start there. One run builds each partition
+    once; the source has the late rows before the run starts."""
+    catalog = runner.source.catalog
+
+    def first_late_day(table: Table) -> date | None:
+        try:
+            days = late_days(runner, table, lookback_days)
+        except LakeFileError:  # damaged: the repair after the run names it
+            return None
+        return days[0] if days else None
+
+    planned = []
+    for run in runs:
+        late = {
+            name: day for name in run.tables if (day := first_late_day(catalog[name])) is not None
+        }
+        if run.days is None or not late:
+            planned.append(run)
+            continue
+        first = min(run.days[0], *late.values())
+        planned.append(replace(run, days=(first, run.days[1]), late=tuple(sorted(late.items()))))
+    return planned
 
 
 def behind_since(
@@ -325,14 +364,20 @@ class TableLoad:
 
 
 def incremental(
-    settings: Settings, instance: DagsterInstance, tables: Sequence[str] = ()
+    settings: Settings,
+    instance: DagsterInstance,
+    tables: Sequence[str] = (),
+    late: bool = False,
 ) -> list[TableLoad]:
-    """Copy what the source has gained since each table's watermark, through to gold."""
+    """Copy what the source has gained since each table's watermark, through to gold; `late`:
+    and the loaded days where it holds late rows (`with_late_days`)."""
     runner, resources = runner_and_resources(settings)
     selected, failures = intact(runner, select_tables(runner.source.catalog, tables))
     gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
     lookback = settings.reconcile_lookback_days
     runs = plan_incremental(runner, selected, instance, lookback, gold.tables_on_lake)
+    if late:
+        runs = with_late_days(runner, runs, lookback)
     return execute(runs, runner, resources, instance, failures)
 
 

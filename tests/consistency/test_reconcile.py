@@ -57,16 +57,18 @@ from spotify_assets.consistency.reconcile import (
 )
 from spotify_assets.orchestration.catch_up import CatchUp
 from spotify_assets.orchestration.definitions import build_definitions
+from spotify_assets.orchestration.ingest import plan_repairs
 from spotify_assets.orchestration.partitions import (
     PARTITION_RANGE_END_TAG,
     PARTITION_RANGE_START_TAG,
 )
+from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates
 from tests.helpers.bronze import load_everything, runner_for
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source
 from tests.helpers.processes import Lakehouse
-from tests.helpers.source import initialise
+from tests.helpers.source import LATE, SEED, initialise
 from tests.helpers.tsql import parse_tsql
 
 D1, D2, D3, D5 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3), date(2026, 3, 5)
@@ -359,4 +361,29 @@ def test_reconciliation_reads_only_the_dimension_versions_written_since_the_fact
     history = [table_stats(lake, silver_path(CATALOG[x.dimension])).rows for x in spec.lookups]
     assert read, "the new versions are read"
     assert max(read) * 10 < min(history), (read, history)
+
+
+@pytest.mark.timeout(600)
+def test_late_streams_are_repaired_in_the_incremental_run_itself(
+    loaded_lakehouse: Settings,
+) -> None:
+    """Late streams are in the source when `run` starts: their days are re-extracted by the
+    incremental run, one Dagster run, and reconciliation afterwards finds nothing."""
+    settings = loaded_lakehouse
+    source_simulate(settings, 1, SEED, LATE)
+    runner = copy_runner(settings)
+    catalog = runner.source.catalog
+    fact = catalog.fact
+    late = {d for d, at in reconcile(runner, fact, settings.reconcile_lookback_days).stale.items()
+            if at is Layer.BRONZE}  # fmt: skip
+    assert late, "the simulated day holds late streams in loaded days"
+    instance = DagsterInstance.get()
+    runs = instance.get_runs_count()
+
+    result = run(settings)
+    assert instance.get_runs_count() == runs + 1
+    assert result["repaired"] == []
+    (load,) = [load for load in result["incremental"] if load["table"] == fact.name]
+    assert load["window"].startswith(f"[{min(late)} 00:00:00, ")
+    assert plan_repairs(runner, list(catalog), settings.reconcile_lookback_days, True) == []
     assert_gold_equals_source(settings)

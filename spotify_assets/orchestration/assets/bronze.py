@@ -5,7 +5,7 @@ policy: an initial load is one run over every partition, read as one window. Re-
 past partition re-extracts it from the source and supersedes it (a backdated refresh).
 """
 
-from datetime import datetime
+from datetime import date, datetime
 
 from dagster import (
     AssetExecutionContext,
@@ -43,6 +43,11 @@ class BronzeConfig(Config):
         description="Incremental: copy from the stored watermark instead of the start of the "
         "selected partitions. Off, the selected partitions are re-extracted whole.",
     )
+    reextract_from: str | None = Field(
+        default=None,
+        description="Incremental only: also re-extract whole the loaded days from this one "
+        "(YYYY-MM-DD) up to the watermark, where reconciliation found late rows.",
+    )
 
 
 def bronze_key(table: Table) -> AssetKey:
@@ -75,8 +80,9 @@ def build_bronze_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
     ) -> MaterializeResult:
         lake_writer.check()
         requested = partition_window(context) if partitioned else None
+        late = date.fromisoformat(config.reextract_from) if config.reextract_from else None
         result = copy_runner.copy(
-            table, requested, context.run.run_id, config.from_watermark, log=context.log.info
+            table, requested, context.run.run_id, config.from_watermark, context.log.info, late
         )
         details = copy_metadata(result, copy_runner)
         if config.from_watermark and result.window is not None:
