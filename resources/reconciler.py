@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from resources.bronze_store import BronzeStore
 from resources.copy_runner import CopyRunner
 from resources.delta_tables import (
+    Days,
     add_actions,
     delta_table,
     exists,
@@ -191,14 +193,7 @@ def _lake_layers(
     names = [silver_path(table), quarantine_path(table)]
     silver, quarantine = (partition_stats(lake, name, CHANGE_DATE) for name in names)
     held = {bronze_path(table.name): bronze, names[0]: silver, names[1]: quarantine}
-    # Every bronze row is a silver or a quarantined row, once each where no row is delivered
-    # twice (watermark mode); change feeds may deliver a version as a record and as an image.
-    cleaned = {
-        day: _cleaned(silver.get(day, ABSENT), quarantine.get(day, ABSENT))
-        for day in set(silver) | set(quarantine)
-    }
-    one_to_one = table.mode is CaptureMode.WATERMARK
-    boundaries = [(Layer.SILVER, stale_partitions(bronze, cleaned, one_to_one))]
+    boundaries = [(Layer.SILVER, _silver_stale(table, bronze, silver, quarantine))]
     spec = table.gold
     if gold_on_lake and isinstance(spec, PointInTimeFact):
         fact_name = gold_path(table.lake_name)
@@ -216,6 +211,31 @@ def _lake_layers(
             held[name] = partition_stats(lake, name, spec.date_column)
             boundaries.append((Layer.AGGREGATES, stale_partitions(fact, held[name], False)))
     return held, boundaries
+
+
+def _silver_stale(
+    table: Table, bronze: Partitions, silver: Partitions, quarantine: Partitions
+) -> set[date]:
+    """The partitions whose silver and quarantine were not built from bronze as it is now."""
+    # Every bronze row is a silver or a quarantined row, once each where no row is delivered
+    # twice (watermark mode); change feeds may deliver a version as a record and as an image.
+    cleaned = {
+        day: _cleaned(silver.get(day, ABSENT), quarantine.get(day, ABSENT))
+        for day in set(silver) | set(quarantine)
+    }
+    return stale_partitions(bronze, cleaned, table.mode is CaptureMode.WATERMARK)
+
+
+def silver_behind(lake: LakeStorage, table: Table, days: Days) -> list[date]:
+    """The partitions of `days` whose silver is behind bronze (the bronze ↔ silver boundary of
+    `reconcile`), from the manifest and the Delta logs."""
+    bronze = BronzeStore(lake, table).partition_stats()
+    silver, quarantine = (
+        partition_stats(lake, name, CHANGE_DATE)
+        for name in (silver_path(table), quarantine_path(table))
+    )
+    stale = _silver_stale(table, bronze, silver, quarantine)
+    return sorted(day for day in stale if days[0] <= day <= days[1])
 
 
 def _members_arrived(lake: LakeStorage, catalog: Catalog) -> set[date]:

@@ -180,6 +180,12 @@ class PlannedRun:
             }
             for t in extracted
         }
+        if self.from_watermark and self.days:  # silver: the days bronze changed, not all
+            ops |= {
+                silver_key(catalog[name]).to_python_identifier(): {"config": {"behind_only": True}}
+                for name in self.tables
+                if catalog[name].change_time_column
+            }
         if self.start is Layer.GOLD:  # rebuilt from silver: a dimension in full
             tables = [catalog[name] for name in self.tables]
             dimensions = [t for t in tables if isinstance(t.gold, Scd2Dimension)]

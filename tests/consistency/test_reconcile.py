@@ -15,7 +15,7 @@ from dagster import DagsterInstance, build_sensor_context
 from sqlglot import exp
 
 from resources import reconciler
-from resources.delta_tables import delta_table, table_stats
+from resources.delta_tables import delta_table, partition_stats, table_stats
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
 from resources.reconciler import reconcile
@@ -379,10 +379,21 @@ def test_late_streams_are_repaired_in_the_incremental_run_itself(
     assert late, "the simulated day holds late streams in loaded days"
     instance = DagsterInstance.get()
     runs = instance.get_runs_count()
+    dimensions = [silver_path(t) for t in catalog if t.change_time_column and t is not fact]
+    watermark = runner.store(fact).current().watermark
+    assert watermark is not None
 
+    def loaded_days(name: str) -> dict[date, PartitionStats]:
+        held = partition_stats(runner.lake, name, CHANGE_DATE)
+        return {day: stats for day, stats in held.items() if day < watermark.date()}
+
+    before = {name: loaded_days(name) for name in dimensions}
     result = run(settings)
     assert instance.get_runs_count() == runs + 1
     assert result["repaired"] == []
+    # The run's days start at the first late day; the dimensions' bronze changed none of the
+    # loaded ones: their silver partitions stay as they were.
+    assert {name: loaded_days(name) for name in dimensions} == before
     (load,) = [load for load in result["incremental"] if load["table"] == fact.name]
     assert load["window"].startswith(f"[{min(late)} 00:00:00, ")
     assert plan_repairs(runner, list(catalog), settings.reconcile_lookback_days, True) == []

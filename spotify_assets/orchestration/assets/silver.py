@@ -13,18 +13,23 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     BackfillPolicy,
+    Config,
     MaterializeResult,
     MetadataValue,
     asset,
 )
+from pydantic import Field
 
 from resources.dagster_resources import LakeWriter
+from resources.delta_tables import rows_per_day
 from resources.engines import SilverEngine
 from resources.lake import LakeStorage
+from resources.reconciler import silver_behind
 from resources.silver_store import SilverResult
+from spotify_assets.bronze.windows import DAY
 from spotify_assets.catalog.columns import silver_columns
 from spotify_assets.catalog.lake_paths import SILVER, quarantine_path, silver_path
-from spotify_assets.catalog.tables import Catalog, Table
+from spotify_assets.catalog.tables import CHANGE_DATE, Catalog, Table
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
 from spotify_assets.orchestration.assets.order import step_tags
@@ -39,6 +44,15 @@ QUARANTINED = "quarantined"
 
 # Said on every rule's check: a fresh demo shows some of them red, which is the point of its data.
 DIRTY_ON_PURPOSE = "The demo's source holds such rows on purpose: there, a failure is expected."
+
+
+class SilverConfig(Config):
+    behind_only: bool = Field(
+        default=False,
+        description="Rebuild from the first selected partition whose silver is behind its "
+        "bronze partition (the last one at least): the days an incremental run's bronze did "
+        "not change stay as they are. Off, every selected partition is rebuilt.",
+    )
 
 
 def silver_key(table: Table) -> AssetKey:
@@ -72,20 +86,36 @@ def build_silver_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         check_specs=checks,
     )
     def silver(
-        context: AssetExecutionContext, silver_engine: SilverEngine, lake_writer: LakeWriter
+        context: AssetExecutionContext,
+        config: SilverConfig,
+        silver_engine: SilverEngine,
+        lake_writer: LakeWriter,
     ) -> MaterializeResult:
         lake_writer.check()
-        days = partition_days(context) if partitioned else None
+        lake = silver_engine.lake
+        selected = days = partition_days(context) if partitioned else None
+        if selected and config.behind_only:
+            behind = silver_behind(lake, table, selected)
+            days = (min(behind, default=selected[1]), selected[1])
         result = silver_engine.refresh(context, table, days)
         context.log.info(
             f"{table.lake_name}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
             f"silver, {result.quarantined:,} quarantined"
+            + (f" in {days[0]} .. {days[1]}" if days and days != selected else "")
         )
+        per_day = {ROW_COUNT: result.rows_per_day, QUARANTINED: result.quarantined_per_day}
+        if selected and days and days[0] > selected[0]:  # the days left as they were
+            kept = (selected[0], days[0] - DAY)
+            paths = {ROW_COUNT: silver_path(table), QUARANTINED: quarantine_path(table)}
+            per_day = {
+                name: rows_per_day(lake, paths[name], CHANGE_DATE, kept) | rebuilt
+                for name, rebuilt in per_day.items()
+            }
         metadata = result_metadata(
             context,
-            silver_metadata(result, silver_engine.lake, table),
+            silver_metadata(result, lake, table),
             {ROW_COUNT: result.silver_rows, QUARANTINED: result.quarantined},
-            {ROW_COUNT: result.rows_per_day, QUARANTINED: result.quarantined_per_day},
+            per_day,
         )
         return MaterializeResult(
             metadata=metadata,
