@@ -180,7 +180,8 @@ class PlannedRun:
             }
             for t in extracted
         }
-        if self.from_watermark and self.days:  # silver: the days bronze changed, not all
+        if self.from_watermark and self.days and self.start <= Layer.SILVER:
+            # Silver rebuilds the days bronze changed, not every day of the run.
             ops |= {
                 silver_key(catalog[name]).to_python_identifier(): {"config": {"behind_only": True}}
                 for name in self.tables
