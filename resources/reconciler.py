@@ -6,9 +6,10 @@
   statistics from the bronze manifest and the Delta logs (no data read, no Spark), and the fact's
   days against the dimension versions that can change them (the fact's point-in-time lookups:
   `affects_from`, over the key, time and sequence columns of the dimensions' silver versions
-  written since the fact's oldest day was built and the older versions of their keys, read
-  with delta-rs), and the days whose facts held a key no dimension row had yet, once the
-  dimension's gold has it (from gold/_unmatched/<fact>, usually empty).
+  written since the fact's oldest day was built and the older versions of their keys, the
+  files the Delta log names read one by one), and the days whose facts held a key no
+  dimension row had yet, once the dimension's gold has it (from gold/_unmatched/<fact>,
+  usually empty).
 
 `reconcile_all` gives, per table, the stale days and the layer each must be rebuilt from.
 """
@@ -16,12 +17,9 @@
 from __future__ import annotations
 
 import functools
-import operator
-import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
 from datetime import date
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -66,9 +64,6 @@ from spotify_assets.consistency.reconcile import (
     stale_partitions,
     written_before,
 )
-
-if TYPE_CHECKING:
-    import pyarrow.dataset as ds
 
 Partitions = dict[date, PartitionStats]
 
@@ -266,48 +261,59 @@ def _versions_by_first_day(lake: LakeStorage, dimension: Table, built: int | Non
     relative = silver_path(dimension)
     if built is None or not exists(lake, lake.path(relative)):
         return {}
-    silver = delta_table(lake, relative)
-    actions = add_actions(silver)
-    # The log's paths are relative to the table, a scan's may not be: files go by name.
-    written = dict(
-        zip(
-            (posixpath.basename(p) for p in actions["path"].to_pylist()),
-            actions["modification_time"].to_pylist(),
-            strict=True,
-        )
-    )
-    if all(at <= built for at in written.values()):
+    actions = add_actions(delta_table(lake, relative))
+    newer = [i for i, at in enumerate(actions["modification_time"].to_pylist()) if at > built]
+    if not newer:
         return {}
-    dataset = silver.to_pyarrow_dataset()
-    fragments = list(dataset.get_fragments())
-    newer = [f for f in fragments if written[posixpath.basename(f.path)] > built]
-    columns = [*dimension.key, VERSION_AT, CHANGE_SEQ, CHANGE_DATE, "__filename"]
-    changed = _files(dataset, newer).to_table(columns=columns)
+    changed = pa.concat_tables(_versions(lake, dimension, actions, newer))
     # A version's first day depends on every version of its key (`affects_from`).
-    same_keys = functools.reduce(
-        operator.and_, (pc.field(k).isin(pc.unique(changed[k])) for k in dimension.key)
-    )
-    older = [f for f in fragments if written[posixpath.basename(f.path)] <= built]
-    context = _files(dataset, older).to_table(columns=columns, filter=same_keys)
-    versions = pa.concat_tables([changed, context])
+    keys = {k: pc.unique(changed[k]) for k in dimension.key}
+    older = sorted(set(range(actions.num_rows)) - set(newer))
+    versions = pa.concat_tables([changed, *_versions(lake, dimension, actions, older, keys)])
     days = affects_from(versions, dimension.key, VERSION_AT, CHANGE_SEQ, CHANGE_DATE)
-    files = days.group_by("__filename").aggregate([(AFFECTS_FROM, "min")])
-    newest: dict[date, int] = {}
-    for path, day in zip(
-        files["__filename"].to_pylist(), files[f"{AFFECTS_FROM}_min"].to_pylist(), strict=True
-    ):
-        at = written[posixpath.basename(path)]
-        if at > built:
-            newest[day] = max(at, newest.get(day, at))
-    return {day: PartitionStats(0, at) for day, at in newest.items()}
+    days = days.filter(pc.is_valid(days[_WRITTEN]))
+    # A day at a time (few), not with `group_by`: Acero imports pandas (`_versions`).
+    return {
+        day.as_py(): PartitionStats(
+            0, pc.max(days[_WRITTEN].filter(pc.equal(days[AFFECTS_FROM], day))).as_py()
+        )
+        for day in pc.unique(days[AFFECTS_FROM])
+    }
 
 
-def _files(dataset: ds.FileSystemDataset, fragments: list[ds.Fragment]) -> ds.FileSystemDataset:
-    """`dataset` restricted to some of its files."""
-    # Imported here, as by delta-rs's datasets: it imports pandas, which an idle run does without.
-    from pyarrow.dataset import FileSystemDataset
+_WRITTEN = "_written"  # when the version's file was written; NULL: a file older than the fact
 
-    return FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+
+def _versions(
+    lake: LakeStorage,
+    dimension: Table,
+    actions: pa.Table,
+    files: Sequence[int],
+    keys: Mapping[str, pa.Array] | None = None,
+) -> list[pa.Table]:
+    """Per file of silver's add `actions` numbered in `files`, the key, time and sequence of its
+    versions (of the `keys` only, if given), their partition and, unless `keys` are given, when
+    the file was written. Each file is read on its own and its values come from the log's Arrow
+    columns: pyarrow's datasets, and any Arrow value built from a Python one, import pandas,
+    which an idle run does without."""
+    relative = silver_path(dimension)
+    paths, days = actions["path"].to_pylist(), actions[f"partition.{CHANGE_DATE}"]
+    columns = [*dimension.key, VERSION_AT, CHANGE_SEQ]
+    parts = []
+    for i in files:
+        rows = lake.read_parquet([f"{relative}/{paths[i]}"], columns)
+        if keys is not None:
+            rows = rows.filter(
+                functools.reduce(pc.and_, (pc.is_in(rows[k], v) for k, v in keys.items()))
+            )
+        written = (
+            pa.nulls(rows.num_rows, pa.int64())
+            if keys is not None
+            else pa.repeat(actions["modification_time"][i], rows.num_rows)
+        )
+        rows = rows.append_column(CHANGE_DATE, pa.repeat(days[i], rows.num_rows))
+        parts.append(rows.append_column(_WRITTEN, written))
+    return parts
 
 
 def _cleaned(silver: PartitionStats, quarantine: PartitionStats) -> PartitionStats:

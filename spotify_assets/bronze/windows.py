@@ -81,12 +81,16 @@ def midnight(day: date) -> datetime:
 
 
 def _timestamp(moment: datetime) -> pa.Scalar:
-    """`moment` as an Arrow timestamp (microseconds), built from its bytes: pyarrow converts a
-    Python value through pandas' types, importing pandas (~0.4 CPU s), which the idle `run`'s
-    reading of bronze does not otherwise need."""
-    micros = (moment - _EPOCH) // timedelta(microseconds=1)
-    data = pa.py_buffer(micros.to_bytes(8, sys.byteorder, signed=True))
-    return pa.Array.from_buffers(pa.timestamp("us"), 1, [None, data])[0]
+    """`moment` as an Arrow timestamp (microseconds)."""
+    return arrow_scalar((moment - _EPOCH) // timedelta(microseconds=1), pa.timestamp("us"))
+
+
+def arrow_scalar(value: int, kind: pa.DataType) -> pa.Scalar:
+    """An Arrow scalar of a fixed-width integer-backed type (dates, timestamps, integers),
+    built from its bytes: pyarrow converts a Python value through pandas' types, importing
+    pandas (~0.4 CPU s), which an idle `run` does not otherwise need."""
+    data = pa.py_buffer(value.to_bytes(kind.bit_width // 8, sys.byteorder, signed=True))
+    return pa.Array.from_buffers(kind, 1, [None, data])[0]
 
 
 def subtract(intervals: Iterable[Window], removed: Window) -> list[Window]:

@@ -24,7 +24,7 @@ from enum import IntEnum
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spotify_assets.bronze.windows import Window, midnight
+from spotify_assets.bronze.windows import Window, arrow_scalar, midnight
 from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, UNMATCHED_KEY
 
 AFFECTS_FROM = "_affects_from"
@@ -122,27 +122,58 @@ def affects_from(
     its key's first version takes that first version (`PointInTimeFact`), and a change record at
     its key's earliest business time that is not the key's first change (an image, or a record
     earlier in the sequence, comes before it: an update keeping `updated_at`, a restore) can
-    replace that version: it changes every day (`date.min`)."""
+    replace that version: it changes every day (`date.min`).
+
+    Per key, from two sorts (not `group_by` and `join`: Acero imports pyarrow's dataset module
+    and pandas, which an idle run does without): by time, the key's first row holds its
+    earliest business time; by sequence with images first, its first row is an image or the
+    key's first change record."""
     keys = list(key)
-    earliest, first_sequence = f"{business_time}_min", f"{sequence}_min"
-    images = f"{sequence}_count"  # rows without a sequence: images of the row
-    per_key = versions.group_by(keys).aggregate(
-        [(business_time, "min"), (sequence, "min"),
-         (sequence, "count", pc.CountOptions(mode="only_null"))]
-    )  # fmt: skip
-    rows = versions.join(per_key, keys)
-    follows = pc.or_kleene(
-        pc.greater(rows[images], 0), pc.greater(rows[sequence], rows[first_sequence])
-    )
+    by_key = [(k, "ascending") for k in keys]
+    by_time = versions.take(pc.sort_indices(versions, [*by_key, (business_time, "ascending")]))
+    rows = versions.take(pc.sort_indices(versions, [*by_key, (sequence, "ascending", "at_start")]))
+    # Keys are numbered from 1 in both orders.
+    number = pc.cumulative_sum(pc.cast(_key_starts(rows, keys), pa.int64()))
+    earliest = _first_of_key(by_time, keys, business_time, number)
+    first = _first_of_key(rows, keys, sequence, number)  # NULL: the key has an image
+    follows = pc.or_kleene(pc.is_null(first), pc.greater(rows[sequence], first))
     at_earliest = pc.and_kleene(
-        pc.is_valid(rows[sequence]), pc.equal(rows[business_time], rows[earliest])
+        pc.is_valid(rows[sequence]), pc.equal(rows[business_time], earliest)
     )
-    replaces_first = pc.fill_null(pc.and_kleene(at_earliest, follows), False)
+    replaces_first = pc.and_kleene(at_earliest, follows)
     day = pc.min_element_wise(pc.cast(rows[business_time], pa.date32()), rows[partition])
-    every_day = pa.scalar(date.min, pa.date32())
-    return rows.drop_columns([earliest, first_sequence, images]).append_column(
-        AFFECTS_FROM, pc.if_else(replaces_first, every_day, day)
+    every_day = arrow_scalar((date.min - _EPOCH_DAY).days, pa.date32())
+    # A NULL condition (no sequence, or no business time) is not a replacement: its own day.
+    return rows.append_column(
+        AFFECTS_FROM, pc.coalesce(pc.if_else(replaces_first, every_day, day), day)
     )
+
+
+_EPOCH_DAY = date(1970, 1, 1)
+
+
+def _first_of_key(
+    rows: pa.Table, keys: list[str], column: str, number: pa.ChunkedArray
+) -> pa.ChunkedArray:
+    """`column` of the first row of each key of `rows` (sorted by `keys` first), taken for the
+    key numbered `number` (from 1, in key order)."""
+    values = rows[column].filter(_key_starts(rows, keys))
+    return pa.chunked_array([pa.nulls(1, values.type), *values.chunks], values.type).take(number)
+
+
+def _key_starts(rows: pa.Table, keys: list[str]) -> pa.ChunkedArray:
+    """Whether each of `rows` (sorted by `keys`) is the first row of its key."""
+    starts = None
+    for k in keys:
+        column = rows[k]
+        before = pa.chunked_array(
+            [pa.nulls(1, column.type), *column.slice(0, max(len(column) - 1, 0)).chunks],
+            column.type,
+        ).slice(0, len(column))
+        differs = pc.not_equal(column, before)  # NULL on the first row
+        starts = differs if starts is None else pc.or_kleene(starts, differs)
+    assert starts is not None
+    return pc.or_kleene(starts, pc.is_null(starts))
 
 
 def members_arrived(
@@ -153,7 +184,11 @@ def members_arrived(
     gold holds, as text). `affects_from` dates a key's first version at its business day, but
     facts of any earlier day take it too."""
     days: set[date] = set()
-    for dimension, keys in present.items():
+    # Compared with the column's own values: an Arrow value built from a Python one imports
+    # pandas, which an idle run does without.
+    for dimension in pc.unique(unmatched[UNMATCHED_DIMENSION]):
+        if (keys := present.get(dimension.as_py())) is None:
+            continue
         rows = unmatched.filter(
             pc.and_(
                 pc.equal(unmatched[UNMATCHED_DIMENSION], dimension),

@@ -4,6 +4,8 @@ after an interrupted one, or by the reconciliation sensor, over all loaded days.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
@@ -12,6 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from dagster import DagsterInstance, build_sensor_context
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlglot import exp
 
 from resources import reconciler
@@ -67,7 +71,7 @@ from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates
 from tests.helpers.bronze import load_everything, runner_for
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source
-from tests.helpers.processes import Lakehouse
+from tests.helpers.processes import Lakehouse, cli_imports
 from tests.helpers.source import LATE, SEED, initialise
 from tests.helpers.tsql import parse_tsql
 
@@ -135,6 +139,45 @@ def test_a_dimension_version_affects_the_fact_from_its_business_day_or_every_day
     by_day = {d: PartitionStats(0, 50) for d in found[AFFECTS_FROM].to_pylist()}
     fact = {d: PartitionStats(1, 40) for d in day.values()}
     assert written_before(by_day, fact) == set(day.values())
+
+
+def _first_day_affected(rows: list[tuple[int, datetime | None, int | None, date]]) -> list[date]:
+    """`affects_from` by its definition, key by key in plain Python."""
+    found = []
+    for key, time, sequence, day in rows:
+        own = [r for r in rows if r[0] == key]
+        earliest = min((r[1] for r in own if r[1] is not None), default=None)
+        first = min((r[2] for r in own if r[2] is not None), default=None)
+        follows = any(r[2] is None for r in own) or (sequence is not None and sequence > first)
+        replaces = sequence is not None and time is not None and time == earliest and follows
+        found.append(date.min if replaces else min(day, time.date()) if time else day)
+    return found
+
+
+@settings(deadline=None)  # the first example pays pyarrow's first conversions
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 3),
+            st.none() | st.sampled_from([datetime(2026, 1, d, h) for d in (2, 3) for h in (0, 9)]),
+            st.none() | st.integers(1, 4),
+            st.sampled_from([date(2026, 1, d) for d in (1, 2, 3, 4)]),
+        ),
+        max_size=12,
+    )
+)
+def test_affects_from_follows_its_definition(
+    rows: list[tuple[int, datetime | None, int | None, date]],
+) -> None:
+    names = ["user_id", VERSION_AT, CHANGE_SEQ, CHANGE_DATE]
+    types = [pa.int32(), pa.timestamp("us"), pa.int64(), pa.date32()]
+    columns = zip(*rows, strict=True) if rows else [[] for _ in names]
+    versions = pa.table(
+        [pa.array(c, t) for c, t in zip(columns, types, strict=True)], names=names
+    ).append_column("row", pa.array(range(len(rows)), pa.int64()))
+    found = affects_from(versions, ["user_id"], VERSION_AT, CHANGE_SEQ, CHANGE_DATE)
+    by_row = dict(zip(found["row"].to_pylist(), found[AFFECTS_FROM].to_pylist(), strict=True))
+    assert [by_row[i] for i in range(len(rows))] == _first_day_affected(rows)
 
 
 def test_a_fact_day_is_stale_once_a_member_it_found_no_row_of_has_arrived() -> None:
@@ -341,7 +384,8 @@ def test_reconciliation_reads_only_the_dimension_versions_written_since_the_fact
 ) -> None:
     """A silver file of a dimension older than every fact day's build cannot make one stale:
     a run with nothing new reads no version, a run after a simulated day the versions of the
-    keys changed since the initial load, not the dimensions' whole history."""
+    keys changed since the initial load, not the dimensions' whole history; and an idle run
+    reading them does not import pandas."""
     settings = loaded_lakehouse
     read: list[int] = []
 
@@ -361,6 +405,11 @@ def test_reconciliation_reads_only_the_dimension_versions_written_since_the_fact
     history = [table_stats(lake, silver_path(CATALOG[x.dimension])).rows for x in spec.lookups]
     assert read, "the new versions are read"
     assert max(read) * 10 < min(history), (read, history)
+    assert_gold_equals_source(settings)
+    # Reading them takes neither pyarrow's datasets nor Acero, which import pandas.
+    result, imported = cli_imports(["run"], ("pandas",), dict(os.environ))
+    assert json.loads(result.stdout) == {"incremental": [], "repaired": []}
+    assert imported == []
 
 
 @pytest.mark.timeout(600)
