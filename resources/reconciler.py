@@ -60,6 +60,7 @@ from spotify_assets.consistency.reconcile import (
     first_layers,
     lookback_window,
     members_arrived,
+    newest_per_day,
     stale_days,
     stale_partitions,
     written_before,
@@ -271,14 +272,8 @@ def _versions_by_first_day(lake: LakeStorage, dimension: Table, built: int | Non
     older = sorted(set(range(actions.num_rows)) - set(newer))
     versions = pa.concat_tables([changed, *_versions(lake, dimension, actions, older, keys)])
     days = affects_from(versions, dimension.key, VERSION_AT, CHANGE_SEQ, CHANGE_DATE)
-    days = days.filter(pc.is_valid(days[_WRITTEN]))
-    # A day at a time (few), not with `group_by`: Acero imports pandas (`_versions`).
-    return {
-        day.as_py(): PartitionStats(
-            0, pc.max(days[_WRITTEN].filter(pc.equal(days[AFFECTS_FROM], day))).as_py()
-        )
-        for day in pc.unique(days[AFFECTS_FROM])
-    }
+    newest = newest_per_day(days.filter(pc.is_valid(days[_WRITTEN])), AFFECTS_FROM, _WRITTEN)
+    return {day: PartitionStats(0, at) for day, at in newest.items()}
 
 
 _WRITTEN = "_written"  # when the version's file was written; NULL: a file older than the fact

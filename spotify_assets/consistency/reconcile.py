@@ -176,6 +176,14 @@ def _key_starts(rows: pa.Table, keys: list[str]) -> pa.ChunkedArray:
     return pc.or_kleene(starts, pc.is_null(starts))
 
 
+def newest_per_day(rows: pa.Table, day: str, written: str) -> dict[date, int]:
+    """Per `day` of `rows`, the largest `written` (from a sort, not `group_by`, as in
+    `affects_from`)."""
+    ordered = rows.take(pc.sort_indices(rows, [(day, "ascending"), (written, "descending")]))
+    first = ordered.filter(_key_starts(ordered, [day]))
+    return dict(zip(first[day].to_pylist(), first[written].to_pylist(), strict=True))
+
+
 def members_arrived(
     unmatched: pa.Table, present: Mapping[str, pa.Array], date_column: str
 ) -> set[date]:
