@@ -153,35 +153,13 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
             )
 
 
-class KeptSqliteRunStorage(SqliteRunStorage):
-    """Dagster's SQLite run storage (`history/runs.db` in the instance's home, as by default) on
-    a kept engine, its schema checked once per process."""
+class _KeptEngine:
+    """Configured by the instance's home, as the event log; on the file's kept engine, its
+    schema checked once per process (`_checked_once`)."""
 
-    folder: ClassVar[str] = "history"
-    kind: ClassVar[str] = "runs"  # Dagster's name for the file
-
-    @classmethod
-    def config_type(cls) -> dict[str, object]:
-        return {"dagster_home": StringSource}
-
-    @classmethod
-    def from_config_value(  # ty: ignore[invalid-method-override]
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, str]
-    ) -> Self:
-        return _checked_once(cls, config_value["dagster_home"], inst_data)
-
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        with _engine(self._conn_string).connect() as conn, conn.begin():
-            yield conn
-
-
-class KeptSqliteScheduleStorage(SqliteScheduleStorage):
-    """Dagster's SQLite schedule storage (`schedules/schedules.db`, as by default) on a kept
-    engine, its schema checked once per process: sensor ticks are written there."""
-
-    folder: ClassVar[str] = "schedules"
-    kind: ClassVar[str] = "schedules"
+    folder: ClassVar[str]  # under the instance's home, as Dagster's default
+    kind: ClassVar[str]  # Dagster's name for the file
+    _conn_string: str
 
     @classmethod
     def config_type(cls) -> dict[str, object]:
@@ -191,12 +169,28 @@ class KeptSqliteScheduleStorage(SqliteScheduleStorage):
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, str]
     ) -> Self:
-        return _checked_once(cls, config_value["dagster_home"], inst_data)
+        return _checked_once(cls, config_value["dagster_home"], inst_data)  # type: ignore[arg-type]
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         with _engine(self._conn_string).connect() as conn, conn.begin():
             yield conn
+
+
+class KeptSqliteRunStorage(_KeptEngine, SqliteRunStorage):
+    """Dagster's SQLite run storage (`history/runs.db` in the instance's home, as by default) on
+    a kept engine, its schema checked once per process."""
+
+    folder: ClassVar[str] = "history"
+    kind: ClassVar[str] = "runs"
+
+
+class KeptSqliteScheduleStorage(_KeptEngine, SqliteScheduleStorage):
+    """Dagster's SQLite schedule storage (`schedules/schedules.db`, as by default) on a kept
+    engine, its schema checked once per process: sensor ticks are written there."""
+
+    folder: ClassVar[str] = "schedules"
+    kind: ClassVar[str] = "schedules"
 
 
 _SCHEMA_CHECKED: set[str] = set()  # the files whose schema this process has checked or created
