@@ -39,7 +39,7 @@ from resources.lake import LakeFileError
 from resources.reconciler import late_days, reconcile_all
 from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.tables import Catalog, Table
-from spotify_assets.consistency.reconcile import Layer, repair_ranges
+from spotify_assets.consistency.reconcile import Layer, lookback_window, repair_ranges
 from spotify_assets.orchestration.assets.bronze import (
     NOT_LOADED_YET_OLDEST,
     NOT_LOADED_YET_ROWS,
@@ -231,8 +231,9 @@ def plan_incremental(
     per run and per partition, so none is spent on a second run or on days with nothing yet.
 
     A table resumes at its watermark's day, or earlier where a run stopped part-way (bronze
-    committed, silver or gold not): the first such day within the lookback, read from the
-    instance's materializations, so nothing stays behind after a crash."""
+    committed, silver or gold not): the first such day within the lookback before its watermark
+    (the days `with_late_days` re-extracts), read from the instance's materializations, so
+    nothing stays behind after a crash."""
     partitioned = [t for t in tables if t.change_time_column]
     compared = gold_on_lake and isinstance(runner, LocalCopyRunner)  # it reads the source here
     snapshots = tuple(
@@ -240,15 +241,13 @@ def plan_incremental(
         for t in tables
         if not t.change_time_column and not (compared and caught_up(runner, t))
     )
-    since = _today() - timedelta(days=lookback_days)
     days = [d for d in (_resume_day(runner, t) for t in partitioned) if d is not None]
     if instance is not None:
         catalog = runner.source.catalog
-        days += [
-            d
-            for d in (behind_since(instance, catalog, t, since) for t in partitioned)
-            if d is not None
-        ]
+        for table in partitioned:
+            since = _lookback_start(runner, table, lookback_days)
+            if since is not None and (day := behind_since(instance, catalog, table, since)):
+                days.append(day)
     if partitioned and days:
         # A watermark can reach tomorrow (a source clock ahead of the wall clock): the run still
         # ends with today's partition, the last one.
@@ -568,6 +567,17 @@ def _resume_day(runner: CopyRunner, table: Table) -> date | None:
     if watermark:
         return watermark.date()
     return runner.first_change_day(table)
+
+
+def _lookback_start(runner: CopyRunner, table: Table, lookback_days: int) -> date | None:
+    """The first day reconciliation compares: `lookback_days` before the watermark (None before
+    a first load). Counted from the watermark, not from today: the source's clock may be days
+    behind the wall clock, and a day late rows were re-extracted into is then older than
+    today's lookback."""
+    window = lookback_window(
+        runner.store(table).current().watermark, lookback_days, table.first_partition
+    )
+    return window.start.date() if window else None
 
 
 def _today() -> date:

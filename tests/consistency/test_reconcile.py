@@ -447,3 +447,43 @@ def test_late_streams_are_repaired_in_the_incremental_run_itself(
     assert load["window"].startswith(f"[{min(late)} 00:00:00, ")
     assert plan_repairs(runner, list(catalog), settings.reconcile_lookback_days, True) == []
     assert_gold_equals_source(settings)
+
+
+def _late_copies(settings: Settings, day: date, count: int) -> None:
+    """`count` streams of `day` inserted again under new ids: late rows of a loaded day."""
+    db = sqlite3.connect(settings.embedded_source_path)
+    db.execute(
+        "INSERT INTO FactStream SELECT stream_id + 1000000, user_id, track_id, date_key, "
+        "listen_duration, device_type, stream_timestamp FROM FactStream "
+        "WHERE date(stream_timestamp) = ? LIMIT ?",
+        (day.isoformat(), count),
+    )
+    db.commit()
+    db.close()
+
+
+@pytest.mark.timeout(600)
+def test_a_run_after_a_crash_with_late_days_rebuilds_them_in_one_run(
+    loaded_lakehouse: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that re-extracted late days and stopped before silver: the next run resumes from
+    the first of them, even one older than the lookback counted from today (the source's clock
+    behind the wall clock): one Dagster run, and reconciliation afterwards finds nothing."""
+    settings = loaded_lakehouse
+    lookback = settings.reconcile_lookback_days
+    watermark = copy_runner(settings).store(CATALOG.fact).current().watermark
+    assert watermark is not None
+    early = watermark.date() - timedelta(days=lookback - 1)
+    assert early < datetime.now(UTC).date() - timedelta(days=lookback), "clock behind today"
+    for day in (early, watermark.date() - timedelta(days=2)):
+        _late_copies(settings, day, 3)
+    with monkeypatch.context() as patch, pytest.raises(Exception, match="injected"):
+        patch.setattr(SilverStore, "refresh", _fail)
+        run(settings)  # bronze re-extracted from `early`, then stopped
+    instance = DagsterInstance.get()
+    runs = instance.get_runs_count()
+    assert run(settings)["repaired"] == []
+    assert instance.get_runs_count() == runs + 1
+    runner = copy_runner(settings)
+    assert plan_repairs(runner, list(runner.source.catalog), lookback, True) == []
+    assert_gold_equals_source(settings)
