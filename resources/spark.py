@@ -7,6 +7,7 @@ Sail), and shut down cleanly when the process exits.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 from enum import StrEnum
@@ -101,6 +102,18 @@ class SparkResource(ConfigurableResource):
                 f"remote Spark needs an sc://host:port URL (SPOTIFY_SPARK_REMOTE); got "
                 f"{self.remote_url!r}"
             )
+        _quiet_client()
         session = SparkSession.builder.remote(url).getOrCreate()
         session.conf.set("spark.sql.session.timeZone", "UTC")
         return session
+
+
+def _quiet_client() -> None:
+    """Keep the Spark Connect client's logger off unless SPARK_CONNECT_LOG_LEVEL asks for it.
+    pyspark turns it off by `disabled`, which `logging.config.dictConfig` (Dagster calls it)
+    resets on every existing logger: a failed query then printed its gRPC error and stack trace
+    as JSON beside the run's one-line error. A level survives dictConfig."""
+    from pyspark.sql.connect.logging import logger
+
+    if "SPARK_CONNECT_LOG_LEVEL" not in os.environ:
+        logger.setLevel(logging.CRITICAL + 1)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pyspark.errors import AnalysisException
+from pyspark.sql import SparkSession
 
 from tests.helpers.paths import REPO
 from tests.helpers.processes import BoundedRun
@@ -29,3 +35,21 @@ def test_the_session_of_sail_in_process_outlives_sails_idle_timeout(
     result = bounded([sys.executable, "-c", IDLE_THEN_QUERY], 2.0, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-1] == "3"
+
+
+def test_a_failed_query_prints_no_trace_of_spark_connects_client(
+    sail_spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyspark turns its Spark Connect client's logger off, but `logging.config.dictConfig`
+    (Dagster calls it) turns every existing logger back on: a failed query of a run then printed
+    its gRPC error with a stack trace, as JSON, beside the run's one-line error."""
+    from pyspark.sql.connect.logging import logger
+
+    printed: list[logging.LogRecord] = []
+    console = logging.Handler()
+    console.emit = printed.append  # type: ignore[method-assign]
+    monkeypatch.setattr(logger, "handlers", [console])
+    monkeypatch.setattr(logger, "disabled", False)  # as dictConfig leaves it
+    with pytest.raises(AnalysisException):
+        sail_spark.read.format("delta").load(str(tmp_path / "absent")).count()
+    assert [record.getMessage() for record in printed] == []
