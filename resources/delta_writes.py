@@ -1,7 +1,7 @@
 """Delta writes shared by silver and gold, on Spark: whole-partition replacement and creation.
 
 Sail cannot `replaceWhere` or `MERGE INTO` a path that holds no Delta table yet, so a missing
-table is first created empty, with its schema and partitioning.
+table is created by a plain write of the rows.
 """
 
 from __future__ import annotations
@@ -16,21 +16,18 @@ from resources.delta_tables import Days, check_log, exists
 from resources.lake import LakeStorage
 
 
-def create_if_missing(
-    lake: LakeStorage, frame: DataFrame, path: str, partition: str | None
-) -> None:
-    check_log(lake, path)
-    if not exists(lake, path):
-        empty = frame.limit(0).write.format("delta").mode("overwrite")
-        (empty.partitionBy(partition) if partition else empty).save(path)
-
-
 def replace_partitions(
     lake: LakeStorage, frame: DataFrame, path: str, partition: str | None, days: Days | None
 ) -> None:
     """Replace the partitions `days` of the table at `path` with `frame` (every row of which
-    must fall in them); `days` None or no `partition`: replace the whole table."""
-    create_if_missing(lake, frame, path, partition)
+    must fall in them); `days` None or no `partition`: replace the whole table. A table not
+    there yet is created by the same write, with `frame`'s schema and the partitioning: one
+    commit, not an empty table first and then the rows."""
+    check_log(lake, path)
+    if not exists(lake, path):
+        writer = frame.write.format("delta").mode("overwrite")
+        (writer.partitionBy(partition) if partition else writer).save(path)
+        return
     writer = _with_table_columns(lake, frame, path).write.format("delta").mode("overwrite")
     if partition and days is not None:
         first, last = (d.isoformat() for d in days)
