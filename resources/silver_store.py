@@ -120,7 +120,9 @@ class SilverStore:
             bronze_rows=self._bronze_rows(days),
             silver_rows=rows,
             quarantined=quarantined,
-            failures=rule_counts(self.table, self._read(self.quarantine_path, days)),
+            failures=rule_counts(self.table, self._read(self.quarantine_path, days))
+            if quarantined
+            else {rule.name: 0 for rule in self.table.silver.rules},
             rows_per_day=per_day,
             quarantined_per_day=quarantined_per_day,
         )
@@ -166,7 +168,23 @@ class SilverStore:
             if damaged := self.bronze.damaged_files(self.bronze_files(chunk)):
                 raise self.bronze.file_error(*damaged[0]) from error
             raise
-        replace_partitions(self.lake, frames.quarantine, self.quarantine_path, partition, chunk)
+        quarantine = frames.quarantine
+        if self._all_valid(frames, chunk):
+            if (
+                exists(self.lake, self.quarantine_path)
+                and not self._counted(self.quarantine_relative, chunk)[0]
+            ):
+                return  # nothing held, nothing to add
+            quarantine = quarantine.limit(0)  # creates the table, or empties the partitions
+        replace_partitions(self.lake, quarantine, self.quarantine_path, partition, chunk)
+
+    def _all_valid(self, frames: SilverFrames, chunk: Days | None) -> bool:
+        """Whether every bronze row of `chunk` is a silver row now, from the counts of the
+        manifest and the log (no scan): then the quarantine gets no row, which writing it would
+        take a second run of the whole transform to find."""
+        if frames.repeats:  # rows may have collapsed: the counts do not tell
+            return False
+        return self._counted(self.relative, chunk)[0] == self._bronze_rows(chunk)
 
     def _accepted(self, chunk: Days | None, days: Days | None) -> DataFrame | None:
         """The rows silver holds outside the partitions being rebuilt (from `chunk` to the end

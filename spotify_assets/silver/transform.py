@@ -17,7 +17,7 @@ its rules from the table's catalog entry:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
@@ -74,6 +74,9 @@ class SchemaDriftError(ValueError):
 class SilverFrames:
     valid: DataFrame  # the silver rows: cleaned versions
     quarantine: DataFrame  # rows failing a rule, with the rule names and their raw values
+    # Whether some (key, version) repeats, so that rows may collapse: if not, every input row
+    # is either valid or quarantined, and counting the valid ones tells the quarantine's size.
+    repeats: bool = True
 
 
 def transform(
@@ -90,19 +93,23 @@ def transform(
     (`rank_keys`), a key `accepted` holds included. A dimension's versions take effect after
     the change records preceding them, `accepted`'s included (`effective_times`)."""
     prepared = version(table, derive(table, clean(table, conform(table, bronze))))
+    repeats = has_repeats(table, prepared)
     if table.role is TableRole.FACT:
         # Exact re-deliveries collapse; any other repeat of a key is a defect (`rank_keys`).
-        if has_repeats(table, prepared):
+        if repeats:
             prepared = prepared.dropDuplicates(list(table.column_names))
-        return split(table, check(table, prepared, accepted), run_id)
-    deduped = dedup(table, prepared) if has_repeats(table, prepared) else prepared
+        frames = split(table, check(table, prepared, accepted), run_id)
+        return replace(frames, repeats=repeats)
+    deduped = dedup(table, prepared) if repeats else prepared
     valid = split(table, check(table, deduped), run_id).valid
     if table.role is TableRole.DIMENSION:
         timed = effective_times(table, valid, accepted)
         valid = timed.select(*silver_columns(table, timed))
     suspects = dedup(table, failing_groups(table, prepared))
     return SilverFrames(
-        valid=valid, quarantine=split(table, check(table, suspects), run_id).quarantine
+        valid=valid,
+        quarantine=split(table, check(table, suspects), run_id).quarantine,
+        repeats=repeats,
     )
 
 

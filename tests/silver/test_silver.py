@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -89,6 +90,50 @@ def test_replaying_a_partition_changes_nothing(lakehouse) -> None:
         day = HISTORY_END if table.change_time_column else None
         store.refresh((day, day) if day else None, "replay")
         assert snapshot(store) == before, f"{table.lake_name}: a replay changed silver"
+
+
+def test_a_load_with_nothing_to_quarantine_writes_no_quarantine_version(
+    sqlite_source, tmp_path: Path, sail_spark
+) -> None:
+    # Writing the quarantine runs the whole transform a second time; with every bronze row
+    # valid (the manifest's and the log's counts tell) a first load commits each table once,
+    # rows and all (no empty version first), and a rebuild writes no quarantine version.
+    initialise(sqlite_source)
+    runner = runner_for(sqlite_source, tmp_path / "lake")
+    load_everything(runner, sqlite_source.catalog, "initial")
+    for table in CATALOG:
+        store = SilverStore(runner.lake, sail_spark, table)
+        result = store.refresh(days_of(table), "build")
+        assert result.silver_rows == result.bronze_rows > 0, table.lake_name
+        assert result.quarantined == 0 and not any(result.failures.values())
+        assert DeltaTable(store.path).version() == 0, table.lake_name
+        assert DeltaTable(store.quarantine_path).version() == 0, table.lake_name
+        assert DeltaTable(store.quarantine_path).to_pyarrow_table().num_rows == 0
+        day = max(result.rows_per_day, default=None)  # the newest day holding rows
+        store.refresh((day, day) if day else None, "replay")
+        assert DeltaTable(store.path).version() == 1, table.lake_name
+        assert DeltaTable(store.quarantine_path).version() == 0, table.lake_name
+
+
+def test_a_day_whose_rows_all_turn_valid_loses_its_quarantined_rows(lakehouse) -> None:
+    source, runner, _ = lakehouse
+    facts = runner.source.catalog["FactStream"]
+    store = store_of(lakehouse, "FactStream")
+    built = store.refresh(ALL_DAYS, "build")
+    day = max(built.quarantined_per_day)
+    quarantine = DeltaTable(store.quarantine_path).to_pyarrow_table()
+    on_day = pc.equal(quarantine[CHANGE_DATE], day)
+    dirty = quarantine.filter(on_day)["stream_id"].to_pylist()
+    assert dirty and None not in dirty
+    # The source loses the day's dirty rows; the day's bronze is re-extracted and rebuilt.
+    with sqlite3.connect(source.sqlite_path()) as db:
+        db.execute(f"DELETE FROM FactStream WHERE stream_id IN ({','.join(map(str, dirty))})")
+    runner.copy(facts, Window.of_days(day, day), "refresh")
+    result = store.refresh((day, day), "refresh")
+    assert result.quarantined == 0 and result.silver_rows == result.bronze_rows > 0
+    after = DeltaTable(store.quarantine_path).to_pyarrow_table()
+    assert not pc.any(pc.equal(after[CHANGE_DATE], day)).as_py()
+    assert after.num_rows == quarantine.num_rows - len(dirty)  # other days keep theirs
 
 
 def test_a_bronze_refresh_cascades_into_silver(lakehouse) -> None:
