@@ -3,6 +3,7 @@ records one planned event and one materialization per asset and partition (the U
 partition), written in a fixed number of transactions instead of two per event, and the history
 it leaves reads exactly as Dagster's default SQLite storage leaves it."""
 
+import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -189,6 +190,36 @@ def test_the_cli_instance_keeps_one_engine_per_file(
     used = {name: len(set(map(id, held))) for name, held in engines.items()}
     assert {f"{run_id}.db", "index.db", "runs.db"} <= used.keys(), used
     assert set(used.values()) == {1}, used
+
+
+def test_the_cli_instance_waits_for_the_disk_at_checkpoints_not_at_each_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's default in WAL mode (synchronous FULL) waits for the disk at every commit, and a
+    small first load commits ~750 times; NORMAL waits at checkpoints only."""
+    instance = cli_instance(tmp_path / "home", monkeypatch)
+    run_range(instance, 1)
+    modes: dict[str, set[int]] = defaultdict(set)
+    files: set[str] = set()
+
+    def connected(connection: Connection) -> None:
+        # On the DB-API connection: a statement on `connection` would begin its transaction.
+        raw = connection.connection.dbapi_connection
+        assert raw is not None
+        (sync,) = raw.execute("PRAGMA synchronous").fetchone()
+        modes[Path(str(connection.engine.url.database)).name].add(sync)
+        files.add(str(connection.engine.url.database))
+
+    event.listen(Engine, "engine_connect", connected)
+    try:
+        run_id = run_range(instance, 3)
+    finally:
+        event.remove(Engine, "engine_connect", connected)
+    assert {f"{run_id}.db", "index.db", "runs.db"} <= modes.keys(), modes
+    assert set().union(*modes.values()) == {1}, modes  # NORMAL
+    for file in files:  # the mode NORMAL is safe in
+        with sqlite3.connect(file) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",), file
 
 
 def test_the_cli_instance_checks_its_schema_once_per_process(
