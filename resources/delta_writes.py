@@ -22,7 +22,9 @@ def replace_partitions(
     """Replace the partitions `days` of the table at `path` with `frame` (every row of which
     must fall in them); `days` None or no `partition`: replace the whole table. A table not
     there yet is created by the same write, with `frame`'s schema and the partitioning: one
-    commit, not an empty table first and then the rows."""
+    commit, not an empty table first and then the rows. Sail then records as NOT NULL what its
+    physical plan proves never null (e.g. a version time computed from bronze's NOT NULL
+    columns), where an empty write kept Spark's looser analysed schema."""
     check_log(lake, path)
     if not exists(lake, path):
         writer = frame.write.format("delta").mode("overwrite")
