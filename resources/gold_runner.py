@@ -68,6 +68,11 @@ from spotify_assets.gold.transform import (
     unmatched,
 )
 
+# The most rows of a dimension's changed versions an apply holds as a local relation, computed
+# once (`GoldRunner._local`): a day's changes at scale 10 are ~25k; more (after a long pause),
+# and they are found again by each query instead.
+LOCAL_ROWS = 200_000
+
 
 @dataclass(frozen=True)
 class DimensionApply:
@@ -127,7 +132,14 @@ class GoldRunner:
                 None if full or applied is None else self._changed_keys(table, applied, version)
             )
             full = changed is None or not exists(self.lake, target)
-            versions = all_versions if full else all_versions.join(changed, keys, "left_semi")
+            if full:
+                versions = all_versions
+            else:
+                assert changed is not None
+                # Checked, written and counted below, the changed keys' versions would each
+                # time be found again among every silver version: found once, held.
+                changed = self._local(changed)
+                versions = self._local(all_versions.join(changed, keys, "left_semi"))
             expected = expect(table.gold.expectations, versions)  # type: ignore[union-attr]
             rows = scd2(table, expected.kept)
             # The rows of the keys this apply writes are checked before they are written: a
@@ -183,6 +195,14 @@ class GoldRunner:
         if not touched:
             return self.spark.createDataFrame([], self._read(silver, version).select(*keys).schema)
         return self.spark.read.parquet(*touched).select(*keys).distinct()
+
+    def _local(self, rows: DataFrame) -> DataFrame:
+        """`rows` computed once and held as a local relation, if they are at most `LOCAL_ROWS`
+        (it travels inside each query's plan); else `rows` as they are."""
+        held = rows.limit(LOCAL_ROWS + 1).toArrow()
+        if held.num_rows > LOCAL_ROWS:
+            return rows
+        return self.spark.createDataFrame(held, rows.schema)
 
     def _replace_keys(self, table: Table, rows: DataFrame, changed: DataFrame) -> None:
         """Make gold's rows of the `changed` keys exactly `rows`, in one atomic commit.

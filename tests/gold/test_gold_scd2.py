@@ -438,6 +438,30 @@ def test_only_changed_keys_are_recomputed(lake: LakeStorage, sail_spark: SparkSe
     assert len(versions(runner)) == 40
 
 
+def test_changes_past_the_local_bound_are_applied_alike(
+    tmp_path: Path, sail_spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An apply holds the changed keys' versions as a local relation up to `LOCAL_ROWS`; past
+    it, it reads them from silver in each query instead: the same table either way."""
+    first = [change(u, u) for u in range(1, 6)]
+    later = [change(2, 60, sub="Premium"), change(3, 70, delete=True), change(6, 80)]
+    next_day = [change(4, 24 * 60, sub="Family")]  # a partition of its own: one key changed
+
+    def applied_with(bound: int, name: str) -> tuple[list[tuple[Any, ...]], tuple[int, int]]:
+        monkeypatch.setattr(gold_runner, "LOCAL_ROWS", bound)
+        lake = LakeStorage(url=str(tmp_path / name))
+        runner = apply(lake, sail_spark, first, later)
+        silver = Silver(lake, sail_spark)
+        silver.delivered = {*first, *later}
+        silver.deliver(next_day)
+        last = runner.apply_dimension(DIM_USER)
+        return versions(runner), (last.changed_keys, last.versions_read)
+
+    held = applied_with(gold_runner.LOCAL_ROWS, "held")
+    assert held == applied_with(1, "read_again")
+    assert held[1] == (1, 2)
+
+
 def test_versions_in_silver_as_versions_of_the_table(sail_spark: SparkSession) -> None:
     """Silver's bookkeeping columns stay out of gold, as DLT's except_column_list leaves them."""
     gold = scd2(DIM_USER, silver_frame(sail_spark, [change(1, 0)]))
