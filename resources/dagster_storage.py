@@ -11,10 +11,11 @@ log (the UI, partition status, run planning) sees the same history.
 
 Dagster's SQLite storage also creates a SQLAlchemy engine for each connection, that is for each
 event stored, and so compiles every statement afresh each time; here each file's engine is kept
-(still without a connection pool: a connection lives only while it is used, as in Dagster). And
-the run and schedule storages check their schema against every Alembic migration script each
-time an instance is created, which a code server does for each sensor evaluation: here once per
-process and file.
+(still without a connection pool: a connection lives only while it is used, as in Dagster); and
+whether the index has a table, a column or a secondary index, which Dagster asks for each event
+and step, is asked until the answer is yes. And the run and schedule storages check their
+schema against every Alembic migration script each time an instance is created, which a code
+server does for each sensor evaluation: here once per process and file.
 
 The instance the CLI creates (`spotify_assets/cli/commands.py`) names this class in its
 `dagster.yaml`, and the CLI sets `DAGSTER_EVENT_BATCH_SIZE`; `dg dev` on the same instance needs
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import ClassVar, Self, TypeVar
@@ -71,6 +72,10 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
         runs = os.path.join(config_value["dagster_home"], "history", "runs")
         return cls(base_dir=runs, inst_data=inst_data)
 
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        self._features: set[tuple[str, str]] = set()  # of the index shard, see `_present`
+        super().__init__(base_dir, inst_data)
+
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
         """A transaction on the shard, as Dagster's, on the shard's kept engine."""
@@ -84,9 +89,42 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
 
     def has_table(self, table_name: str) -> bool:
         """As Dagster's (asked for each asset event stored), on the index's kept engine."""
-        engine = _engine(self.conn_string_for_shard(INDEX_SHARD_NAME))
-        with engine.connect() as conn:
-            return bool(engine.dialect.has_table(conn, table_name))
+
+        def check() -> bool:
+            engine = _engine(self.conn_string_for_shard(INDEX_SHARD_NAME))
+            with engine.connect() as conn:
+                return bool(engine.dialect.has_table(conn, table_name))
+
+        return self._present(("table", table_name), check)
+
+    def has_secondary_index(self, name: str) -> bool:
+        dagster = super()
+        return self._present(("secondary index", name), lambda: dagster.has_secondary_index(name))
+
+    def has_asset_key_col(self, column_name: str) -> bool:
+        dagster = super()
+        return self._present(
+            ("column", column_name), lambda: dagster.has_asset_key_col(column_name)
+        )
+
+    def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
+        dagster = super()
+        return self._present(
+            ("column", column_name),
+            lambda: dagster._has_asset_key_col_on_connection(conn, column_name),
+        )
+
+    def _present(self, feature: tuple[str, str], check: Callable[[], bool]) -> bool:
+        """Whether the index has a table, a secondary index or an asset-key column: Dagster asks
+        for each event stored or step started, each time on a connection of its own (a third of
+        the event log's work in a run). Only a yes is kept: migrations add features, none removes
+        one, and a no is asked again (a migration in another process may add it)."""
+        if feature in self._features:
+            return True
+        if check():
+            self._features.add(feature)
+            return True
+        return False
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         # Dagster batches the events of one run (its planned events, or one step's asset events).

@@ -235,6 +235,36 @@ def test_the_cli_instance_checks_its_schema_once_per_process(
     assert not engines, {name: len(held) for name, held in engines.items()}
 
 
+@contextmanager
+def index_statements() -> Iterator[list[str]]:
+    """The SQL statements run on Dagster's index file while open."""
+    executed: list[str] = []
+
+    def before(connection: Connection, _: object, statement: str, *args: object) -> None:
+        if Path(str(connection.engine.url.database)).name == "index.db":
+            executed.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", before)
+    try:
+        yield executed
+    finally:
+        event.remove(Engine, "before_cursor_execute", before)
+
+
+def test_the_cli_instance_asks_the_index_for_its_schema_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster asks whether the index has a table, an asset-key column or a secondary index for
+    each event it stores and each step it starts, each time on a connection of its own; the
+    CLI's instance keeps the answers once they are yes."""
+    instance = cli_instance(tmp_path / "home", monkeypatch)
+    run_range(instance, 1)
+    with index_statements() as executed:
+        run_range(instance, 3)
+    schema = [s for s in executed if "PRAGMA" in s.upper() or "secondary_indexes" in s]
+    assert executed and not schema, Counter(schema)
+
+
 def test_a_batched_range_run_leaves_the_history_dagsters_default_storage_leaves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
