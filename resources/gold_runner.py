@@ -136,12 +136,15 @@ class GoldRunner:
                 versions = all_versions
             else:
                 assert changed is not None
-                # Checked, written and counted below, the changed keys' versions would each
-                # time be found again among every silver version: found once, held.
+                # Checked, written and counted below, the changed keys' versions and their SCD2
+                # rows would each time be computed again, from every silver version: computed
+                # once, held.
                 changed = self._local(changed)
                 versions = self._local(all_versions.join(changed, keys, "left_semi"))
             expected = expect(table.gold.expectations, versions)  # type: ignore[union-attr]
             rows = scd2(table, expected.kept)
+            if not full:
+                rows = self._local(rows)
             # The rows of the keys this apply writes are checked before they are written: a
             # table breaking an invariant is never committed (the others' rows passed before).
             problems = scd2_problems(table, rows, live_keys(table, expected.kept))
