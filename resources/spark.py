@@ -29,6 +29,9 @@ class SparkConfigError(ValueError):
     pass
 
 
+# Spark's setting for the call sites of DataFrame calls in server errors' query context.
+DATAFRAME_DEBUGGING = "spark.python.sql.dataFrameDebugging.enabled"
+
 _lock = threading.Lock()
 _sessions: dict[str, SparkSession] = {}
 _servers: list[object] = []
@@ -104,6 +107,10 @@ class SparkResource(ConfigurableResource):
             )
         _quiet_client()
         session = SparkSession.builder.remote(url).getOrCreate()
+        # First, before pyspark reads it once for the process: on (its default), every DataFrame
+        # and Column call walks the Python stack, and tries to import IPython, to tell the server
+        # where it was made: ~0.1 ms a call, ten times its own work, and a run makes thousands.
+        session.conf.set(DATAFRAME_DEBUGGING, "false")
         session.conf.set("spark.sql.session.timeZone", "UTC")
         return session
 

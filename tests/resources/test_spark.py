@@ -53,3 +53,28 @@ def test_a_failed_query_prints_no_trace_of_spark_connects_client(
     with pytest.raises(AnalysisException):
         sail_spark.read.format("delta").load(str(tmp_path / "absent")).count()
     assert [record.getMessage() for record in printed] == []
+
+
+# Count pyspark's captures of the call site while a plan is built and run.
+CALL_SITES = """
+import pyspark.errors.utils as errors
+from pyspark.sql import functions as F
+from resources.spark import SparkResource
+captured = []
+capture = errors._capture_call_site
+errors._capture_call_site = lambda depth: captured.append(depth) or capture(depth)
+spark = SparkResource().session()
+rows = spark.range(5).withColumn("y", F.col("id") * 2).where(F.col("y") > 2).collect()
+print(len(rows), len(captured))
+"""
+
+
+def test_dataframe_calls_do_not_walk_the_python_stack(
+    bounded: Callable[..., BoundedRun],
+) -> None:
+    """pyspark's DataFrame debugging, on by default, walks the stack at every DataFrame and
+    Column call (thousands per run): the session turns it off."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = bounded([sys.executable, "-c", CALL_SITES], 2.0, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["3", "0"]
