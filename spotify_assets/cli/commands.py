@@ -251,7 +251,9 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
     """Bring every layer up to date with the source: incremental and CDC loads from each
     table's watermark, then the refresh of any loaded day reconciliation finds stale."""
     source_database(settings).require_initialised()
-    if gate.up_to_date(settings, tables):  # found cheaply: Dagster and Spark not even loaded
+    # The tables' manifests and Delta logs, checked once for the gate, the runs and the repair.
+    selection = gate.checked(copy_runner(settings), tables)
+    if gate.up_to_date(settings, selection):  # found cheaply: Dagster and Spark not even loaded
         return {"incremental": [], "repaired": []}
     from spotify_assets.orchestration import ingest
 
@@ -265,7 +267,7 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
              ("repaired", ingest.repair))  # fmt: skip
     for step, work in steps:
         try:
-            done[step] = work(settings, instance, tables)
+            done[step] = work(settings, instance, selection)
         except _run_failed() as failed:
             done[step], failures = failed.loads, failures + failed.failures
     if failures:

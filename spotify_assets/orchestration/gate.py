@@ -7,6 +7,7 @@ stale) are the ones the runs plan with (`ingest.py` uses them from here).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from resources.copy_runner import CopyRunner, LocalCopyRunner
 from resources.lake import REPAIR_COMMAND, LakeFileError
@@ -18,17 +19,33 @@ from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 
 
-def up_to_date(settings: Settings, tables: Sequence[str] = ()) -> bool:
-    """Whether `run` has nothing to do: every selected table `caught_up` and no day stale in
-    any layer. Decided from the source's change feeds, the bronze manifests and the Delta logs
-    alone — no Dagster instance, no run, no Spark session — and False when in doubt (a damaged
-    table, gold not on the lake): the runs then find out."""
+@dataclass(frozen=True)
+class Selection:
+    """The selected tables whose bronze manifest and Delta logs can be read, and one line for
+    each of the others (`intact`). `run` checks them once for its gate, its incremental run and
+    the repair after it: no run leaves a table unreadable (each of its writes commits whole)."""
+
+    tables: list[Table]
+    failures: list[str]
+
+
+def checked(runner: CopyRunner, tables: Sequence[str] = ()) -> Selection:
+    """The tables named (every table if none), checked with `intact`."""
+    return Selection(*intact(runner, select_tables(runner.source.catalog, tables)))
+
+
+def up_to_date(settings: Settings, selection: Selection | None = None) -> bool:
+    """Whether `run` has nothing to do: every selected table (every table if no `selection`)
+    `caught_up` and no day stale in any layer. Decided from the source's change feeds, the
+    bronze manifests and the Delta logs alone — no Dagster instance, no run, no Spark session —
+    and False when in doubt (a damaged table, gold not on the lake): the runs then find out."""
     if not settings.gold_on_lake:
         return False
     runner = copy_runner(settings)
-    selected, failures = intact(runner, select_tables(runner.source.catalog, tables))
-    if failures:
+    selection = selection or checked(runner)
+    if selection.failures:
         return False
+    selected = selection.tables
     require_partitions(runner, selected)  # a row older than every partition is never skipped
     try:
         if not all(caught_up(runner, t) for t in selected):

@@ -50,7 +50,12 @@ from spotify_assets.orchestration.assets.bronze import (
 from spotify_assets.orchestration.assets.gold import build_gold_assets_of, gold_key
 from spotify_assets.orchestration.assets.silver import QUARANTINED, build_silver_asset, silver_key
 from spotify_assets.orchestration.assets.source import build_source_observation, source_key
-from spotify_assets.orchestration.gate import caught_up, intact, require_partitions, select_tables
+from spotify_assets.orchestration.gate import (
+    Selection,
+    caught_up,
+    checked,
+    require_partitions,
+)
 from spotify_assets.orchestration.partitions import ROW_COUNT, partition_range_tags, run_total
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.run_resources import build_resources
@@ -372,19 +377,20 @@ class TableLoad:
 def incremental(
     settings: Settings,
     instance: DagsterInstance,
-    tables: Sequence[str] = (),
+    selection: Selection | None = None,
     late: bool = False,
 ) -> list[TableLoad]:
-    """Copy what the source has gained since each table's watermark, through to gold; `late`:
-    and the loaded days where it holds late rows (`with_late_days`)."""
+    """Copy what the source has gained since each table's watermark (of the `selection`; every
+    table checked now if None), through to gold; `late`: and the loaded days where it holds
+    late rows (`with_late_days`)."""
     runner, resources = runner_and_resources(settings)
-    selected, failures = intact(runner, select_tables(runner.source.catalog, tables))
+    selection = selection or checked(runner)
     gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
     lookback = settings.reconcile_lookback_days
-    runs = plan_incremental(runner, selected, instance, lookback, gold.tables_on_lake)
+    runs = plan_incremental(runner, selection.tables, instance, lookback, gold.tables_on_lake)
     if late:
         runs = with_late_days(runner, runs, lookback)
-    return execute(runs, runner, resources, instance, failures)
+    return execute(runs, runner, resources, instance, selection.failures)
 
 
 def refresh(
@@ -396,18 +402,20 @@ def refresh(
 ) -> list[TableLoad]:
     """Re-extract the days `first`..`last` of the selected tables (a backdated refresh)."""
     runner, resources = runner_and_resources(settings)
-    selected, failures = intact(runner, select_tables(runner.source.catalog, tables))
-    runs = plan_refresh(selected, first, last)
-    return execute(runs, runner, resources, instance, failures)
+    selection = checked(runner, tables)
+    runs = plan_refresh(selection.tables, first, last)
+    return execute(runs, runner, resources, instance, selection.failures)
 
 
 def repair(
-    settings: Settings, instance: DagsterInstance, tables: Sequence[str] = ()
+    settings: Settings, instance: DagsterInstance, selection: Selection | None = None
 ) -> list[TableLoad]:
     """Rebuild the loaded days some layer holds differently from the one above it (late or
-    missing rows, an interrupted run), from that layer down."""
+    missing rows, an interrupted run), from that layer down; of the `selection` (every table
+    checked now if None)."""
     runner, resources = runner_and_resources(settings)
-    selected, failures = intact(runner, select_tables(runner.source.catalog, tables))
+    selection = selection or checked(runner)
+    selected, failures = selection.tables, list(selection.failures)
     gold: GoldEngine = resources["gold_engine"]  # type: ignore[assignment]
 
     def plan(tables: Sequence[Table]) -> list[PlannedRun]:

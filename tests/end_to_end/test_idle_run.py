@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,11 +25,13 @@ from resources.gold_state import applied_version
 from resources.lake import LakeStorage
 from resources.silver_store import SilverStore
 from resources.spark import SparkResource
+from spotify_assets.bronze.manifest import Manifest
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
-from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE, CaptureMode
+from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE, CaptureMode, Catalog, Table
 from spotify_assets.cli import commands, main
 from spotify_assets.cli.commands import instance_config, run
+from spotify_assets.consistency.faults import Fault
 from spotify_assets.orchestration import gate
 from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
@@ -113,23 +116,50 @@ def test_a_run_with_nothing_to_do_loads_neither_dagster_nor_spark(loaded: Settin
     assert _lake_state(loaded) == lake, "no Delta version, manifest or gold state written"
 
 
-def test_a_run_with_new_streams_leaves_the_unchanged_calendar_alone(loaded: Settings) -> None:
-    lake = LakeStorage(url=loaded.lake_url)
-    calendar = {name: delta_table(lake, name).version() for name in _calendar_tables()}
-    with source_database(loaded).session() as session:
+def _new_stream(settings: Settings, stream_id: int) -> None:
+    """A stream half an hour after the source's clock, which moves an hour on."""
+    with source_database(settings).session() as session:
         clock = session.clock()
         session.set_clock(clock + timedelta(hours=1))
         session.execute(
             "INSERT INTO FactStream (stream_id, user_id, track_id, date_key, listen_duration, "
-            f"device_type, stream_timestamp) VALUES (99999999, 1, 1, {clock:%Y%m%d}, 60, "
+            f"device_type, stream_timestamp) VALUES ({stream_id}, 1, 1, {clock:%Y%m%d}, 60, "
             f"'mobile', '{clock + timedelta(minutes=30):%Y-%m-%d %H:%M:%S.000}')"
         )
+
+
+def test_a_run_with_new_streams_leaves_the_unchanged_calendar_alone(loaded: Settings) -> None:
+    lake = LakeStorage(url=loaded.lake_url)
+    calendar = {name: delta_table(lake, name).version() for name in _calendar_tables()}
+    _new_stream(loaded, 99999999)
     done = run(loaded)
     assert sum(load["rows"] or 0 for load in done["incremental"]) == 1
     assert CALENDAR.name not in {load["table"] for load in done["incremental"]}
     assert {name: delta_table(lake, name).version() for name in _calendar_tables()} == calendar
     assert_gold_equals_source(loaded)
     assert gate.up_to_date(loaded)
+
+
+def test_a_run_checks_each_tables_manifest_and_logs_once(
+    loaded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate, the incremental run and the repair after it share one check of the tables'
+    manifests and Delta logs (three before)."""
+    checks: Counter[str] = Counter()
+    faults = gate.delta_faults
+
+    def counted(
+        lake: LakeStorage, catalog: Catalog, table: Table, manifest: Manifest
+    ) -> list[Fault]:
+        checks[table.name] += 1
+        return faults(lake, catalog, table, manifest)
+
+    monkeypatch.setattr(gate, "delta_faults", counted)
+    _new_stream(loaded, 99999998)
+    done = run(loaded)
+    assert sum(load["rows"] or 0 for load in done["incremental"]) == 1
+    assert checks == Counter(t.name for t in CATALOG)
+    assert_gold_equals_source(loaded)
 
 
 def _calendar_tables() -> list[str]:
