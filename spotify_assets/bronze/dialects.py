@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
+from itertools import islice
 from typing import ClassVar
 
 from spotify_assets.bronze.windows import Window, midnight
@@ -27,6 +28,8 @@ from spotify_assets.catalog.tables import (
 # The text SQLite stores timestamps as (the driver's): what windows compare after normalising.
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
 _DAY = timedelta(days=1)
+# SQLite joins at most 500 SELECTs in one compound SELECT (SQLITE_MAX_COMPOUND_SELECT).
+_SQLITE_PROFILE_DAYS = 400
 CLOCK_TABLE = "source_clock"
 CLOCK_COLUMN = "now_utc"
 META_TABLE = "source_meta"
@@ -199,19 +202,22 @@ class SqlDialect(ABC):
 
         watermark: the table's rows, checksum the sum of the key. cdc: the change records,
         checksum the sum of their sequence numbers (a record missed or copied twice shows)."""
-        if table.mode is CaptureMode.WATERMARK:
-            assert table.cdc_column is not None
-            (key,) = table.key
-            source, time, checksum = table.name, table.cdc_column, key
-        elif table.mode is CaptureMode.CDC:
-            source, time, checksum = table.change_table, CHANGE_AT, CHANGE_SEQ
-        else:
-            raise ValueError(f"{table.name}: snapshots have no change time to reconcile by")
+        source, time, checksum = self._profiled(table)
         day = self.day_of(time)
         return (
             f"SELECT {day}, COUNT(*), SUM({self.quote(checksum)}) FROM {self.qualified(source)} "
             f"WHERE {self._within(time, window)} GROUP BY {day}"
         )
+
+    def _profiled(self, table: Table) -> tuple[str, str, str]:
+        """What `daily_profile_query` reads: the rows, their change time and their checksum."""
+        if table.mode is CaptureMode.WATERMARK:
+            assert table.cdc_column is not None
+            (key,) = table.key
+            return table.name, table.cdc_column, key
+        if table.mode is CaptureMode.CDC:
+            return table.change_table, CHANGE_AT, CHANGE_SEQ
+        raise ValueError(f"{table.name}: snapshots have no change time to reconcile by")
 
     def extract_query(
         self, table: Table, window: Window | None, carried: tuple[str, ...] = ()
@@ -346,6 +352,22 @@ class SqliteDialect(SqlDialect):
 
     def day_of(self, column: str) -> str:
         return f"date({self.quote(column)})"
+
+    def daily_profile_query(self, table: Table, window: Window) -> str:
+        """The profile a day at a time: SQLite groups by sorting every row of the window in a
+        temporary B-tree (2-4 s for the 5.5M streams of a 10-day lookback at scale 10), while
+        one day's count and sum are read straight off the change-time index. A window of more
+        days than a compound SELECT joins (such as "from the watermark on") is grouped."""
+        days = list(islice(window.split_by_day(), _SQLITE_PROFILE_DAYS + 1))
+        if not 0 < len(days) <= _SQLITE_PROFILE_DAYS:
+            return super().daily_profile_query(table, window)
+        source, time, checksum = self._profiled(table)
+        each_day = "\n  UNION ALL ".join(
+            f"SELECT '{day}' AS d, COUNT(*) AS n, SUM({self.quote(checksum)}) AS s "
+            f"FROM {self.qualified(source)} WHERE {self._within(time, part)}"
+            for day, part in days
+        )
+        return f"SELECT d, n, s FROM (\n  {each_day}\n) AS days WHERE n > 0"
 
     def timestamp_literal(self, value: datetime) -> str:
         # SQLite compares the stored text: match the driver's 'YYYY-MM-DD HH:MM:SS.fff' exactly.

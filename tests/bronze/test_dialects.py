@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 import sqlglot
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlglot import exp
 
-from spotify_assets.bronze.dialects import DIALECTS, Dialect
+from spotify_assets.bronze.dialects import DIALECTS, Dialect, SqlDialect
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import (
     CATALOG,
@@ -101,6 +103,56 @@ def test_extraction_queries_are_bounded_on_both_sides(dialect: Dialect, table: T
         query, read={"sqlite": "sqlite", "postgresql": "postgres"}.get(dialect.value, "tsql")
     )
     assert all(p is not None for p in parse)
+
+
+SQLITE = DIALECTS[Dialect.SQLITE]
+FACT = CATALOG["FactStream"]
+PROFILE_FROM = datetime(2026, 3, 1)
+
+
+def sqlite_change_times(rows: list[tuple[int, str]]) -> sqlite3.Connection:
+    """FactStream's key and change time, indexed as `source init` indexes them."""
+    db = sqlite3.connect(":memory:")
+    key, time = FACT.key[0], FACT.cdc_column
+    db.execute(f"CREATE TABLE {FACT.name} ({key} INTEGER PRIMARY KEY, {time} TIMESTAMP)")
+    for statement in SQLITE.create_indexes(FACT):
+        db.execute(statement)
+    db.executemany(f"INSERT INTO {FACT.name} VALUES (?, ?)", rows)
+    return db
+
+
+def test_sqlite_profiles_a_lookback_off_the_index_without_sorting_its_rows() -> None:
+    """Grouping by day made SQLite sort every row of the lookback (4 s at scale 10)."""
+    window = Window(PROFILE_FROM, PROFILE_FROM + timedelta(days=10, hours=7))
+    plan = sqlite_change_times([]).execute(
+        "EXPLAIN QUERY PLAN " + SQLITE.daily_profile_query(FACT, window)
+    )
+    steps = [step[-1] for step in plan]
+    assert not [s for s in steps if "TEMP B-TREE" in s], steps
+    assert any(f"USING COVERING INDEX ix_{FACT.name}_{FACT.cdc_column}" in s for s in steps)
+
+
+_TEXTS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d")
+_moments = st.datetimes(PROFILE_FROM - timedelta(days=2), PROFILE_FROM + timedelta(days=9))
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    times=st.lists(st.tuples(_moments, st.sampled_from(_TEXTS)), max_size=40),
+    start=_moments,
+    length=st.one_of(st.timedeltas(timedelta(0), timedelta(days=8)), st.just(timedelta(days=500))),
+)
+def test_sqlite_profile_a_day_at_a_time_equals_grouping_by_day(
+    times: list[tuple[datetime, str]], start: datetime, length: timedelta
+) -> None:
+    """Whatever the window (whole days, cut days, empty, longer than a compound SELECT joins)
+    and however the source wrote its times, the profile is the day-grouped one."""
+    db = sqlite_change_times([(i, t.strftime(f)) for i, (t, f) in enumerate(times, 1)])
+    window = Window(start, start + length)
+    grouped = SqlDialect.daily_profile_query(SQLITE, FACT, window)
+    assert sorted(db.execute(SQLITE.daily_profile_query(FACT, window))) == sorted(
+        db.execute(grouped)
+    )
 
 
 @pytest.mark.parametrize(
