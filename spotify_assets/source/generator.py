@@ -65,6 +65,10 @@ ARTIST_SALT = 0x2B9D
 MIN_TRACK_SECONDS = 90
 MAX_TRACK_SECONDS = 600
 SKIP_SECONDS = 30
+# weighted_choice: a cdf this short stays in the CPU's cache whatever the order of the draws;
+# longer ones are searched in order of the draws' 16-bit bucket.
+_CACHED_CDF = 4096
+_BUCKETS = 65535
 
 # Plain tuples, made arrays where drawn from: any pyarrow array built from Python values imports
 # pandas (~0.5 s), which every process importing this module (the whole CLI) would pay.
@@ -138,8 +142,13 @@ def weighted_choice(rng: np.random.Generator, n: int, weights: np.ndarray) -> np
         return np.zeros(0, dtype=np.int64)
     cdf = np.cumsum(weights, dtype=np.float64)
     draws = rng.random(n) * cdf[-1]
-    # Searching in sorted order is several times faster (cache-friendly) and gives the same result.
-    order = np.argsort(draws)
+    if len(cdf) <= _CACHED_CDF:
+        return np.searchsorted(cdf, draws, side="right").astype(np.int64, copy=False)
+    # A large cdf is searched several times faster (cache-friendly) draw bucket by draw bucket,
+    # with the same result; a stable sort of 16-bit buckets is a linear radix sort, where
+    # sorting the draws themselves took n log n (most of a scale-10 generation).
+    buckets = (draws * (_BUCKETS / cdf[-1])).astype(np.uint16)
+    order = np.argsort(buckets, kind="stable")
     chosen = np.empty(n, dtype=np.int64)
     chosen[order] = np.searchsorted(cdf, draws[order], side="right")
     return chosen

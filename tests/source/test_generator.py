@@ -10,6 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from spotify_assets.catalog.reference import (
     COUNTRY_CODES,
@@ -25,7 +28,9 @@ from spotify_assets.source.generator import (
     InitialData,
     SourceShape,
     generate,
+    rng_for,
     shape_for,
+    weighted_choice,
 )
 
 SCALE = 0.01
@@ -57,6 +62,27 @@ def midnight(day: date) -> datetime:
 
 
 # --- shape ---------------------------------------------------------------------------------------
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    weights=st.integers(1, 9000).flatmap(
+        lambda size: hnp.arrays(np.float64, size, elements=st.floats(0.0, 1e6))
+    ),
+    n=st.integers(0, 3000),
+    seed=st.integers(0, 2**32),
+)
+def test_weighted_choice_is_the_draws_searched_in_the_cdf(
+    weights: np.ndarray, n: int, seed: int
+) -> None:
+    """Same draws, same indices, however the search is ordered (short and long cdfs): a source
+    generated for a seed stays the same data."""
+    weights[0] += 1.0  # some weight to draw from
+    cdf = np.cumsum(weights)
+    expected = np.searchsorted(cdf, rng_for(seed).random(n) * cdf[-1], side="right")
+    chosen = weighted_choice(rng_for(seed), n, weights)
+    assert chosen.dtype == np.int64
+    assert chosen.tolist() == expected.tolist()
 
 
 def test_shape_for_scales_the_base_counts() -> None:
