@@ -179,6 +179,8 @@ class SourceSession:
 
     def finish_schema(self) -> None:
         """Indexes and change capture, created after the bulk load so it is not captured."""
+        for statement in self.sql.index_build_settings():
+            self.execute(statement)
         with self.transaction():
             for table in self.catalog:
                 for statement in self.sql.create_indexes(table):

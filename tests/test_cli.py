@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -38,8 +39,12 @@ def test_init_simulate_stats(home: Path, capsys: pytest.CaptureFixture[str]) -> 
     created = run_json(
         capsys, "source", "init", "--scale", "0.002", "--seed", "3", "--end-date", "2026-04-01"
     )
-    assert (home / "source.db").exists()
     assert created["history"] == ["2026-01-01", "2026-04-01"]
+    # Loaded with the rollback journal, then left in WAL mode: readers and the simulator's
+    # writes do not block each other.
+    db = sqlite3.connect(home / "source.db")
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
     before = run_json(capsys, "source", "stats")
     assert before["clock"] == "2026-04-01 00:00:00"
     assert before["meta"]["seed"] == "3"
