@@ -3,6 +3,7 @@ records one planned event and one materialization per asset and partition (the U
 partition), written in a fixed number of transactions instead of two per event, and the history
 it leaves reads exactly as Dagster's default SQLite storage leaves it."""
 
+import shutil
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from dagster import (
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import Pool
 
 from resources.copy_runner import CopyResult, LocalCopyRunner
 from resources.dagster_storage import BATCH_SIZE_VARIABLE, BatchingSqliteEventLogStorage
@@ -220,6 +222,49 @@ def test_the_cli_instance_waits_for_the_disk_at_checkpoints_not_at_each_commit(
     for file in files:  # the mode NORMAL is safe in
         with sqlite3.connect(file) as db:
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",), file
+
+
+@contextmanager
+def files_opened() -> Iterator[Counter[str]]:
+    """The SQLite connections opened while open, by file name."""
+    opened: Counter[str] = Counter()
+
+    def connected(connection: Any, _: object) -> None:
+        opened[Path(connection.execute("PRAGMA database_list").fetchone()[2]).name] += 1
+
+    event.listen(Pool, "connect", connected)
+    try:
+        yield opened
+    finally:
+        event.remove(Pool, "connect", connected)
+
+
+def test_the_cli_instance_keeps_its_files_open_however_many_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection opened per transaction makes SQLite create, sync and delete the file's
+    write-ahead log each time (the last connection to close checkpoints it): ~2,400 syncs on a
+    first load of 320 days. The CLI's instance keeps its connections to each file: a run opens
+    its own file (a connection and one Dagster nests in it), and no other."""
+    instance = cli_instance(tmp_path / "home", monkeypatch)
+    run_range(instance, 1)
+    with files_opened() as opened:
+        run_id = run_range(instance, 3)
+    assert opened == {f"{run_id}.db": 2}, opened
+
+
+def test_a_run_after_its_event_files_were_deleted_is_written_to_new_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection kept to a deleted file would go on writing to it: another process (the UI)
+    would never see the events."""
+    run_range(cli_instance(tmp_path / "home", monkeypatch), 1)
+    events = tmp_path / "home" / "dagster" / "history" / "runs"
+    shutil.rmtree(events)
+    run_id = run_range(cli_instance(tmp_path / "home", monkeypatch), 1)
+    with sqlite3.connect(events / "index.db") as other_process:
+        runs = {row[0] for row in other_process.execute("SELECT run_id FROM event_logs")}
+    assert runs == {run_id}
 
 
 def test_the_cli_instance_checks_its_schema_once_per_process(
