@@ -33,18 +33,35 @@ _LOG_ENTRY = re.compile(r"^(\d{20})\.(json|crc|checkpoint\.parquet)$")
 
 
 def exists(lake: LakeStorage, path: str) -> bool:
-    return lake.fs.exists(f"{path}/{_LOG}")
+    """Whether a Delta table is at `path`: its log holds a commit or a checkpoint. A log holding
+    neither (a write killed, or out of disk, during the table's first commit) holds nothing: the
+    table was never created, and its next write creates it."""
+    # Version 0's commit, there until a checkpoint's log cleanup, answers in one probe.
+    if lake.fs.exists(f"{path}/{_LOG}/{0:020d}.json"):
+        return True
+    commits, checkpoints, _ = _log_versions(lake, path)
+    return bool(commits or checkpoints)
 
 
 def log_gaps(lake: LakeStorage, path: str) -> list[int]:
     """Commits missing from a Delta table's log: every version after the latest checkpoint (or
     from 0) up to the newest commit or commit sidecar (`.crc`) must be there. A lost newest
     commit without its `.crc` leaves no trace here (the layers' row counts show it)."""
+    commits, checkpoints, seen = _log_versions(lake, path)
+    first = max(checkpoints, default=-1) + 1
+    return [v for v in range(first, max(seen, default=-1) + 1) if v not in commits]
+
+
+def _log_versions(lake: LakeStorage, path: str) -> tuple[set[int], set[int], set[int]]:
+    """The versions of a table's log that have a commit, a checkpoint, and any entry at all
+    (a commit's `.crc` included); all empty if it has no log."""
     try:
         names = lake.fs.ls(f"{path}/{_LOG}", detail=False)
     except FileNotFoundError:
-        return []
-    commits, checkpoints, seen = set(), set(), set()
+        return set(), set(), set()
+    commits: set[int] = set()
+    checkpoints: set[int] = set()
+    seen: set[int] = set()
     for name in names:
         if match := _LOG_ENTRY.match(posixpath.basename(name.rstrip("/"))):
             version, kind = int(match.group(1)), match.group(2)
@@ -53,8 +70,7 @@ def log_gaps(lake: LakeStorage, path: str) -> list[int]:
                 commits.add(version)
             elif kind == "checkpoint.parquet":
                 checkpoints.add(version)
-    first = max(checkpoints, default=-1) + 1
-    return [v for v in range(first, max(seen, default=-1) + 1) if v not in commits]
+    return commits, checkpoints, seen
 
 
 def check_log(lake: LakeStorage, path: str) -> None:
@@ -75,9 +91,7 @@ def delta_table(lake: LakeStorage, relative: str, version: int | None = None) ->
             lake.uri(relative), version=version, storage_options=lake.delta_storage_options()
         )
     except TableNotFoundError:
-        if not exists(lake, lake.path(relative)):
-            raise
-        raise _damaged(lake, relative, "has a Delta log without commits") from None
+        raise  # no table yet (no log, or one without commits): not a damaged log
     except DeltaError as error:
         reason = (str(error).splitlines() or ["?"])[0]
         raise _damaged(lake, relative, f"has an unreadable Delta log ({reason})") from error

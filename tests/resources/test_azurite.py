@@ -22,7 +22,7 @@ from azure.core.credentials import AccessToken
 from dagster import AssetKey, DagsterInstance
 
 from resources.bronze_store import BronzeStore
-from resources.delta_tables import delta_table
+from resources.delta_tables import delta_table, exists, read_delta
 from resources.lake import (
     EMULATOR_ACCOUNT,
     EMULATOR_KEY,
@@ -36,6 +36,7 @@ from spotify_assets.catalog.tables import CATALOG, CaptureMode
 from spotify_assets.cli.commands import source_init, source_simulate
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
+from tests.helpers.paths import REPO
 from tests.helpers.servers import Azurite
 from tests.helpers.source import DIRTY, SEED
 
@@ -173,6 +174,40 @@ def test_without_a_key_files_and_delta_sign_in_with_default_azure_credential(
     }
     assert lake.delta_storage_options()["bearer_token"] == "token-1"  # the first one expired
     assert lake.delta_storage_options()["bearer_token"] == "token-1"
+
+
+# A table's first write, in a process whose Sail starts with the Azure settings of its environment.
+FIRST_WRITE = """
+import sys
+from datetime import date
+from resources.delta_writes import replace_partitions
+from resources.lake import LakeStorage
+from resources.spark import SparkResource
+lake, day = LakeStorage(url=sys.argv[1]), date.fromisoformat(sys.argv[2])
+rows = SparkResource().session().createDataFrame([(day, 1), (day, 2)], "day date, n long")
+replace_partitions(lake, rows, lake.path("silver/t"), "day", (day, day))
+"""
+
+
+def test_a_first_commit_cut_short_leaves_no_table_and_the_next_write_creates_it(
+    azurite: Azurite, azure_env: pytest.MonkeyPatch
+) -> None:
+    """In a container a log is only its files: a first write cut short leaves its data file and
+    maybe its commit's temporary file, and no table."""
+    azure_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    url = abfss(azurite.create_container())
+    lake, day = LakeStorage(url=url), "2026-11-02"
+    lake.write_parquet(f"silver/t/day={day}/part-00000-leftover.parquet", pa.table({"n": [99]}))
+    lake.fs.pipe_file(lake.path("silver/t/_delta_log/_commit_0b6c8f3e.json.tmp"), b"{}\n")
+    assert not exists(lake, lake.path("silver/t"))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_WRITE, url, day], env=env, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert delta_table(lake, "silver/t").version() == 0
+    assert sorted(read_delta(lake, "silver/t")["n"].to_pylist()) == [1, 2]
 
 
 def _delta_versions(lake: LakeStorage) -> dict[str, int]:

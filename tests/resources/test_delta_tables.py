@@ -1,0 +1,84 @@
+"""A Delta log holding no commit (a write killed, or out of disk, during a table's first commit)
+is no table: readers see none, and the next write creates version 0 from its own rows alone."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake.exceptions import TableNotFoundError
+from pyspark.sql import SparkSession
+
+from resources.delta_tables import (
+    check_log,
+    delta_table,
+    exists,
+    log_gaps,
+    partition_stats,
+    read_delta,
+    table_stats,
+)
+from resources.delta_writes import replace_partitions
+from resources.lake import LakeFileError, LakeStorage
+from spotify_assets.consistency.reconcile import ABSENT
+
+RELATIVE = "silver/t"
+DAY = date(2026, 11, 2)
+
+
+def lake_at(tmp_path: Path) -> LakeStorage:
+    return LakeStorage(url=str(tmp_path / "lake"))
+
+
+def log_of(lake: LakeStorage) -> Path:
+    return Path(lake.path(RELATIVE)) / "_delta_log"
+
+
+@pytest.fixture(params=["missing", "empty log", "temporary commit"])
+def unborn(request: pytest.FixtureRequest, tmp_path: Path) -> LakeStorage:
+    """A lake whose table at RELATIVE was never committed: no folder at all, or what a killed
+    first write leaves (its data file, an empty log, maybe its commit not yet renamed)."""
+    lake = lake_at(tmp_path)
+    if request.param != "missing":
+        log_of(lake).mkdir(parents=True)
+        leftover = Path(lake.path(RELATIVE)) / f"day={DAY}" / "part-00000-leftover.parquet"
+        leftover.parent.mkdir()
+        pq.write_table(pa.table({"n": [99]}), leftover)
+    if request.param == "temporary commit":
+        (log_of(lake) / "_commit_0b6c8f3e.json.tmp").write_text('{"commitInfo":{}}\n')
+    return lake
+
+
+def test_a_log_without_commits_is_no_table_to_its_readers(unborn: LakeStorage) -> None:
+    path = unborn.path(RELATIVE)
+    assert not exists(unborn, path)
+    assert log_gaps(unborn, path) == []
+    check_log(unborn, path)
+    assert table_stats(unborn, RELATIVE) == ABSENT
+    assert partition_stats(unborn, RELATIVE, "day") == {}
+    with pytest.raises(TableNotFoundError):
+        delta_table(unborn, RELATIVE)
+
+
+def test_the_next_write_creates_version_0_from_its_own_rows(
+    unborn: LakeStorage, sail_spark: SparkSession
+) -> None:
+    rows = sail_spark.createDataFrame([(DAY, 1), (DAY, 2)], "day date, n long")
+    replace_partitions(unborn, rows, unborn.path(RELATIVE), "day", (DAY, DAY))
+    assert exists(unborn, unborn.path(RELATIVE))
+    assert delta_table(unborn, RELATIVE).version() == 0
+    assert sorted(read_delta(unborn, RELATIVE)["n"].to_pylist()) == [1, 2]
+
+
+def test_a_log_missing_a_commit_before_its_newest_still_asks_for_the_repair(
+    tmp_path: Path,
+) -> None:
+    lake = lake_at(tmp_path)
+    log_of(lake).mkdir(parents=True)
+    (log_of(lake) / f"{1:020d}.json").write_text('{"commitInfo":{}}\n')
+    assert exists(lake, lake.path(RELATIVE))
+    with pytest.raises(LakeFileError, match=r"commit 0 .* verify --repair"):
+        delta_table(lake, RELATIVE)
