@@ -33,14 +33,12 @@ _LOG_ENTRY = re.compile(r"^(\d{20})\.(json|crc|checkpoint\.parquet)$")
 
 
 def exists(lake: LakeStorage, path: str) -> bool:
-    """Whether a Delta table is at `path`: its log holds a commit or a checkpoint. A log holding
-    neither (a write killed, or out of disk, during the table's first commit) holds nothing: the
-    table was never created, and its next write creates it."""
+    """Whether a Delta table is at `path`: its log holds an entry of some version (a commit, a
+    checkpoint, or the checksum of a lost commit: a damaged table, for `check_log`). A log
+    holding none (a write killed, or out of disk, during the table's first commit) holds
+    nothing: the table was never created, and its next write creates it."""
     # Version 0's commit, there until a checkpoint's log cleanup, answers in one probe.
-    if lake.fs.exists(f"{path}/{_LOG}/{0:020d}.json"):
-        return True
-    commits, checkpoints, _ = _log_versions(lake, path)
-    return bool(commits or checkpoints)
+    return lake.fs.exists(f"{path}/{_LOG}/{0:020d}.json") or bool(_log_versions(lake, path)[2])
 
 
 def log_gaps(lake: LakeStorage, path: str) -> list[int]:

@@ -132,24 +132,26 @@ def test_a_missing_bronze_file_does_not_block_the_refresh_of_its_own_day(cli: Cl
 def test_lost_delta_commits_in_silver_and_gold_are_named_and_rebuilt_from_the_layer_below(
     cli: Cli,
 ) -> None:
-    # A commit lost with its checksum file still there: delta-rs cannot open the table.
-    delta_commit(cli, "silver/fact_stream", 1).unlink()
-    delta_commit(cli, "gold/dim_user", 1).unlink()
-    # A lost newest commit with its checksum: the table looks empty, never "not built yet".
+    # A commit lost with its checksum file still there: delta-rs cannot open the table. (Each
+    # table of the loaded lake has one commit: its first write created it.)
+    delta_commit(cli, "silver/fact_stream", 0).unlink()
+    delta_commit(cli, "gold/dim_user", 0).unlink()
+    # The only commit lost with its checksum: no table, and one the layer below says should
+    # hold rows, never "not built yet".
     for suffix in (".json", ".crc"):
-        delta_commit(cli, "silver/dim_track", 1, suffix).unlink()
-        delta_commit(cli, "gold/agg_daily_user", 1, suffix).unlink()
+        delta_commit(cli, "silver/dim_track", 0, suffix).unlink()
+        delta_commit(cli, "gold/agg_daily_user", 0, suffix).unlink()
 
     code, errors = cli("run")
     assert code == 1
     one_line_each(
         errors,
-        ("silver/fact_stream", "00000000000000000001.json", "missing"),
-        ("gold/dim_user", "00000000000000000001.json", "missing"),
+        ("silver/fact_stream", "00000000000000000000.json", "missing"),
+        ("gold/dim_user", "00000000000000000000.json", "missing"),
     )
-    # An emptied table with an intact log does not block its run: reconciliation compares the
-    # layers and rebuilt silver/dim_track; gold/agg_daily_user waits behind the damaged silver
-    # fact, and `verify` names it.
+    # A table lost whole does not block its run: reconciliation compares the layers and
+    # rebuilt silver/dim_track; gold/agg_daily_user waits behind the damaged silver fact, and
+    # `verify` names it.
     assert cli("verify")[0] == 1
     assert "silver/dim_track" not in cli.printed
     assert "gold/agg_daily_user is empty" in cli.printed

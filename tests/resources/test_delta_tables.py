@@ -73,12 +73,15 @@ def test_the_next_write_creates_version_0_from_its_own_rows(
     assert sorted(read_delta(unborn, RELATIVE)["n"].to_pylist()) == [1, 2]
 
 
-def test_a_log_missing_a_commit_before_its_newest_still_asks_for_the_repair(
-    tmp_path: Path,
-) -> None:
+@pytest.mark.parametrize(
+    "entry",
+    [f"{1:020d}.json", f"{0:020d}.crc"],
+    ids=["commit before the newest", "only commit, checksum kept"],
+)
+def test_a_log_that_lost_a_commit_is_a_damaged_table_to_repair(tmp_path: Path, entry: str) -> None:
     lake = lake_at(tmp_path)
     log_of(lake).mkdir(parents=True)
-    (log_of(lake) / f"{1:020d}.json").write_text('{"commitInfo":{}}\n')
+    (log_of(lake) / entry).write_text('{"commitInfo":{}}\n')
     assert exists(lake, lake.path(RELATIVE))
     with pytest.raises(LakeFileError, match=r"commit 0 .* verify --repair"):
         delta_table(lake, RELATIVE)
