@@ -6,7 +6,7 @@ it leaves reads exactly as Dagster's default SQLite storage leaves it."""
 import shutil
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -100,6 +100,16 @@ def run_range(instance: DagsterInstance, days: int) -> str:
 
 
 @contextmanager
+def listening(target: Any, name: str, handler: Callable[..., None]) -> Iterator[None]:
+    """`handler` listens to SQLAlchemy's event `name` of `target` while open."""
+    event.listen(target, name, handler)
+    try:
+        yield
+    finally:
+        event.remove(target, name, handler)
+
+
+@contextmanager
 def commits() -> Iterator[list[int]]:
     """Counts the transactions committed to Dagster's SQLite files while open."""
     count = [0]
@@ -107,11 +117,8 @@ def commits() -> Iterator[list[int]]:
     def committed(_: object) -> None:
         count[0] += 1
 
-    event.listen(Engine, "commit", committed)
-    try:
+    with listening(Engine, "commit", committed):
         yield count
-    finally:
-        event.remove(Engine, "commit", committed)
 
 
 def history(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
@@ -172,11 +179,8 @@ def engines_used() -> Iterator[dict[str, list[Engine]]]:
     def connected(connection: Connection) -> None:
         engines[Path(str(connection.engine.url.database)).name].append(connection.engine)
 
-    event.listen(Engine, "engine_connect", connected)
-    try:
+    with listening(Engine, "engine_connect", connected):
         yield engines
-    finally:
-        event.remove(Engine, "engine_connect", connected)
 
 
 def test_the_cli_instance_keeps_one_engine_per_file(
@@ -212,11 +216,8 @@ def test_the_cli_instance_waits_for_the_disk_at_checkpoints_not_at_each_commit(
         modes[Path(str(connection.engine.url.database)).name].add(sync)
         files.add(str(connection.engine.url.database))
 
-    event.listen(Engine, "engine_connect", connected)
-    try:
+    with listening(Engine, "engine_connect", connected):
         run_id = run_range(instance, 3)
-    finally:
-        event.remove(Engine, "engine_connect", connected)
     assert {f"{run_id}.db", "index.db", "runs.db"} <= modes.keys(), modes
     assert set().union(*modes.values()) == {1}, modes  # NORMAL
     for file in files:  # the mode NORMAL is safe in
@@ -232,11 +233,8 @@ def files_opened() -> Iterator[Counter[str]]:
     def connected(connection: Any, _: object) -> None:
         opened[Path(connection.execute("PRAGMA database_list").fetchone()[2]).name] += 1
 
-    event.listen(Pool, "connect", connected)
-    try:
+    with listening(Pool, "connect", connected):
         yield opened
-    finally:
-        event.remove(Pool, "connect", connected)
 
 
 def test_the_cli_instance_keeps_its_files_open_however_many_transactions(
@@ -289,11 +287,8 @@ def index_statements() -> Iterator[list[str]]:
         if Path(str(connection.engine.url.database)).name == "index.db":
             executed.append(statement)
 
-    event.listen(Engine, "before_cursor_execute", before)
-    try:
+    with listening(Engine, "before_cursor_execute", before):
         yield executed
-    finally:
-        event.remove(Engine, "before_cursor_execute", before)
 
 
 def test_the_cli_instance_asks_the_index_for_its_schema_once_per_process(
