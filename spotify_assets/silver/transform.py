@@ -222,32 +222,42 @@ def effective_times(
     """`versions` with `_effective_at`: when each takes effect. That is its
     business time, but a change record never takes effect before one preceding it in the
     source's sequence, so a row restored with its old `updated_at` is restored when it was, not
-    before its delete; an image (no sequence) takes effect at its own time. `others`: versions
-    of the same keys held elsewhere (silver's other partitions), whose change records may
+    before its delete; an image (no sequence) takes effect at its own time. An image was read
+    after the change records of its day and before those of later days (the first load is a
+    snapshot every later change record follows), so a change record of a later day, even one
+    backdated before the image, never takes effect before it. `others`: versions of the same
+    keys held elsewhere (silver's other partitions), whose change records and images may
     precede these. The same rows give the same times whichever partitions they come in.
 
-    The running maximum runs over the key-ordered bucket: the largest (key, ...) so far is the
+    The running maxima run over the key-ordered bucket: the largest (key, ...) so far is the
     current key's, as every earlier row of the bucket has a smaller key."""
     keys = list(table.key)
     time, sequence = F.col(VERSION_AT), F.col(CHANGE_SEQ)
     rows = versions.withColumn("_own", F.lit(True))
     if others is not None:
-        preceding = others.where(sequence.isNotNull()).join(
-            versions.select(*keys).distinct(), keys, "left_semi"
-        )
+        preceding = others.join(versions.select(*keys).distinct(), keys, "left_semi")
         # Context rows keep silver's own values: a column they left NULL (`_change_date`) made
         # Sail's Delta write fail its NOT NULL check, although they are filtered out below.
         shared = [c for c in versions.columns if c in others.columns]
         context = preceding.select(*shared, F.lit(False).alias("_own"))
         rows = rows.unionByName(context, allowMissingColumns=True)
+    is_image, is_record = sequence.isNull(), sequence.isNotNull()
+    # By change day, a day's change records before its images: a record's frame holds the
+    # images of earlier days only. Images rank above records, so the maximum is an image's.
+    by_day = key_ordered(keys, F.col(CHANGE_DATE), is_image).rowsBetween(
+        Window.unboundedPreceding, Window.currentRow
+    )
+    key_columns = [F.col(k) for k in keys]
+    image = F.max(F.struct(*key_columns, is_image.alias("_image"), time.alias("_t"))).over(by_day)
+    rows = rows.withColumn("_floor", F.when(is_record & image["_image"], image["_t"]))
+    floored = F.when(F.col("_floor") > time, F.col("_floor")).otherwise(time)
     by_sequence = key_ordered(keys, sequence.asc_nulls_first()).rangeBetween(
         Window.unboundedPreceding, Window.currentRow
     )
     # Images rank below change records, so a change record's maximum is over change records.
-    is_record = sequence.isNotNull().alias("_record")
-    latest = F.max(F.struct(*[F.col(k) for k in keys], is_record, time.alias("_t")))
-    effective = F.when(sequence.isNull(), time).otherwise(latest.over(by_sequence)["_t"])
-    return rows.withColumn(EFFECTIVE_AT, effective).where(F.col("_own")).drop("_own")
+    latest = F.max(F.struct(*key_columns, is_record.alias("_record"), floored.alias("_t")))
+    effective = F.when(is_image, time).otherwise(latest.over(by_sequence)["_t"])
+    return rows.withColumn(EFFECTIVE_AT, effective).where(F.col("_own")).drop("_own", "_floor")
 
 
 def any_of(conditions: Sequence[Column]) -> Column:

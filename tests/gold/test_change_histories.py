@@ -49,12 +49,13 @@ KEYS = (3, 4, 20)  # a few existing users, so that changes to one key pile up
 NEW_KEY = 5000  # inserts and key updates use this key and above (never allocated by the generator)
 COUNTRIES = ("US", "GB", "SE")
 PLANS = ("Free", "Premium", "Family")
+DAY = timedelta(days=1)
 
 Change = tuple[str, int, str, str, int]  # kind, which key, country, plan, seconds the clock moves
 History = list[list[Change]]  # rounds of changes, `spotify-lakehouse run` after each
 
 KINDS = ("insert", "update", "update_keeping_time", "delete", "reinsert", "restore", "rekey",
-         "stream", "late_stream", "early_stream", "member")  # fmt: skip
+         "stream", "late_stream", "early_stream", "member", "backdate")  # fmt: skip
 changes = st.tuples(
     st.sampled_from(KINDS),
     st.integers(0, len(KEYS) - 1),  # which key (among those it applies to)
@@ -65,13 +66,15 @@ changes = st.tuples(
 histories = st.lists(st.lists(changes, min_size=1, max_size=6), min_size=1, max_size=2)
 
 # Every pattern at least once: a re-insert in the delete's tick, an update keeping updated_at,
-# two updates at one timestamp, a restore with the original updated_at, a key update, a new key,
+# an update backdated before the updated_at the first load read, two updates at one timestamp,
+# a restore with the original updated_at, a key update, a new key,
 # streams (on time and late) after the changes, and a stream of a user and a track that arrive
 # in the next round, dated before it.
 EVERY_PATTERN = [
     [("delete", 0, "US", "Free", 60), ("reinsert", 0, "SE", "Premium", 0),
      ("update_keeping_time", 0, "GB", "Family", 1), ("delete", 2, "US", "Free", 1),
-     ("insert", 0, "GB", "Premium", 1), ("stream", 0, "US", "Free", 90),
+     ("insert", 0, "GB", "Premium", 1), ("backdate", 1, "SE", "Family", 1),
+     ("stream", 0, "US", "Free", 90),
      ("early_stream", 1, "US", "Free", 0)],
     [("member", 2, "SE", "Premium", 1), ("restore", 0, "US", "Free", 1),
      ("rekey", 1, "US", "Free", 0),
@@ -113,7 +116,8 @@ class SourceEditor:
     `which` picks the key among those a change applies to (and a late stream is `which + 1`
     days old). An early stream is `which` days old and of the user and the track the next
     `member` brings into the source (their key is the next new key), which is `updated_at` now
-    (`which` 0) or `which + 2` days ago, before any early stream."""
+    (`which` 0) or `which + 2` days ago, before any early stream. A backdated update's
+    `updated_at` is a day before the row's."""
 
     session: SourceSession
     clock: datetime
@@ -151,6 +155,8 @@ class SourceEditor:
             self._update(key, values | {"updated_at": self.clock})
         elif kind == "update_keeping_time":
             self._update(key, values)
+        elif kind == "backdate":
+            self._update(key, values | {"updated_at": self.live[key]["updated_at"] - DAY})
         elif kind == "delete":
             self.session.apply_deletes(USERS, pa.array([key]))
             self.deleted[key] = self.live.pop(key)

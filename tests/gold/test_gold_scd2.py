@@ -67,13 +67,21 @@ class Change:
     name: str  # tracked
     subscription: str  # tracked
     seq: int | None  # the source's change sequence; None: an image of the current row
+    # An image: the sequence point it was read at (every change record after it follows it).
+    taken: int = 0
+    # A change record's change time, its silver partition; None: its business time (`at`).
+    changed: datetime | None = None
+
+    @property
+    def change_date(self) -> date:
+        return (self.changed or self.at).date()
 
     def silver_row(self) -> tuple[Any, ...]:
         op = "D" if self.delete else "S" if self.seq is None else "U"
         # A delete's image still carries the row's last values and an older updated_at.
         updated = self.at - timedelta(minutes=1) if self.delete else self.at
         return (self.user_id, self.name, "SE", self.subscription, date(2025, 1, 1), None,
-                updated, op, self.seq, self.at, self.at.date())  # fmt: skip
+                updated, op, self.seq, self.at, self.change_date)  # fmt: skip
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -85,12 +93,18 @@ def one_key_bucket() -> Iterator[None]:
 
 def effective_times(changes: list[Change]) -> dict[Change, datetime]:
     """When each change of one key takes effect: its business time, but never before a change
-    that precedes it in the source's sequence (a restore keeps its old updated_at)."""
+    that precedes it in the source's sequence (a restore keeps its old updated_at): a change
+    record, or an image read before it (a backdated update after the first load)."""
     records = [c for c in changes if c.seq is not None]
-    return {
-        c: c.at if c.seq is None else max(o.at for o in records if o.seq <= c.seq)  # type: ignore[operator]
-        for c in changes
-    }
+    images = [c for c in changes if c.seq is None]
+
+    def at_the_earliest(record: Change) -> datetime:
+        return max([record.at, *(i.at for i in images if i.taken < record.seq)])  # type: ignore[operator]
+
+    def effective(c: Change) -> datetime:
+        return max(at_the_earliest(o) for o in records if o.seq <= c.seq)  # type: ignore[operator]
+
+    return {c: c.at if c.seq is None else effective(c) for c in changes}
 
 
 def reference(changes: list[Change]) -> list[tuple[Any, ...]]:
@@ -133,7 +147,8 @@ def reference(changes: list[Change]) -> list[tuple[Any, ...]]:
     return sorted(tuple(r[c] for c in GOLD_COLUMNS) for r in visible)
 
 
-EVENTS = ("upsert", "delete", "reinsert", "restore", "unbumped", "rekey", "image", "tie")
+EVENTS = ("upsert", "delete", "reinsert", "restore", "unbumped", "rekey", "image", "tie",
+          "backdate")  # fmt: skip
 
 
 @st.composite
@@ -141,21 +156,37 @@ def change_sets(draw: st.DrawFn) -> list[Change]:
     """Changes of a few keys as a source makes them, over four days so silver has several
     partitions: updates, deletes, a delete and a re-insert in one tick, restores with their
     original time, updates keeping their time, key changes (a delete and an insert), images of
-    the current row, and an upsert and a delete with equal time and sequence. Times often repeat
-    and values are few, so unchanged tracked columns happen often."""
+    the current row, an upsert and a delete with equal time and sequence, and updates backdated
+    before the day the first load's images (rows no change record describes) were updated.
+    Times often repeat and values are few, so unchanged tracked columns happen often."""
     changes: list[Change] = []
     minutes, seq = 0, 0
     live: dict[int, tuple[str, str, datetime]] = {}  # values and updated_at of each live key
     upserted: dict[int, list[datetime]] = {}
     images: set[tuple[int, datetime]] = set()
 
-    def emit(user: int, at: datetime, delete: bool, values: tuple[str, str], s: int | None) -> None:
-        changes.append(Change(user, at, delete, *values, seq=s))
+    def emit(
+        user: int,
+        at: datetime,
+        delete: bool,
+        values: tuple[str, str],
+        s: int | None,
+        changed: datetime | None = None,
+    ) -> None:
+        changes.append(Change(user, at, delete, *values, seq=s, taken=seq, changed=changed))
         if delete:
             live.pop(user, None)
         elif s is not None:
             live[user] = (*values, at)
             upserted.setdefault(user, []).append(at)
+
+    # The first load: images of rows created before capture began, a day or two before T0.
+    for user in draw(st.sets(st.integers(1, 3), max_size=3)):
+        values = (draw(st.sampled_from(["ANA", "BO"])), draw(st.sampled_from(["Free", "Premium"])))
+        created = T0 - timedelta(days=draw(st.integers(1, 2)), minutes=draw(st.integers(1, 600)))
+        emit(user, created, False, values, None)
+        live[user] = (*values, created)
+        images.add((user, created))
 
     for event in draw(st.lists(st.sampled_from(EVENTS), min_size=1, max_size=14)):
         minutes += draw(st.sampled_from([0, 0, 10, 70, 600, 1500]))
@@ -183,6 +214,8 @@ def change_sets(draw: st.DrawFn) -> list[Change]:
         elif event == "tie" and old:
             emit(user, now, False, values, seq)
             emit(user, now, True, values, seq)
+        elif event == "backdate" and old:
+            emit(user, T0 - timedelta(days=3), False, values, seq, changed=now)
         else:
             emit(user, now, False, values, seq)
     return changes
@@ -219,8 +252,8 @@ class Silver:
 
     def deliver(self, batch: list[Change]) -> None:
         self.delivered |= set(batch)
-        for day in sorted({c.at.date() for c in batch}):
-            rows = [c for c in self.delivered if c.at.date() == day]
+        for day in sorted({c.change_date for c in batch}):
+            rows = [c for c in self.delivered if c.change_date == day]
             frame = silver_frame(self.spark, rows)
             replace_partitions(self.lake, frame, self.path, CHANGE_DATE, (day, day))
 
@@ -393,6 +426,18 @@ def test_an_image_comes_before_the_change_records_of_its_time(
     later = change(1, 0, sub="Family", seq=3)
     assert applied(tmp_path, sail_spark, records, [image, later]) == [
         (1, "Family", at(0), at(0), None),
+    ]
+
+
+def test_a_backdated_update_after_the_first_load_is_current(
+    tmp_path: Path, sail_spark: SparkSession
+) -> None:
+    """The first load's image (no change record describes it) was read before every change
+    record after it: one older by its business time still supersedes it, at the image's time."""
+    loaded = change(1, 600, seq=None)
+    backdated = Change(1, at(0), False, "ANA", "Premium", seq=1, changed=at(3 * 24 * 60))
+    assert applied(tmp_path, sail_spark, [loaded], [backdated]) == [
+        (1, "Premium", at(0), at(600), None),
     ]
 
 

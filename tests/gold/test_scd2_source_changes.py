@@ -6,7 +6,8 @@ One home carries every pattern on its own users (a test each would cost a load e
 - a delete and a re-insert of a key in the same clock tick;
 - a delete, then (a tick later) a restore of the row with its original `updated_at`;
 - a change of the key (`user_id` -> 5000);
-- updates that keep `updated_at`.
+- updates that keep `updated_at`;
+- an update backdated before the `updated_at` of the row the first load read.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ class Source:
 
     def tick(self) -> str:
         """Move the clock one minute on; returns the new time as the source stores it."""
-        now = (self.clock() + timedelta(minutes=1)).isoformat(sep=" ", timespec="milliseconds")
+        now = self.stamp(self.clock() + timedelta(minutes=1))
         self.db.execute("UPDATE source_clock SET now_utc = ?", (now,))
         return now
+
+    def stamp(self, moment: datetime) -> str:
+        return moment.isoformat(sep=" ", timespec="milliseconds")
 
     def row(self, user_id: int) -> tuple:
         return self.db.execute("SELECT * FROM DimUser WHERE user_id = ?", (user_id,)).fetchone()
@@ -92,6 +96,12 @@ def test_current_gold_rows_follow_the_source_whatever_its_timestamps(
         user
         for (user,) in source.db.execute("SELECT user_id FROM DimUser ORDER BY user_id LIMIT 4")
     )
+    # A row the first load read, updated a few days before the clock's day.
+    backdated, loaded_at = source.db.execute(
+        "SELECT user_id, updated_at FROM DimUser WHERE user_id > ? AND updated_at < ? "
+        "ORDER BY updated_at DESC LIMIT 1",
+        (unbumped, source.stamp(source.clock() - timedelta(days=2))),
+    ).fetchone()
     assert source.row(NEW_KEY) is None
     original = source.row(restored)
     columns = ", ".join("?" for _ in original)
@@ -104,6 +114,10 @@ def test_current_gold_rows_follow_the_source_whatever_its_timestamps(
     source.execute("UPDATE DimUser SET user_id = ?, updated_at = ? WHERE user_id = ?",
                    NEW_KEY, now, rekeyed)  # fmt: skip
     source.execute(UNBUMPED_UPDATE, other_subscription(source.row(unbumped)[3]), unbumped)
+    source.execute("UPDATE DimUser SET subscription_type = ?, updated_at = ? WHERE user_id = ?",
+                   other_subscription(source.row(backdated)[3]),
+                   source.stamp(datetime.fromisoformat(loaded_at) - timedelta(days=1)),
+                   backdated)  # fmt: skip
     source.tick()
     source.execute(f"INSERT INTO DimUser VALUES ({columns})", *original)  # as it was, timestamp too
     source.execute(UNBUMPED_UPDATE, other_subscription(source.row(unbumped)[3]), unbumped)

@@ -51,11 +51,11 @@ VERSIONS = """SELECT {columns}, updated_at AS business_at, 0 AS seq, 'S' AS op
     UNION ALL SELECT {columns}, CASE WHEN "_op" = 'D' THEN "_changed_at" ELSE updated_at END,
         "_seq", "_op"
     FROM "{table}_changes" """
-# When each change takes effect: at its business time, but never before a change record
-# preceding it in the sequence (a restore with its original updated_at, and what follows it).
-TIMED = """SELECT v.*, CASE WHEN seq = 0 THEN business_at ELSE MAX(CASE WHEN seq > 0
-        THEN business_at END) OVER (PARTITION BY {key} ORDER BY seq ROWS UNBOUNDED PRECEDING)
-    END AS effective_at
+# When each change takes effect: at its business time, but never before a change preceding it
+# in the sequence (a restore with its original updated_at, and what follows it; an update
+# backdated before the row as created).
+TIMED = """SELECT v.*, CASE WHEN seq = 0 THEN business_at ELSE MAX(business_at)
+        OVER (PARTITION BY {key} ORDER BY seq ROWS UNBOUNDED PRECEDING) END AS effective_at
     FROM {changes} v"""
 # The versions a stream can see: upserts, except those a delete supersedes at their own instant.
 VISIBLE = """SELECT * FROM {timed} v WHERE op <> 'D' AND NOT EXISTS (

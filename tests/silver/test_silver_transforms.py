@@ -1119,3 +1119,43 @@ def test_a_restore_keeping_its_time_is_current_again_on_databricks_as_locally(
         (2, "Premium", restored, upgraded),
     ]
     assert on_databricks == locally
+
+
+# --- a backdated update after the first load ----------------------------------------------------
+
+# The first load's image of user 1 (no change record describes it), then an update of it two days
+# later whose `updated_at` is backdated three days before the image's.
+FIRST_LOAD: list[Row] = [{"user_id": 1}]
+BACKDATED: list[Row] = [
+    {
+        "user_id": 1,
+        "subscription_type": "Family",
+        "updated_at": T0 - 3 * DAY,
+        CHANGE_OP: "U",
+        CHANGE_SEQ: 7,
+        CHANGE_AT: T0 + 2 * DAY,
+    }
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_change_record_after_the_first_load_takes_effect_no_earlier_than_its_image(
+    request: pytest.FixtureRequest, tmp_path: Path, engine: str
+) -> None:
+    """The first load is a snapshot every later change record follows, whatever its time."""
+    table = CATALOG["DimUser"]
+    with api_of(engine):
+        session = request.getfixturevalue(engine)
+        loaded = transform(
+            table, read_bronze(session, tmp_path, bronze_rows(table, FIRST_LOAD)), SILVER_RUN
+        ).valid
+        held = session.createDataFrame(loaded.collect(), loaded.schema)
+        update = read_bronze(session, tmp_path, bronze_rows(table, BACKDATED))
+        one_by_one = collect(transform(table, update, SILVER_RUN, held).valid)
+        both = read_bronze(session, tmp_path, bronze_rows(table, FIRST_LOAD + BACKDATED))
+        at_once = collect(transform(table, both, SILVER_RUN).valid)
+    assert [(r["subscription_type"], r[EFFECTIVE_AT]) for r in one_by_one] == [("Family", T0)]
+    assert sorted((r["subscription_type"], r[EFFECTIVE_AT]) for r in at_once) == [
+        ("Family", T0),
+        ("Premium", T0),
+    ]
