@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -70,7 +69,7 @@ from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates
 from tests.helpers.bronze import load_everything, runner_for
-from tests.helpers.gold_reference import assert_gold_equals_source, small_source
+from tests.helpers.gold_reference import assert_gold_equals_source, small_source, source_session
 from tests.helpers.processes import Lakehouse, cli_imports
 from tests.helpers.source import LATE, SEED, initialise
 from tests.helpers.tsql import parse_tsql
@@ -295,14 +294,12 @@ def _delta_versions(settings: Settings) -> dict[str, int]:
 def _drop_source_streams(settings: Settings, day: date, count: int) -> None:
     """Streams deleted at the source (watermark mode cannot see it): only a refresh of `day`
     brings the lake level again."""
-    db = sqlite3.connect(settings.embedded_source_path)
-    db.execute(
-        "DELETE FROM FactStream WHERE stream_id IN (SELECT stream_id FROM FactStream "
-        "WHERE date(stream_timestamp) = ? LIMIT ?)",
-        (day.isoformat(), count),
-    )
-    db.commit()
-    db.close()
+    with source_session(settings) as session:
+        session.execute(
+            "DELETE FROM FactStream WHERE stream_id IN (SELECT stream_id FROM FactStream "
+            "WHERE date(stream_timestamp) = ? LIMIT ?)",
+            (day.isoformat(), count),
+        )
 
 
 # Each test runs the pipeline several times (Dagster runs).
@@ -451,15 +448,13 @@ def test_late_streams_are_repaired_in_the_incremental_run_itself(
 
 def _late_copies(settings: Settings, day: date, count: int) -> None:
     """`count` streams of `day` inserted again under new ids: late rows of a loaded day."""
-    db = sqlite3.connect(settings.embedded_source_path)
-    db.execute(
-        "INSERT INTO FactStream SELECT stream_id + 1000000, user_id, track_id, date_key, "
-        "listen_duration, device_type, stream_timestamp FROM FactStream "
-        "WHERE date(stream_timestamp) = ? LIMIT ?",
-        (day.isoformat(), count),
-    )
-    db.commit()
-    db.close()
+    with source_session(settings) as session:
+        session.execute(
+            "INSERT INTO FactStream SELECT stream_id + 1000000, user_id, track_id, date_key, "
+            "listen_duration, device_type, stream_timestamp FROM FactStream "
+            "WHERE date(stream_timestamp) = ? LIMIT ?",
+            (day.isoformat(), count),
+        )
 
 
 @pytest.mark.timeout(600)
