@@ -88,6 +88,20 @@ def text_schema(schema: pa.Schema, keep: Sequence[str]) -> pa.Schema:
     return pa.schema(f if f.name in keep else pa.field(f.name, pa.string()) for f in schema)
 
 
+# A server prints a whole NUMERIC as `185.00` (an integer column retyped in the source): text
+# reaches an integer through this exact decimal, so a fraction still fails the cast.
+_WHOLE_NUMBER_TEXT = pa.decimal128(38, 18)
+
+
+def _cast(values: pa.ChunkedArray | pa.Array, to: pa.DataType) -> pa.ChunkedArray | pa.Array:
+    try:
+        return values.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if not (pa.types.is_integer(to) and pa.types.is_string(values.type)):
+            raise
+        return values.cast(_WHOLE_NUMBER_TEXT).cast(to)
+
+
 def type_values(text: pa.Table, schema: pa.Schema) -> pa.Table:
     """Rows read as text, cast to `schema`, plus `_untyped`: the raw text of every value that
     does not fit its type (NULL in its column), as a JSON object per row (NULL: all fitted)."""
@@ -95,14 +109,14 @@ def type_values(text: pa.Table, schema: pa.Schema) -> pa.Table:
     for field in schema:
         column = text[field.name]
         try:
-            columns.append(column.cast(field.type))
+            columns.append(_cast(column, field.type))
             continue
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
         values = []
         for i, raw in enumerate(column.to_pylist()):
             try:
-                values.append(pa.scalar(raw, column.type).cast(field.type).as_py())
+                values.append(_cast(pa.array([raw], column.type), field.type)[0].as_py())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 values.append(None)
                 untyped.setdefault(i, {})[field.name] = raw

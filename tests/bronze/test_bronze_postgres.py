@@ -127,3 +127,29 @@ def test_schema_changes_are_checked_on_a_server(
     assert "email" in runner.store(streams).read_all().column_names
     with pytest.raises(ValueError, match=r"DimUser: its change capture records no .* country"):
         runner.copy(users, None, "renamed", from_watermark=True)
+
+
+def test_a_column_retyped_to_numeric_keeps_its_whole_values(
+    postgres_source: SourceDatabase, tmp_path: Path
+) -> None:
+    """An integer column retyped NUMERIC(10,2) reads as text `185.00`: whole values still fit
+    the catalog's integer, only a fraction is untyped (it once sent every row to quarantine)."""
+    initialise(postgres_source)
+    runner = runner_for(postgres_source, tmp_path / "lake")
+    streams = postgres_source.catalog["FactStream"]
+    with postgres_source.session() as session:
+        session.execute('ALTER TABLE "FactStream" ALTER COLUMN listen_duration TYPE NUMERIC(10, 2)')
+        session.execute(
+            'UPDATE "FactStream" SET listen_duration = 12.5 WHERE stream_id = '
+            '(SELECT MIN(stream_id) FROM "FactStream")'
+        )
+        source = session.query('SELECT stream_id, listen_duration FROM "FactStream"')
+    runner.copy(streams, None, "retyped", from_watermark=True)
+    bronze = runner.store(streams).read_all()
+    untyped = bronze.filter(pc.is_valid(bronze["_untyped"]))
+    assert untyped["_untyped"].to_pylist() == ['{"listen_duration": "12.50"}']
+    copied = zip(
+        bronze["stream_id"].to_pylist(), bronze["listen_duration"].to_pylist(), strict=True
+    )
+    expected = {i: None if d % 1 else int(d) for i, d in source}
+    assert dict(copied) == expected

@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
+from hypothesis import given
+from hypothesis import strategies as st
 
 from resources.copy_runner import LocalCopyRunner
 from resources.silver_store import SilverStore
@@ -323,3 +325,18 @@ def test_a_fact_rebuilt_a_chunk_of_days_at_a_time_equals_one_query(loaded, sail_
     *in_one_query, commits = rebuilt(SilverStore(runner.lake, sail_spark, FACT))
     assert commits == 1
     assert in_chunks == in_one_query
+
+
+@given(
+    st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), st.integers(0, 4)), min_size=1),
+    st.integers(1, 9),
+)
+def test_a_whole_number_in_decimal_notation_fits_an_integer(
+    values: list[tuple[int, int]], fraction: int
+) -> None:
+    """`185.00` is how a server prints a whole NUMERIC: it fits an integer column (a column
+    retyped in the source must not send every row to quarantine); `185.5` does not."""
+    whole = [f"{n}.{'0' * zeros}" if zeros else str(n) for n, zeros in values]
+    typed = type_values(pa.table({"n": [*whole, f"7.{fraction}"]}), pa.schema([("n", pa.int32())]))
+    assert typed["n"].to_pylist() == [n for n, _ in values] + [None]
+    assert typed["_untyped"].to_pylist() == [None] * len(values) + [f'{{"n": "7.{fraction}"}}']
