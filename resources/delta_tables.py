@@ -12,6 +12,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 from datetime import date, timedelta
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -131,6 +132,17 @@ def partition_rows(
         inside = pc.and_(pc.greater_equal(day, days[0]), pc.less_equal(day, days[1]))
         records = records.filter(inside)
     return int(pc.sum(records).as_py() or 0)
+
+
+def lost_files(lake: LakeStorage, relative: str) -> list[str]:
+    """The data files of a table's current version that the lake no longer holds (removed by
+    hand, or by a storage lifecycle rule: every read of the table fails), lake-relative; one
+    listing of the table's folder."""
+    held = lake.files_below(relative)
+    listed = add_actions(delta_table(lake, relative))["path"].to_pylist()
+    return sorted(
+        p for p in (posixpath.join(relative, unquote(f)) for f in listed) if p not in held
+    )
 
 
 def split_days(rows_per_day: Mapping[date, int], days: Days, chunk_rows: int) -> list[Days]:

@@ -358,6 +358,13 @@ class LakeStorage(BaseModel):
             reason = error.strerror or str(error).splitlines()[0]
             raise LakeFileError(f"cannot write {self.uri(relative)}: {reason}") from error
 
+    def files_below(self, relative_dir: str) -> set[str]:
+        """Lake-relative paths of every file below a directory, in one recursive listing; empty
+        if it does not exist."""
+        found = self.fs.find(self.path(relative_dir))  # as the filesystem names them: under _root
+        prefix = posixpath.join(self._root, relative_dir) + "/"
+        return {posixpath.join(relative_dir, p.removeprefix(prefix)) for p in found}
+
     def list_names(self, relative_dir: str) -> list[str]:
         """Names directly below a directory; empty if it does not exist."""
         try:  # one listing, no existence probe first: a round trip saved on object stores

@@ -8,7 +8,7 @@ Row-by-row agreement of the layers is reconciliation's work (`resources/reconcil
 from __future__ import annotations
 
 from resources.bronze_store import BronzeStore
-from resources.delta_tables import exists, log_gaps, partition_rows
+from resources.delta_tables import exists, log_gaps, lost_files, partition_rows
 from resources.lake import LakeFileError, LakeStorage
 from spotify_assets.bronze.manifest import Manifest
 from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
@@ -33,7 +33,8 @@ def _table_faults(lake: LakeStorage, catalog: Catalog, table: Table) -> list[Fau
         Fault(Layer.BRONZE, table.name, f.path, problem, (f.partition,) if f.partition else None)
         for f, problem in store.damaged_files(manifest.files)
     ]
-    return faults + delta_faults(lake, catalog, table, manifest)
+    faults += delta_faults(lake, catalog, table, manifest)
+    return faults + _lost_data_files(lake, catalog, table, {f.path for f in faults})
 
 
 def delta_faults(
@@ -48,6 +49,26 @@ def delta_faults(
     below = bronze_rows if faults else silver_rows
     for name in catalog.gold_tables(table):
         faults += _delta_faults(lake, table, Layer.GOLD, [gold_path(name)], below)[0]
+    return faults
+
+
+def _lost_data_files(
+    lake: LakeStorage, catalog: Catalog, table: Table, judged: set[str]
+) -> list[Fault]:
+    """Delta tables with an intact log whose data files are gone: a listing of each table, for
+    `verify` only (not before every run)."""
+    tables = [
+        (Layer.SILVER, silver_path(table)),
+        (Layer.SILVER, quarantine_path(table)),
+        *((Layer.GOLD, gold_path(name)) for name in catalog.gold_tables(table)),
+    ]
+    faults = []
+    for layer, relative in tables:
+        if relative in judged or not exists(lake, lake.path(relative)):
+            continue
+        if lost := lost_files(lake, relative):
+            problem = f"is missing {len(lost)} data file(s) its Delta log lists: {lost[0]}"
+            faults.append(Fault(layer, table.name, relative, problem))
     return faults
 
 

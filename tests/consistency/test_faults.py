@@ -162,6 +162,30 @@ def test_lost_delta_commits_in_silver_and_gold_are_named_and_rebuilt_from_the_la
     assert_gold_equals_source(cli.settings)
 
 
+def test_delta_data_files_removed_by_hand_are_named_and_rebuilt_from_the_layer_below(
+    cli: Cli,
+) -> None:
+    # Removed by hand or by a storage lifecycle rule, with the logs intact: every reader of
+    # the table fails, and `verify` once found nothing.
+    removed = {}
+    for table in ("silver/fact_stream", "gold/fact_stream", "gold/dim_user"):
+        path = sorted((cli.lake / table).rglob("*.parquet"))[-1]
+        path.unlink()
+        removed[table] = path
+
+    code, _ = cli("verify")
+    assert code == 1
+    for table, path in removed.items():
+        assert any(
+            table in line and path.name in line and "missing" in line
+            for line in cli.printed.splitlines()
+        ), (table, cli.printed)
+    code, errors = cli("verify", "--repair")
+    assert (code, errors) == (0, [])
+    assert cli("verify") == (0, [])
+    assert_gold_equals_source(cli.settings)
+
+
 def test_tables_cut_short_in_their_first_commit_are_created_by_the_next_run(cli: Cli) -> None:
     # What a kill or a full disk during a table's first commit leaves: its data files (here the
     # rows of the lost table: read, they would double gold) and a log without commits, maybe
