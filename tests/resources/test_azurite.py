@@ -86,6 +86,10 @@ def test_lake_verbs_on_azurite(azurite: Azurite, azure_env: pytest.MonkeyPatch) 
     assert lake.read_json("bronze/T/_manifests/v0000000001.json") == {"version": 1}
     assert lake.list_names("bronze/T") == ["_manifests", "date=2026-01-01"]
     assert lake.list_names("bronze/nothing") == []
+    assert lake.files_below("bronze/T") == {
+        "bronze/T/date=2026-01-01/x.parquet",
+        "bronze/T/_manifests/v0000000001.json",
+    }
 
     # Racing writers: the store's conditional write lets exactly one of them create the name.
     outcomes: list[str] = []
