@@ -162,7 +162,7 @@ class SilverStore:
             bronze = self.read_bronze(chunk)
             accepted = self._accepted(chunk, days)
             frames: SilverFrames = transform(self.table, bronze, run_id, accepted)
-            replace_partitions(self.lake, frames.valid, self.path, partition, chunk)
+            replace_partitions(self.lake, self._per_day(frames.valid), self.path, partition, chunk)
         except Exception as error:
             # A missing bronze file surfaces in Spark's words (when it plans or reads): name it.
             if damaged := self.bronze.damaged_files(self.bronze_files(chunk)):
@@ -177,6 +177,16 @@ class SilverStore:
                 return  # nothing held, nothing to add
             quarantine = quarantine.limit(0)  # creates the table, or empties the partitions
         replace_partitions(self.lake, quarantine, self.quarantine_path, partition, chunk)
+
+    def _per_day(self, valid: DataFrame) -> DataFrame:
+        """A dimension's rows come out of its windows' hash buckets, each stream holding every
+        day: gathered by day, they make one file per day instead of one per stream, and every
+        later read of the whole dimension (the next rebuild's preceding versions, gold's
+        versions of the changed keys, reconciliation) pays per file. A fact's rows come a
+        bronze day at a time, already one file per day."""
+        if self.table.role is TableRole.DIMENSION and self.table.change_time_column:
+            return valid.repartition(F.col(CHANGE_DATE))
+        return valid
 
     def _all_valid(self, frames: SilverFrames, chunk: Days | None) -> bool:
         """Whether every bronze row of `chunk` is a silver row now, from the counts of the

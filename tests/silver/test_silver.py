@@ -13,9 +13,10 @@ from dagster import DagsterEventType, DagsterInstance
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
+from resources.delta_tables import add_actions
 from resources.silver_store import SilverStore
 from spotify_assets.bronze.windows import Window
-from spotify_assets.catalog.tables import CATALOG, Table
+from spotify_assets.catalog.tables import CATALOG, Table, TableRole
 from spotify_assets.cli.commands import source_init, source_simulate
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.settings import Settings
@@ -90,6 +91,18 @@ def test_replaying_a_partition_changes_nothing(lakehouse) -> None:
         day = HISTORY_END if table.change_time_column else None
         store.refresh((day, day) if day else None, "replay")
         assert snapshot(store) == before, f"{table.lake_name}: a replay changed silver"
+
+
+def test_a_dimension_keeps_one_file_per_day(lakehouse) -> None:
+    # Every later read of the whole dimension (the next apply's preceding versions, gold's
+    # versions of the changed keys, reconciliation) pays per file: its windows' hash buckets
+    # would write a file per bucket stream into every day.
+    for table in (t for t in CATALOG if t.role is TableRole.DIMENSION):
+        store = store_of(lakehouse, table.name)
+        store.refresh(ALL_DAYS, "build")
+        store.refresh((HISTORY_END, HISTORY_END), "replay")
+        days = add_actions(DeltaTable(store.path))[f"partition.{CHANGE_DATE}"].to_pylist()
+        assert len(days) == len(set(days)) > 1, f"{table.lake_name}: {len(days)} files"
 
 
 def test_a_load_with_nothing_to_quarantine_writes_no_quarantine_version(
