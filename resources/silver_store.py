@@ -189,11 +189,12 @@ class SilverStore:
         return valid
 
     def _all_valid(self, frames: SilverFrames, chunk: Days | None) -> bool:
-        """Whether every bronze row of `chunk` is a silver row now, from the counts of the
-        manifest and the log (no scan): then the quarantine gets no row, which writing it would
-        take a second run of the whole transform to find."""
-        if frames.repeats:  # rows may have collapsed: the counts do not tell
-            return False
+        """Whether the quarantine gets no row of `chunk`, which writing it would take a second
+        run of the whole transform to find: where no (key, version) repeats, when every bronze
+        row is a silver row (the manifest's and the log's counts, no scan); where a
+        dimension's versions collapse, when no input row fails a rule (one small query)."""
+        if frames.repeats:
+            return frames.failing is not None and frames.failing.limit(1).count() == 0
         return self._counted(self.relative, chunk)[0] == self._bronze_rows(chunk)
 
     def _accepted(self, chunk: Days | None, days: Days | None) -> DataFrame | None:

@@ -77,6 +77,9 @@ class SilverFrames:
     # Whether some (key, version) repeats, so that rows may collapse: if not, every input row
     # is either valid or quarantined, and counting the valid ones tells the quarantine's size.
     repeats: bool = True
+    # Where rows may collapse (a dimension's versions), the input rows failing some rule: the
+    # quarantine holds none unless there is one. None: not known apart from the quarantine.
+    failing: DataFrame | None = None
 
 
 def transform(
@@ -110,6 +113,7 @@ def transform(
         valid=valid,
         quarantine=split(table, check(table, suspects), run_id).quarantine,
         repeats=repeats,
+        failing=failing_rows(table, prepared),
     )
 
 
@@ -332,10 +336,15 @@ def failing_groups(table: Table, df: DataFrame) -> DataFrame:
     """The rows of every (key, version) group holding a row that fails a rule: what dedup keeps
     of such a group is decided inside it, so it is the quarantine's whole input."""
     identity = _version_identity(table)
-    failing = check(table, df).where(F.col(FAILED_RULES) != "").select(*identity).distinct()
+    failing = failing_rows(table, df).select(*identity).distinct()
     marks = failing.select(*[F.col(c).alias(f"_m__{c}") for c in identity])
     same = [F.col(c).eqNullSafe(F.col(f"_m__{c}")) for c in identity]
     return marks.join(df, same, "inner").select(*df.columns)
+
+
+def failing_rows(table: Table, df: DataFrame) -> DataFrame:
+    """The rows of `df` failing some rule."""
+    return check(table, df).where(F.col(FAILED_RULES) != "")
 
 
 def check(table: Table, df: DataFrame, accepted: DataFrame | None = None) -> DataFrame:

@@ -11,16 +11,19 @@ import pyarrow.compute as pc
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 from deltalake import DeltaTable
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from resources.delta_tables import add_actions
+from resources import silver_store
+from resources.delta_tables import Days, add_actions
+from resources.lake import LakeStorage
 from resources.silver_store import SilverStore
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.tables import CATALOG, Table, TableRole
 from spotify_assets.cli.commands import source_init, source_simulate
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.settings import Settings
-from spotify_assets.silver.transform import CHANGE_DATE, RULE, in_windows
+from spotify_assets.silver.transform import CHANGE_DATE, RULE, in_windows, transform
 from spotify_assets.source.simulator import SimulationRates, simulate
 from tests.helpers.bronze import load_everything, runner_for
 from tests.helpers.source import HISTORY_END, ON_TIME, SEED, initialise
@@ -126,6 +129,46 @@ def test_a_load_with_nothing_to_quarantine_writes_no_quarantine_version(
         store.refresh((day, day) if day else None, "replay")
         assert DeltaTable(store.path).version() == 1, table.lake_name
         assert DeltaTable(store.quarantine_path).version() == 0, table.lake_name
+
+
+def test_a_dimension_whose_versions_collapse_writes_no_quarantine_without_a_failing_row(
+    sqlite_source, tmp_path: Path, sail_spark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dimension's images and change records of one version collapse, so the counts cannot
+    # tell that nothing is quarantined; that no row fails a rule can, without running the
+    # transform a second time to write an empty quarantine.
+    initialise(sqlite_source)
+    runner = runner_for(sqlite_source, tmp_path / "lake")
+    load_everything(runner, sqlite_source.catalog, "initial")
+    clean = SimulationRates(dirty_fraction=0.0, late_fraction=0.0)
+    with sqlite_source.session() as session:
+        session.apply(simulate(session.read_state(), days=2, seed=SEED, rates=clean))
+    load_everything(runner, sqlite_source.catalog, "incremental")
+    changed = (HISTORY_END, HISTORY_END + timedelta(days=2))
+    stores = [SilverStore(runner.lake, sail_spark, t) for t in CATALOG]
+    collapsing = [
+        s
+        for s in stores
+        if s.table.role is TableRole.DIMENSION
+        and transform(s.table, s.read_bronze(changed), "probe").repeats
+    ]
+    assert collapsing, "no dimension whose versions collapse"
+    for store in collapsing:
+        store.refresh(ALL_DAYS, "build")
+    written: list[str] = []
+    replace = silver_store.replace_partitions
+
+    def recorded(
+        lake: LakeStorage, frame: DataFrame, path: str, partition: str | None, days: Days | None
+    ) -> None:
+        written.append(path)
+        replace(lake, frame, path, partition, days)
+
+    monkeypatch.setattr(silver_store, "replace_partitions", recorded)
+    for store in collapsing:
+        store.refresh(changed, "replay")
+        assert DeltaTable(store.quarantine_path).to_pyarrow_table().num_rows == 0
+    assert written == [store.path for store in collapsing]
 
 
 def test_a_day_whose_rows_all_turn_valid_loses_its_quarantined_rows(lakehouse) -> None:
