@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import ConfigurableResource, DagsterInstance, DagsterRunStatus, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from resources.copy_runner import LocalCopyRunner
@@ -57,6 +57,7 @@ class LakeWriter(ConfigurableResource):
         self._hold = self._held.enter_context(
             lake_writer(self.lake, run_entry(run.tags), self.wait_seconds, log, run.run_id)
         )
+        fail_abandoned_run(context.instance, self._hold.abandoned_run)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._held is not None:
@@ -67,3 +68,14 @@ class LakeWriter(ConfigurableResource):
         if self._hold is None:
             raise LeaseLostError("the lake writer lease is only held within a Dagster run")
         self._hold.check()
+
+
+def fail_abandoned_run(instance: DagsterInstance, run_id: str | None) -> None:
+    """Mark failed the run of a lease holder that ended without releasing it (killed): Dagster
+    would show it STARTED for ever, and its run queue, which counts it and lets one writer run
+    at a time, would keep every sensor, schedule and UI run queued behind it."""
+    run = instance.get_run_by_id(run_id) if run_id else None
+    if run is not None and run.status in (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED):
+        instance.report_run_failed(
+            run, "its process ended while it held the lake writer lease (killed?)"
+        )

@@ -88,6 +88,11 @@ class LeaseRecord:
     def is_free(self) -> bool:
         return self.holder is None or self.expires_at <= _now() or self.holder.is_gone()
 
+    def abandoned_run(self) -> str | None:
+        """The Dagster run of a holder that ended without releasing the lease (killed), or
+        whose record expired: that run will write nothing more."""
+        return self.holder.run_id if self.holder and self.is_free() else None
+
     def to_json(self) -> dict[str, Any]:
         holder = asdict(self.holder) if self.holder else None
         return {"holder": holder, "expires_at": self.expires_at.isoformat()}
@@ -123,6 +128,11 @@ class WriterLease:
                 continue
             return LeaseRecord.from_json(numbers[-1], value)
 
+    def abandoned_run(self) -> str | None:
+        """The Dagster run of the latest holder if it ended without releasing the lease."""
+        record = self.current()
+        return record.abandoned_run() if record else None
+
     def acquire(self, holder: Holder, wait_seconds: float, log: Callable[[str], None]) -> Hold:
         """Take the lease for `holder`, waiting up to `wait_seconds` for the current holder
         (`log` says for whom, once); `LakeBusyError` when it is still held after that."""
@@ -133,7 +143,7 @@ class WriterLease:
             if record is None or record.is_free():
                 number = record.number + 1 if record else 1
                 if self._publish(number, holder):
-                    return Hold(self, number, holder)
+                    return Hold(self, number, holder, record.abandoned_run() if record else None)
                 continue
             assert record.holder is not None  # a record that is not free has a holder
             left = deadline - time.monotonic()
@@ -175,10 +185,13 @@ class WriterLease:
 class Hold:
     """A held lease, renewed by a heartbeat thread until released."""
 
-    def __init__(self, lease: WriterLease, number: int, holder: Holder) -> None:
+    def __init__(
+        self, lease: WriterLease, number: int, holder: Holder, abandoned_run: str | None = None
+    ) -> None:
         self.lease = lease
         self.number = number
         self.holder = holder
+        self.abandoned_run = abandoned_run  # of the holder this one took the lease over from
         self.taken_by: str | None = None  # who took the lease over, once another writer did
         self._lock = threading.Lock()
         self._stop = threading.Event()

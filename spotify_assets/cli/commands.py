@@ -239,7 +239,12 @@ def _writes_lake(
     @functools.wraps(command)
     def holding(settings: Settings, *args: P.args, **kwargs: P.kwargs) -> R:
         lake = LakeStorage(url=settings.lake_url)
-        with lake_writer(lake, f"CLI {command.__name__}", settings.writer_wait_seconds, _say):
+        entry = f"CLI {command.__name__}"
+        with lake_writer(lake, entry, settings.writer_wait_seconds, _say) as hold:
+            if hold.abandoned_run:  # rare: Dagster is loaded only for it
+                from resources.dagster_resources import fail_abandoned_run
+
+                fail_abandoned_run(dagster_instance(settings), hold.abandoned_run)
             return command(settings, *args, **kwargs)
 
     return holding

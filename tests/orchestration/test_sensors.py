@@ -6,6 +6,8 @@ runs they request are executed in process exactly as requested (assets, tags, ru
 
 from __future__ import annotations
 
+import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,8 @@ import pytest
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     Definitions,
     RunRequest,
     build_schedule_context,
@@ -22,15 +26,19 @@ from dagster import (
     instance_for_test,
 )
 
+from resources.lake import LakeStorage
+from resources.lease import LEASE_DIR, Holder, LeaseRecord, WriterLease
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli.commands import source_init, source_simulate
+from spotify_assets.cli import main
+from spotify_assets.cli.commands import dagster_instance, source_init, source_simulate
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.assets.gold import gold_key
 from spotify_assets.orchestration.assets.silver import silver_key
 from spotify_assets.orchestration.assets.source import build_source_observation, source_key
 from spotify_assets.orchestration.catch_up import CatchUp
 from spotify_assets.orchestration.definitions import build_definitions
+from spotify_assets.orchestration.ingest import WRITER_TAG
 from spotify_assets.orchestration.partitions import (
     PARTITION_RANGE_END_TAG,
     PARTITION_RANGE_START_TAG,
@@ -227,6 +235,44 @@ def test_daily_schedule_requests_an_incremental_run_of_every_table(lakehouse) ->
         "DimUser", "DimArtist", "DimTrack", "DimDate", "FactStream"
     }  # fmt: skip
     assert all(r.tags["spotify/writer"] == "lakehouse" for r in requests)
+
+
+def abandon_the_lake(settings: Settings, instance: DagsterInstance) -> str:
+    """What SIGKILL leaves of a writer run (a CLI `run`, a run worker): its run STARTED in
+    Dagster, and its lake writer lease record unreleased, naming a process that is gone."""
+    run = DagsterRun("incremental_load", str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                     tags=WRITER_TAG)  # fmt: skip
+    instance.add_run(run)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    lake = LakeStorage(url=settings.lake_url)
+    current = WriterLease(lake).current()
+    number = current.number + 1 if current else 1
+    holder = replace(Holder.here("CLI run", run.run_id), pid=ended.pid)
+    record = LeaseRecord(number, holder, datetime.now(UTC) + timedelta(seconds=60))
+    lake.create_json(f"{LEASE_DIR}/{number:010d}.json", record.to_json())
+    return run.run_id
+
+
+def test_a_run_killed_holding_the_lake_is_failed_and_blocks_no_queued_run(
+    lakehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster showed a killed writer run STARTED for ever, and the run queue, which lets one
+    writer run at a time, kept every sensor and UI run queued behind it. The next arrival
+    sensor tick, or the next command that takes the lake, marks it failed."""
+    settings, defs, _ = lakehouse
+    monkeypatch.setenv("SPOTIFY_HOME", str(settings.home))
+    for name in ("DAGSTER_HOME", "SPOTIFY_SOURCE_ODBC", "SPOTIFY_LAKE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with dagster_instance(settings) as instance:
+        killed = abandon_the_lake(settings, instance)
+        evaluate(defs, "cdc_arrival_sensor", instance)
+        assert instance.get_run_by_id(killed).status == DagsterRunStatus.FAILURE
+        killed = abandon_the_lake(settings, instance)
+        assert main(["verify", "--repair"]) == 0
+        assert instance.get_run_by_id(killed).status == DagsterRunStatus.FAILURE
+        failure = instance.all_logs(killed, of_type=DagsterEventType.RUN_FAILURE)
+        assert "held the lake writer lease" in failure[0].message
 
 
 def test_sensors_skip_until_the_source_exists(tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ from dagster import (
 )
 
 from resources.copy_runner import CopyRunner
+from resources.dagster_resources import fail_abandoned_run
 from resources.engines import GoldEngine
+from resources.lease import WriterLease
 from spotify_assets.catalog.lake_paths import BRONZE, GOLD, SILVER, SOURCE
 from spotify_assets.catalog.tables import Catalog
 from spotify_assets.orchestration.ingest import (
@@ -88,6 +90,8 @@ def build_arrival_sensor(catalog: Catalog, lookback_days: int) -> SensorDefiniti
         copy_runner: ResourceParam[CopyRunner],
         gold_engine: GoldEngine,
     ):
+        # A run killed holding the lake would keep the runs requested here queued for ever.
+        fail_abandoned_run(context.instance, WriterLease(copy_runner.lake).abandoned_run())
         if not copy_runner.source.exists():
             return SkipReason(NO_SOURCE)
         with copy_runner.source.session() as session:
