@@ -33,6 +33,9 @@ class Rule:
     name: str
     predicate: str
     critical: bool = False  # a failure blocks downstream assets (a blocking asset check)
+    # Why no row can fail it, where that holds by construction (a count of a group's rows is
+    # positive): gold still applies it, but spends no query counting failures there cannot be.
+    guaranteed_by: str = ""
 
 
 @dataclass(frozen=True)

@@ -436,7 +436,9 @@ _LISTENING_SECONDS = Measure(
     "listening_seconds", "sum(CAST(listen_duration AS BIGINT))", "Seconds listened, summed."
 )
 _LISTENERS = Measure("listeners", "count(DISTINCT user_id)", "Distinct listeners.")
-_AT_LEAST_ONE_STREAM = (Rule("streams_positive", "streams > 0"),)
+_AT_LEAST_ONE_STREAM = (
+    Rule("streams_positive", "streams > 0", guaranteed_by="`streams` counts a group's rows"),
+)
 
 DAILY_AGGREGATES = (
     Aggregate(

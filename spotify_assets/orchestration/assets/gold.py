@@ -73,6 +73,7 @@ def _expectation_results(rules: tuple[Rule, ...], outcome: GoldOutcome) -> list:
             check_name=r.name,
             passed=failures.get(r.name, 0) == 0,
             severity=AssetCheckSeverity.WARN,
+            description=f"Cannot fail: {r.guaranteed_by}." if r.guaranteed_by else None,
             metadata={"dropped_rows": failures.get(r.name, 0)},
         )
         for r in rules
