@@ -39,6 +39,7 @@ from resources.delta_tables import (
 )
 from resources.delta_writes import replace_partitions
 from resources.gold_state import applied_version, unmatched_records
+from resources.held import LOCAL_ROWS, held
 from resources.lake import LakeStorage
 from spotify_assets.catalog.gold_spec import (
     END_AT,
@@ -67,11 +68,6 @@ from spotify_assets.gold.transform import (
     scd2_problems,
     unmatched,
 )
-
-# The most rows of a dimension's changed versions an apply holds as a local relation, computed
-# once (`GoldRunner._local`): a day's changes at scale 10 are ~25k; more (after a long pause),
-# and they are found again by each query instead.
-LOCAL_ROWS = 200_000
 
 
 @dataclass(frozen=True)
@@ -134,17 +130,20 @@ class GoldRunner:
             full = changed is None or not exists(self.lake, target)
             if full:
                 versions = all_versions
+                if partition_rows(self.lake, silver, None, None) <= LOCAL_ROWS:
+                    # Read once: silver's daily files would be opened again by each query below.
+                    versions = held(versions, LOCAL_ROWS)
             else:
                 assert changed is not None
                 # Checked, written and counted below, the changed keys' versions and their SCD2
                 # rows would each time be computed again, from every silver version: computed
                 # once, held.
-                changed = self._local(changed)
-                versions = self._local(all_versions.join(changed, keys, "left_semi"))
+                changed = held(changed, LOCAL_ROWS)
+                versions = held(all_versions.join(changed, keys, "left_semi"), LOCAL_ROWS)
             expected = expect(table.gold.expectations, versions)  # type: ignore[union-attr]
             rows = scd2(table, expected.kept)
-            if not full:
-                rows = self._local(rows)
+            if versions is not all_versions:  # held, or a few keys': so are their rows
+                rows = held(rows, LOCAL_ROWS)
             # The rows of the keys this apply writes are checked before they are written: a
             # table breaking an invariant is never committed (the others' rows passed before).
             problems = scd2_problems(table, rows, live_keys(table, expected.kept))
@@ -198,14 +197,6 @@ class GoldRunner:
         if not touched:
             return self.spark.createDataFrame([], self._read(silver, version).select(*keys).schema)
         return self.spark.read.parquet(*touched).select(*keys).distinct()
-
-    def _local(self, rows: DataFrame) -> DataFrame:
-        """`rows` computed once and held as a local relation, if they are at most `LOCAL_ROWS`
-        (it travels inside each query's plan); else `rows` as they are."""
-        held = rows.limit(LOCAL_ROWS + 1).toArrow()
-        if held.num_rows > LOCAL_ROWS:
-            return rows
-        return self.spark.createDataFrame(held, rows.schema)
 
     def _replace_keys(self, table: Table, rows: DataFrame, changed: DataFrame) -> None:
         """Make gold's rows of the `changed` keys exactly `rows`, in one atomic commit.

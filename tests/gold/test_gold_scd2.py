@@ -36,6 +36,7 @@ from spotify_assets.catalog.tables import (
 )
 from spotify_assets.gold import transform as gold
 from spotify_assets.gold.transform import scd2
+from tests.helpers.spark_requests import naming, record_requests
 
 DIM_USER = CATALOG["DimUser"]
 T0 = datetime(2026, 3, 1)
@@ -505,6 +506,19 @@ def test_changes_past_the_local_bound_are_applied_alike(
     held = applied_with(gold_runner.LOCAL_ROWS, "held")
     assert held == applied_with(1, "read_again")
     assert held[1] == (1, 2)
+
+
+def test_a_first_apply_reads_silver_once(
+    lake: LakeStorage, sail_spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first apply reads every silver version (a file per day after a first load); checked,
+    written and counted, they would be read again by each query: analysed once, read once."""
+    silver = Silver(lake, sail_spark)
+    silver.deliver([change(u, u * 24 * 60) for u in range(1, 6)])  # a partition each
+    requests = record_requests(monkeypatch)
+    result = GoldRunner(lake, sail_spark, CATALOG).apply_dimension(DIM_USER)
+    assert result.full and result.rows == 5
+    assert len(naming(requests, [silver.path])) == 2
 
 
 def test_versions_in_silver_as_versions_of_the_table(sail_spark: SparkSession) -> None:

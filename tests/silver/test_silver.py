@@ -19,7 +19,7 @@ from resources.delta_tables import Days, add_actions
 from resources.lake import LakeStorage
 from resources.silver_store import SilverStore
 from spotify_assets.bronze.windows import Window
-from spotify_assets.catalog.tables import CATALOG, Table, TableRole
+from spotify_assets.catalog.tables import CATALOG, RUN_ID, Table, TableRole
 from spotify_assets.cli.commands import source_init, source_simulate
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.settings import Settings
@@ -27,6 +27,7 @@ from spotify_assets.silver.transform import CHANGE_DATE, RULE, in_windows, trans
 from spotify_assets.source.simulator import SimulationRates, simulate
 from tests.helpers.bronze import load_everything, runner_for
 from tests.helpers.source import HISTORY_END, ON_TIME, SEED, initialise
+from tests.helpers.spark_requests import naming, record_requests
 
 ALL_DAYS = (date(2026, 1, 1), HISTORY_END + timedelta(days=3))
 DIRTY = SimulationRates(dirty_fraction=0.3, late_fraction=0.0)
@@ -250,3 +251,31 @@ def test_a_file_live_in_hundreds_of_windows_is_read(sail_spark) -> None:
         [(start + timedelta(minutes=m),) for m in range(3000)], "at timestamp_ntz"
     )
     assert times.where(in_windows(F.col("at"), windows)).count() == 1500
+
+
+def test_a_refresh_reads_each_bronze_file_once(lakehouse, monkeypatch) -> None:
+    """Every Spark request over a list of small files pays for each file (Sail plans them one by
+    one), and a refresh makes several (analyses, repeat checks, the write, the quarantine): a
+    small chunk's bronze files are analysed once and read once, then requests read what is held."""
+    requests = record_requests(monkeypatch)
+    for table in CATALOG:
+        store = store_of(lakehouse, table.name)
+        files = [f.path for f in store.bronze_files(days_of(table))]
+        requests.clear()
+        store.refresh(days_of(table), "build")
+        reading = naming(requests, files)
+        assert len(reading) == 2, f"{table.name}: {len(reading)} of {len(requests)} read bronze"
+
+
+def test_held_and_reread_bronze_build_the_same_silver(lakehouse, monkeypatch) -> None:
+    """Past `LOCAL_ROWS` a refresh reads bronze's files in each query instead: the same silver."""
+    built = {}
+    for bound in (silver_store.LOCAL_ROWS, 0):
+        monkeypatch.setattr(silver_store, "LOCAL_ROWS", bound)
+        for table in CATALOG:
+            store = store_of(lakehouse, table.name)
+            result = store.refresh(days_of(table), f"build-{bound}")
+            quarantine = sorted(tuple(r) for r in store.read_quarantine().drop(RUN_ID).collect())
+            built[bound, table.name] = (snapshot(store), quarantine, result.failures)
+    for table in CATALOG:
+        assert built[silver_store.LOCAL_ROWS, table.name] == built[0, table.name], table.name
