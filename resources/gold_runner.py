@@ -39,7 +39,7 @@ from resources.delta_tables import (
 )
 from resources.delta_writes import replace_partitions
 from resources.gold_state import applied_version, unmatched_records
-from resources.held import LOCAL_ROWS, held
+from resources.held import FEW_ROWS, LOCAL_ROWS, held
 from resources.lake import LakeStorage
 from spotify_assets.catalog.gold_spec import (
     END_AT,
@@ -130,9 +130,9 @@ class GoldRunner:
             full = changed is None or not exists(self.lake, target)
             if full:
                 versions = all_versions
-                if partition_rows(self.lake, silver, None, None) <= LOCAL_ROWS:
+                if partition_rows(self.lake, silver, None, None) <= FEW_ROWS:
                     # Read once: silver's daily files would be opened again by each query below.
-                    versions = held(versions, LOCAL_ROWS)
+                    versions = held(versions, FEW_ROWS)
             else:
                 assert changed is not None
                 # Checked, written and counted below, the changed keys' versions and their SCD2

@@ -30,7 +30,7 @@ from resources.delta_tables import (
     split_days,
 )
 from resources.delta_writes import replace_partitions
-from resources.held import LOCAL_ROWS, held
+from resources.held import FEW_ROWS, held
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import bronze_schema
@@ -161,10 +161,10 @@ class SilverStore:
         partition = CHANGE_DATE if self.table.change_time_column else None
         try:
             bronze = self.read_bronze(chunk)
-            if self._bronze_rows(chunk) <= LOCAL_ROWS:
+            if self._bronze_rows(chunk) <= FEW_ROWS:
                 # Read once: the analyses, repeat checks, the write and the quarantine's would
                 # each open every file of the chunk again, one per day and table on a first load.
-                bronze = held(bronze, LOCAL_ROWS)
+                bronze = held(bronze, FEW_ROWS)
             accepted = self._accepted(chunk, days)
             frames: SilverFrames = transform(self.table, bronze, run_id, accepted)
             replace_partitions(self.lake, self._per_day(frames.valid), self.path, partition, chunk)

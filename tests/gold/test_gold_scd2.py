@@ -487,14 +487,16 @@ def test_only_changed_keys_are_recomputed(lake: LakeStorage, sail_spark: SparkSe
 def test_changes_past_the_local_bound_are_applied_alike(
     tmp_path: Path, sail_spark: SparkSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An apply holds the changed keys' versions as a local relation up to `LOCAL_ROWS`; past
-    it, it reads them from silver in each query instead: the same table either way."""
+    """An apply holds the changed keys' versions as a local relation up to `LOCAL_ROWS` (a first
+    apply, silver's versions up to `FEW_ROWS`); past it, it reads them from silver in each query
+    instead: the same table either way."""
     first = [change(u, u) for u in range(1, 6)]
     later = [change(2, 60, sub="Premium"), change(3, 70, delete=True), change(6, 80)]
     next_day = [change(4, 24 * 60, sub="Family")]  # a partition of its own: one key changed
 
     def applied_with(bound: int, name: str) -> tuple[list[tuple[Any, ...]], tuple[int, int]]:
         monkeypatch.setattr(gold_runner, "LOCAL_ROWS", bound)
+        monkeypatch.setattr(gold_runner, "FEW_ROWS", bound)
         lake = LakeStorage(url=str(tmp_path / name))
         runner = apply(lake, sail_spark, first, later)
         silver = Silver(lake, sail_spark)

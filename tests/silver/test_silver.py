@@ -268,14 +268,14 @@ def test_a_refresh_reads_each_bronze_file_once(lakehouse, monkeypatch) -> None:
 
 
 def test_held_and_reread_bronze_build_the_same_silver(lakehouse, monkeypatch) -> None:
-    """Past `LOCAL_ROWS` a refresh reads bronze's files in each query instead: the same silver."""
+    """Past `FEW_ROWS` a refresh reads bronze's files in each query instead: the same silver."""
     built = {}
-    for bound in (silver_store.LOCAL_ROWS, 0):
-        monkeypatch.setattr(silver_store, "LOCAL_ROWS", bound)
+    for how, bound in (("held", silver_store.FEW_ROWS), ("read again", 0)):
+        monkeypatch.setattr(silver_store, "FEW_ROWS", bound)
         for table in CATALOG:
             store = store_of(lakehouse, table.name)
-            result = store.refresh(days_of(table), f"build-{bound}")
+            result = store.refresh(days_of(table), "build")
             quarantine = sorted(tuple(r) for r in store.read_quarantine().drop(RUN_ID).collect())
-            built[bound, table.name] = (snapshot(store), quarantine, result.failures)
+            built[how, table.name] = (snapshot(store), quarantine, result.failures)
     for table in CATALOG:
-        assert built[silver_store.LOCAL_ROWS, table.name] == built[0, table.name], table.name
+        assert built["held", table.name] == built["read again", table.name], table.name
