@@ -78,6 +78,7 @@ from spotify_assets.gold.transform import (
     SILVER_VERSION_COLUMNS,
     aggregate,
     calendar,
+    lookup_periods,
     point_in_time,
 )
 
@@ -209,7 +210,8 @@ def _fact(catalog: Catalog, table: Table, spec: PointInTimeFact) -> None:
             )
             for lookup in spec.lookups
         }
-        return point_in_time(catalog, spark.read.table(_silver_view(table)), dimensions)
+        periods = lookup_periods(catalog, dimensions)
+        return point_in_time(catalog, spark.read.table(_silver_view(table)), periods)
 
     comment = f"{silver_path(table)} rows passing the fact's expectations."
     dp.temporary_view(name=_silver_view(table), comment=comment)(_expect(spec.expectations)(silver))

@@ -8,6 +8,8 @@ under: the only place these paths are spelled.
     gold/_state/<table>             the silver version each SCD2 dimension was applied from
     gold/_unmatched/<table>         Delta, per day the dimension keys a fact's rows hold that no
                                     dimension row has yet (late members)
+    gold/_periods/<table>           parquet, when each version of a dimension the fact looks up
+                                    is in force, while a build of the fact reads them
 
 A layer's name is also its Dagster asset group and the first part of its assets' keys.
 """
@@ -46,3 +48,7 @@ def gold_state_path(table: Table) -> str:
 
 def unmatched_path(table: Table) -> str:
     return f"{GOLD}/_unmatched/{table.lake_name}"
+
+
+def periods_path(table: Table) -> str:
+    return f"{GOLD}/_periods/{table.lake_name}"

@@ -3,6 +3,7 @@
     expect        -> rows failing an expectation are dropped (DLT `expect_all_or_drop`), counted
     calendar      -> the calendar's rows without silver's version bookkeeping
     scd2          -> the SCD type 2 rows of the keys present in some silver versions
+    lookup_periods -> per dimension the fact looks up, when each version is in force
     point_in_time -> fact rows with dimension columns as they were at the fact's time
     unmatched     -> per day, the dimension keys of fact rows that no dimension row has yet
     aggregate     -> a daily aggregate of fact rows
@@ -160,12 +161,27 @@ def _same_key(keys: list[str], neighbour: Callable[..., Column], window: WindowS
     return F.coalesce(result, F.lit(False))
 
 
+def lookup_periods(catalog: Catalog, dimensions: Mapping[str, DataFrame]) -> dict[str, DataFrame]:
+    """Per dimension the fact looks up, the periods `point_in_time` and `unmatched` join facts
+    with (`_periods`). `dimensions`: gold SCD2 rows by table name. A build of the fact in
+    chunks computes them once for all its chunks: the window over every dimension version would
+    otherwise be most of each chunk's cost."""
+    spec = catalog.fact.gold
+    assert isinstance(spec, PointInTimeFact)
+    periods = {}
+    for lookup in spec.lookups:
+        (key,) = catalog[lookup.dimension].key
+        periods[lookup.dimension] = _periods(dimensions[lookup.dimension], key, lookup.columns)
+    return periods
+
+
 def point_in_time(
-    catalog: Catalog, facts: DataFrame, dimensions: Mapping[str, DataFrame]
+    catalog: Catalog, facts: DataFrame, periods: Mapping[str, DataFrame]
 ) -> DataFrame:
     """Silver fact rows -> gold fact rows: each lookup's columns from the version of the
     dimension row valid at the fact's time; before its first version, from the first; after a
-    delete, from the last; no dimension row, NULLs. `dimensions`: gold SCD2 rows by table name."""
+    delete, from the last; no dimension row, NULLs. `periods`: `lookup_periods` of the gold
+    SCD2 rows."""
     fact = catalog.fact
     spec = fact.gold
     assert isinstance(spec, PointInTimeFact)
@@ -175,13 +191,12 @@ def point_in_time(
     # which a declarative pipeline cannot do while it registers its datasets.
     columns = [*fact.column_names, spec.date_column]
     for lookup in spec.lookups:
-        (key,) = catalog[lookup.dimension].key
-        periods = _periods(dimensions[lookup.dimension], key, lookup.columns)
+        in_force = periods[lookup.dimension]
         joined = result.join(
-            periods,
-            (result[lookup.on] == periods["_lookup_key"])
-            & (periods["_from"].isNull() | (at >= periods["_from"]))
-            & (periods["_to"].isNull() | (at < periods["_to"])),
+            in_force,
+            (result[lookup.on] == in_force["_lookup_key"])
+            & (in_force["_from"].isNull() | (at >= in_force["_from"]))
+            & (in_force["_to"].isNull() | (at < in_force["_to"])),
             "left",
         )
         columns[-1:-1] = lookup.columns
@@ -189,17 +204,18 @@ def point_in_time(
     return result
 
 
-def unmatched(catalog: Catalog, facts: DataFrame, dimensions: Mapping[str, DataFrame]) -> DataFrame:
+def unmatched(catalog: Catalog, facts: DataFrame, periods: Mapping[str, DataFrame]) -> DataFrame:
     """Per day and lookup, the keys that `point_in_time` finds in no dimension row (a member the
     source has not got yet: those facts carry NULLs until it arrives), with how many fact rows
     hold each: the fact's date column, `dimension` (its source table name), `key` (as text) and
-    `facts`. Usually empty."""
+    `facts`. Usually empty. `periods`: `lookup_periods` of the gold SCD2 rows."""
     spec = catalog.fact.gold
     assert isinstance(spec, PointInTimeFact)
     parts = []
     for lookup in spec.lookups:
-        (key,) = catalog[lookup.dimension].key
-        known = dimensions[lookup.dimension].select(F.col(key).alias("_known")).distinct()
+        # A key's first period is the only one open before: one row per known key.
+        firsts = periods[lookup.dimension].where(F.col("_from").isNull())
+        known = firsts.select(F.col("_lookup_key").alias("_known"))
         missing = facts.join(known, facts[lookup.on] == known["_known"], "left_anti")
         parts.append(
             missing.where(F.col(lookup.on).isNotNull())

@@ -17,9 +17,12 @@ import pyarrow as pa
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 from deltalake import DeltaTable
+from pyspark.sql import SparkSession
 
+from resources.gold_runner import GoldRunner
+from resources.lake import LakeStorage
 from spotify_assets.catalog.columns import gold_columns, silver_columns
-from spotify_assets.catalog.lake_paths import gold_path, silver_path
+from spotify_assets.catalog.lake_paths import gold_path, periods_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, CHANGE_OP, CHANGE_SEQ, VERSION_AT
 from spotify_assets.cli.commands import source_simulate
 from spotify_assets.orchestration import ingest
@@ -82,6 +85,37 @@ def test_late_streams_reach_gold_through_a_backdated_refresh(pipeline) -> None:
     assert refresh_run.tags["spotify/run"] == "refresh"
     assert refresh_run.tags["spotify/days"] == f"{today - timedelta(days=8)}..{today}"
     assert refresh_run.tags["spotify/tables"] == "FactStream"
+
+
+def test_a_fact_built_in_chunks_reads_periods_prepared_once_and_equals_plain_sql(
+    pipeline, sail_spark: SparkSession
+) -> None:
+    """Every chunk of a build joins the dimensions' periods written once under gold/_periods;
+    a build killed before removing them left some behind, which the next build replaces."""
+    settings, instance = pipeline
+    source_simulate(settings, 1, SEED, DIRTY)  # new versions: keys with several periods
+    ingest.incremental(settings, instance)
+    lake = LakeStorage(url=settings.lake_url)
+    users = DeltaTable(f"{settings.lake_url}/{gold_path('dim_user')}").to_pyarrow_table()
+    stale = pa.table(
+        {
+            "_lookup_key": users["user_id"],
+            "subscription_type": pa.array(["stale"] * users.num_rows),
+            "country": pa.array(["stale"] * users.num_rows),
+        }
+    )
+    lake.write_parquet(f"{periods_path(CATALOG['DimUser'])}/left-by-a-killed-build.parquet", stale)
+    fact = DeltaTable(f"{settings.lake_url}/{gold_path(CATALOG.fact.lake_name)}")
+    rows, version = fact.to_pyarrow_table(columns=["stream_id"]).num_rows, fact.version()
+
+    catalog = settings.catalog  # with the partition start the load set
+    runner = GoldRunner(lake, sail_spark, catalog, chunk_rows=rows // 4)
+    runner.build_fact((catalog.fact.first_partition, datetime.now(UTC).date()))
+
+    fact.update_incremental()
+    assert fact.version() - version >= 4  # a commit per chunk
+    assert not lake.fs.exists(lake.path(periods_path(CATALOG["DimUser"])))
+    assert_gold_equals_source(settings)
 
 
 def test_a_run_with_nothing_new_changes_no_gold_table(pipeline) -> None:
