@@ -11,7 +11,7 @@ replaceWhere, as Databricks applies the same specs in the pipeline of `dlt/`.
                        gold/_unmatched/fact_stream partition P: the dimension keys of P's facts
                        that no dimension row has yet, for reconciliation to rebuild P when they
                        arrive (written first: if the fact's commit is lost, P stays stale).
-                       The dimensions' periods are computed once per build, written to
+                       The dimensions' periods are computed once per build into
                        gold/_periods/<dim> for its chunks to read, and removed after it.
     gold/agg_daily_*   partition P from gold/fact_stream partition P.
 """
@@ -273,18 +273,19 @@ class GoldRunner:
 
     @contextmanager
     def _prepared(self, periods: Mapping[str, DataFrame]) -> Iterator[dict[str, DataFrame]]:
-        """`periods` (by dimension) computed once and read from gold/_periods by every chunk of
-        a build, then removed: a chunk's query would compute them again, a window over every
-        version of the dimension (~0.5 µs a version per chunk, most of a chunk's cost at scale
-        10). The folders are fixed: one writer at a time holds the lake (`resources/lease.py`),
-        and a build killed before removing them has the next one overwrite them."""
+        """`periods` (by dimension) computed once into Delta tables under gold/_periods, read by
+        every chunk of a build, then removed: a chunk's query would compute them again, a window
+        over every version of the dimension (~0.5 µs a version per chunk, most of a chunk's
+        cost at scale 10). Delta, not bare parquet: an empty dimension (emptied outside any run)
+        writes no file, and its table still has the columns. The folders are fixed, as one
+        writer at a time holds the lake (`resources/lease.py`); what a killed build left there
+        is removed first."""
         relatives = {name: periods_path(self.catalog[name]) for name in periods}
         try:
             for name, rows in periods.items():
-                rows.write.mode("overwrite").parquet(self.lake.path(relatives[name]))
-            yield {
-                name: self.spark.read.parquet(self.lake.path(r)) for name, r in relatives.items()
-            }
+                self.lake.remove_tree(relatives[name])
+                rows.write.format("delta").save(self.lake.path(relatives[name]))
+            yield {name: self._read(relative) for name, relative in relatives.items()}
         finally:
             for relative in relatives.values():
                 self.lake.remove_tree(relative)

@@ -8,7 +8,7 @@ under: the only place these paths are spelled.
     gold/_state/<table>             the silver version each SCD2 dimension was applied from
     gold/_unmatched/<table>         Delta, per day the dimension keys a fact's rows hold that no
                                     dimension row has yet (late members)
-    gold/_periods/<table>           parquet, when each version of a dimension the fact looks up
+    gold/_periods/<table>           Delta, when each version of a dimension the fact looks up
                                     is in force, while a build of the fact reads them
 
 A layer's name is also its Dagster asset group and the first part of its assets' keys.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from dagster import DagsterEventType, DagsterInstance
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import SparkSession
 
 from resources.gold_runner import GoldRunner
@@ -104,7 +104,7 @@ def test_a_fact_built_in_chunks_reads_periods_prepared_once_and_equals_plain_sql
             "country": pa.array(["stale"] * users.num_rows),
         }
     )
-    lake.write_parquet(f"{periods_path(CATALOG['DimUser'])}/left-by-a-killed-build.parquet", stale)
+    write_deltalake(lake.path(periods_path(CATALOG["DimUser"])), stale)  # other columns
     fact = DeltaTable(f"{settings.lake_url}/{gold_path(CATALOG.fact.lake_name)}")
     rows, version = fact.to_pyarrow_table(columns=["stream_id"]).num_rows, fact.version()
 
