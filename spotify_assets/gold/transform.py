@@ -1,13 +1,13 @@
 """Gold transforms (README: Gold): pure PySpark, DataFrame in, DataFrame out.
 
-    expect        -> rows failing an expectation are dropped (DLT `expect_all_or_drop`), counted
-    calendar      -> the calendar's rows without silver's version bookkeeping
-    scd2          -> the SCD type 2 rows of the keys present in some silver versions
+    expect         -> rows failing an expectation are dropped (DLT `expect_all_or_drop`), counted
+    calendar       -> the calendar's rows without silver's version bookkeeping
+    scd2           -> the SCD type 2 rows of the keys present in some silver versions
     lookup_periods -> per dimension the fact looks up, when each version is in force
-    point_in_time -> fact rows with dimension columns as they were at the fact's time
-    unmatched     -> per day, the dimension keys of fact rows that no dimension row has yet
-    aggregate     -> a daily aggregate of fact rows
-    scd2_problems -> invariants of an SCD2 table, counted for asset checks
+    point_in_time  -> fact rows with dimension columns as they were at the fact's time
+    unmatched      -> per day, the dimension keys of fact rows that no dimension row has yet
+    aggregate      -> a daily aggregate of fact rows
+    scd2_problems  -> invariants of an SCD2 table, counted for asset checks
 
 The local runner (`resources/gold_runner.py`) applies them to Delta tables on Sail; the Databricks
 pipeline (`dlt/`) declares the same specs and lets DLT apply them.

@@ -87,7 +87,7 @@ def test_late_streams_reach_gold_through_a_backdated_refresh(pipeline) -> None:
     assert refresh_run.tags["spotify/tables"] == "FactStream"
 
 
-def test_a_fact_built_in_chunks_reads_periods_prepared_once_and_equals_plain_sql(
+def test_a_fact_built_in_chunks_equals_plain_sql_and_leaves_no_periods_behind(
     pipeline, sail_spark: SparkSession
 ) -> None:
     """Every chunk of a build joins the dimensions' periods written once under gold/_periods;
