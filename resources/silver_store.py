@@ -160,8 +160,10 @@ class SilverStore:
         """Replace the partitions `chunk` of `days`."""
         partition = CHANGE_DATE if self.table.change_time_column else None
         try:
+            # Counted once for the choices below; it reads the partly superseded bronze files.
+            bronze_rows = self._bronze_rows(chunk)
             bronze = self.read_bronze(chunk)
-            if self._bronze_rows(chunk) <= FEW_ROWS:
+            if bronze_rows <= FEW_ROWS:
                 # Read once: the analyses, repeat checks, the write and the quarantine's would
                 # each open every file of the chunk again, one per day and table on a first load.
                 bronze = held(bronze, FEW_ROWS)
@@ -174,7 +176,7 @@ class SilverStore:
                 raise self.bronze.file_error(*damaged[0]) from error
             raise
         quarantine = frames.quarantine
-        if self._all_valid(frames, chunk):
+        if self._all_valid(frames, chunk, bronze_rows):
             if (
                 exists(self.lake, self.quarantine_path)
                 and not self._counted(self.quarantine_relative, chunk)[0]
@@ -193,14 +195,14 @@ class SilverStore:
             return valid.repartition(F.col(CHANGE_DATE))
         return valid
 
-    def _all_valid(self, frames: SilverFrames, chunk: Days | None) -> bool:
+    def _all_valid(self, frames: SilverFrames, chunk: Days | None, bronze_rows: int) -> bool:
         """Whether the quarantine gets no row of `chunk`, which writing it would take a second
-        run of the whole transform to find: where no (key, version) repeats, when every bronze
-        row is a silver row (the manifest's and the log's counts, no scan); where a
+        run of the whole transform to find: where no (key, version) repeats, when every one of
+        its `bronze_rows` is a silver row (the manifest's and the log's counts, no scan); where a
         dimension's versions collapse, when no input row fails a rule (one small query)."""
         if frames.repeats:
             return frames.failing is not None and frames.failing.limit(1).count() == 0
-        return self._counted(self.relative, chunk)[0] == self._bronze_rows(chunk)
+        return self._counted(self.relative, chunk)[0] == bronze_rows
 
     def _accepted(self, chunk: Days | None, days: Days | None) -> DataFrame | None:
         """The rows silver holds outside the partitions being rebuilt (from `chunk` to the end
