@@ -304,10 +304,20 @@ def rank_keys(table: Table, df: DataFrame, accepted: DataFrame | None = None) ->
     source defect in a table of events, failing the key's uniqueness rule). A key silver already
     holds in other partitions (`accepted`) keeps that row; otherwise the earliest row wins,
     ties broken by value, so that every rebuild keeps the same one. The sort runs only where a
-    key repeats or was accepted before, which two small queries tell."""
+    key repeats or was accepted before, which small queries tell."""
     key = list(table.key)
     repeats = df.groupBy(*key).count().where(F.col("count") > 1).drop("count")
-    seen = accepted.select(*key).join(df.select(*key), key, "left_semi") if accepted else None
+    seen = None
+    if accepted is not None:
+        # Only accepted rows within the range of `df`'s keys can match: a filter on literals,
+        # which Delta's file statistics skip whole files by (a day's new facts against the
+        # history of silver: most of its files hold older keys).
+        bounds = df.agg(*(F.min(k) for k in key), *(F.max(k) for k in key)).collect()[0]
+        candidates = accepted.select(*key)
+        for n, k in enumerate(key):
+            low, high = F.lit(bounds[n]), F.lit(bounds[n + len(key)])
+            candidates = candidates.where(F.col(k).between(low, high))
+        seen = candidates.join(df.select(*key), key, "left_semi")
     if repeats.limit(1).count() == 0 and (seen is None or seen.limit(1).count() == 0):
         return df.withColumn(KEY_RANK, F.lit(1))
     assert table.cdc_column is not None

@@ -45,6 +45,7 @@ from spotify_assets.catalog.tables import (
     CHANGE_OP,
     CHANGE_SEQ,
     EFFECTIVE_AT,
+    KEY_RANK,
     ColumnType,
     Table,
 )
@@ -54,6 +55,7 @@ from spotify_assets.silver.transform import (
     FAILED_RULES,
     RAW,
     RULE,
+    SPARK_TYPES,
     VERSION_AT,
     SchemaDriftError,
     SilverFrames,
@@ -63,6 +65,7 @@ from spotify_assets.silver.transform import (
     dedup,
     derive,
     has_repeats,
+    rank_keys,
     rule_counts,
     split,
     transform,
@@ -980,6 +983,39 @@ def once_each(table: Table, rows: list[Row]) -> list[Row]:
             seen.add(identity)
             kept.append(r)
     return kept
+
+
+def _facts(spark: SparkSession, keys: Sequence[int], day: date) -> DataFrame:
+    """Fact rows of `day` with the keys `keys` (the other columns as `rank_keys` needs them)."""
+    table = CATALOG["FactStream"]
+    ddl = ", ".join(f"`{c.name}` {SPARK_TYPES[c.type]}" for c in table.columns)
+    at = datetime.combine(day, datetime.min.time())
+    values = {table.key[0]: None, table.cdc_column: at}
+    rows = [tuple(k if c.name == table.key[0] else values.get(c.name) for c in table.columns)
+            for k in keys]  # fmt: skip
+    return spark.createDataFrame(rows, ddl).withColumn(CHANGE_DATE, F.lit(day))
+
+
+def test_a_fact_key_silver_holds_at_either_end_of_the_new_keys_ranks_second(
+    sail_spark: SparkSession, tmp_path: Path
+) -> None:
+    """`rank_keys` reads only the accepted keys within the range of the new rows' keys (Delta
+    skips the other days' files by their statistics): a key equal to either bound is taken, a
+    key inside the range that the new rows lack, or outside it, marks nothing."""
+    table = CATALOG["FactStream"]
+    accepted_days = {
+        date(2026, 3, 1): [1, 2],
+        date(2026, 3, 2): [10, 11, 20],
+        date(2026, 3, 3): [25, 30],
+    }
+    path = str(tmp_path / "silver")
+    for day, keys in accepted_days.items():
+        rows = _facts(sail_spark, keys, day)
+        rows.write.format("delta").mode("append").partitionBy(CHANGE_DATE).save(path)
+    accepted = sail_spark.read.format("delta").load(path)
+    new = _facts(sail_spark, [11, 15, 25], date(2026, 3, 4))
+    ranked = rank_keys(table, new, accepted).select(table.key[0], KEY_RANK).collect()
+    assert sorted(map(tuple, ranked)) == [(11, 2), (15, 1), (25, 2)]
 
 
 @pytest.mark.parametrize("redelivered", [True, False], ids=["redelivered", "once"])
