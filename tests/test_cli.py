@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -11,13 +12,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from dagster import DagsterInstance, DagsterRunStatus
 
+from resources.lake import LakeStorage
+from resources.lease import lake_writer
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import main
+from spotify_assets.cli import INTERRUPTED, main
 from spotify_assets.cli.commands import dagster_instance, demo_settings
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
-from tests.helpers.processes import cli_imports
+from tests.helpers.gold_reference import (
+    assert_dimensions_equal_source,
+    assert_gold_equals_source,
+    small_source,
+)
+from tests.helpers.processes import CLI, Lakehouse, cli_imports, run_until_bronze
 
 SECRET = "not-in-any-output-42"
 
@@ -247,3 +256,51 @@ def test_demo_starts_from_a_clean_demo_home(home: Path) -> None:
     assert settings.lake_url == str(home / "demo" / "lake")
     assert settings.dagster_home == home / "demo" / "dagster"
     assert not (home / "demo").exists()
+
+
+@pytest.mark.timeout(300)  # a first load interrupted, then a run: a minute when the machine is busy
+def test_an_interrupted_run_stops_in_one_line_and_the_next_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C once bronze is committed: Dagster fails the step it interrupts, and the command
+    then stops (it went on with the next runs and reconciliation's repair before) in one line
+    with exit code 130; its Dagster run is failed, not left started, and `run` resumes."""
+    cli = Lakehouse(tmp_path / "home")
+    settings = small_source(cli.home)
+    with (tmp_path / "output").open("w+") as output:
+        process = run_until_bronze(cli, output)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == INTERRUPTED
+        output.seek(0)
+        lines = output.read().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    assert lines[-1].startswith("error: interrupted: the lake keeps every step committed before")
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))  # its dagster.yaml names it
+    runs = DagsterInstance.from_config(str(settings.dagster_home)).get_runs()
+    assert [run.status for run in runs] == [DagsterRunStatus.FAILURE]
+    cli("run")
+    assert_gold_equals_source(settings)
+    assert_dimensions_equal_source(settings)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_writer_interrupted_while_it_waits_for_the_lease_says_so_in_one_line(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C, or a service manager's SIGTERM, before any Dagster run (here while `run` waits
+    for another writer): one line and exit code 130 (a traceback, or no word at all, before)."""
+    cli = Lakehouse(tmp_path / "home")
+    env = cli.env | {"SPOTIFY_WRITER_WAIT_SECONDS": "600"}
+    with lake_writer(LakeStorage(url=cli.settings.lake_url), "test", 0, print):
+        process = subprocess.Popen(
+            [CLI, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert process.stderr is not None
+        assert process.stderr.readline().startswith("waiting up to 600 s for the lake writer")
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == INTERRUPTED
+    assert err.splitlines() == [
+        "error: interrupted: the lake keeps every step committed before it; "
+        "`spotify-lakehouse run` resumes from there"
+    ]

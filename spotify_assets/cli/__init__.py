@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 
 from spotify_assets.cli.parser import UsageError, build_parser
+
+# The exit code of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
+# What an interrupted command that writes (or repairs) the lake leaves: its commits, each whole.
+LAKE_COMMANDS = ("run", "refresh", "verify", "demo")
+STOPPED = (
+    "error: interrupted: the lake keeps every step committed before it; "
+    "`spotify-lakehouse run` resumes from there"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -14,8 +24,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # Imported once the command line is valid: Dagster, Spark and Delta cost seconds to load,
-    # which `--help` and a mistyped option should not.
-    from spotify_assets.cli.commands import run_command
+    # A service manager's SIGTERM stops a command as Ctrl-C does (Dagster, during a run, maps
+    # both to its own interrupt, which fails the run's step and then stops the command).
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        # Imported once the command line is valid: Dagster, Spark and Delta cost seconds to
+        # load, which `--help` and a mistyped option should not.
+        from spotify_assets.cli.commands import run_command
 
-    return run_command(args)
+        return run_command(args)
+    except KeyboardInterrupt:
+        print(STOPPED if args.command in LAKE_COMMANDS else "error: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -24,6 +24,7 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     DagsterEventType,
+    DagsterExecutionInterruptedError,
     DagsterInstance,
     Definitions,
     ExecuteInProcessResult,
@@ -453,6 +454,8 @@ def execute(
         result = _materialize(run, assets, runner, resources, instance)
         if result.success:
             loads += _loads(run, catalog, result)
+        elif _interrupted(result):  # Ctrl-C or SIGTERM: no further run, nor the caller's repair
+            raise KeyboardInterrupt(f"run {result.run_id}")
         else:
             failed += _failure_lines(run, assets, result, instance)
     if failed:
@@ -485,6 +488,16 @@ def _materialize(
         instance=instance,
         tags={**run.tags, **WRITER_TAG},
         raise_on_error=False,
+    )
+
+
+def _interrupted(result: ExecuteInProcessResult) -> bool:
+    """Whether the run failed because it was interrupted: Dagster turns the signal into this
+    error at a step (failing it and the run) rather than letting it end the process."""
+    failures = result.filter_events(lambda e: e.event_type == DagsterEventType.RUN_FAILURE)
+    errors = [event.job_failure_data.error for event in failures]
+    return any(
+        e is not None and e.cls_name == DagsterExecutionInterruptedError.__name__ for e in errors
     )
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -158,11 +159,22 @@ def cli_imports(
 def run_killed_after_bronze(cli: Lakehouse, rng: random.Random) -> None:
     """`spotify-lakehouse run` in a subprocess, SIGKILLed 0-3 s after bronze committed new fact
     rows (silver and gold not yet, or partly, rebuilt)."""
+    process = run_until_bronze(cli, subprocess.DEVNULL)
+    try:
+        time.sleep(rng.uniform(0.0, 3.0))  # somewhere in silver or gold
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def run_until_bronze(cli: Lakehouse, output: IO[str] | int) -> subprocess.Popen[str]:
+    """`spotify-lakehouse run` started in a subprocess of its own session, its standard output
+    and error to `output` (a file: a pipe nobody reads would stall it), returned as soon as
+    bronze committed new fact rows (silver and gold still to come)."""
     store = copy_runner(cli.settings).store(CATALOG.fact)
     before = store.current().watermark
     process = subprocess.Popen(
-        [CLI, "run"], env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        [CLI, "run"], env=cli.env, stdout=output, stderr=output, text=True, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
@@ -170,10 +182,11 @@ def run_killed_after_bronze(cli: Lakehouse, rng: random.Random) -> None:
             assert process.poll() is None, "the run ended before bronze committed"
             assert time.monotonic() < deadline, "bronze never committed"
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 3.0))  # somewhere in silver or gold
-    finally:
+    except BaseException:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        raise
+    return process
 
 
 SAIL = str(Path(sys.executable).with_name("sail"))
