@@ -53,19 +53,20 @@ def log_gaps(lake: LakeStorage, path: str) -> list[int]:
 
 def _log_versions(lake: LakeStorage, path: str) -> tuple[set[int], set[int], set[int]]:
     """The versions of a table's log that have a commit, a checkpoint, and any entry at all
-    (a commit's `.crc` included); all empty if it has no log."""
+    (a commit's `.crc` included); all empty if it has no log. An empty commit file is no
+    commit: delta-rs reads it as a version without actions, Spark fails on it."""
     try:
-        names = lake.fs.ls(f"{path}/{_LOG}", detail=False)
+        entries = lake.fs.ls(f"{path}/{_LOG}", detail=True)
     except FileNotFoundError:
         return set(), set(), set()
     commits: set[int] = set()
     checkpoints: set[int] = set()
     seen: set[int] = set()
-    for name in names:
-        if match := _LOG_ENTRY.match(posixpath.basename(name.rstrip("/"))):
+    for entry in entries:
+        if match := _LOG_ENTRY.match(posixpath.basename(entry["name"].rstrip("/"))):
             version, kind = int(match.group(1)), match.group(2)
             seen.add(version)
-            if kind == "json":
+            if kind == "json" and entry["size"]:
                 commits.add(version)
             elif kind == "checkpoint.parquet":
                 checkpoints.add(version)
@@ -73,11 +74,12 @@ def _log_versions(lake: LakeStorage, path: str) -> tuple[set[int], set[int], set
 
 
 def check_log(lake: LakeStorage, path: str) -> None:
-    """`LakeFileError` naming the first missing commit of a table's log, and the fix."""
+    """`LakeFileError` naming the first missing (or empty) commit of a table's log, and the
+    fix."""
     if gaps := log_gaps(lake, path):
         raise LakeFileError(
-            f"{path}: Delta log commit {gaps[0]} ({_LOG}/{gaps[0]:020d}.json) is missing; run "
-            f"`{REPAIR_COMMAND}` to rebuild the table from the layer below"
+            f"{path}: Delta log commit {gaps[0]} ({_LOG}/{gaps[0]:020d}.json) is missing or "
+            f"empty; run `{REPAIR_COMMAND}` to rebuild the table from the layer below"
         )
 
 

@@ -85,3 +85,18 @@ def test_a_log_that_lost_a_commit_is_a_damaged_table_to_repair(tmp_path: Path, e
     assert exists(lake, lake.path(RELATIVE))
     with pytest.raises(LakeFileError, match=r"commit 0 .* verify --repair"):
         delta_table(lake, RELATIVE)
+
+
+def test_a_log_commit_truncated_to_nothing_is_a_damaged_table_to_repair(
+    tmp_path: Path, sail_spark: SparkSession
+) -> None:
+    """An emptied commit (by hand, a tool, a sync gone wrong): delta-rs read the table as empty
+    (its protocol from the checksum file) and Spark failed every write with "Cannot load table
+    state without protocol"; now it is a lost commit, to repair."""
+    lake = lake_at(tmp_path)
+    rows = sail_spark.createDataFrame([(DAY, 1)], "day date, n long")
+    replace_partitions(lake, rows, lake.path(RELATIVE), "day", (DAY, DAY))
+    (log_of(lake) / f"{0:020d}.json").write_bytes(b"")
+    assert log_gaps(lake, lake.path(RELATIVE)) == [0]
+    with pytest.raises(LakeFileError, match=r"commit 0 .* is missing or empty; run .*--repair"):
+        delta_table(lake, RELATIVE)
