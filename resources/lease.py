@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from resources.lake import LakeConflictError, LakeStorage
+from resources.lake import LakeConflictError, LakeFileError, LakeStorage
 
 LEASE_DIR = "_lease"
 # How long a record keeps the lease without renewal: the longest a SIGKILLed holder on another
@@ -272,10 +272,20 @@ def lake_writer(
         _HELD[key] = hold
     try:
         yield hold
-    finally:
-        with _HELD_LOCK:
-            del _HELD[key]
-        hold.release()
+    except BaseException:
+        _forget(key)
+        # A release failing too (the disk full that failed the work) must not hide why the
+        # work failed; its last record then expires, or a waiter here finds this process gone.
+        with contextlib.suppress(LakeFileError):
+            hold.release()
+        raise
+    _forget(key)
+    hold.release()
+
+
+def _forget(key: str) -> None:
+    with _HELD_LOCK:
+        del _HELD[key]
 
 
 def run_entry(tags: Mapping[str, str]) -> str:

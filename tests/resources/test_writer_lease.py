@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, materialize
 
-from resources.lake import LakeStorage
+from resources.lake import LakeFileError, LakeStorage
 from resources.lease import (
     Holder,
     LakeBusyError,
@@ -178,6 +178,32 @@ def test_runs_of_a_command_hold_the_commands_lease_again(lake: LakeStorage) -> N
                 assert lease.current().holder.entry == "CLI run"
         assert lease.current().holder.run_id is None
     assert lease.current().holder is None
+
+
+def test_a_release_that_fails_does_not_hide_why_the_holder_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fails the holder's work, then its release record: the work's error is what
+    the caller sees (the CLI said only that the lease record could not be written, hiding which
+    layer failed and the run's log). A release failing after work that succeeded still fails."""
+    lake = LakeStorage(url=str(tmp_path / "lake"))
+
+    def disk_full(self: LakeStorage, relative: str, data: bytes) -> None:
+        raise LakeFileError(f"cannot write {relative}: No space left on device")
+
+    with (
+        pytest.raises(RuntimeError, match="silver/fact_stream failed"),
+        lake_writer(lake, "CLI run", 0, print),
+    ):
+        monkeypatch.setattr(LakeStorage, "create_json", disk_full)
+        raise RuntimeError("silver/fact_stream failed: No space left on device")
+    monkeypatch.undo()
+    other = LakeStorage(url=str(tmp_path / "other"))  # this process still holds the first one
+    with (
+        pytest.raises(LakeFileError, match="No space left"),
+        lake_writer(other, "CLI run", 0, print),
+    ):
+        monkeypatch.setattr(LakeStorage, "create_json", disk_full)
 
 
 def test_the_entry_point_of_a_run_comes_from_its_tags() -> None:
