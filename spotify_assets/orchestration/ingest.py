@@ -494,11 +494,15 @@ def _materialize(
 def _interrupted(result: ExecuteInProcessResult) -> bool:
     """Whether the run failed because it was interrupted: Dagster turns the signal into this
     error at a step (failing it and the run) rather than letting it end the process."""
+    error = _run_error(result)
+    return error is not None and error.cls_name == DagsterExecutionInterruptedError.__name__
+
+
+def _run_error(result: ExecuteInProcessResult) -> _ErrorInfo | None:
+    """The error the run failed with as a whole (an interrupt, a resource that could not
+    start), if it recorded one."""
     failures = result.filter_events(lambda e: e.event_type == DagsterEventType.RUN_FAILURE)
-    errors = [event.job_failure_data.error for event in failures]
-    return any(
-        e is not None and e.cls_name == DagsterExecutionInterruptedError.__name__ for e in errors
-    )
+    return next((e.job_failure_data.error for e in failures if e.job_failure_data.error), None)
 
 
 def _failure_lines(
@@ -518,7 +522,7 @@ def _failure_lines(
         days = f" {run.days[0]}..{run.days[1]}" if run.days and partitioned else ""
         error = event.step_failure_data.error
         lines.append(f"{key.to_user_string()}{days} failed: {_root(error)}; full log: {log}")
-    return lines or [f"{run.describe()} failed; full log: {log}"]
+    return lines or [f"{run.describe()} failed: {_root(_run_error(result))}; full log: {log}"]
 
 
 def _root(error: _ErrorInfo | None) -> str:

@@ -241,3 +241,25 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_next_run_recovers(
 
     assert cli("run") == (0, [])
     assert_gold_equals_source(cli.settings)
+
+
+def test_a_run_that_fails_before_its_first_step_says_why(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up once the command holds the lease: the refresh's run cannot record its
+    id in the lease, so it fails before any step, and its line says why (it said only "failed")."""
+    json_write = resources.lake._durable_temp_copy
+    writes: list[str] = []
+
+    def lease_full_after_the_first(path: str, data: bytes) -> str:
+        if "_lease" in str(path) and writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        writes.append(str(path))
+        return json_write(path, data)
+
+    monkeypatch.setattr(resources.lake, "_durable_temp_copy", lease_full_after_the_first)
+    code, errors = cli("refresh", "--from", str(DAY), "--to", str(DAY), "--tables", "FactStream")
+    assert code == 1 and errors
+    for line in errors:
+        assert "failed: LakeFileError: cannot write " in line and "No space left" in line
+        assert "full log: run " in line
