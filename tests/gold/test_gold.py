@@ -118,6 +118,39 @@ def test_a_fact_built_in_chunks_equals_plain_sql_and_leaves_no_periods_behind(
     assert_gold_equals_source(settings)
 
 
+def test_a_fact_built_against_a_large_dimension_is_one_file_a_day(
+    pipeline, sail_spark: SparkSession
+) -> None:
+    """Past ~45k periods (1 MB) Sail joins the facts with a dimension by hashing both sides
+    into two streams, each holding some rows of every day: each stream wrote a file a day."""
+    settings, _ = pipeline
+    lake = LakeStorage(url=settings.lake_url)
+    tracks = DeltaTable(lake.path(gold_path("dim_track"))).to_pyarrow_table()
+    unused = pa.table(
+        {
+            name: pa.array(
+                range(10_000_000, 10_060_000) if name == "track_id" else [tracks[name][0]] * 60_000,
+                tracks.schema.field(name).type,
+            )
+            for name in tracks.column_names
+        }
+    )
+    write_deltalake(lake.path(gold_path("dim_track")), unused, mode="append")
+    fact = CATALOG.fact
+    path = lake.path(gold_path(fact.lake_name))
+    before = DeltaTable(path).to_pyarrow_table().sort_by("stream_id")
+
+    catalog = settings.catalog
+    GoldRunner(lake, sail_spark, catalog).build_fact(
+        (catalog.fact.first_partition, datetime.now(UTC).date())
+    )
+
+    actions = pa.table(DeltaTable(path).get_add_actions(flatten=True))
+    days = actions[f"partition.{fact.gold.date_column}"].to_pylist()  # type: ignore[union-attr]
+    assert len(days) == len(set(days)) > 1
+    assert DeltaTable(path).to_pyarrow_table().sort_by("stream_id").equals(before)
+
+
 def test_a_run_with_nothing_new_changes_no_gold_table(pipeline) -> None:
     settings, instance = pipeline
     versions = {
