@@ -4,6 +4,7 @@ positive): it is applied, costs no query to count, and no aggregate row can fail
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date, timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from pyspark.sql import functions as F
 from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.gold.transform import aggregate, expect
+from spotify_assets.silver.transform import FAILED_RULES, flag_failures
 
 # The fact's columns the aggregates group and measure, as gold's fact types them.
 FACT_DDL = (
@@ -56,6 +58,24 @@ def test_the_catalog_declares_guaranteed_rules_on_aggregates() -> None:
 def test_no_aggregate_row_fails_a_guaranteed_rule(sail_spark: SparkSession, spec, rule, rows):
     grouped = aggregate(spec, sail_spark.createDataFrame(rows, FACT_DDL))
     assert grouped.where(~F.coalesce(F.expr(rule.predicate), F.lit(False))).count() == 0
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(rows=facts)
+def test_the_rows_kept_are_those_failing_no_rule(sail_spark: SparkSession, rows) -> None:
+    """The fact's rules, on rows whose predicates are true, false or NULL: the rows kept are
+    exactly those the failures' count finds failing none (a NULL predicate fails)."""
+    rules = CATALOG.fact.gold.expectations  # type: ignore[union-attr]
+    frame = sail_spark.createDataFrame(rows, FACT_DDL)
+    passing = flag_failures(rules, frame).where(F.col(FAILED_RULES) == "").drop(FAILED_RULES)
+    assert Counter(map(tuple, expect(rules, frame).kept.collect())) == Counter(
+        map(tuple, passing.collect())
+    )
 
 
 def test_a_guaranteed_rule_is_applied_but_not_counted(sail_spark: SparkSession) -> None:
