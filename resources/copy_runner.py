@@ -29,7 +29,7 @@ from resources.bronze_store import BronzeStore
 from resources.lake import LakeStorage
 from resources.odbc import SourceUnavailableError
 from resources.source_db import SourceDatabase
-from resources.source_reader import ReaderKind, read_arrow
+from resources.source_reader import ReaderKind, read_arrow, read_as_text
 from spotify_assets.bronze.dialects import DIALECTS
 from spotify_assets.bronze.manifest import BronzeFile, Manifest
 from spotify_assets.bronze.schema import (
@@ -431,8 +431,7 @@ class LocalCopyRunner(CopyRunner):
             times = (CHANGE_AT, table.cdc_column) if table.cdc_column else (CHANGE_AT,)
             text = text_schema(schema, keep=(CHANGE_OP, CHANGE_SEQ, *times))
             try:
-                batches = read_arrow(conn_str, dialect, query, text, ReaderKind.ARROW_ODBC)
-                rows = pa.Table.from_batches(list(batches), schema=text)
+                rows = read_as_text(conn_str, dialect, query, text)
             except SourceUnavailableError:
                 raise error from None
             return type_values(rows, schema)

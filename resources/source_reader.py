@@ -14,18 +14,22 @@ from enum import StrEnum
 from urllib.parse import quote
 
 import pyarrow as pa
+import pyodbc
 
 from resources.odbc import (
     SourceConfigError,
     SourceUnavailableError,
     attribute,
+    odbc_connect,
     parse_connection_string,
     redact,
 )
-from spotify_assets.bronze.dialects import Dialect
+from spotify_assets.bronze.dialects import DIALECTS, Dialect
 
 # Text columns are bounded for arrow-odbc's buffers; SQLite declares no lengths.
 _MAX_TEXT = 4000
+# Rows a text read fetches at a time: its memory follows this, not the window.
+_TEXT_BATCH_ROWS = 10_000
 
 
 class ReaderKind(StrEnum):
@@ -95,6 +99,32 @@ def _arrow_odbc(conn_str: str, query: str, schema: pa.Schema) -> Iterator[pa.Rec
     )
     for batch in batches:
         yield conform(pa.Table.from_batches([batch]), schema).combine_chunks().to_batches()[0]
+
+
+def read_as_text(conn_str: str, dialect: Dialect, query: str, schema: pa.Schema) -> pa.Table:
+    """The rows of `query`, each string column of `schema` as the source's text of its values:
+    a read no value can fail. SQL Server's texts have declared lengths, which size arrow-odbc's
+    buffers; SQLite's and PostgreSQL's have none (a text over the buffer stopped the read), so
+    there pyodbc fetches them, whatever their length."""
+    if dialect is Dialect.TSQL:
+        batches = read_arrow(conn_str, dialect, query, schema, ReaderKind.ARROW_ODBC)
+        return pa.Table.from_batches(list(batches), schema=schema)
+    text = [f.name for f in schema if pa.types.is_string(f.type)]
+    batches = []
+    with odbc_connect(conn_str) as conn:
+        try:
+            cursor = conn.cursor()
+            cursor.execute(DIALECTS[dialect].as_text(query, schema.names, text))
+            while rows := cursor.fetchmany(_TEXT_BATCH_ROWS):
+                values = zip(*rows, strict=True)
+                arrays = [pa.array(v).cast(f.type) for v, f in zip(values, schema, strict=True)]
+                batches.append(pa.record_batch(arrays, schema=schema))
+        except pyodbc.Error as exc:
+            raise SourceUnavailableError(
+                f"reading the source ({redact(conn_str)}) as text failed: "
+                f"{redact(str(exc))}\nquery:\n{query}"
+            ) from None
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -256,6 +256,15 @@ class SqlDialect(ABC):
             f"FROM {self.qualified(table.name)} WHERE {self._within(table.cdc_column, window)}"
         )
 
+    def as_text(self, query: str, columns: Sequence[str], text: Sequence[str]) -> str:
+        """`query`'s `columns`, those in `text` as the text of their values: what the copy
+        reads again when a value does not fit its type (SQLite keeps 'abc' in an integer)."""
+        select = ", ".join(
+            f"CAST({self.quote(c)} AS TEXT) AS {self.quote(c)}" if c in text else self.quote(c)
+            for c in columns
+        )
+        return f"SELECT {select} FROM ({query}) AS q"
+
     def columns_query(self, name: str) -> str:
         """The columns table `name` has now, one name per row (a catalog read, no scan)."""
         return (

@@ -156,6 +156,25 @@ def test_values_that_do_not_fit_their_type_reach_quarantine(loaded, sail_spark) 
     assert silver.read().where("stream_id = 900005").count() == 1
 
 
+def test_a_long_text_beside_a_value_that_does_not_fit_still_loads(loaded) -> None:
+    """A window holding a bad value is read again as text, whatever the length of its other
+    texts: one over arrow-odbc's 4000-byte buffers stopped the table's load for good."""
+    runner, db = loaded
+    device = 'Zoë 😀 "quoted"\n' + "x" * 20_000
+    edit(db, params=[(900_001, "abc", str(LATER))])
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO FactStream VALUES (900002, 1, 1, 20260401, 60, ?, ?)", (device, str(LATER))
+        )
+    set_clock(db, str(LATER + timedelta(hours=1)))
+    runner.copy(FACT, None, "long", from_watermark=True)
+
+    bronze = runner.store(FACT).read(LATER.date())
+    new = bronze.filter(pc.greater(bronze["stream_id"], 900_000)).sort_by("stream_id")
+    assert new["device_type"].to_pylist() == ["mobile", device]
+    assert new["_untyped"].to_pylist() == ['{"listen_duration": "abc"}', None]
+
+
 @pytest.mark.parametrize("clock_format", ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"])
 def test_any_timestamp_text_lands_in_the_window_of_its_time(loaded, clock_format: str) -> None:
     runner, db = loaded
