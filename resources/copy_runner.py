@@ -64,6 +64,18 @@ class RowsBeforePartitionStart(ValueError):
         )
 
 
+class ChangeTimeNotATime(ValueError):
+    """A change time the source holds is not a time (SQLite keeps any text): no partition can
+    hold its row."""
+
+    def __init__(self, table: Table, value: object) -> None:
+        columns = dict.fromkeys(c for c in (table.cdc_column, table.change_time_column) if c)
+        super().__init__(
+            f"{table.name}: the source holds {str(value)!r} in {' or '.join(columns)}, which is "
+            "not a time, so its row has no partition: correct or delete that row in the source"
+        )
+
+
 @dataclass(frozen=True)
 class Waiting:
     """Source rows an incremental load could not take yet: count and oldest change time."""
@@ -170,7 +182,7 @@ class CopyRunner(BaseModel, ABC):
         sql = DIALECTS[self.source.dialect]
         with self.source.connect() as conn:
             value = self.source.session_on(conn).scalar(sql.first_change_query(table))
-        oldest = None if value is None else _as_datetime(value)
+        oldest = None if value is None else _change_time(table, value)
         if oldest is not None and oldest < self.history_start(table):
             raise RowsBeforePartitionStart(table, oldest)
         return oldest
@@ -186,7 +198,7 @@ class CopyRunner(BaseModel, ABC):
         sql = DIALECTS[self.source.dialect]
         with self.source.connect() as conn:
             ((rows, oldest),) = self.source.session_on(conn).query(sql.pending_query(table, bound))
-        return Waiting(int(rows or 0), None if oldest is None else _as_datetime(oldest))
+        return Waiting(int(rows or 0), None if oldest is None else _change_time(table, oldest))
 
     def history_start(self, table: Table) -> datetime:
         return midnight(table.first_partition)
@@ -474,6 +486,13 @@ def fingerprint(rows: pa.Table) -> str:
 def _as_datetime(value: object) -> datetime:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment.replace(tzinfo=None)
+
+
+def _change_time(table: Table, value: object) -> datetime:
+    try:
+        return _as_datetime(value)
+    except ValueError:
+        raise ChangeTimeNotATime(table, value) from None
 
 
 def _with_audit(

@@ -175,6 +175,19 @@ def test_a_long_text_beside_a_value_that_does_not_fit_still_loads(loaded) -> Non
     assert new["_untyped"].to_pylist() == ['{"listen_duration": "abc"}', None]
 
 
+@pytest.mark.parametrize("text", ["", "soon"])
+def test_a_change_time_that_is_no_time_is_named_in_one_line(loaded, text: str) -> None:
+    """SQLite keeps any text in a timestamp column: '' is the oldest change time, 'soon' waits
+    after every bound; each stopped every table with "Invalid isoformat string"."""
+    runner, db = loaded
+    edit(db, params=[(900_001, 100, text)])
+    set_clock(db, str(LATER))
+    expected = f"^FactStream: the source holds '{text}' in stream_timestamp, which is not a time"
+    with pytest.raises(ValueError, match=expected):
+        result = runner.copy(FACT, None, "no time", from_watermark=True)
+        runner.not_loaded_yet(FACT, result.high)
+
+
 @pytest.mark.parametrize("clock_format", ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"])
 def test_any_timestamp_text_lands_in_the_window_of_its_time(loaded, clock_format: str) -> None:
     runner, db = loaded
