@@ -358,7 +358,9 @@ def bronze_profile(runner: CopyRunner, table: Table, window: Window) -> dict[dat
     assert table.change_time_column is not None
     columns = list(dict.fromkeys([table.change_time_column, checksum, CHANGE_SEQ]))
     parts = [store.read(d, manifest, columns=columns) for d in days]
-    rows = pa.concat_tables(parts) if parts else store.empty().select(columns)
+    # Older files declare the catalog's NOT NULL, newer ones not (tables.copied_schema).
+    rows = pa.concat_tables(parts, promote_options="default") if parts else store.empty()
+    rows = rows.select(columns)
     inside = window.holds(rows[table.change_time_column])
     if table.mode is CaptureMode.CDC:
         inside = pc.and_(inside, pc.is_valid(rows[CHANGE_SEQ]))  # change records, not images

@@ -34,7 +34,7 @@ def bronze_schema(table: Table, carried: tuple[str, ...] = ()) -> pa.Schema:
         pa.field(UNTYPED, pa.string()),
     ]
     new = [pa.field(name, pa.string()) for name in carried]
-    return pa.schema(list(table.arrow_schema) + new + audit)
+    return pa.schema(list(table.copied_schema) + new + audit)
 
 
 def bronze_columns(table: Table) -> list[DescribedColumn]:

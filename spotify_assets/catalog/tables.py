@@ -170,16 +170,23 @@ class Table:
         return self.cdc_column if self.mode is CaptureMode.WATERMARK else None
 
     @property
+    def copied_schema(self) -> pa.Schema:
+        """The source's columns as a copy reads them: any may hold NULL whatever the catalog
+        declares (a source without the constraint); bronze keeps what the source holds and
+        silver's rules judge it."""
+        return pa.schema([f.with_nullable(True) for f in self.arrow_schema])
+
+    @property
     def extract_schema(self) -> pa.Schema:
         """The columns an extraction query returns: cdc mode adds op, sequence and change time."""
         if self.mode is not CaptureMode.CDC:
-            return self.arrow_schema
+            return self.copied_schema
         audit = [
             pa.field(CHANGE_OP, pa.string(), nullable=False),
             pa.field(CHANGE_SEQ, pa.int64()),  # NULL for images
             pa.field(CHANGE_AT, pa.timestamp("us"), nullable=False),
         ]
-        return pa.schema(audit + list(self.arrow_schema))
+        return pa.schema(audit + list(self.copied_schema))
 
 
 # Audit columns of a change-table row, in order, ahead of the row image.

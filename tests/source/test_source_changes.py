@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 from hypothesis import given
 from hypothesis import strategies as st
 
 from resources.copy_runner import LocalCopyRunner
+from resources.reconciler import bronze_profile
 from resources.silver_store import SilverStore
 from resources.source_db import SourceDatabase
 from spotify_assets.bronze.dialects import DIALECTS, Dialect
@@ -173,6 +175,49 @@ def test_a_long_text_beside_a_value_that_does_not_fit_still_loads(loaded) -> Non
     new = bronze.filter(pc.greater(bronze["stream_id"], 900_000)).sort_by("stream_id")
     assert new["device_type"].to_pylist() == ["mobile", device]
     assert new["_untyped"].to_pylist() == ['{"listen_duration": "abc"}', None]
+
+
+def test_a_null_key_the_source_allows_reaches_quarantine(loaded, sail_spark) -> None:
+    """A source without the catalog's NOT NULL: bronze copies its rows raw (a NULL key stopped
+    the table's load for good) and silver quarantines them under the critical rule."""
+    runner, db = loaded
+    edit(
+        db,
+        "ALTER TABLE FactStream RENAME TO FactStream_old",
+        "CREATE TABLE FactStream (stream_id INTEGER, user_id INTEGER, track_id INTEGER, "
+        "date_key INTEGER, listen_duration INTEGER, device_type TEXT, stream_timestamp TIMESTAMP)",
+        "INSERT INTO FactStream SELECT * FROM FactStream_old",
+        "DROP TABLE FactStream_old",
+        params=[(None, 100, str(LATER))],
+    )
+    set_clock(db, str(LATER + timedelta(hours=1)))
+    result = runner.copy(FACT, None, "null key", from_watermark=True)
+
+    bronze = runner.store(FACT).read(LATER.date())
+    assert bronze["stream_id"].null_count == 1
+    (day,) = result.partitions
+    counted = SilverStore(runner.lake, sail_spark, FACT).refresh((day, day), "null key")
+    assert counted.failures["stream_id_not_null"] == 1
+
+
+def test_bronze_files_from_before_nullable_keys_are_read_with_new_ones(loaded) -> None:
+    """Files written when bronze declared the catalog's NOT NULL beside newer ones: the
+    reconciliation's profile reads days of both (their schemas differed: it failed)."""
+    runner, _ = loaded
+    store = runner.store(FACT)
+    manifest = store.current()
+    first = min(manifest.partitions())
+    older = next(f for f in manifest.files if f.partition == first)
+    rows = store.read(first, manifest)
+    declared = pa.schema(
+        f.with_nullable(FACT.column(f.name).nullable) if f.name in FACT.column_names else f
+        for f in rows.schema
+    )
+    pq.write_table(rows.cast(declared), runner.lake.path(older.path))
+
+    window = Window(datetime.combine(first, datetime.min.time()), LATER)
+    profile = bronze_profile(runner, FACT, window)
+    assert sum(day.rows for day in profile.values()) == len(store.read_all(manifest))
 
 
 @pytest.mark.parametrize("text", ["", "soon"])
