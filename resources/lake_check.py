@@ -34,7 +34,21 @@ def _table_faults(lake: LakeStorage, catalog: Catalog, table: Table) -> list[Fau
         for f, problem in store.damaged_files(manifest.files)
     ]
     faults += delta_faults(lake, catalog, table, manifest)
+    if not manifest.files and not faults:
+        faults += _emptied_bronze(lake, table, store.root)
     return faults + _lost_data_files(lake, catalog, table, {f.path for f in faults})
+
+
+def _emptied_bronze(lake: LakeStorage, table: Table, root: str) -> list[Fault]:
+    """Bronze holding nothing under a silver that holds rows: its manifests were lost, or set
+    aside by a repair cut short before it re-extracted the table. For `verify` only: a `run`
+    loads such a table again from its first day."""
+    relative = silver_path(table)
+    rows = partition_rows(lake, relative, None, None) if exists(lake, lake.path(relative)) else 0
+    if not rows:
+        return []
+    problem = f"holds nothing while silver holds {rows:,} rows (its manifests lost?)"
+    return [Fault(Layer.BRONZE, table.name, root, problem)]
 
 
 def delta_faults(

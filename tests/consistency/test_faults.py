@@ -119,6 +119,25 @@ def test_damaged_bronze_files_and_manifests_are_named_and_verify_repair_rebuilds
     assert_gold_equals_source(cli.settings)
 
 
+def test_bronze_left_without_manifests_by_a_repair_cut_short_is_named_and_repaired(
+    cli: Cli,
+) -> None:
+    """`verify --repair` killed after setting a damaged (here: the only) manifest aside and
+    before the re-extraction committed: bronze holds nothing under a full silver, and `verify`
+    said the lake was consistent."""
+    manifests = latest_manifest(cli, "DimUser").parent
+    (manifests / "damaged").mkdir()
+    for manifest in manifests.glob("v*.json"):
+        manifest.rename(manifests / "damaged" / manifest.name)
+
+    code, _ = cli("verify")
+    assert code == 1
+    assert "bronze DimUser: bronze/DimUser holds nothing while silver holds " in cli.printed
+    assert cli("verify", "--repair") == (0, [])
+    assert cli("verify") == (0, [])
+    assert_gold_equals_source(cli.settings)
+
+
 def test_a_missing_bronze_file_does_not_block_the_refresh_of_its_own_day(cli: Cli) -> None:
     bronze_file(cli, "FactStream", DAY).unlink()
     truncate(bronze_file(cli, "DimUser", DAY))  # cdc: the refresh carries its past images
