@@ -15,6 +15,7 @@ import hashlib
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from resources.bronze_store import BronzeStore
+from resources.delta_tables import CHUNK_ROWS
 from resources.lake import LakeStorage
 from resources.odbc import SourceUnavailableError
 from resources.source_db import SourceDatabase
@@ -39,7 +41,7 @@ from spotify_assets.bronze.schema import (
     WINDOW_START,
     bronze_schema,
 )
-from spotify_assets.bronze.windows import Window, midnight
+from spotify_assets.bronze.windows import Window, midnight, split_window
 from spotify_assets.catalog.tables import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
 from spotify_assets.source.schema import (
     SourceColumns,
@@ -347,7 +349,11 @@ class LocalCopyRunner(CopyRunner):
     """Copies source windows into bronze in process (the embedded default of the ADF copy)."""
 
     reader: ReaderKind = Field(default=ReaderKind.AUTO, description="connectorx or arrow-odbc")
-    chunk_days: int = Field(default=8, description="Days per query: bounds memory per worker.")
+    chunk_rows: int = Field(
+        default=CHUNK_ROWS,
+        description="Source rows per query, about (counted per day before the copy; a day "
+        "holding more is read in slices of its time): memory holds `workers` chunks.",
+    )
     workers: int = Field(default=2, description="Chunks copied in parallel.")
 
     def copy_planned(self, planned: PlannedCopy, log: Callable[[str], None]) -> CopyResult:
@@ -358,16 +364,18 @@ class LocalCopyRunner(CopyRunner):
         extraction = f"{high:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         extracted_at = datetime.now(UTC).replace(tzinfo=None)
 
-        def copy_rows(rows: pa.Table) -> list[BronzeFile]:
+        def copy_rows(rows: pa.Table, name: str) -> list[BronzeFile]:
             audited = _with_audit(table, carried, rows, window, extracted_at, run_id)
             return [
-                self._write(table, partition, part, window, extraction, run_id)
+                self._write(table, partition, part, window, name, run_id)
                 for partition, part in _by_partition(table, audited)
             ]
 
-        def copy_chunk(chunk: Window) -> tuple[int, list[BronzeFile]]:
+        def copy_chunk(numbered: tuple[int, Window]) -> tuple[int, list[BronzeFile]]:
+            # Slices of one day are chunks of their own: each writes a file of its own name.
+            number, chunk = numbered
             rows = self._read(table, sql.extract_query(table, chunk, carried), carried)
-            return rows.num_rows, copy_rows(rows)
+            return rows.num_rows, copy_rows(rows, f"{extraction}-{number}")
 
         rows_read, files = 0, []
         if window is None:
@@ -379,13 +387,13 @@ class LocalCopyRunner(CopyRunner):
                     table.name, None, high, query, rows_read=rows.num_rows,
                     seconds=time.perf_counter() - started,
                 )  # fmt: skip
-            rows_read, files = rows.num_rows, copy_rows(rows)
+            rows_read, files = rows.num_rows, copy_rows(rows, extraction)
         else:
             # Each worker reads, splits and writes whole chunks: the engines release the GIL,
             # so both cores work, and memory holds at most `workers` chunks.
-            chunks = list(self._chunks(window))
+            chunks = self._chunks(table, window)
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                copied = pool.map(copy_chunk, chunks)
+                copied = pool.map(copy_chunk, enumerate(chunks))
                 for done, (chunk_rows, chunk_files) in enumerate(copied, start=1):
                     rows_read += chunk_rows
                     files += chunk_files
@@ -416,15 +424,17 @@ class LocalCopyRunner(CopyRunner):
             days = self.source.session_on(conn).query(sql.daily_profile_query(table, since))
         return any(int(rows) for _, rows, _ in days)
 
-    def _chunks(self, window: Window) -> Iterator[Window]:
-        """Query windows of at most `chunk_days` days."""
-        start = window.start
-        boundary = midnight(start.date())
-        while start < window.end:
-            boundary += timedelta(days=self.chunk_days)
-            end = min(boundary, window.end)
-            yield Window(start, end)
-            start = end
+    def _chunks(self, table: Table, window: Window) -> list[Window]:
+        """Query windows of about `chunk_rows` rows, from the source's rows per day in `window`
+        (one profile per part of what the extraction reads)."""
+        sql = DIALECTS[self.source.dialect]
+        per_day: Counter[date] = Counter()
+        with self.source.connect() as conn:
+            session = self.source.session_on(conn)
+            for query in sql.extract_profile_queries(table, window):
+                for day, rows, _ in session.query(query):
+                    per_day[as_date(day)] += int(rows)
+        return split_window(window, per_day, self.chunk_rows)
 
     def _read(self, table: Table, query: str, carried: tuple[str, ...] = ()) -> pa.Table:
         """The rows of `query` in the catalog's types, plus `_untyped`.
@@ -481,6 +491,11 @@ def fingerprint(rows: pa.Table) -> str:
     with pa.ipc.new_stream(sink, ordered.schema) as writer:
         writer.write_table(ordered)
     return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
+def as_date(value: object) -> date:
+    """A day as the source's driver returns it: a date, or text beginning with one."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
 def _as_datetime(value: object) -> datetime:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
-from datetime import date, timedelta
+from datetime import date
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -20,9 +19,9 @@ from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
+from spotify_assets.bronze.windows import Days, split_days
 from spotify_assets.consistency.reconcile import ABSENT, PartitionStats
 
-Days = tuple[date, date]  # inclusive range of daily partitions
 # Rows one query over a range of daily partitions reads at most (unless one day holds more;
 # SPOTIFY_CHUNK_ROWS): the memory of a build then follows the chunk, not the history. At 15M
 # rows (scale 3), gold's aggregates needed more than Sail's 1-GiB memory pool in hash tables
@@ -145,21 +144,6 @@ def lost_files(lake: LakeStorage, relative: str) -> list[str]:
     return sorted(
         p for p in (posixpath.join(relative, unquote(f)) for f in listed) if p not in held
     )
-
-
-def split_days(rows_per_day: Mapping[date, int], days: Days, chunk_rows: int) -> list[Days]:
-    """`days` cut into consecutive ranges of at most `chunk_rows` rows each (a day holding more
-    is a range of its own); days missing from `rows_per_day` hold no rows."""
-    chunks: list[Days] = []
-    start, rows, day = days[0], 0, days[0]
-    while day <= days[1]:
-        today = rows_per_day.get(day, 0)
-        if rows and rows + today > chunk_rows:
-            chunks.append((start, day - timedelta(days=1)))
-            start, rows = day, 0
-        rows += today
-        day += timedelta(days=1)
-    return [*chunks, (start, days[1])]
 
 
 def day_chunks(

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.bronze_store import BronzeStore
-from resources.copy_runner import CopyRunner
+from resources.copy_runner import CopyRunner, as_date
 from resources.delta_tables import (
     Days,
     add_actions,
@@ -176,7 +176,7 @@ def _source_and_bronze(
         return None, {}, {}
     with runner.source.session() as session:
         rows = session.query(session.sql.daily_profile_query(table, window))
-    source = {_as_date(day): DayProfile(int(n), int(total or 0)) for day, n, total in rows}
+    source = {as_date(day): DayProfile(int(n), int(total or 0)) for day, n, total in rows}
     return window, source, bronze_profile(runner, table, window)
 
 
@@ -375,7 +375,3 @@ def bronze_profile(runner: CopyRunner, table: Table, window: Window) -> dict[dat
         held = sums.filter(pc.equal(days, day))
         profile[day.as_py()] = DayProfile(pc.count(held).as_py(), int(pc.sum(held).as_py() or 0))
     return profile
-
-
-def _as_date(value: object) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])

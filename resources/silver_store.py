@@ -27,13 +27,13 @@ from resources.delta_tables import (
     exists,
     partition_rows,
     rows_per_day,
-    split_days,
 )
 from resources.delta_writes import replace_partitions
 from resources.held import FEW_ROWS, held
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import bronze_schema
+from spotify_assets.bronze.windows import split_days
 from spotify_assets.catalog.lake_paths import quarantine_path, silver_path
 from spotify_assets.catalog.tables import CaptureMode, Table, TableRole
 from spotify_assets.silver.transform import (

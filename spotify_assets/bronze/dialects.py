@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from itertools import islice
@@ -212,6 +213,18 @@ class SqlDialect(ABC):
             f"SELECT {day}, COUNT(*), SUM({self.quote(checksum)}) FROM {self.qualified(source)} "
             f"WHERE {self._within(time, window)} GROUP BY {day}"
         )
+
+    def extract_profile_queries(self, table: Table, window: Window) -> list[str]:
+        """Profiles (`daily_profile_query`'s columns) whose rows per day of change time add up
+        to what `extract_query(table, window)` reads: watermark, the rows; cdc, the change
+        records and the current images, which are the rows a watermark extraction reads."""
+        if table.mode is CaptureMode.CDC:
+            images = replace(table, mode=CaptureMode.WATERMARK)
+            return [
+                self.daily_profile_query(table, window),
+                self.daily_profile_query(images, window),
+            ]
+        return [self.daily_profile_query(table, window)]
 
     def _profiled(self, table: Table) -> tuple[str, str, str]:
         """What `daily_profile_query` reads: the rows, their change time and their checksum."""

@@ -6,8 +6,10 @@ into partitions without overlap or gap. Every query is bounded on both sides.
 
 from __future__ import annotations
 
+import itertools
+import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
@@ -15,6 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 DAY = timedelta(days=1)
+Days = tuple[date, date]  # inclusive range of daily partitions
+# The shortest slice a day holding more than a chunk's rows is cut into: rows stamped within one
+# slice are read together however many they are.
+SHORTEST_SLICE = timedelta(seconds=1)
 # Behind the server's clock: longer than the longest write transaction plus CDC capture latency.
 DEFAULT_SAFETY_LAG_SECONDS = 300.0
 _EPOCH = datetime(1970, 1, 1)
@@ -65,6 +71,18 @@ class Window:
             if part:
                 yield day, part
 
+    def slices(self, count: int) -> list[Window]:
+        """The window cut into `count` windows of equal length (whole milliseconds, the
+        precision of the sources' timestamp literals), none shorter than `SHORTEST_SLICE`."""
+        length = self.end - self.start
+        count = max(1, min(count, length // SHORTEST_SLICE))
+        milliseconds = length // timedelta(milliseconds=1)
+        cuts = [
+            self.start + timedelta(milliseconds=milliseconds * i // count) for i in range(1, count)
+        ]
+        bounds = [self.start, *cuts, self.end]
+        return [Window(start, end) for start, end in itertools.pairwise(bounds)]
+
     def to_json(self) -> list[str]:
         return [self.start.isoformat(), self.end.isoformat()]
 
@@ -102,3 +120,45 @@ def subtract(intervals: Iterable[Window], removed: Window) -> list[Window]:
         if interval.end > removed.end:
             remaining.append(Window(max(interval.start, removed.end), interval.end))
     return [w for w in remaining if not w.empty]
+
+
+def split_days(rows_per_day: Mapping[date, int], days: Days, chunk_rows: int) -> list[Days]:
+    """`days` cut into consecutive ranges of at most `chunk_rows` rows each (a day holding more
+    is a range of its own); days missing from `rows_per_day` hold no rows."""
+    chunks: list[Days] = []
+    start, rows, day = days[0], 0, days[0]
+    while day <= days[1]:
+        today = rows_per_day.get(day, 0)
+        if rows and rows + today > chunk_rows:
+            chunks.append((start, day - DAY))
+            start, rows = day, 0
+        rows += today
+        day += DAY
+    return [*chunks, (start, days[1])]
+
+
+def split_window(window: Window, rows_per_day: Mapping[date, int], chunk_rows: int) -> list[Window]:
+    """`window` (not empty) cut into consecutive half-open windows that tile it exactly, each
+    holding at most `chunk_rows` of the rows counted per UTC day in `rows_per_day` (days
+    missing hold none). A day holding more is cut into equal slices of its time, as many as
+    its rows need were they spread evenly (no slice shorter than `SHORTEST_SLICE`)."""
+    days = (window.start.date(), (window.end - timedelta(microseconds=1)).date())
+    chunks: list[Window] = []
+    for first, last in split_days(rows_per_day, days, chunk_rows):
+        part = window.intersect(Window.of_days(first, last))
+        assert part is not None  # every day of `days` meets the window
+        big = [(day, n) for day in part.days() if (n := rows_per_day.get(day, 0)) > chunk_rows]
+        if not big:
+            chunks.append(part)
+            continue
+        # `split_days` gives such a day a range of its own, bar the empty days around it.
+        ((day, rows),) = big
+        inside = part.intersect(Window.of_days(day, day))
+        assert inside is not None
+        pieces = [
+            Window(part.start, inside.start),
+            *inside.slices(math.ceil(rows / chunk_rows)),
+            Window(inside.end, part.end),
+        ]
+        chunks += [piece for piece in pieces if not piece.empty]
+    return chunks

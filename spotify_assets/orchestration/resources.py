@@ -40,4 +40,5 @@ def copy_runner(settings: Settings) -> LocalCopyRunner:
         source=source_database(settings),
         lake=LakeStorage(url=settings.lake_url),
         safety_lag_seconds=settings.safety_lag_seconds,
+        chunk_rows=settings.chunk_rows,
     )

@@ -30,6 +30,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         source=_dagster_source(settings),
         lake=lake,
         safety_lag_seconds=settings.safety_lag_seconds,
+        chunk_rows=settings.chunk_rows,
     )
     spark = (
         SparkResource(kind=SparkKind.REMOTE, remote_url=settings.spark_remote)

@@ -48,7 +48,7 @@ class Settings:
     writer_wait_seconds: float = DEFAULT_WAIT_SECONDS  # for another writer of the lake
     partition_start_override: date | None = None  # SPOTIFY_PARTITION_START
     spark_memory_gib: float = DEFAULT_MEMORY_POOL_GIB  # Sail in process: its queries' memory
-    chunk_rows: int = CHUNK_ROWS  # rows one silver or gold query over a range of days reads
+    chunk_rows: int = CHUNK_ROWS  # rows one bronze, silver or gold query over days reads
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

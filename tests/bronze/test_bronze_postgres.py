@@ -44,7 +44,7 @@ def test_both_readers_produce_identical_bronze(
     for name, source in (("postgres", postgres_source), ("sqlite", sqlite_source)):
         initialise(source)
         runners = {
-            kind: runner_for(source, tmp_path / name / kind.value, reader=kind, chunk_days=366)
+            kind: runner_for(source, tmp_path / name / kind.value, reader=kind, chunk_rows=10**9)
             for kind in (ReaderKind.CONNECTORX, ReaderKind.ARROW_ODBC)
         }
         for runner in runners.values():
