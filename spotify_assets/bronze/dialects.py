@@ -364,23 +364,34 @@ class SqliteDialect(SqlDialect):
         return ["PRAGMA cache_size = -262144"]
 
     def _within(self, column: str, window: Window) -> str:
-        """SQLite compares the stored text, and timestamps come as '… 12:00:00', '….000' or
-        '…T…'. The text's date alone places a row of a day wholly inside the window (windows of
-        whole days: every row); rows of a day the window cuts compare normalised. The range of
-        days uses the index."""
+        """SQLite compares the stored text, and timestamps come as '… 12:00', '… 12:00:00',
+        '….000', '…T…' or a bare date. The text's date alone places a row of a day wholly inside
+        the window (windows of whole days: every row); rows of a day the window cuts compare
+        normalised. Each term is a range of the text, so the index reads only the rows of the
+        window's whole days and, of a cut day, those of the minutes it covers (a day read in
+        slices is not read whole per slice)."""
         quoted = self.quote(column)
         start, end = window.start, window.end
         whole_from = start.date() if start == midnight(start.date()) else start.date() + _DAY
-        upto = end.date() if end == midnight(end.date()) else end.date() + _DAY
-        days = f"{quoted} >= '{start.date()}' AND {quoted} < '{upto}'"
-        if whole_from == start.date() and upto == end.date():
-            return days
+        terms = [f"{quoted} >= '{whole_from}' AND {quoted} < '{max(whole_from, end.date())}'"]
         normal = f"strftime('{_SQLITE_TIME}', {quoted})"
-        return (
-            f"{days} AND (({quoted} >= '{whole_from}' AND {quoted} < '{end.date()}') OR ("
+        exact = (
             f"{normal} >= {self.timestamp_literal(start)} AND "
-            f"{normal} < {self.timestamp_literal(end)}))"
+            f"{normal} < {self.timestamp_literal(end)}"
         )
+        for day, part in window.split_by_day():
+            if part == Window.of_days(day, day):
+                continue
+            # The text of a moment in `part` starts with its minute: '~' sorts after the rest.
+            first = f"{part.start:%H:%M}"
+            last = f"{part.end - timedelta(microseconds=1):%H:%M}~"
+            terms += [
+                f"{quoted} >= '{day}{sep}{first}' AND {quoted} < '{day}{sep}{last}' AND {exact}"
+                for sep in (" ", "T")
+            ]
+            if part.start == midnight(day):
+                terms.append(f"{quoted} = '{day}' AND {exact}")
+        return "(" + " OR ".join(f"({term})" for term in terms) + ")"
 
     def day_of(self, column: str) -> str:
         return f"date({self.quote(column)})"

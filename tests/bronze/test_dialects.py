@@ -155,6 +155,35 @@ def test_sqlite_profile_a_day_at_a_time_equals_grouping_by_day(
     )
 
 
+_WRITTEN = (*_TEXTS, "%Y-%m-%d %H:%M")
+# Times and bounds to the millisecond, the precision of SQLite's normalised text.
+_millis = _moments.map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
+_minutes = _moments.map(lambda t: t.replace(second=0, microsecond=0))
+_bounds = st.one_of(_millis, _minutes, _minutes.map(lambda t: t.replace(hour=0, minute=0)))
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    times=st.lists(
+        st.tuples(st.one_of(_moments, _minutes), st.sampled_from(_WRITTEN)), max_size=40
+    ),
+    bounds=st.tuples(_bounds, _bounds),
+)
+def test_sqlite_windows_hold_exactly_the_rows_whose_time_is_in_them(
+    times: list[tuple[datetime, str]], bounds: tuple[datetime, datetime]
+) -> None:
+    """However the source wrote its times and wherever the window cuts a day (a slice of a day
+    read alone, to the minute or to the millisecond), a row is in the window iff its time is."""
+    written = [(t.strftime(f), f) for t, f in times]
+    db = sqlite_change_times([(i, text) for i, (text, _) in enumerate(written, 1)])
+    window = Window(min(bounds), max(bounds))
+    key, time = FACT.key[0], FACT.cdc_column
+    query = f"SELECT {key} FROM {FACT.name} WHERE {SQLITE._within(time, window)}"
+    moments = [datetime.strptime(text, f) for text, f in written]
+    expected = {i for i, moment in enumerate(moments, 1) if window.start <= moment < window.end}
+    assert {i for (i,) in db.execute(query)} == expected
+
+
 @pytest.mark.parametrize(
     "name",
     ["DimUser; DROP TABLE x", 'a"b', "a]b", "1abc", "", "x" * 64, "naïve", "a b", "a--b"],
