@@ -369,7 +369,8 @@ class SqliteDialect(SqlDialect):
         the window (windows of whole days: every row); rows of a day the window cuts compare
         normalised. Each term is a range of the text, so the index reads only the rows of the
         window's whole days and, of a cut day, those of the minutes it covers (a day read in
-        slices is not read whole per slice)."""
+        slices is not read whole per slice), normalising only the rows of its first and last
+        minute."""
         quoted = self.quote(column)
         start, end = window.start, window.end
         whole_from = start.date() if start == midnight(start.date()) else start.date() + _DAY
@@ -382,13 +383,16 @@ class SqliteDialect(SqlDialect):
         for day, part in window.split_by_day():
             if part == Window.of_days(day, day):
                 continue
-            # The text of a moment in `part` starts with its minute: '~' sorts after the rest.
-            first = f"{part.start:%H:%M}"
-            last = f"{part.end - timedelta(microseconds=1):%H:%M}~"
-            terms += [
-                f"{quoted} >= '{day}{sep}{first}' AND {quoted} < '{day}{sep}{last}' AND {exact}"
-                for sep in (" ", "T")
-            ]
+            # A moment's text starts with its minute ('~' sorts after the rest): those of the
+            # minutes strictly inside `part` are in it, only its first and last compare
+            # normalised.
+            first, last = f"{part.start:%H:%M}", f"{part.end - timedelta(microseconds=1):%H:%M}"
+            for minute in (f"{day} ", f"{day}T"):
+                terms.append(f"{quoted} >= '{minute}{first}~' AND {quoted} < '{minute}{last}'")
+                terms += [
+                    f"{quoted} >= '{minute}{edge}' AND {quoted} < '{minute}{edge}~' AND {exact}"
+                    for edge in dict.fromkeys((first, last))
+                ]
             if part.start == midnight(day):
                 terms.append(f"{quoted} = '{day}' AND {exact}")
         return "(" + " OR ".join(f"({term})" for term in terms) + ")"

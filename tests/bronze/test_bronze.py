@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -30,7 +32,15 @@ from tests.helpers.bronze import (
     runner_for,
     source_rows,
 )
-from tests.helpers.source import BUSY, CLOCK0, HISTORY_END, ON_TIME, SEED, initialise
+from tests.helpers.source import (
+    BUSY,
+    CLOCK0,
+    HISTORY_END,
+    HISTORY_START,
+    ON_TIME,
+    SEED,
+    initialise,
+)
 
 
 @pytest.fixture
@@ -357,3 +367,54 @@ def test_a_long_copy_logs_a_bounded_number_of_progress_lines(
         progress[-1]
         == f"{fact.name}: {result.rows_read:,} rows copied into {len(result.files)} files"
     )
+
+
+SKEWED_COPY = """
+from spotify_assets.orchestration.resources import copy_runner
+from spotify_assets.orchestration.settings import Settings
+settings = Settings.from_env()
+result = copy_runner(settings).copy(settings.catalog.fact, None, "skewed", from_watermark=True)
+print(result.rows_read)
+"""
+# A backfill burst on one day of the history: as many streams as a month holds at scale 2.
+BURST_STREAMS = 3_000_000
+BURST_CHUNK_ROWS = 100_000
+# The copy of the burst day whole peaked at 0.62 GiB; in chunks of 100k rows, 0.26 GiB.
+SKEWED_COPY_GIB = 0.4
+
+
+def test_a_day_of_a_burst_of_streams_is_copied_within_a_memory_bound(
+    sqlite_source: SourceDatabase, tmp_path: Path, bounded
+) -> None:
+    """Memory is bounded by a chunk, not by the data's shape: one day holding a burst of
+    streams is read in slices of about SPOTIFY_CHUNK_ROWS rows, not whole."""
+    initialise(sqlite_source)
+    fact, burst_day = sqlite_source.catalog.fact, HISTORY_START + timedelta(days=5)
+    values = {  # a stream each second or so of the day, of a few users and tracks
+        "stream_id": "1000000000 + i",
+        "user_id": "1 + i % 7",
+        "track_id": "1 + i % 11",
+        "date_key": f"{burst_day:%Y%m%d}",
+        "listen_duration": "i % 300",
+        "device_type": "'mobile'",
+        fact.cdc_column: f"strftime('%Y-%m-%d %H:%M:%f', '{burst_day}', "
+        f"'+' || (i * 86399 / {BURST_STREAMS}) || ' seconds')",
+    }
+    with sqlite3.connect(tmp_path / "source.db") as db:  # the file of `sqlite_source`
+        db.execute(
+            f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+            f"WHERE i < {BURST_STREAMS}) INSERT INTO {fact.name} ({', '.join(fact.column_names)}) "
+            f"SELECT {', '.join(values[c] for c in fact.column_names)} FROM n"
+        )
+        (streams,) = db.execute(f"SELECT COUNT(*) FROM {fact.name}").fetchone()
+    env = {
+        **os.environ,
+        "SPOTIFY_SOURCE_ODBC": sqlite_source.connection_string,
+        "SPOTIFY_LAKE_URL": str(tmp_path / "lake"),
+        "SPOTIFY_PARTITION_START": sqlite_source.partition_start,
+        "SPOTIFY_CHUNK_ROWS": str(BURST_CHUNK_ROWS),
+    }
+    run = bounded([sys.executable, "-c", SKEWED_COPY], SKEWED_COPY_GIB, env=env)
+    assert not run.killed_for_memory, f"the copy passed {SKEWED_COPY_GIB} GiB"
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == streams
