@@ -394,8 +394,8 @@ class LocalCopyRunner(CopyRunner):
             chunks = self._chunks(table, window)
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 copied = pool.map(copy_chunk, enumerate(chunks))
-                for done, (chunk_rows, chunk_files) in enumerate(copied, start=1):
-                    rows_read += chunk_rows
+                for done, (read, chunk_files) in enumerate(copied, start=1):
+                    rows_read += read
                     files += chunk_files
                     if rows_read and _progress_step(done, len(chunks)):
                         log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
