@@ -20,7 +20,7 @@ from resources.bronze_store import BronzeStore
 from resources.lake import LakeConflictError, LakeStorage
 from resources.source_db import SourceDatabase
 from spotify_assets.bronze.schema import RUN_ID, bronze_schema
-from spotify_assets.bronze.windows import Window
+from spotify_assets.bronze.windows import Window, midnight
 from spotify_assets.catalog.tables import CHANGE_OP, CatalogError, Table, TableRole
 from spotify_assets.source.simulator import simulate
 from tests.helpers.bronze import (
@@ -295,6 +295,28 @@ def test_hostile_identifiers_in_configuration_are_rejected(
     hostile = sqlite_source.model_copy(update={"capture_modes": modes})
     with pytest.raises(CatalogError):
         hostile.catalog  # noqa: B018
+
+
+@pytest.mark.parametrize("mode", ["cdc", "watermark"])
+def test_the_copy_profile_counts_every_row_the_extraction_reads(
+    sqlite_source: SourceDatabase, mode: str
+) -> None:
+    """Chunks are cut from these counts: in cdc mode the change records and the current images
+    (the cdc profile alone counts the records), so a chunk's rows are what it reads."""
+    source = sqlite_source.model_copy(update={"capture_modes": f"DimUser={mode}"})
+    initialise(source)
+    with source.session() as session:
+        session.apply(simulate(session.read_state(), days=2, seed=SEED, rates=BUSY))
+    table = source.catalog["DimUser"]
+    window = Window(midnight(HISTORY_START), CLOCK0 + timedelta(days=3))
+    with source.session() as session:
+        read = len(session.query(session.sql.extract_query(table, window)))
+        profiled = sum(
+            int(rows)
+            for query in session.sql.extract_profile_queries(table, window)
+            for _, rows, _ in session.query(query)
+        )
+    assert read == profiled > 0
 
 
 def test_days_holding_more_rows_than_a_chunk_are_copied_whole_in_slices(
