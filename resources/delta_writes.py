@@ -7,9 +7,10 @@ table is created by a plain write of the rows.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from deltalake import DeltaTable, Field
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from resources.delta_tables import Days, check_log, exists
@@ -17,20 +18,34 @@ from resources.lake import LakeStorage
 
 
 def replace_partitions(
-    lake: LakeStorage, frame: DataFrame, path: str, partition: str | None, days: Days | None
+    lake: LakeStorage,
+    frame: DataFrame,
+    path: str,
+    partition: str | None,
+    days: Days | None,
+    nullable: Mapping[str, bool] | None = None,
 ) -> None:
     """Replace the partitions `days` of the table at `path` with `frame` (every row of which
     must fall in them); `days` None or no `partition`: replace the whole table. A table not
     there yet is created by the same write, with `frame`'s schema and the partitioning: one
     commit, not an empty table first and then the rows. Sail then records as NOT NULL what its
     physical plan proves never null (e.g. a version time computed from bronze's NOT NULL
-    columns), where an empty write kept Spark's looser analysed schema."""
+    columns), where an empty write kept Spark's looser analysed schema.
+
+    `nullable`: what the table declares of these columns whatever `frame`'s plan proves (bronze
+    copies any NULL the source holds): NOT NULL is declared and a NULL fails the write naming
+    the column; NULL allowed widens a table that declared NOT NULL (one written before)."""
     check_log(lake, path)
+    declared = nullable or {}
+    if not_null := [name for name, allowed in declared.items() if not allowed]:
+        types = dict(frame.dtypes)
+        frame = frame.withColumns({n: _not_null(path, n, types[n]) for n in not_null})
     if not exists(lake, path):
         writer = frame.write.format("delta").mode("overwrite")
         (writer.partitionBy(partition) if partition else writer).save(path)
         return
-    writer = _with_table_columns(lake, frame, path).write.format("delta").mode("overwrite")
+    frame = _with_table_columns(lake, frame, path, declared)
+    writer = frame.write.format("delta").mode("overwrite")
     if partition and days is not None:
         first, last = (d.isoformat() for d in days)
         writer = writer.option(
@@ -39,14 +54,30 @@ def replace_partitions(
     writer.save(path)
 
 
-def _with_table_columns(lake: LakeStorage, frame: DataFrame, path: str) -> DataFrame:
+def _not_null(path: str, name: str, type_: str) -> Column:
+    """Column `name`, which the engine then proves never NULL (the literal is never reached: a
+    NULL raises first)."""
+    failure = F.raise_error(
+        F.lit(f"{path}: a row without {name}, which the table declares NOT NULL")
+    )
+    return F.coalesce(F.col(name), failure.cast(type_), F.lit(0).cast(type_))
+
+
+def _with_table_columns(
+    lake: LakeStorage, frame: DataFrame, path: str, nullable: Mapping[str, bool]
+) -> DataFrame:
     """`frame` with exactly the table's columns, as Sail's `replaceWhere` requires: a new column
     (a source column carried by the drift policy) first joins the table's schema; a column the
-    frame lacks (a partition extracted before it appeared) comes as NULL."""
+    frame lacks (a partition extracted before it appeared) comes as NULL. A column `nullable`
+    allows NULL in loses the table's NOT NULL."""
     table = DeltaTable(path, storage_options=lake.delta_storage_options())
-    types = {f.name: json.loads(f.to_json())["type"] for f in table.schema().fields}
+    fields = table.schema().fields
+    types = {f.name: json.loads(f.to_json())["type"] for f in fields}
     new = [f for f in frame.schema.fields if f.name not in types]
     if new:
         table.alter.add_columns([Field.from_json(json.dumps(f.jsonValue())) for f in new])
+    for field in fields:
+        if not field.nullable and nullable.get(field.name):
+            table.alter.drop_column_not_null(field.name)
     missing = [F.lit(None).cast(t).alias(c) for c, t in types.items() if c not in frame.columns]
     return frame.select("*", *missing) if missing else frame

@@ -169,7 +169,9 @@ class SilverStore:
                 bronze = held(bronze, FEW_ROWS)
             accepted = self._accepted(chunk, days)
             frames: SilverFrames = transform(self.table, bronze, run_id, accepted)
-            replace_partitions(self.lake, self._per_day(frames.valid), self.path, partition, chunk)
+            valid = self._per_day(frames.valid)
+            keys = dict.fromkeys(self.table.key, False)  # a valid row has its key (a rule)
+            replace_partitions(self.lake, valid, self.path, partition, chunk, keys)
         except Exception as error:
             # A missing bronze file surfaces in Spark's words (when it plans or reads): name it.
             if damaged := self.bronze.damaged_files(self.bronze_files(chunk)):
@@ -183,7 +185,9 @@ class SilverStore:
             ):
                 return  # nothing held, nothing to add
             quarantine = quarantine.limit(0)  # creates the table, or empties the partitions
-        replace_partitions(self.lake, quarantine, self.quarantine_path, partition, chunk)
+        # A quarantined row may lack its key (bronze copies any NULL the source holds).
+        keys = dict.fromkeys(self.table.key, True)
+        replace_partitions(self.lake, quarantine, self.quarantine_path, partition, chunk, keys)
 
     def _per_day(self, valid: DataFrame) -> DataFrame:
         """A dimension's rows come out of its windows' hash buckets, each stream holding every

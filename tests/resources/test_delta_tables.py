@@ -73,6 +73,33 @@ def test_the_next_write_creates_version_0_from_its_own_rows(
     assert sorted(read_delta(unborn, RELATIVE)["n"].to_pylist()) == [1, 2]
 
 
+def test_a_declared_not_null_is_recorded_kept_and_widened_on_request(
+    tmp_path: Path, sail_spark: SparkSession
+) -> None:
+    """A column declared NOT NULL is recorded so whatever the plan proves, and a NULL in it
+    fails the write naming it (nothing committed); declared nullable, a table's NOT NULL is
+    dropped (a table written when its input declared NOT NULL)."""
+    lake, path = lake_at(tmp_path), lake_at(tmp_path).path(RELATIVE)
+    rows = sail_spark.createDataFrame([(DAY, 1)], "day date, n long")
+    replace_partitions(lake, rows, path, "day", (DAY, DAY), {"n": False})
+
+    def allows_null() -> bool:
+        return next(
+            f for f in delta_table(lake, RELATIVE).schema().fields if f.name == "n"
+        ).nullable
+
+    assert not allows_null()
+
+    missing = sail_spark.createDataFrame([(DAY, None)], "day date, n long")
+    with pytest.raises(Exception, match=r"silver/t: a row without n, which the table declares"):
+        replace_partitions(lake, missing, path, "day", (DAY, DAY), {"n": False})
+    assert read_delta(lake, RELATIVE)["n"].to_pylist() == [1]
+
+    replace_partitions(lake, missing, path, "day", (DAY, DAY), {"n": True})
+    assert allows_null()
+    assert read_delta(lake, RELATIVE)["n"].to_pylist() == [None]
+
+
 @pytest.mark.parametrize(
     "entry",
     [f"{1:020d}.json", f"{0:020d}.crc"],

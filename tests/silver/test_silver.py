@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -160,10 +161,15 @@ def test_a_dimension_whose_versions_collapse_writes_no_quarantine_without_a_fail
     replace = silver_store.replace_partitions
 
     def recorded(
-        lake: LakeStorage, frame: DataFrame, path: str, partition: str | None, days: Days | None
+        lake: LakeStorage,
+        frame: DataFrame,
+        path: str,
+        partition: str | None,
+        days: Days | None,
+        nullable: Mapping[str, bool] | None = None,
     ) -> None:
         written.append(path)
-        replace(lake, frame, path, partition, days)
+        replace(lake, frame, path, partition, days, nullable)
 
     monkeypatch.setattr(silver_store, "replace_partitions", recorded)
     for store in collapsing:

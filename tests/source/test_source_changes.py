@@ -18,7 +18,7 @@ from deltalake import DeltaTable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resources.copy_runner import LocalCopyRunner
+from resources.copy_runner import CopyResult, LocalCopyRunner
 from resources.reconciler import bronze_profile
 from resources.silver_store import SilverStore
 from resources.source_db import SourceDatabase
@@ -181,6 +181,19 @@ def test_a_null_key_the_source_allows_reaches_quarantine(loaded, sail_spark) -> 
     """A source without the catalog's NOT NULL: bronze copies its rows raw (a NULL key stopped
     the table's load for good) and silver quarantines them under the critical rule."""
     runner, db = loaded
+    result = copy_a_null_key(runner, db)
+
+    bronze = runner.store(FACT).read(LATER.date())
+    assert bronze["stream_id"].null_count == 1
+    (day,) = result.partitions
+    silver = SilverStore(runner.lake, sail_spark, FACT)
+    counted = silver.refresh((day, day), "null key")
+    assert counted.failures["stream_id_not_null"] == 1
+    assert declares_not_null(silver.path, "stream_id"), "a valid row has its key"
+
+
+def copy_a_null_key(runner: LocalCopyRunner, db: Path) -> CopyResult:
+    """The source's FactStream without its NOT NULL constraints, then a stream without an id."""
     edit(
         db,
         "ALTER TABLE FactStream RENAME TO FactStream_old",
@@ -191,13 +204,40 @@ def test_a_null_key_the_source_allows_reaches_quarantine(loaded, sail_spark) -> 
         params=[(None, 100, str(LATER))],
     )
     set_clock(db, str(LATER + timedelta(hours=1)))
-    result = runner.copy(FACT, None, "null key", from_watermark=True)
+    return runner.copy(FACT, None, "null key", from_watermark=True)
 
-    bronze = runner.store(FACT).read(LATER.date())
-    assert bronze["stream_id"].null_count == 1
-    (day,) = result.partitions
-    counted = SilverStore(runner.lake, sail_spark, FACT).refresh((day, day), "null key")
+
+def declares_not_null(path: str, column: str) -> bool:
+    return not next(f for f in DeltaTable(path).schema().fields if f.name == column).nullable
+
+
+def as_declared(rows: pa.Table) -> pa.Table:
+    """Bronze rows as bronze wrote them before it copied NULL: with the catalog's NOT NULL."""
+    declared = pa.schema(
+        f.with_nullable(FACT.column(f.name).nullable) if f.name in FACT.column_names else f
+        for f in rows.schema
+    )
+    return rows.cast(declared)
+
+
+def test_a_lake_from_before_nullable_keys_quarantines_a_null_key(loaded, sail_spark) -> None:
+    """Silver and its quarantine built from bronze files that declared the catalog's NOT NULL
+    (a lake from before bronze copied NULL), then a NULL key: it reaches quarantine (the write
+    failed the quarantine's NOT NULL at every run), silver keeps its key NOT NULL."""
+    runner, db = loaded
+    for file in runner.store(FACT).current().files:
+        path = runner.lake.path(file.path)
+        pq.write_table(as_declared(pq.read_table(path)), path)
+    silver = SilverStore(runner.lake, sail_spark, FACT)
+    before = silver.refresh(None, "before").silver_rows
+    assert declares_not_null(silver.quarantine_path, "stream_id"), "as such lakes were"
+
+    (day,) = copy_a_null_key(runner, db).partitions
+    counted = silver.refresh((day, day), "null key")
     assert counted.failures["stream_id_not_null"] == 1
+    assert silver.read().count() == before
+    assert declares_not_null(silver.path, "stream_id")
+    assert not declares_not_null(silver.quarantine_path, "stream_id")
 
 
 def test_bronze_files_from_before_nullable_keys_are_read_with_new_ones(loaded) -> None:
@@ -208,12 +248,7 @@ def test_bronze_files_from_before_nullable_keys_are_read_with_new_ones(loaded) -
     manifest = store.current()
     first = min(manifest.partitions())
     older = next(f for f in manifest.files if f.partition == first)
-    rows = store.read(first, manifest)
-    declared = pa.schema(
-        f.with_nullable(FACT.column(f.name).nullable) if f.name in FACT.column_names else f
-        for f in rows.schema
-    )
-    pq.write_table(rows.cast(declared), runner.lake.path(older.path))
+    pq.write_table(as_declared(store.read(first, manifest)), runner.lake.path(older.path))
 
     window = Window(datetime.combine(first, datetime.min.time()), LATER)
     profile = bronze_profile(runner, FACT, window)
