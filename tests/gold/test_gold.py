@@ -164,15 +164,22 @@ def test_a_run_with_nothing_new_changes_no_gold_table(pipeline) -> None:
 
 def test_silver_and_gold_hold_the_columns_the_catalog_describes(loaded_home: Path) -> None:
     """What the UI shows of each table (its described columns, in order) is what was written;
-    the calendar's gold carries none of silver's version bookkeeping."""
+    the calendar's gold carries none of silver's version bookkeeping; silver's and gold's keys
+    are NOT NULL, as the catalog declares."""
     settings = Settings.from_env({"SPOTIFY_HOME": str(loaded_home)})
     lake = settings.lake_url
 
     def written(relative: str) -> list[str]:
         return [f.name for f in DeltaTable(f"{lake}/{relative}").schema().fields]
 
+    def not_null(relative: str) -> set[str]:
+        return {f.name for f in DeltaTable(f"{lake}/{relative}").schema().fields if not f.nullable}
+
     for table in CATALOG:
         assert written(silver_path(table)) == [c.name for c in silver_columns(table)], table.name
+        # A valid row has its key, whatever bronze copied (its columns are all nullable).
+        for relative in (silver_path(table), gold_path(table.lake_name)):
+            assert set(table.key) <= not_null(relative), relative
         for name in CATALOG.gold_tables(table):
             assert written(gold_path(name)) == [c.name for c in gold_columns(CATALOG, name)], name
     calendar = written(gold_path(CATALOG["DimDate"].lake_name))
