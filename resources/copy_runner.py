@@ -32,7 +32,7 @@ from resources.lake import LakeStorage
 from resources.odbc import SourceUnavailableError
 from resources.source_db import SourceDatabase
 from resources.source_reader import ReaderKind, read_arrow, read_as_text
-from spotify_assets.bronze.dialects import DIALECTS
+from spotify_assets.bronze.dialects import DIALECTS, Dialect
 from spotify_assets.bronze.manifest import BronzeFile, Manifest
 from spotify_assets.bronze.schema import (
     EXTRACTED_AT,
@@ -67,15 +67,23 @@ class RowsBeforePartitionStart(ValueError):
 
 
 class ChangeTimeNotATime(ValueError):
-    """A change time the source holds is not a time (SQLite keeps any text): no partition can
-    hold its row."""
+    """A change time the source holds is not a time without a zone (SQLite keeps any text): no
+    partition can hold its row; with a zone offset, windows, which compare SQLite's text, could
+    place it on another day than its UTC one."""
 
     def __init__(self, table: Table, value: object) -> None:
         columns = dict.fromkeys(c for c in (table.cdc_column, table.change_time_column) if c)
-        super().__init__(
-            f"{table.name}: the source holds {str(value)!r} in {' or '.join(columns)}, which is "
-            "not a time, so its row has no partition: correct or delete that row in the source"
-        )
+        held = f"{table.name}: the source holds {str(value)!r} in {' or '.join(columns)}"
+        if _zoned(value):
+            super().__init__(
+                f"{held}, a time with a zone offset, which windows compare by its text (its row "
+                "could be loaded into another day): store it in UTC without an offset"
+            )
+        else:
+            super().__init__(
+                f"{held}, which is not a time, so its row has no partition: correct or delete "
+                "that row in the source"
+            )
 
 
 @dataclass(frozen=True)
@@ -449,13 +457,18 @@ class LocalCopyRunner(CopyRunner):
             batches = read_arrow(conn_str, dialect, query, schema, self.reader)
             return all_typed(pa.Table.from_batches(list(batches), schema=schema))
         except SourceUnavailableError as error:
-            # Change times stay typed: they place the row in its window and partition.
-            times = (CHANGE_AT, table.cdc_column) if table.cdc_column else (CHANGE_AT,)
+            # Change times place rows in windows and partitions. SQLite holds them as text,
+            # which its driver's typed read re-dated (an offset dropped): read as text and
+            # checked there; the other servers type them, and they stay typed.
+            as_text = dialect is Dialect.SQLITE
+            times = () if as_text else (CHANGE_AT, table.cdc_column or CHANGE_AT)
             text = text_schema(schema, keep=(CHANGE_OP, CHANGE_SEQ, *times))
             try:
                 rows = read_as_text(conn_str, dialect, query, text)
             except SourceUnavailableError:
                 raise error from None
+            if as_text and table.change_time_column is not None:
+                _check_change_times(table, rows[table.change_time_column])
             return type_values(rows, schema)
 
 
@@ -504,10 +517,36 @@ def _as_datetime(value: object) -> datetime:
 
 
 def _change_time(table: Table, value: object) -> datetime:
-    try:
+    if isinstance(value, datetime):
         return _as_datetime(value)
+    try:
+        moment = datetime.fromisoformat(str(value))
     except ValueError:
         raise ChangeTimeNotATime(table, value) from None
+    if moment.tzinfo is not None:
+        raise ChangeTimeNotATime(table, value)
+    return moment
+
+
+def _zoned(value: object) -> bool:
+    try:
+        return datetime.fromisoformat(str(value)).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def _check_change_times(table: Table, text: pa.ChunkedArray) -> None:
+    """Change times read as text place their rows in windows and partitions: each must be a
+    time without a zone (a driver's typed read of SQLite's text dropped an offset)."""
+    timestamp = pa.timestamp("us")
+    try:
+        text.cast(timestamp)
+    except pa.ArrowInvalid:
+        for value in text.to_pylist():
+            try:
+                pa.scalar(value, pa.string()).cast(timestamp)
+            except pa.ArrowInvalid:
+                raise ChangeTimeNotATime(table, value) from None
 
 
 def _with_audit(

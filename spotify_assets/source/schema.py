@@ -7,6 +7,7 @@
 - Values: a value that does not fit its declared type (text in an integer column, an integer
   too large) is read as NULL and its raw text kept in the audit column `_untyped`, a JSON object
   {column: raw text}; silver quarantines the row with the rule `values_typed`. Bronze stays raw.
+  A timestamp text with a zone offset is typed as its UTC time.
 """
 
 from __future__ import annotations
@@ -97,9 +98,15 @@ def _cast(values: pa.ChunkedArray | pa.Array, to: pa.DataType) -> pa.ChunkedArra
     try:
         return values.cast(to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        if not (pa.types.is_integer(to) and pa.types.is_string(values.type)):
+        if not pa.types.is_string(values.type):
             raise
-        return values.cast(_WHOLE_NUMBER_TEXT).cast(to)
+        if pa.types.is_integer(to):
+            return values.cast(_WHOLE_NUMBER_TEXT).cast(to)
+        if pa.types.is_timestamp(to) and to.tz is None:
+            # A text with a zone offset ('…+02:00', '…Z'; SQLite keeps any) is its UTC time:
+            # the lake's times are naive UTC, and dropping the offset would re-date it.
+            return values.cast(pa.timestamp(to.unit, "UTC")).cast(to)
+        raise
 
 
 def type_values(text: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -4,6 +4,7 @@ that do not fit their type, timestamps in any text format."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
@@ -268,6 +269,75 @@ def test_a_change_time_that_is_no_time_is_named_in_one_line(loaded, text: str) -
         runner.not_loaded_yet(FACT, result.high)
 
 
+@pytest.mark.parametrize(
+    ("table", "text"),
+    [
+        (FACT, f"{LATER:%Y-%m-%dT%H:%M:%S}+02:00"),
+        (FACT, f"{LATER:%Y-%m-%dT%H:%M:%S}Z"),
+        (FACT, f"{LATER:%Y-%m-%d %H:%M:%S.%f}-05:00"),
+        (USERS, f"{LATER:%Y-%m-%dT%H:%M:%S}+02:00"),
+    ],
+    ids=["fact-plus", "fact-z", "fact-minus", "image"],
+)
+def test_a_change_time_with_a_zone_offset_is_refused_in_one_line(
+    loaded, table: Table, text: str
+) -> None:
+    """Windows compare SQLite's text (a whole day by its text date), so a change time with an
+    offset could land on another day than its UTC one: refused, never re-dated (the fallback
+    read dropped the offset: `+02:00` was stored 2 hours off). Among times without one, so it
+    is neither the oldest nor the first read."""
+    runner, db = loaded
+    before = runner.store(table).current().version
+    if table is FACT:
+        edit(db, params=[(900_001, 100, str(LATER)), (900_002, 100, text)])
+    else:
+        edit(db, f"UPDATE DimUser SET updated_at = '{text}' WHERE user_id = 1")
+    set_clock(db, str(LATER + timedelta(hours=6)))
+    column = "stream_timestamp" if table is FACT else "updated_at or _changed_at"
+    expected = (
+        f"^{table.name}: the source holds {re.escape(repr(text))} in {column}, a time with a "
+        "zone offset, "
+        r"[^\n]*store it in UTC without an offset$"
+    )
+    with pytest.raises(ValueError, match=expected):
+        runner.copy(table, None, "zoned", from_watermark=True)
+    assert runner.store(table).current().version == before, "nothing committed"
+
+
+def test_a_waiting_change_time_with_a_zone_offset_is_refused(loaded) -> None:
+    """Past the clock, the oldest waiting change time is parsed alone: its offset was dropped."""
+    runner, db = loaded
+    text = f"{LATER + timedelta(days=1):%Y-%m-%dT%H:%M:%S}+02:00"
+    edit(db, params=[(900_001, 100, text)])
+    set_clock(db, str(LATER))
+    expected = f"^FactStream: the source holds {re.escape(repr(text))} in stream_timestamp, a time"
+    with pytest.raises(ValueError, match=expected):
+        runner.not_loaded_yet(FACT, LATER)
+
+
+def test_a_timestamp_value_with_a_zone_offset_reaches_silver_in_utc(loaded, sail_spark) -> None:
+    """A dimension's change records keep `updated_at` as a value (their change time is the
+    capture's): `+02:00` and `Z` are converted to UTC, never read 2 hours off."""
+    runner, db = loaded
+    set_clock(db, str(LATER))
+    edit(db, "UPDATE DimUser SET user_name = 'zoned' WHERE user_id IN (1, 2)")
+    day = f"{LATER:%Y-%m-%d}"
+    edit(
+        db,
+        f"UPDATE DimUser_changes SET updated_at = '{day}T10:00:00+02:00' WHERE user_id = 1",
+        f"UPDATE DimUser_changes SET updated_at = '{day}T10:00:00Z' WHERE user_id = 2",
+    )
+    set_clock(db, str(LATER + timedelta(hours=1)))
+    result = runner.copy(USERS, None, "zoned values", from_watermark=True)
+
+    (partition,) = result.partitions
+    SilverStore(runner.lake, sail_spark, USERS).refresh((partition, partition), "zoned")
+    silver = SilverStore(runner.lake, sail_spark, USERS).read()
+    rows = silver.where("user_name = 'ZONED'").select("user_id", "updated_at").collect()
+    ten = datetime.combine(LATER.date(), datetime.min.time()) + timedelta(hours=10)
+    assert {r.user_id: r.updated_at for r in rows} == {1: ten - timedelta(hours=2), 2: ten}
+
+
 @pytest.mark.parametrize("clock_format", ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"])
 def test_any_timestamp_text_lands_in_the_window_of_its_time(loaded, clock_format: str) -> None:
     runner, db = loaded
@@ -315,6 +385,24 @@ def test_untyped_values_keep_their_raw_text() -> None:
     assert [json.loads(v) if v else None for v in typed["_untyped"].to_pylist()] == [
         None, {"n": "x"}, {"t": ""}, {"n": "3000000000"},
     ]  # fmt: skip
+
+
+@given(
+    st.datetimes(datetime(1900, 1, 2), datetime(2200, 12, 30)),
+    st.integers(-14 * 60, 14 * 60),
+    st.sampled_from(["T", " "]),
+)
+def test_a_timestamp_text_with_a_zone_offset_is_typed_in_utc(
+    moment: datetime, minutes: int, sep: str
+) -> None:
+    """SQLite keeps an ISO text with an offset in a timestamp column: typed, it is its UTC time
+    (the lake's times are naive UTC), never the local time with the offset dropped."""
+    sign = "-" if minutes < 0 else "+"
+    offset = f"{sign}{abs(minutes) // 60:02}:{abs(minutes) % 60:02}"
+    texts = [moment.isoformat(sep=sep) + offset, moment.isoformat(sep=sep) + "Z"]
+    typed = type_values(pa.table({"t": texts}), pa.schema([("t", pa.timestamp("us"))]))
+    assert typed["t"].to_pylist() == [moment - timedelta(minutes=minutes), moment]
+    assert typed["_untyped"].to_pylist() == [None, None]
 
 
 # --- through the command line, as the issue reproduces them ---
