@@ -309,8 +309,11 @@ class SqlDialect(ABC):
         source, time = self._change_source(table)
         return (
             f"SELECT COUNT(*), MIN({self.quote(time)}) FROM {self.qualified(source)} "
-            f"WHERE {self.quote(time)} >= {self.timestamp_literal(bound)}"
+            f"WHERE {self._at_or_after(time, bound)}"
         )
+
+    def _at_or_after(self, column: str, bound: datetime) -> str:
+        return f"{self.quote(column)} >= {self.timestamp_literal(bound)}"
 
     def _change_source(self, table: Table) -> tuple[str, str]:
         """Where a table's changes are found by their time: its rows, or its change table."""
@@ -396,6 +399,13 @@ class SqliteDialect(SqlDialect):
             if part.start == midnight(day):
                 terms.append(f"{quoted} = '{day}' AND {exact}")
         return "(" + " OR ".join(f"({term})" for term in terms) + ")"
+
+    def _at_or_after(self, column: str, bound: datetime) -> str:
+        # The bound's day compares as windows do (a 'T' text sorts after the bound's ' ' one
+        # whatever its time); later days by their text date.
+        next_day = bound.date() + _DAY
+        rest = self._within(column, Window(bound, midnight(next_day)))
+        return f"({rest} OR {self.quote(column)} >= '{next_day}')"
 
     def day_of(self, column: str) -> str:
         return f"date({self.quote(column)})"

@@ -362,6 +362,18 @@ def test_any_timestamp_text_lands_in_the_window_of_its_time(loaded, clock_format
     assert runner.store(FACT).current().watermark == LATER + timedelta(hours=6)
 
 
+@pytest.mark.parametrize("form", ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M"])
+def test_rows_loaded_are_not_reported_waiting_whatever_their_text(loaded, form: str) -> None:
+    """Waiting rows compared SQLite's text with the bound's ('… HH:MM:SS.fff'): a loaded row of
+    the bound's day in the `T` form sorts after it and was reported not loaded yet."""
+    runner, db = loaded
+    after = LATER + timedelta(hours=7)
+    edit(db, params=[(900_001, 100, f"{LATER:{form}}"), (900_002, 100, f"{after:{form}}")])
+    set_clock(db, str(LATER + timedelta(hours=6)))
+    result = runner.copy(FACT, None, "loaded", from_watermark=True)
+    assert runner.not_loaded_yet(FACT, result.high).rows == 1, "the row after the bound only"
+
+
 def test_sqlite_windows_use_the_change_time_index(loaded) -> None:
     _, db = loaded
     query = DIALECTS[Dialect.SQLITE].extract_query(FACT, Window(CLOCK0, LATER))
