@@ -520,9 +520,20 @@ def _failure_lines(
     for event in result.get_step_failure_events():
         key, partitioned = keys.get(event.step_key, (AssetKey(event.step_key), None))
         days = f" {run.days[0]}..{run.days[1]}" if run.days and partitioned else ""
-        error = event.step_failure_data.error
-        lines.append(f"{key.to_user_string()}{days} failed: {_root(error)}; full log: {log}")
+        error = _failed_checks(result, key) or _root(event.step_failure_data.error)
+        lines.append(f"{key.to_user_string()}{days} failed: {error}; full log: {log}")
     return lines or [f"{run.describe()} failed: {_root(_run_error(result))}; full log: {log}"]
+
+
+def _failed_checks(result: ExecuteInProcessResult, key: AssetKey) -> str:
+    """The blocking checks of asset `key` that failed in the run, each with what it found
+    (Dagster's own error names only their number)."""
+    return "; ".join(
+        f"blocking check {check.check_name} failed"
+        + (f": {check.description}" if check.description else "")
+        for check in result.get_asset_check_evaluations()
+        if check.asset_key == key and check.blocking and not check.passed
+    )
 
 
 def _root(error: _ErrorInfo | None) -> str:

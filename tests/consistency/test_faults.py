@@ -8,6 +8,7 @@ Each test breaks a copy of one loaded lake (conftest.py's `loaded_home`).
 from __future__ import annotations
 
 import errno
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -19,6 +20,7 @@ import pytest
 import resources.lake
 from resources.delta_tables import table_stats
 from resources.lake import LakeStorage
+from spotify_assets.catalog.lake_paths import quarantine_path
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import main
 from spotify_assets.cli.commands import source_simulate
@@ -282,3 +284,27 @@ def test_a_run_that_fails_before_its_first_step_says_why(
     for line in errors:
         assert "failed: LakeFileError: cannot write " in line and "No space left" in line
         assert "full log: run " in line
+
+
+def test_a_blocking_check_that_fails_is_named_with_what_it_found(cli: Cli) -> None:
+    """A stream without an id (a source without the NOT NULL constraint) fails the fact's
+    critical rule, a blocking check: `run`'s line names the rule, its rows, where they are and
+    what to do (it said only "1 blocking asset check failed with ERROR severity:")."""
+    fact = CATALOG["FactStream"]
+    with sqlite3.connect(cli.settings.embedded_source_path) as conn:
+        conn.executescript(
+            "ALTER TABLE FactStream RENAME TO FactStream_old;"
+            "CREATE TABLE FactStream AS SELECT * FROM FactStream_old;"
+            "DROP TABLE FactStream_old;"
+        )
+        conn.execute(
+            "INSERT INTO FactStream SELECT NULL, user_id, track_id, date_key, listen_duration, "
+            "device_type, stream_timestamp FROM FactStream WHERE date(stream_timestamp) = ? "
+            "LIMIT 1",
+            (str(DAY),),
+        )
+    code, errors = cli("run")
+    assert code == 1 and errors
+    for line in errors:
+        assert "blocking check stream_id_not_null failed: 1 rows failing" in line
+        assert quarantine_path(fact) in line and "correct or delete those rows" in line

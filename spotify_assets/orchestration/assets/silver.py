@@ -29,6 +29,7 @@ from resources.silver_store import SilverResult
 from spotify_assets.bronze.windows import DAY
 from spotify_assets.catalog.columns import silver_columns
 from spotify_assets.catalog.lake_paths import SILVER, quarantine_path, silver_path
+from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import CHANGE_DATE, Catalog, Table
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
@@ -125,12 +126,23 @@ def build_silver_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
                     passed=result.failures[rule.name] == 0,
                     severity=AssetCheckSeverity.ERROR if rule.critical else AssetCheckSeverity.WARN,
                     metadata={"failed_rows": result.failures[rule.name]},
+                    description=_failed(rule, table, result.failures[rule.name]),
                 )
                 for rule in table.silver.rules
             ],
         )
 
     return silver
+
+
+def _failed(rule: Rule, table: Table, rows: int) -> str | None:
+    """What a failed critical rule means for the user, on the failed check (and `run`'s error)."""
+    if not (rule.critical and rows):
+        return None
+    return (
+        f"{rows:,} rows failing `{rule.predicate}` quarantined in {quarantine_path(table)}; "
+        "the assets downstream wait for these days: correct or delete those rows in the source"
+    )
 
 
 def build_silver_assets(catalog: Catalog) -> list[AssetsDefinition]:
