@@ -19,7 +19,12 @@ from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source, keep_initial_dimensions
 
-TODAY = datetime.now(UTC).date()
+
+@pytest.fixture
+def today() -> date:
+    """The UTC day when the test starts: a module's constant went stale when a suite crossed
+    midnight (tomorrow was then today)."""
+    return datetime.now(UTC).date()
 
 
 @pytest.fixture
@@ -95,9 +100,9 @@ def test_partition_start_variable_wins_and_older_rows_fail_the_run(
 
 
 def test_a_row_older_than_the_partition_start_is_never_re_dated(
-    home: Path, capsys: pytest.CaptureFixture[str]
+    home: Path, capsys: pytest.CaptureFixture[str], today: date
 ) -> None:
-    init(capsys, TODAY - timedelta(days=1), 3)
+    init(capsys, today - timedelta(days=1), 3)
     run_json(capsys, "run")
     settings = Settings.from_env()
     with source_database(settings).session() as session:
@@ -109,7 +114,7 @@ def test_a_row_older_than_the_partition_start_is_never_re_dated(
     line = fails(capsys, "run")
     assert line == (
         "error: FactStream: the source holds rows from 1970-01-01 00:00:01, before the partition "
-        f"start {TODAY - timedelta(days=4)} (SPOTIFY_PARTITION_START): set it to 1970-01-01 or "
+        f"start {today - timedelta(days=4)} (SPOTIFY_PARTITION_START): set it to 1970-01-01 or "
         "earlier"
     )
     fact = settings.catalog.fact
@@ -131,25 +136,25 @@ def test_refresh_before_the_partition_start_fails_in_one_line(
 
 
 def test_the_source_clock_never_passes_the_current_time(
-    home: Path, capsys: pytest.CaptureFixture[str]
+    home: Path, capsys: pytest.CaptureFixture[str], today: date
 ) -> None:
-    tomorrow = TODAY + timedelta(days=1)
-    expected = f"--end-date {tomorrow}: expected today ({TODAY}, UTC) or earlier"
+    tomorrow = today + timedelta(days=1)
+    expected = f"--end-date {tomorrow}: expected today ({today}, UTC) or earlier"
     assert expected in fails(capsys, "source", "init", "--end-date", tomorrow.isoformat())
-    init(capsys, TODAY - timedelta(days=2), 3)
+    init(capsys, today - timedelta(days=2), 3)
     assert "2 whole days fit" in fails(capsys, "source", "simulate", "--days", "3")
     run_json(capsys, "source", "simulate", "--days", "2")
     assert "0 whole days fit" in fails(capsys, "source", "simulate", "--days", "1")
 
 
 def test_rows_after_the_last_partition_are_reported_until_they_load(
-    home: Path, capsys: pytest.CaptureFixture[str]
+    home: Path, capsys: pytest.CaptureFixture[str], today: date
 ) -> None:
     """A source clock ahead of the wall clock (set by hand: the simulator refuses) and a stream
     of 2100: `run` loads what has a partition and reports the rest, run after run."""
-    init(capsys, TODAY, 3)
+    init(capsys, today, 3)
     settings = Settings.from_env()
-    tomorrow = datetime.combine(TODAY + timedelta(days=1), datetime.min.time())
+    tomorrow = datetime.combine(today + timedelta(days=1), datetime.min.time())
     with source_database(settings).session() as session:
         session.set_clock(tomorrow + timedelta(hours=6))
         session.execute("UPDATE DimUser SET country = 'SE', updated_at = ? WHERE user_id = 1",
