@@ -41,6 +41,14 @@ facts = st.lists(
     max_size=12,
 )
 
+# Few examples, always the same ones: each runs Sail queries on a shared session.
+EXAMPLES = settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
 
 def test_the_catalog_declares_guaranteed_rules_on_aggregates() -> None:
     # The property below would pass vacuously if no rule were declared guaranteed.
@@ -48,24 +56,14 @@ def test_the_catalog_declares_guaranteed_rules_on_aggregates() -> None:
 
 
 @pytest.mark.parametrize(("spec", "rule"), GUARANTEED, ids=[f"{a.name}" for a, _ in GUARANTEED])
-@settings(
-    max_examples=15,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@EXAMPLES
 @given(rows=facts)
 def test_no_aggregate_row_fails_a_guaranteed_rule(sail_spark: SparkSession, spec, rule, rows):
     grouped = aggregate(spec, sail_spark.createDataFrame(rows, FACT_DDL))
     assert grouped.where(~F.coalesce(F.expr(rule.predicate), F.lit(False))).count() == 0
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@EXAMPLES
 @given(rows=facts)
 def test_the_rows_kept_are_those_failing_no_rule(sail_spark: SparkSession, rows) -> None:
     """The fact's rules, on rows whose predicates are true, false or NULL: the rows kept are
