@@ -383,8 +383,11 @@ class SqliteDialect(SqlDialect):
             f"{normal} >= {self.timestamp_literal(start)} AND "
             f"{normal} < {self.timestamp_literal(end)}"
         )
-        for day, part in window.split_by_day():
-            if part == Window.of_days(day, day):
+        # Only its first and last day can be cut: never walk the days between (the idle check's
+        # window runs to the end of time).
+        for day in dict.fromkeys((start.date(), (end - timedelta(microseconds=1)).date())):
+            part = window.intersect(Window.of_days(day, day))
+            if not part or part == Window.of_days(day, day):
                 continue
             # A moment's text starts with its minute ('~' sorts after the rest): those of the
             # minutes strictly inside `part` are in it, only its first and last compare

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
 
 import pytest
 import sqlglot
@@ -389,3 +390,23 @@ def test_native_cdc_profile_counts_the_records_the_extraction_writes() -> None:
     assert run_on_emulated_cdc(profile, KEY_UPDATES) == [
         ("2026-03-01", len(records), sum(seq for _, seq, _, _ in records))
     ]
+
+
+def test_a_window_to_the_end_of_time_is_written_from_its_edge_days(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The idle check's window runs from the watermark to the end of time: writing SQLite's
+    condition walked its 2.9M days (seconds per table on every idle `run`); only the first and
+    last day can be cut."""
+    walked: list[object] = []
+    days = Window.days
+
+    def counted(window: Window) -> Iterator[date]:
+        for day in days(window):
+            walked.append(day)
+            yield day
+
+    monkeypatch.setattr(Window, "days", counted)
+    condition = SQLITE._within("t", Window(datetime(2026, 11, 20, 12, 30), datetime(9999, 12, 31)))
+    assert "2026-11-20 12:30" in condition
+    assert len(walked) <= 2
