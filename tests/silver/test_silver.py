@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pytest
@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from resources import silver_store
-from resources.delta_tables import Days, add_actions
+from resources.delta_tables import add_actions
 from resources.lake import LakeStorage
 from resources.silver_store import SilverStore
 from spotify_assets.bronze.windows import Window
@@ -160,16 +160,9 @@ def test_a_dimension_whose_versions_collapse_writes_no_quarantine_without_a_fail
     written: list[str] = []
     replace = silver_store.replace_partitions
 
-    def recorded(
-        lake: LakeStorage,
-        frame: DataFrame,
-        path: str,
-        partition: str | None,
-        days: Days | None,
-        nullable: Mapping[str, bool] | None = None,
-    ) -> None:
+    def recorded(lake: LakeStorage, frame: DataFrame, path: str, *rest: Any) -> None:
         written.append(path)
-        replace(lake, frame, path, partition, days, nullable)
+        replace(lake, frame, path, *rest)
 
     monkeypatch.setattr(silver_store, "replace_partitions", recorded)
     for store in collapsing:
