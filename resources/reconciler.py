@@ -373,5 +373,7 @@ def bronze_profile(runner: CopyRunner, table: Table, window: Window) -> dict[dat
     profile = {}
     for day in pc.unique(days):
         held = sums.filter(pc.equal(days, day))
-        profile[day.as_py()] = DayProfile(pc.count(held).as_py(), int(pc.sum(held).as_py() or 0))
+        # Every row, as COUNT(*): a NULL key (a source without the constraint) is a row too.
+        rows_held = pc.count(held, mode="all").as_py()
+        profile[day.as_py()] = DayProfile(rows_held, int(pc.sum(held).as_py() or 0))
     return profile

@@ -32,7 +32,9 @@ class Rule:
 
     name: str
     predicate: str
-    critical: bool = False  # a failure blocks downstream assets (a blocking asset check)
+    # A failure is an ERROR-severity check that `run` warns of (the others: WARN, counted). It
+    # blocks nothing: the row is quarantined either way and could not reach gold.
+    critical: bool = False
     # Why no row can fail it, where that holds by construction (a count of a group's rows is
     # positive): gold still applies it, but spends no query counting failures there cannot be.
     guaranteed_by: str = ""

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
     from sqlalchemy.exc import DBAPIError
 
-    from spotify_assets.orchestration.ingest import RunFailed
+    from spotify_assets.orchestration.ingest import RunFailed, TableLoad
 
 # What the demo builds itself under its home: it refuses to run with these set elsewhere.
 DEMO_OWNS = ("SPOTIFY_LAKE_URL", "DAGSTER_HOME", "SPOTIFY_PARTITION_START")
@@ -278,6 +278,7 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
             done[step] = work(settings, instance, selection)
         except _run_failed() as failed:
             done[step], failures = failed.loads, failures + failed.failures
+    _warn_of_failed_rules(done["incremental"] + done["repaired"])
     if failures:
         raise ingest.RunFailed(
             list(dict.fromkeys(failures)), done["incremental"] + done["repaired"]
@@ -302,7 +303,21 @@ def refresh(
     from spotify_assets.orchestration import ingest
 
     instance = dagster_instance(settings)
-    return [asdict(load) for load in ingest.refresh(settings, instance, first, last, tables)]
+    try:
+        loads = ingest.refresh(settings, instance, first, last, tables)
+    except _run_failed() as failed:
+        _warn_of_failed_rules(failed.loads)
+        raise
+    _warn_of_failed_rules(loads)
+    return [asdict(load) for load in loads]
+
+
+def _warn_of_failed_rules(loads: Sequence[TableLoad]) -> None:
+    """A critical rule's rows are quarantined and the run goes on: say so where a script and a
+    person at the terminal see it, beside the counts printed on stdout."""
+    for load in loads:
+        for line in load.failed_rules:
+            _say(f"warning: {line}")
 
 
 def verify(settings: Settings, tables: Sequence[str] = ()) -> int:

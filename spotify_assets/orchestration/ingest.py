@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from dagster import (
+    AssetCheckSeverity,
     AssetKey,
     AssetsDefinition,
     AssetSelection,
@@ -373,6 +374,8 @@ class TableLoad:
     # Incremental loads: source rows past the source's clock bound or today, left for later.
     not_loaded_yet_rows: int = 0
     not_loaded_yet_oldest: str = "none"
+    # Critical rules that failed in the run, each with what it found (their rows quarantined).
+    failed_rules: tuple[str, ...] = ()
 
 
 def incremental(
@@ -562,6 +565,13 @@ def _loads(run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult) ->
     def value(entries: dict, name: str) -> Any:
         return entries[name].value if entries else None
 
+    failed: dict[AssetKey, tuple[str, ...]] = {}
+    for check in result.get_asset_check_evaluations():  # a blocking one would fail the run
+        if not check.passed and check.severity is AssetCheckSeverity.ERROR:
+            line = f"{check.asset_key.to_user_string()}: check {check.check_name} failed"
+            line += f": {check.description}" if check.description else ""
+            failed[check.asset_key] = (*failed.get(check.asset_key, ()), line)
+
     def total(entries: dict, name: str) -> Any:
         return run_total(entries, name) if entries else None
 
@@ -580,6 +590,7 @@ def _loads(run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult) ->
                 silver_rows=total(cleaned, ROW_COUNT),
                 quarantined=total(cleaned, QUARANTINED),
                 gold_rows={k: run_total(m, ROW_COUNT) for k, m in gold.items() if m},
+                failed_rules=failed.get(silver_key(table), ()),
                 **{
                     name: copied[name].value
                     for name in (NOT_LOADED_YET_ROWS, NOT_LOADED_YET_OLDEST)

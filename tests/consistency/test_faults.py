@@ -8,6 +8,7 @@ Each test breaks a copy of one loaded lake (conftest.py's `loaded_home`).
 from __future__ import annotations
 
 import errno
+import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import resources.lake
-from resources.delta_tables import table_stats
+from resources.delta_tables import rows_per_day, table_stats
 from resources.lake import LakeStorage
-from spotify_assets.catalog.lake_paths import quarantine_path
-from spotify_assets.catalog.tables import CATALOG
+from spotify_assets.catalog.lake_paths import gold_path, quarantine_path
+from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE
 from spotify_assets.cli import main
 from spotify_assets.cli.commands import source_simulate
 from spotify_assets.orchestration.resources import copy_runner
@@ -44,6 +45,7 @@ class Cli:
     settings: Settings
     capsys: pytest.CaptureFixture[str]
     printed: str = ""
+    warned: tuple[str, ...] = ()
 
     def __call__(self, *args: str) -> tuple[int, list[str]]:
         self.capsys.readouterr()
@@ -51,6 +53,7 @@ class Cli:
         out = self.capsys.readouterr()
         assert "Traceback" not in out.out + out.err
         self.printed = out.out
+        self.warned = tuple(line for line in out.err.splitlines() if line.startswith("warning: "))
         return code, [line for line in out.err.splitlines() if line.startswith("error: ")]
 
     @property
@@ -286,10 +289,13 @@ def test_a_run_that_fails_before_its_first_step_says_why(
         assert "full log: run " in line
 
 
-def test_a_blocking_check_that_fails_is_named_with_what_it_found(cli: Cli) -> None:
+def test_a_critical_rule_quarantines_its_rows_warns_and_holds_no_gold_back(cli: Cli) -> None:
     """A stream without an id (a source without the NOT NULL constraint) fails the fact's
-    critical rule, a blocking check: `run`'s line names the rule, its rows, where they are and
-    what to do (it said only "1 blocking asset check failed with ERROR severity:")."""
+    critical rule: the row is quarantined and `run` says so in a warning naming the rule, its
+    rows, where they are and what to do, while the day's other streams reach gold in the same
+    run, and the next `run` is idle. A blocking check held back every gold day of that run
+    (exit 1) and the next `run`'s repair built them anyway; bronze's profile did not count the
+    row (a NULL key), so every `run` re-extracted its day."""
     fact = CATALOG["FactStream"]
     with sqlite3.connect(cli.settings.embedded_source_path) as conn:
         conn.executescript(
@@ -303,8 +309,20 @@ def test_a_blocking_check_that_fails_is_named_with_what_it_found(cli: Cli) -> No
             "LIMIT 1",
             (str(DAY),),
         )
+        (streams,) = conn.execute(
+            "SELECT count(*) FROM FactStream WHERE stream_id IS NOT NULL "
+            "AND date(stream_timestamp) = ?",
+            (str(DAY),),
+        ).fetchone()
     code, errors = cli("run")
-    assert code == 1 and errors
-    for line in errors:
-        assert "blocking check stream_id_not_null failed: 1 rows failing" in line
-        assert quarantine_path(fact) in line and "correct or delete those rows" in line
+    assert code == 0 and not errors
+    (warning,) = cli.warned
+    assert "check stream_id_not_null failed: 1 rows failing" in warning
+    assert quarantine_path(fact) in warning and "correct or delete those rows" in warning
+    lake = LakeStorage(url=cli.settings.lake_url)
+    day = fact.gold.date_column
+    assert rows_per_day(lake, gold_path(fact.lake_name), day, (DAY, DAY)) == {DAY: streams}
+    assert rows_per_day(lake, quarantine_path(fact), CHANGE_DATE, (DAY, DAY)) == {DAY: 1}
+    code, errors = cli("run")
+    assert (code, errors, cli.warned) == (0, [], ())
+    assert json.loads(cli.printed) == {"incremental": [], "repaired": []}

@@ -78,9 +78,8 @@ def test_asset_graph_snapshot(tmp_path: Path) -> None:
         checks = {k.name: graph.get_check_spec(k) for k in graph.asset_check_keys
                   if k.asset_key == silver.key}  # fmt: skip
         assert set(checks) == {r.name for r in table.silver.rules}
-        assert {n for n, c in checks.items() if c.blocking} == {
-            r.name for r in table.silver.rules if r.critical
-        }
+        # Quarantine is the answer to every rule: the rows that pass go on to gold.
+        assert not any(c.blocking for c in checks.values())
         # A fresh demo shows red checks: each says its data is dirty on purpose.
         assert all("on purpose" in (c.description or "") for c in checks.values())
     assert_gold_graph(defs)

@@ -2,7 +2,8 @@
 
 Same partitions as bronze; a run over partitions P replaces exactly those silver partitions from
 the bronze partitions P, so refreshes cascade and reruns change nothing. Every validation rule of
-the catalog is an asset check (blocking where the rule is critical).
+the catalog is an asset check (of ERROR severity where the rule is critical). None blocks: a
+failing row is quarantined whatever its rule, so the rows that pass go on to gold.
 """
 
 from dagster import (
@@ -68,7 +69,6 @@ def build_silver_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
             rule.name,
             asset=key,
             description=f"Rows failing `{rule.predicate}` (quarantined). {DIRTY_ON_PURPOSE}",
-            blocking=rule.critical,
         )
         for rule in table.silver.rules
     ]
@@ -136,12 +136,13 @@ def build_silver_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
 
 
 def _failed(rule: Rule, table: Table, rows: int) -> str | None:
-    """What a failed critical rule means for the user, on the failed check (and `run`'s error)."""
+    """What a failed critical rule means for the user, on the failed check (and `run`'s
+    warning)."""
     if not (rule.critical and rows):
         return None
     return (
         f"{rows:,} rows failing `{rule.predicate}` quarantined in {quarantine_path(table)}; "
-        "the assets downstream wait for these days: correct or delete those rows in the source"
+        "the other rows went on to gold: correct or delete those rows in the source"
     )
 
 
