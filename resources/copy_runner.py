@@ -41,7 +41,7 @@ from spotify_assets.bronze.schema import (
     WINDOW_START,
     bronze_schema,
 )
-from spotify_assets.bronze.windows import Window, midnight, split_window
+from spotify_assets.bronze.windows import Window, as_date, midnight, split_window
 from spotify_assets.catalog.tables import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
 from spotify_assets.source.schema import (
     SourceColumns,
@@ -504,11 +504,6 @@ def fingerprint(rows: pa.Table) -> str:
     with pa.ipc.new_stream(sink, ordered.schema) as writer:
         writer.write_table(ordered)
     return hashlib.sha256(sink.getvalue()).hexdigest()
-
-
-def as_date(value: object) -> date:
-    """A day as the source's driver returns it: a date, or text beginning with one."""
-    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
 def _as_datetime(value: object) -> datetime:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resources.bronze_store import BronzeStore
-from resources.copy_runner import CopyRunner, as_date
+from resources.copy_runner import CopyRunner
 from resources.delta_tables import (
     Days,
     add_actions,
@@ -38,7 +38,7 @@ from resources.delta_tables import (
 from resources.gold_state import applied_version, unmatched_records
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import Manifest
-from spotify_assets.bronze.windows import Window
+from spotify_assets.bronze.windows import Window, as_date
 from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.lake_paths import bronze_path, gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import (

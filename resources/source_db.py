@@ -38,6 +38,7 @@ from spotify_assets.bronze.dialects import (
     Dialect,
     SqlDialect,
 )
+from spotify_assets.bronze.windows import as_date
 from spotify_assets.catalog.tables import (
     CHANGE_SEQ,
     CaptureMode,
@@ -317,8 +318,8 @@ class SourceSession:
             clock=self.clock(),
             dims=dims,
             next_ids={name: int(meta[_next_id(name)]) for name in self._keyed_tables()},
-            date_keys_until=_as_date(last_day),
-            date_keys_from=_as_date(first_day),
+            date_keys_until=as_date(last_day),
+            date_keys_from=as_date(first_day),
         )
 
     # --- reads ---
@@ -441,10 +442,6 @@ def _typed_array(values: list, column_type: ColumnType) -> pa.Array:
     ):
         return pc.cast(pa.array(values, pa.string()), column_type.arrow)
     return pa.array(values, column_type.arrow)
-
-
-def _as_date(value: date | str) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(value)
 
 
 def _jsonable(value: object) -> object:

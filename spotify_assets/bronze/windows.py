@@ -98,6 +98,11 @@ def midnight(day: date) -> datetime:
     return datetime.combine(day, time())
 
 
+def as_date(value: object) -> date:
+    """A day as the source's driver returns it: a date, or text beginning with one."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
 def _timestamp(moment: datetime) -> pa.Scalar:
     """`moment` as an Arrow timestamp (microseconds)."""
     return arrow_scalar((moment - _EPOCH) // timedelta(microseconds=1), pa.timestamp("us"))
