@@ -96,13 +96,18 @@ def transform(
     (`rank_keys`), a key `accepted` holds included. A dimension's versions take effect after
     the change records preceding them, `accepted`'s included (`effective_times`)."""
     prepared = version(table, derive(table, clean(table, conform(table, bronze))))
-    repeats = has_repeats(table, prepared)
     if table.role is TableRole.FACT:
-        # Exact re-deliveries collapse; any other repeat of a key is a defect (`rank_keys`).
+        keys = key_summary(table, prepared)
+        # A (key, version) repeats only where its key does: the common case asks one query.
+        repeats = keys.repeated and has_repeats(table, prepared)
+        # Exact re-deliveries collapse (and their keys are summarised again); any other repeat
+        # of a key is a defect (`rank_keys`).
         if repeats:
             prepared = prepared.dropDuplicates(list(table.column_names))
-        frames = split(table, check(table, prepared, accepted), run_id)
+        known = None if repeats else keys
+        frames = split(table, check(table, prepared, accepted, known), run_id)
         return replace(frames, repeats=repeats)
+    repeats = has_repeats(table, prepared)
     deduped = dedup(table, prepared) if repeats else prepared
     valid = split(table, check(table, deduped), run_id).valid
     if table.role is TableRole.DIMENSION:
@@ -299,26 +304,50 @@ def dedup(table: Table, df: DataFrame) -> DataFrame:
     return ranked.where(F.col("_keep")).drop("_keep", "_is_delete")
 
 
-def rank_keys(table: Table, df: DataFrame, accepted: DataFrame | None = None) -> DataFrame:
+@dataclass(frozen=True)
+class KeySummary:
+    """Of a fact's rows: whether some key repeats, and the smallest and largest key."""
+
+    repeated: bool
+    low: tuple[object, ...]
+    high: tuple[object, ...]
+
+
+def key_summary(table: Table, df: DataFrame) -> KeySummary:
+    """`df`'s `KeySummary`, in one query."""
+    key = list(table.key)
+    per_key = df.groupBy(*key).count()
+    found = per_key.agg(
+        F.max("count"), *(F.min(k) for k in key), *(F.max(k) for k in key)
+    ).collect()[0]
+    most, bounds = found[0], tuple(found[1:])
+    return KeySummary((most or 0) > 1, bounds[: len(key)], bounds[len(key) :])
+
+
+def rank_keys(
+    table: Table,
+    df: DataFrame,
+    accepted: DataFrame | None = None,
+    keys: KeySummary | None = None,
+) -> DataFrame:
     """`_key_rank`: 1 for the row of each key silver keeps, 2, 3… for the repeats of the key (a
     source defect in a table of events, failing the key's uniqueness rule). A key silver already
     holds in other partitions (`accepted`) keeps that row; otherwise the earliest row wins,
     ties broken by value, so that every rebuild keeps the same one. The sort runs only where a
-    key repeats or was accepted before, which small queries tell."""
+    key repeats or was accepted before, which small queries tell (`keys`: `df`'s summary, if
+    known already)."""
     key = list(table.key)
-    repeats = df.groupBy(*key).count().where(F.col("count") > 1).drop("count")
+    keys = keys or key_summary(table, df)
     seen = None
     if accepted is not None:
         # Only accepted rows within the range of `df`'s keys can match: a filter on literals,
         # which Delta's file statistics skip whole files by (a day's new facts against the
         # history of silver: most of its files hold older keys).
-        bounds = df.agg(*(F.min(k) for k in key), *(F.max(k) for k in key)).collect()[0]
         candidates = accepted.select(*key)
-        for n, k in enumerate(key):
-            low, high = F.lit(bounds[n]), F.lit(bounds[n + len(key)])
-            candidates = candidates.where(F.col(k).between(low, high))
+        for k, low, high in zip(key, keys.low, keys.high, strict=True):
+            candidates = candidates.where(F.col(k).between(F.lit(low), F.lit(high)))
         seen = candidates.join(df.select(*key), key, "left_semi")
-    if repeats.limit(1).count() == 0 and (seen is None or seen.limit(1).count() == 0):
+    if not keys.repeated and (seen is None or seen.limit(1).count() == 0):
         return df.withColumn(KEY_RANK, F.lit(1))
     assert table.cdc_column is not None
     order = [F.col(table.cdc_column), *(F.col(c).asc_nulls_first() for c in table.column_names)]
@@ -357,10 +386,16 @@ def failing_rows(table: Table, df: DataFrame) -> DataFrame:
     return check(table, df).where(F.col(FAILED_RULES) != "")
 
 
-def check(table: Table, df: DataFrame, accepted: DataFrame | None = None) -> DataFrame:
-    """`_failed_rules` of each row; a fact's rows are first ranked within their key."""
+def check(
+    table: Table,
+    df: DataFrame,
+    accepted: DataFrame | None = None,
+    keys: KeySummary | None = None,
+) -> DataFrame:
+    """`_failed_rules` of each row; a fact's rows are first ranked within their key (`keys`:
+    their `KeySummary`, if known already)."""
     if table.role is TableRole.FACT and KEY_RANK not in df.columns:
-        df = rank_keys(table, df, accepted)
+        df = rank_keys(table, df, accepted, keys)
     return flag_failures(table.silver.rules, df)
 
 

@@ -9,8 +9,9 @@ import pytest
 from pyspark.sql.connect.client import SparkConnectClient
 
 
-def record_requests(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every request (analyses and executions) sent from now until the test ends, serialized."""
+def record_requests(monkeypatch: pytest.MonkeyPatch, analyses: bool = True) -> list[bytes]:
+    """Every request (analyses, unless not `analyses`, and executions) sent from now until the
+    test ends, serialized."""
     requests: list[bytes] = []
     execute, analyze = SparkConnectClient._execute_and_fetch, SparkConnectClient._analyze
 
@@ -23,7 +24,8 @@ def record_requests(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         return analyze(client, method, **kwargs)
 
     monkeypatch.setattr(SparkConnectClient, "_execute_and_fetch", executed)
-    monkeypatch.setattr(SparkConnectClient, "_analyze", analysed)
+    if analyses:
+        monkeypatch.setattr(SparkConnectClient, "_analyze", analysed)
     return requests
 
 
