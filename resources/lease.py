@@ -13,8 +13,12 @@ number is the truth, and of two writers racing for the next number exactly one c
 holder renews it from a heartbeat thread (a new record every `renew_seconds`, each valid for
 `ttl_seconds`) and releases it with a record that says so. A holder that dies stops renewing:
 its lease expires (by the waiter's clock: machines' clocks must agree within seconds), and a
-waiter on the same machine that finds its process gone takes over at once. Superseded records
-are deleted, so a reader may find the record it listed gone: it lists again.
+waiter on the same machine that finds its process gone takes over at once. A waiter on the same
+machine that finds it alive (paused: SIGSTOP, a debugger) waits on: expiry only stands for the
+liveness nobody can see on another machine. A holder checks, before it writes, that its lease
+is its own (`Hold.check`): when its last renewal is older than a beat (it was paused), it asks
+the lake. Superseded records are deleted, so a reader may find the record it listed gone: it
+lists again.
 """
 
 from __future__ import annotations
@@ -64,19 +68,27 @@ class Holder:
     since: str  # UTC
     run_id: str | None = None
     machine: str = ""  # the pid namespace of this boot; "" where unknown (no liveness check)
+    started: int = 0  # its process's start (clock ticks since boot): a reused pid is another
 
     @classmethod
     def here(cls, entry: str, run_id: str | None = None) -> Holder:
         since = _now().strftime("%Y-%m-%d %H:%M:%S UTC")
-        return cls(entry, os.getpid(), socket.gethostname(), since, run_id, _machine())
+        pid = os.getpid()
+        machine = _machine()
+        return cls(entry, pid, socket.gethostname(), since, run_id, machine, _started(pid) or 0)
 
     def describe(self) -> str:
         run = f", run {self.run_id}" if self.run_id else ""
         return f"{self.entry} (pid {self.pid} on {self.host}{run}, since {self.since})"
 
-    def is_gone(self) -> bool:
-        """Its process has ended: knowable only on the same machine, by its pid."""
-        return bool(self.machine) and self.machine == _machine() and not _running(self.pid)
+    def lives(self) -> bool | None:
+        """Whether its process still runs, paused or not; None where unknowable (another
+        machine)."""
+        if not self.machine or self.machine != _machine():
+            return None
+        started = _started(self.pid)
+        # 0: a record written before start times were recorded, known by its pid alone.
+        return started is not None and self.started in (0, started)
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,10 @@ class LeaseRecord:
     expires_at: datetime
 
     def is_free(self) -> bool:
-        return self.holder is None or self.expires_at <= _now() or self.holder.is_gone()
+        if self.holder is None:
+            return True
+        lives = self.holder.lives()
+        return not lives if lives is not None else self.expires_at <= _now()
 
     def abandoned_run(self) -> str | None:
         """The Dagster run of a holder that ended without releasing the lease (killed), or
@@ -193,13 +208,20 @@ class Hold:
         self.holder = holder
         self.abandoned_run = abandoned_run  # of the holder this one took the lease over from
         self.taken_by: str | None = None  # who took the lease over, once another writer did
+        self._renewed = _now()  # when its latest record was published
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="lake-writer-lease", daemon=True)
         self._beat.start()
 
     def check(self) -> None:
-        """`LeaseLostError` if the lease was taken over: a writer stops before writing more."""
+        """`LeaseLostError` if the lease was taken over: a writer stops before writing more. A
+        holder whose latest record is older than a beat (or half its life) was paused or
+        stalled, and another writer may have taken over meanwhile: it asks the lake, by
+        renewing, before its heartbeat would."""
+        beat = min(self.lease.renew_seconds, self.lease.ttl_seconds / 2)
+        if _now() - self._renewed > timedelta(seconds=beat):
+            self.renew()
         if self.taken_by is not None:
             raise LeaseLostError(
                 f"the lake writer lease of {self.lease.lake.url} was taken over by "
@@ -214,7 +236,7 @@ class Hold:
                 return
             holder = holder or self.holder
             if self.lease._publish(self.number + 1, holder):
-                self.number, self.holder = self.number + 1, holder
+                self.number, self.holder, self._renewed = self.number + 1, holder, _now()
                 return
             current = self.lease.current()
             self.taken_by = (
@@ -316,10 +338,12 @@ def _machine() -> str:
         return ""
 
 
-def _running(pid: int) -> bool:
-    """The process exists and has not ended (a zombie, killed but not yet reaped, has)."""
+def _started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot); None if there is none or it has
+    ended (a zombie, killed but not yet reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # from the state on: fields 3.. of proc(5)
+    return None if fields[0] == "Z" else int(fields[19])

@@ -62,6 +62,18 @@ def lake(
     return LakeStorage(url=f"abfss://{container}@devstoreaccount1.dfs.core.windows.net/lake")
 
 
+# Holds the lease of the lake at argv[1] with a record valid for one second, renewed every
+# tenth of one, says so, and sleeps until killed.
+SHORT_HOLDER = """
+import sys, time
+from resources.lake import LakeStorage
+from resources.lease import Holder, WriterLease
+WriterLease(LakeStorage(url=sys.argv[1]), 1, 0.1).acquire(Holder.here("CLI run"), 0, print)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
 @pytest.fixture
 def holder_process(lake: LakeStorage) -> Iterator[subprocess.Popen[str]]:
     """Another process on this machine holding the lake's lease."""
@@ -138,7 +150,7 @@ def test_a_holder_that_stops_renewing_loses_the_lease_at_expiry(lake: LakeStorag
     new = WriterLease(lake).acquire(here("CLI run"), 30, said.append)
     assert "held by sensor run (cdc_arrival_sensor) (pid" in said[0]
 
-    old.renew()
+    # Woken before its heartbeat beats: it finds out from the lake, not from that beat.
     with pytest.raises(LeaseLostError, match=r"taken over by CLI run \(pid \d+"):
         old.check()
     old.release()  # releases nothing: the lease is no longer its own
@@ -165,6 +177,36 @@ def test_a_sigkilled_holder_on_this_machine_blocks_nobody(
     holder_process.send_signal(signal.SIGKILL)
     holder_process.wait()
     # Its record would hold for another minute; its process is gone, so it holds nothing.
+    WriterLease(lake).acquire(here("UI run"), 0, print).release()
+
+
+def test_a_paused_holder_on_this_machine_keeps_the_lease_past_its_expiry(
+    lake: LakeStorage,
+) -> None:
+    """A writer SIGSTOPped (Ctrl-Z, a debugger) for longer than its record lasts: another
+    writer took the lease over and wrote, then the paused one went on writing where it stood
+    (two writers at once). While its process lives, the lease stays its own."""
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    paused = subprocess.Popen([sys.executable, "-c", SHORT_HOLDER, lake.url], env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert paused.stdout and paused.stdout.readline() == "held\n"
+        paused.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # past its record's expiry, never renewed meanwhile
+        with pytest.raises(LakeBusyError, match=rf"CLI run \(pid {paused.pid} "):
+            WriterLease(lake).acquire(here("UI run"), 0, print)
+        paused.send_signal(signal.SIGCONT)
+    finally:
+        paused.kill()
+        paused.wait()
+    WriterLease(lake).acquire(here("UI run"), 0, print).release()
+
+
+def test_a_holder_whose_pid_now_names_another_process_holds_nothing(lake: LakeStorage) -> None:
+    """Its process ended and its pid was given to a new one: that one holds no lease."""
+    lease = WriterLease(lake, ttl_seconds=3600)
+    reused = replace(Holder.here("CLI run"), started=Holder.here("CLI run").started - 1)
+    lease.acquire(reused, 0, print)
     WriterLease(lake).acquire(here("UI run"), 0, print).release()
 
 
