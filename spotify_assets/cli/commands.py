@@ -218,6 +218,23 @@ def _storage_error() -> type[DBAPIError]:
     return DBAPIError
 
 
+# What to do about a failure of Dagster's own storage, by SQLite's message. It keeps only the
+# runs' history: every load's state is in the lake, so a fresh storage loses no data.
+_DAMAGED = "it is damaged: move {home} aside and run again (the lake keeps every load's state)"
+_STORAGE_ADVICE = {
+    "file is not a database": _DAMAGED,
+    "database disk image is malformed": _DAMAGED,
+    "database is locked": "another process holds it (a sqlite3 shell, a stuck Dagster process?): "
+    "end that process and run again",
+}
+
+
+def _storage_failure(home: str | None, cause: str) -> str:
+    advice = _STORAGE_ADVICE.get(cause)
+    said = f"; {advice.format(home=home)}" if advice else ""
+    return f"Dagster's storage under {home} failed: {cause}{said}"
+
+
 def _run_failed() -> type[RunFailed]:
     """`ingest.RunFailed`, named in an except clause as `_storage_error`: `ingest` loads Dagster,
     which an idle `run` does not."""
@@ -512,7 +529,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     except _storage_error() as exc:
         home = os.environ.get("DAGSTER_HOME")  # set by `dagster_instance` before any run
-        print(f"error: Dagster's storage under {home} failed: {exc.orig}", file=sys.stderr)
+        print(f"error: {_storage_failure(home, str(exc.orig))}", file=sys.stderr)
         return 1
     except OSError as exc:  # a full disk or a permission, outside the lake's own writes
         where = f" ({exc.filename})" if exc.filename else ""

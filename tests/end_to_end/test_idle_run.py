@@ -36,7 +36,7 @@ from spotify_assets.orchestration import gate
 from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source
-from tests.helpers.processes import cli_imports
+from tests.helpers.processes import CLI, CLI_MEMORY_GIB, Lakehouse, cli_imports, run_bounded
 
 NOTHING_DONE = {"incremental": [], "repaired": []}
 CALENDAR = next(t for t in CATALOG if t.mode is CaptureMode.SNAPSHOT)
@@ -196,21 +196,50 @@ def test_the_next_run_finishes_a_run_stopped_after_bronze_or_silver(loaded: Sett
     assert gate.up_to_date(loaded)
 
 
+@pytest.mark.parametrize(
+    ("failure", "says"),
+    [
+        ("disk I/O error", "disk I/O error\n"),
+        # A sqlite3 shell's `BEGIN EXCLUSIVE` (Dagster waited 30 s for it, then failed).
+        ("database is locked", "database is locked; another process holds it (a sqlite3 "),
+    ],
+)
 def test_a_failure_of_dagsters_storage_is_still_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    failure: str,
+    says: str,
 ) -> None:
     """SQLAlchemy, Dagster's storage layer, is imported only once Dagster's storage is opened
-    (an idle run never does); its failures still read as one line."""
+    (an idle run never does); its failures still read as one line, saying what to do where
+    that is known."""
 
     def full_disk(settings: Settings, tables: object) -> None:
-        raise OperationalError(
-            "INSERT INTO event_logs", {}, sqlite3.OperationalError("disk I/O error")
-        )
+        raise OperationalError("INSERT INTO event_logs", {}, sqlite3.OperationalError(failure))
 
     monkeypatch.setenv("SPOTIFY_HOME", str(tmp_path))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setattr(commands, "run", full_disk)
     assert main(["run"]) == 1
-    assert capsys.readouterr().err == (
-        f"error: Dagster's storage under {tmp_path / 'dagster'} failed: disk I/O error\n"
-    )
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: Dagster's storage under {tmp_path / 'dagster'} failed: ")
+    assert error.count("\n") == 1 and says in error
+
+
+def test_dagsters_storage_damaged_says_what_to_do_and_doing_it_brings_every_layer_back(
+    loaded: Settings,
+) -> None:
+    """Its run history overwritten: `run` says so in one line, with what to do (the lake holds
+    every load's state, Dagster only the runs' history), and doing it brings every layer back."""
+    cli = Lakehouse(loaded.home)
+    _new_stream(loaded, 99999996)
+    (loaded.dagster_home / "history" / "runs.db").write_bytes(b"\x93" * 4096)
+    failed = run_bounded([CLI, "run"], CLI_MEMORY_GIB, env=cli.env)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    assert failed.stderr.startswith(f"error: Dagster's storage under {loaded.dagster_home}")
+    assert f"; it is damaged: move {loaded.dagster_home} aside and run again" in failed.stderr
+    loaded.dagster_home.rename(loaded.home / "dagster.damaged")
+    cli("run")
+    assert_gold_equals_source(loaded)
+    assert gate.up_to_date(loaded)
