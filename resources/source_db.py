@@ -134,9 +134,15 @@ class SourceDatabase(BaseModel):
             with self.session() as session:
                 return session.is_initialised()
         except (sqlite3.Error, pyodbc.Error) as error:
+            advice = (
+                "Another process holds it (a long write, a sqlite3 shell): run again once it "
+                "lets go"
+                if "database is locked" in str(error)
+                else "Check that it is the database `source init` created."
+            )
             raise SourceUnavailableError(
                 f"cannot read the source ({redact(self.connection_string)}): "
-                f"{redact(str(error))}. Check that it is the database `source init` created."
+                f"{redact(str(error))}. {advice}"
             ) from error
 
     def require_initialised(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -156,6 +157,29 @@ def test_an_unreadable_source_is_an_error_naming_it_not_an_empty_source(
     path.write_bytes(b"not a SQLite database " * 256)
     with pytest.raises(SourceUnavailableError, match=f"{path}.*not a database"):
         sqlite_source.exists()
+
+
+def test_a_source_locked_by_another_writer_says_so_not_that_it_is_the_wrong_file(
+    sqlite_source: SourceDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the SQLite file exclusively (a long write of an application, a
+    sqlite3 shell): `run` said to check that it is the database `source init` created."""
+    initialise(sqlite_source)
+    path = sqlite_source.sqlite_path()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode = EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("CREATE TABLE other_application (x)")
+    other.execute("COMMIT")  # and it keeps the file locked, readers included
+    connect = sqlite3.connect  # waits its 30 s timeout for the lock, then fails: 0.1 s here
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: connect(*a, **{**k, "timeout": 0.1}))
+    with pytest.raises(SourceUnavailableError) as locked:
+        sqlite_source.exists()
+    message = str(locked.value)
+    assert f"{path}" in message and "database is locked" in message
+    assert "Another process holds it" in message and "source init" not in message
+    other.close()
+    assert sqlite_source.exists()
 
 
 def test_watermark_mode_dimension_has_no_change_capture(sqlite_source: SourceDatabase) -> None:
