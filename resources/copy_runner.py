@@ -86,6 +86,21 @@ class ChangeTimeNotATime(ValueError):
             )
 
 
+class RowsWithoutChangeTime(ValueError):
+    """The source holds rows whose change time is NULL: no window reads them and no partition
+    could hold them."""
+
+    def __init__(self, table: Table, rows: int, lowest_key: object) -> None:
+        time = table.change_time_column
+        (key,) = table.key
+        others = " and others" if rows > 1 else ""
+        super().__init__(
+            f"{table.name}: the source holds {rows} rows without a {time} ({key} {lowest_key}"
+            f"{others}), which no partition can hold: set their {time} or delete them in the "
+            "source"
+        )
+
+
 @dataclass(frozen=True)
 class Waiting:
     """Source rows an incremental load could not take yet: count and oldest change time."""
@@ -188,10 +203,17 @@ class CopyRunner(BaseModel, ABC):
 
     def first_change(self, table: Table) -> datetime | None:
         """The oldest change time in the source (None: nothing to load); one older than the
-        partition start is an error: such a row has no partition, and is never re-dated."""
+        partition start, or none at all, is an error: such a row has no partition, and is never
+        re-dated."""
         sql = DIALECTS[self.source.dialect]
+        timeless = sql.timeless_query(table)
         with self.source.connect() as conn:
-            value = self.source.session_on(conn).scalar(sql.first_change_query(table))
+            session = self.source.session_on(conn)
+            if timeless is not None:
+                ((rows, lowest_key),) = session.query(timeless)
+                if rows:
+                    raise RowsWithoutChangeTime(table, rows, lowest_key)
+            value = session.scalar(sql.first_change_query(table))
         oldest = None if value is None else _change_time(table, value)
         if oldest is not None and oldest < self.history_start(table):
             raise RowsBeforePartitionStart(table, oldest)

@@ -303,6 +303,20 @@ class SqlDialect(ABC):
             )
         return f"SELECT MIN(t) FROM ({oldest}) AS oldest"
 
+    def timeless_query(self, table: Table) -> str | None:
+        """Count and lowest key of the rows without a change time, which no window reads and no
+        partition holds: a watermark table's rows whose cdc column is NULL (a source without
+        the NOT NULL constraint). None where every row has one: change records are stamped by
+        their capture, snapshots have no change time."""
+        if table.mode is not CaptureMode.WATERMARK:
+            return None
+        assert table.cdc_column is not None
+        (key,) = table.key
+        return (
+            f"SELECT COUNT(*), MIN({self.quote(key)}) FROM {self.qualified(table.name)} "
+            f"WHERE {self.quote(table.cdc_column)} IS NULL"
+        )
+
     def pending_query(self, table: Table, bound: datetime) -> str:
         """Count and oldest change time of the rows at or after `bound` (not loadable yet):
         watermark: the table's rows; cdc: the change records."""

@@ -195,6 +195,13 @@ def test_a_null_key_the_source_allows_reaches_quarantine(loaded, sail_spark) -> 
 
 def copy_a_null_key(runner: LocalCopyRunner, db: Path) -> CopyResult:
     """The source's FactStream without its NOT NULL constraints, then a stream without an id."""
+    unconstrained(db, [(None, 100, str(LATER))])
+    set_clock(db, str(LATER + timedelta(hours=1)))
+    return runner.copy(FACT, None, "null key", from_watermark=True)
+
+
+def unconstrained(db: Path, streams: Sequence[tuple]) -> None:
+    """The source's FactStream without its NOT NULL constraints, then `streams` (`edit`'s)."""
     edit(
         db,
         "ALTER TABLE FactStream RENAME TO FactStream_old",
@@ -202,10 +209,25 @@ def copy_a_null_key(runner: LocalCopyRunner, db: Path) -> CopyResult:
         "date_key INTEGER, listen_duration INTEGER, device_type TEXT, stream_timestamp TIMESTAMP)",
         "INSERT INTO FactStream SELECT * FROM FactStream_old",
         "DROP TABLE FactStream_old",
-        params=[(None, 100, str(LATER))],
+        params=streams,
     )
+
+
+def test_a_stream_without_a_time_is_named_not_skipped(loaded) -> None:
+    """A source without the NOT NULL constraint holds streams without a stream_timestamp: no
+    window reads them and no partition can hold them (they were never loaded nor reported:
+    `run` and `verify` found all well). The copy fails in one line naming the table, the
+    column, how many rows and a key."""
+    runner, db = loaded
+    unconstrained(db, [(900_002, 100, None), (900_001, 100, None), (900_003, 100, str(LATER))])
     set_clock(db, str(LATER + timedelta(hours=1)))
-    return runner.copy(FACT, None, "null key", from_watermark=True)
+    expected = (
+        r"^FactStream: the source holds 2 rows without a stream_timestamp \(stream_id 900001 "
+        r"and others\), which no partition can hold: set their stream_timestamp or delete them "
+        r"in the source$"
+    )
+    with pytest.raises(ValueError, match=expected):
+        runner.copy(FACT, None, "no time", from_watermark=True)
 
 
 def declares_not_null(path: str, column: str) -> bool:
