@@ -202,14 +202,16 @@ def change_time(table: Table) -> Column | None:
 
 
 def version(table: Table, df: DataFrame) -> DataFrame:
-    """Business time of each version (a delete's is its change time) and its partition date:
-    the UTC day of its change time, as bronze stores it."""
+    """Business time of each version (a delete's is its change time, as is that of a change
+    whose row has no business time: a source without the NOT NULL constraint) and its partition
+    date: the UTC day of its change time, as bronze stores it."""
     if table.mode is CaptureMode.SNAPSHOT:
         return df.withColumn(VERSION_AT, F.lit(None).cast("timestamp_ntz"))
     assert table.cdc_column is not None
     business = F.col(table.cdc_column)
     if table.mode is CaptureMode.CDC:
-        business = F.when(F.col(CHANGE_OP) == "D", F.col(CHANGE_AT)).otherwise(business)
+        changed = F.col(CHANGE_AT)
+        business = F.when(F.col(CHANGE_OP) == "D", changed).otherwise(F.coalesce(business, changed))
     return df.withColumn(VERSION_AT, business).withColumn(
         CHANGE_DATE, F.to_date(change_time(table))
     )

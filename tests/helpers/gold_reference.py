@@ -45,10 +45,11 @@ COUNTRY_NAMES_CTE = (
 )
 # A dimension's changes: the rows as created (kept aside, `keep_initial_dimensions`; they come
 # before every change record) and its change records, each at its business time (a delete's is
-# its change time).
+# its change time, as is that of a row without updated_at).
 VERSIONS = """SELECT {columns}, updated_at AS business_at, 0 AS seq, 'S' AS op
     FROM "initial_{table}"
-    UNION ALL SELECT {columns}, CASE WHEN "_op" = 'D' THEN "_changed_at" ELSE updated_at END,
+    UNION ALL SELECT {columns},
+        CASE WHEN "_op" = 'D' THEN "_changed_at" ELSE COALESCE(updated_at, "_changed_at") END,
         "_seq", "_op"
     FROM "{table}_changes" """
 # When each change takes effect: at its business time, but never before a change preceding it

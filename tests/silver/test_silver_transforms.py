@@ -433,6 +433,8 @@ VERSIONS: dict[str, list[Row]] = {
             CHANGE_SEQ: 7,
             CHANGE_AT: DELETED_AT,
         },
+        # 305: a source without the NOT NULL constraint: no updated_at, its capture's time
+        {"user_id": 305, "updated_at": None, CHANGE_OP: "U", CHANGE_SEQ: 8, CHANGE_AT: NEXT_DAY},
     ],
     "FactStream": [
         {"stream_id": 301, "stream_timestamp": NEW_YEAR - timedelta(hours=1)},
@@ -617,6 +619,7 @@ def test_versions_and_change_dates_of_cdc_rows(scenario: Callable[[str], Outcome
         302: (LATE_EVENING, NEXT_DAY.date()),
         303: (T0, T0.date()),
         304: (DELETED_AT, DELETED_AT.date()),
+        305: (NEXT_DAY, NEXT_DAY.date()),
     }
 
 
