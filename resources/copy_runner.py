@@ -87,15 +87,16 @@ class ChangeTimeNotATime(ValueError):
 
 
 class RowsWithoutChangeTime(ValueError):
-    """The source holds rows whose change time is NULL: no window reads them and no partition
-    could hold them."""
+    """The source holds rows (cdc: change records) whose change time is NULL: no window reads
+    them and no partition could hold them."""
 
     def __init__(self, table: Table, rows: int, lowest_key: object) -> None:
         time = table.change_time_column
         (key,) = table.key
+        held = "the source" if table.mode is CaptureMode.WATERMARK else table.change_table
         others = " and others" if rows > 1 else ""
         super().__init__(
-            f"{table.name}: the source holds {rows} rows without a {time} ({key} {lowest_key}"
+            f"{table.name}: {held} holds {rows} rows without a {time} ({key} {lowest_key}"
             f"{others}), which no partition can hold: set their {time} or delete them in the "
             "source"
         )

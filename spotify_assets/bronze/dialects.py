@@ -305,16 +305,15 @@ class SqlDialect(ABC):
 
     def timeless_query(self, table: Table) -> str | None:
         """Count and lowest key of the rows without a change time, which no window reads and no
-        partition holds: a watermark table's rows whose cdc column is NULL (a source without
-        the NOT NULL constraint). None where every row has one: change records are stamped by
-        their capture, snapshots have no change time."""
-        if table.mode is not CaptureMode.WATERMARK:
+        partition holds (a source without the NOT NULL constraint): watermark, the table's
+        rows; cdc, the change records. None for a snapshot, which has no change time."""
+        if table.mode is CaptureMode.SNAPSHOT:
             return None
-        assert table.cdc_column is not None
+        source, time = self._change_source(table)
         (key,) = table.key
         return (
-            f"SELECT COUNT(*), MIN({self.quote(key)}) FROM {self.qualified(table.name)} "
-            f"WHERE {self.quote(table.cdc_column)} IS NULL"
+            f"SELECT COUNT(*), MIN({self.quote(key)}) FROM {self.qualified(source)} "
+            f"WHERE {self.quote(time)} IS NULL"
         )
 
     def pending_query(self, table: Table, bound: datetime) -> str:
@@ -674,6 +673,11 @@ class TsqlDialect(SqlDialect):
                 f"sys.fn_cdc_get_min_lsn({instance})) AS t"
             )
         return f"SELECT MIN(t) FROM ({oldest}) AS oldest"
+
+    def timeless_query(self, table: Table) -> str | None:
+        # Native CDC stamps every record with its commit time: only a watermark table's rows
+        # can lack one.
+        return super().timeless_query(table) if table.mode is CaptureMode.WATERMARK else None
 
     def _change_source(self, table: Table) -> tuple[str, str]:
         # Native CDC stamps commit times, never ahead of the server: only rows can run ahead.

@@ -230,6 +230,29 @@ def test_a_stream_without_a_time_is_named_not_skipped(loaded) -> None:
         runner.copy(FACT, None, "no time", from_watermark=True)
 
 
+def test_a_change_record_without_a_time_is_named_not_skipped(loaded) -> None:
+    """A change table without its NOT NULL constraint holds a record without `_changed_at`:
+    no window reads it, and the copy fails in one line as for a stream without a time."""
+    runner, db = loaded
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(
+            "UPDATE sqlite_master SET sql = replace(sql, '`_changed_at` TIMESTAMP NOT NULL', "
+            "'`_changed_at` TIMESTAMP') WHERE name = 'DimUser_changes'"
+        )
+    edit(
+        db,
+        "UPDATE DimUser SET country = 'FR' WHERE user_id = 1",
+        "UPDATE DimUser_changes SET _changed_at = NULL",
+    )
+    expected = (
+        r"^DimUser: DimUser_changes holds 1 rows without a _changed_at \(user_id 1\), which no "
+        "partition can hold"
+    )
+    with pytest.raises(ValueError, match=expected):
+        runner.copy(USERS, None, "no time", from_watermark=True)
+
+
 def declares_not_null(path: str, column: str) -> bool:
     return not next(f for f in DeltaTable(path).schema().fields if f.name == column).nullable
 
