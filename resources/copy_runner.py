@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyodbc
 from pydantic import BaseModel, Field
 
 from resources.bronze_store import BronzeStore
@@ -210,11 +211,17 @@ class CopyRunner(BaseModel, ABC):
         timeless = sql.timeless_query(table)
         with self.source.connect() as conn:
             session = self.source.session_on(conn)
-            if timeless is not None:
-                ((rows, lowest_key),) = session.query(timeless)
-                if rows:
-                    raise RowsWithoutChangeTime(table, rows, lowest_key)
-            value = session.scalar(sql.first_change_query(table))
+            try:
+                counted = session.query(timeless) if timeless else [(0, None)]
+                value = session.scalar(sql.first_change_query(table))
+            except pyodbc.Error:
+                # The first query of a table in a run: a missing table or column is named in
+                # one line, not in the driver's words.
+                self.source_columns(table)
+                raise
+        ((rows, lowest_key),) = counted
+        if rows:
+            raise RowsWithoutChangeTime(table, rows, lowest_key)
         oldest = None if value is None else _change_time(table, value)
         if oldest is not None and oldest < self.history_start(table):
             raise RowsBeforePartitionStart(table, oldest)

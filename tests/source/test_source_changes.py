@@ -28,6 +28,7 @@ from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.rules import DriftPolicy
 from spotify_assets.catalog.tables import CATALOG, Table
 from spotify_assets.cli import main
+from spotify_assets.orchestration.gate import require_partitions
 from spotify_assets.source.schema import type_values
 from tests.helpers.bronze import runner_for
 from tests.helpers.source import CLOCK0, HISTORY_START, initialise
@@ -94,6 +95,19 @@ def test_a_missing_column_stops_the_copy_in_one_line(
     message = str(error.value)
     assert table.name in message and named in message and "\n" not in message
     assert runner.store(table).current().version == before, "nothing committed"
+
+
+@pytest.mark.parametrize("table", [USERS, FACT], ids=["cdc", "watermark"])
+def test_a_missing_table_is_named_in_one_line(loaded, table: Table) -> None:
+    """A table renamed in the source: `run`'s first check (the oldest change time of each
+    table) and the copy name it in one line (they ended in the driver's traceback)."""
+    runner, db = loaded
+    edit(db, f"ALTER TABLE {table.name} RENAME TO {table.name}_old")
+    expected = f"^{table.name}: the source has no such table; create it or check"
+    with pytest.raises(ValueError, match=expected):
+        require_partitions(runner, [table])
+    with pytest.raises(ValueError, match=expected):
+        runner.copy(table, None, "after", from_watermark=True)
 
 
 def test_a_new_column_follows_the_drift_policy(loaded, sail_spark) -> None:
