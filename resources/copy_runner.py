@@ -53,7 +53,6 @@ from spotify_assets.source.schema import (
 )
 
 _EPOCH = date(1970, 1, 1)
-_END_OF_TIME = datetime(9999, 12, 31)
 
 
 class RowsBeforePartitionStart(ValueError):
@@ -103,12 +102,36 @@ class RowsWithoutChangeTime(ValueError):
         )
 
 
+def moment_text(moment: datetime | None) -> str:
+    """A time as metadata and `run`'s output show it ("none": no time)."""
+    return moment.isoformat(sep=" ") if moment else "none"
+
+
+# What a load reports of the rows it could not take yet (metadata names, `run`'s output).
+NOT_LOADED_YET_ROWS = "not_loaded_yet_rows"
+NOT_LOADED_YET_OLDEST = "not_loaded_yet_oldest"
+
+
 @dataclass(frozen=True)
 class Waiting:
     """Source rows an incremental load could not take yet: count and oldest change time."""
 
     rows: int
     oldest: datetime | None
+
+    @property
+    def oldest_text(self) -> str:
+        return moment_text(self.oldest)
+
+    def report(self) -> dict[str, int | str]:
+        return {NOT_LOADED_YET_ROWS: self.rows, NOT_LOADED_YET_OLDEST: self.oldest_text}
+
+    def describe(self) -> str:
+        return (
+            f"{self.rows:,} source rows not loaded yet, the oldest at {self.oldest_text}: "
+            "they are ahead of the source's clock bound or after today (UTC), the last "
+            "partition; a later run loads them once their day has begun"
+        )
 
 
 @dataclass(frozen=True)
@@ -231,6 +254,11 @@ class CopyRunner(BaseModel, ABC):
         """The UTC day of the oldest change time in the source (None: nothing to load)."""
         oldest = self.first_change(table)
         return None if oldest is None else oldest.date()
+
+    def load_bound(self) -> datetime:
+        """Where an incremental load's window ends now: the source's clock bound (`high`), or
+        the end of today (UTC), the last partition, if earlier."""
+        return min(self.high(), midnight(datetime.now(UTC).date() + timedelta(days=1)))
 
     def not_loaded_yet(self, table: Table, bound: datetime) -> Waiting:
         """The source's rows at or after `bound`: past the source's clock or the last partition
@@ -448,8 +476,9 @@ class LocalCopyRunner(CopyRunner):
 
     def has_changes(self, table: Table) -> bool:
         """Whether an incremental copy of `table` would find anything: a snapshot other than
-        bronze's, or change records (rows, in watermark mode) at or after the watermark, those
-        past the source's clock too (a load reports them as not loaded yet). One query."""
+        bronze's, or change records (rows, in watermark mode) from the watermark up to
+        `load_bound`. Rows past it are not: no load can take them yet, and counting them made
+        every idle `run` a full one (`run` reports them as not loaded yet)."""
         manifest = self.store(table).current()
         sql = DIALECTS[self.source.dialect]
         if table.mode is CaptureMode.SNAPSHOT:
@@ -457,7 +486,10 @@ class LocalCopyRunner(CopyRunner):
             return not self.holds_snapshot(table, manifest, rows)
         if manifest.watermark is None:
             return True
-        since = Window(manifest.watermark, _END_OF_TIME)
+        bound = self.load_bound()
+        if bound <= manifest.watermark:
+            return False
+        since = Window(manifest.watermark, bound)
         with self.source.connect() as conn:
             days = self.source.session_on(conn).query(sql.daily_profile_query(table, since))
         return any(int(rows) for _, rows, _ in days)

@@ -279,7 +279,7 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
     # The tables' manifests and Delta logs, checked once for the gate, the runs and the repair.
     selection = gate.checked(copy_runner(settings), tables)
     if gate.up_to_date(settings, selection):  # found cheaply: Dagster and Spark not even loaded
-        return {"incremental": [], "repaired": []}
+        return _idle(settings, selection)
     from spotify_assets.orchestration import ingest
 
     instance = dagster_instance(settings)
@@ -301,6 +301,16 @@ def run(settings: Settings, tables: Sequence[str] = ()) -> dict[str, list[dict[s
             list(dict.fromkeys(failures)), done["incremental"] + done["repaired"]
         )
     return {step: [asdict(load) for load in loads] for step, loads in done.items()}
+
+
+def _idle(settings: Settings, selection: gate.Selection) -> dict[str, list[dict[str, object]]]:
+    """What `run` says when it has nothing to do: no run, and the source rows that wait for a
+    later load, if any (as the loads of a run report them)."""
+    waiting = gate.not_loaded_yet(copy_runner(settings), selection.tables)
+    for name, rows in waiting.items():
+        _say(f"warning: {name}: {rows.describe()}")
+    reported = [{"table": name, **rows.report()} for name, rows in waiting.items()]
+    return {"incremental": [], "repaired": []} | ({"not_loaded_yet": reported} if reported else {})
 
 
 @_writes_lake

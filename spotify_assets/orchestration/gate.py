@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from resources.copy_runner import CopyRunner, LocalCopyRunner
+from resources.copy_runner import CopyRunner, LocalCopyRunner, Waiting
 from resources.lake import REPAIR_COMMAND, LakeFileError
 from resources.lake_check import delta_faults
 from resources.reconciler import gold_behind_silver, reconcile_all, snapshot_behind
@@ -67,6 +67,14 @@ def caught_up(runner: LocalCopyRunner, table: Table) -> bool:
     if not table.change_time_column:
         return not snapshot_behind(runner, table, gold_on_lake=True)
     return not (isinstance(table.gold, Scd2Dimension) and gold_behind_silver(runner, table))
+
+
+def not_loaded_yet(runner: CopyRunner, tables: Iterable[Table]) -> dict[str, Waiting]:
+    """Per partitioned table of `tables`, the source rows past what a load may take now
+    (`load_bound`), where there are any: reported by a `run` with nothing to do as well."""
+    bound = runner.load_bound()
+    waiting = {t.name: runner.not_loaded_yet(t, bound) for t in tables if t.change_time_column}
+    return {name: rows for name, rows in waiting.items() if rows.rows}
 
 
 def require_partitions(runner: CopyRunner, tables: Iterable[Table]) -> None:

@@ -35,7 +35,12 @@ from dagster import (
     logger,
 )
 
-from resources.copy_runner import CopyRunner, LocalCopyRunner
+from resources.copy_runner import (
+    NOT_LOADED_YET_OLDEST,
+    NOT_LOADED_YET_ROWS,
+    CopyRunner,
+    LocalCopyRunner,
+)
 from resources.engines import GoldEngine
 from resources.lake import LakeFileError
 from resources.reconciler import late_days, reconcile_all
@@ -43,8 +48,6 @@ from spotify_assets.catalog.gold_spec import PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.reconcile import Layer, lookback_window, repair_ranges
 from spotify_assets.orchestration.assets.bronze import (
-    NOT_LOADED_YET_OLDEST,
-    NOT_LOADED_YET_ROWS,
     RUN_ROWS_READ,
     bronze_key,
     build_bronze_asset,

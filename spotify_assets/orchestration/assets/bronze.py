@@ -5,7 +5,7 @@ policy: an initial load is one run over every partition, read as one window. Re-
 past partition re-extracts it from the source and supersedes it (a backdated refresh).
 """
 
-from datetime import date, datetime
+from datetime import date
 
 from dagster import (
     AssetExecutionContext,
@@ -20,7 +20,14 @@ from dagster import (
 )
 from pydantic import Field
 
-from resources.copy_runner import CopyResult, CopyRunner, Waiting
+from resources.copy_runner import (
+    NOT_LOADED_YET_OLDEST,
+    NOT_LOADED_YET_ROWS,
+    CopyResult,
+    CopyRunner,
+    Waiting,
+    moment_text,
+)
 from resources.dagster_resources import LakeWriter
 from spotify_assets.bronze.schema import bronze_columns
 from spotify_assets.catalog.lake_paths import BRONZE, bronze_path
@@ -89,7 +96,7 @@ def build_bronze_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
             waiting = copy_runner.not_loaded_yet(table, result.window.end)
             details |= waiting_metadata(waiting)
             if waiting.rows:
-                context.log.warning(f"{table.name}: {describe_waiting(waiting)}")
+                context.log.warning(f"{table.name}: {waiting.describe()}")
         live = copy_runner.store(table).partition_stats() if partitioned else {}
         rows = {day: stats.rows for day, stats in live.items() if day is not None}
         return MaterializeResult(
@@ -119,8 +126,8 @@ def copy_metadata(result: CopyResult, runner: CopyRunner) -> dict[str, MetadataV
         "run_partitions_written": MetadataValue.text(written or "none"),
         "window": MetadataValue.text(str(result.window) if result.window else "whole table"),
         "high": MetadataValue.text(result.high.isoformat(sep=" ")),
-        "watermark_before": MetadataValue.text(_text(result.watermark_before)),
-        "watermark_after": MetadataValue.text(_text(result.watermark_after)),
+        "watermark_before": MetadataValue.text(moment_text(result.watermark_before)),
+        "watermark_after": MetadataValue.text(moment_text(result.watermark_after)),
         "manifest_version": MetadataValue.int(result.manifest_version),
         "seconds": MetadataValue.float(round(result.seconds, 3)),
         "rows_per_second": MetadataValue.int(round(rate)),
@@ -131,26 +138,11 @@ def copy_metadata(result: CopyResult, runner: CopyRunner) -> dict[str, MetadataV
 
 RUN_ROWS_READ = "run_rows_read"
 
-# Metadata of an incremental load: source rows past what it could load (the source's clock or
-# the last partition, today UTC).
-NOT_LOADED_YET_ROWS = "not_loaded_yet_rows"
-NOT_LOADED_YET_OLDEST = "not_loaded_yet_oldest"
-
 
 def waiting_metadata(waiting: Waiting) -> dict[str, MetadataValue]:
+    """Metadata of an incremental load: source rows past what it could load (the source's
+    clock or the last partition, today UTC)."""
     return {
         NOT_LOADED_YET_ROWS: MetadataValue.int(waiting.rows),
-        NOT_LOADED_YET_OLDEST: MetadataValue.text(_text(waiting.oldest)),
+        NOT_LOADED_YET_OLDEST: MetadataValue.text(waiting.oldest_text),
     }
-
-
-def describe_waiting(waiting: Waiting) -> str:
-    return (
-        f"{waiting.rows:,} source rows not loaded yet, the oldest at {_text(waiting.oldest)}: "
-        "they are ahead of the source's clock bound or after today (UTC), the last partition; "
-        "a later run loads them once their day has begun"
-    )
-
-
-def _text(moment: datetime | None) -> str:
-    return moment.isoformat(sep=" ") if moment else "none"
