@@ -237,8 +237,10 @@ def plan_incremental(
 ) -> list[PlannedRun]:
     """One run: the partitioned tables from the oldest resume day to the last day the source's
     clock has reached (today at the latest), and the snapshot tables unless `caught_up` (only
-    where gold is on the lake to compare, `gold_on_lake`). Each run costs Dagster's bookkeeping
-    per run and per partition, so none is spent on a second run or on days with nothing yet.
+    where gold is on the lake to compare, `gold_on_lake`); none if every table is `caught_up`
+    there and none was left behind (reconciliation's repair alone had something to do, as after
+    a refresh). Each run costs Dagster's bookkeeping per run and per partition, so none is spent
+    on a second run, on days with nothing yet, or on tables with nothing new.
 
     A table resumes at its watermark's day, or earlier where a run stopped part-way (bronze
     committed, silver or gold not): the first such day within the lookback before its watermark
@@ -251,14 +253,18 @@ def plan_incremental(
         for t in tables
         if not t.change_time_column and not (compared and caught_up(runner, t))
     )
-    days = [d for d in (_resume_day(runner, t) for t in partitioned) if d is not None]
+    behind = []
     if instance is not None:
         catalog = runner.source.catalog
         for table in partitioned:
             since = _lookback_start(runner, table, lookback_days)
             if since is not None and (day := behind_since(instance, catalog, table, since)):
-                days.append(day)
-    if partitioned and days:
+                behind.append(day)
+    # Every partitioned table or none: the fact's run rebuilds the days its dimensions changed.
+    pending = behind or any(not (compared and caught_up(runner, t)) for t in partitioned)
+    days = [d for d in (_resume_day(runner, t) for t in partitioned) if d is not None]
+    days += behind
+    if pending and days:
         # A watermark can reach tomorrow (a source clock ahead of the wall clock): the run still
         # ends with today's partition, the last one.
         first = min(min(days), _today())
@@ -407,11 +413,26 @@ def refresh(
     last: date,
     tables: Sequence[str] = (),
 ) -> list[TableLoad]:
-    """Re-extract the days `first`..`last` of the selected tables (a backdated refresh)."""
+    """Re-extract the days `first`..`last` of the selected tables (a backdated refresh), then
+    repair what reconciliation finds stale after it: a dimension's versions re-extracted can
+    change the fact's later days (its point-in-time lookups), left to the next `run` before."""
     runner, resources = runner_and_resources(settings)
     selection = checked(runner, tables)
     runs = plan_refresh(selection.tables, first, last)
-    return execute(runs, runner, resources, instance, selection.failures)
+    loads = execute(runs, runner, resources, instance, selection.failures)
+    repaired = _with_fact(runner.source.catalog, selection.tables) if tables else ()
+    return loads + repair(settings, instance, checked(runner, repaired))
+
+
+def _with_fact(catalog: Catalog, tables: Sequence[Table]) -> list[str]:
+    """The names of `tables`, and the fact's if the point-in-time lookups of its gold read one
+    of them."""
+    names = [t.name for t in tables]
+    spec = catalog.fact.gold
+    assert isinstance(spec, PointInTimeFact)
+    if catalog.fact.name in names or {x.dimension for x in spec.lookups}.isdisjoint(names):
+        return names
+    return [*names, catalog.fact.name]
 
 
 def repair(

@@ -80,15 +80,20 @@ def _dagster_state() -> tuple[int, dict[AssetKey, tuple[str, float]]]:
     return len(instance.get_runs()), {k: (e.run_id, e.timestamp) for k, e in latest.items() if e}
 
 
-@pytest.fixture
-def no_spark(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any Spark session asked for fails the test (sessions already open are set aside)."""
+def _forbid_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any Spark session asked for from now on fails the test (sessions already open are set
+    aside)."""
 
     def connect(self: SparkResource) -> None:
         raise AssertionError("a run with nothing to do started a Spark session")
 
     monkeypatch.setattr("resources.spark._sessions", {})
     monkeypatch.setattr(SparkResource, "_connect", connect)
+
+
+@pytest.fixture
+def no_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    _forbid_spark(monkeypatch)
 
 
 def test_a_run_with_nothing_to_do_writes_nothing_records_no_run_and_starts_no_spark(
@@ -114,6 +119,23 @@ def test_a_run_with_nothing_to_do_loads_neither_dagster_nor_spark(loaded: Settin
     assert json.loads(result.stdout) == NOTHING_DONE
     assert imported == []
     assert _lake_state(loaded) == lake, "no Delta version, manifest or gold state written"
+
+
+def test_the_run_after_a_refresh_has_nothing_to_do(
+    loaded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh re-extracts the dimensions' days too, whose versions can change the fact's
+    later days: the refresh rebuilds those itself (the next `run` made an empty incremental run
+    and a repair run of them)."""
+    watermark = copy_runner(loaded).store(CATALOG.fact).current().watermark
+    last = watermark.date() - timedelta(days=3)
+    commands.refresh(loaded, last - timedelta(days=2), last)
+    lake, dagster = _lake_state(loaded), _dagster_state()
+    _forbid_spark(monkeypatch)
+    assert run(loaded) == NOTHING_DONE
+    assert _lake_state(loaded) == lake, "no Delta version, manifest or gold state written"
+    assert _dagster_state() == dagster, "no Dagster run, no materialization"
+    assert_gold_equals_source(loaded)
 
 
 def _new_stream(settings: Settings, stream_id: int) -> None:

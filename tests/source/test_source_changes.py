@@ -518,7 +518,7 @@ def test_a_second_run_changes_nothing_whatever_the_timestamp_text(
     capsys.readouterr()
     assert main(["run", "--tables", "DimUser"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["incremental"][0]["rows"] == 0 and again["repaired"] == []
+    assert sum(load["rows"] for load in again["incremental"]) == 0 and again["repaired"] == []
 
 
 def test_a_repeated_fact_key_is_quarantined_and_one_row_kept(loaded, sail_spark) -> None:
