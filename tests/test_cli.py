@@ -11,13 +11,16 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from resources.lake import LakeStorage
 from resources.lease import lake_writer
+from resources.source_reader import read_arrow
+from spotify_assets.bronze.dialects import Dialect
 from spotify_assets.catalog.tables import CATALOG
-from spotify_assets.cli import INTERRUPTED, main
+from spotify_assets.cli import INTERRUPTED, commands, main
 from spotify_assets.cli.commands import dagster_instance, demo_settings
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
@@ -304,3 +307,24 @@ def test_a_writer_interrupted_while_it_waits_for_the_lease_says_so_in_one_line(
         "error: interrupted: the lake keeps every step committed before it; "
         "`spotify-lakehouse run` resumes from there"
     ]
+
+
+def test_a_source_failing_before_any_run_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source read failing while `run` decides what to do (a PostgreSQL server stopped, here a
+    table gone): one line, not the error followed by its query on further lines."""
+    path = tmp_path / "source.db"
+    sqlite3.connect(path).close()
+    odbc = f"Driver=SQLite3;Database={path}"
+    schema = pa.schema([("date_key", pa.int64())])
+
+    def read_fails(settings: Settings, tables: object) -> None:
+        list(read_arrow(odbc, Dialect.SQLITE, 'SELECT "date_key" FROM "DimDate"', schema))
+
+    monkeypatch.setenv("SPOTIFY_HOME", str(tmp_path))
+    monkeypatch.setattr(commands, "run", read_fails)
+    assert main(["run"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: reading the source (Driver=SQLite3;Database={path}) with ")
+    assert "DimDate" in error and error.count("\n") == 1

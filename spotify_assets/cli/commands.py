@@ -523,7 +523,8 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             _print(source_stats(settings))
     except (SourceConfigError, SourceUnavailableError, CatalogError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Its first line: a source read's error goes on with the query, for a run's log.
+        print(f"error: {(str(exc).splitlines() or [''])[0]}", file=sys.stderr)
         return 2
     except LakeBusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
