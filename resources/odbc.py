@@ -76,6 +76,12 @@ def redact(conn_str: str) -> str:
     return re.sub(pattern, r"\1***", conn_str)
 
 
+def one_line(message: str) -> str:
+    """A driver's message on one line (drivers break theirs over several): a user-facing error
+    is one line, and the CLI prints only its first."""
+    return " ".join(message.split())
+
+
 def dialect_of(conn_str: str) -> Dialect:
     """The SQL dialect of the configured driver; unknown or missing drivers fail clearly."""
     driver = attribute(parse_connection_string(conn_str), "Driver")
@@ -116,7 +122,7 @@ def odbc_connect(conn_str: str, login_timeout_s: int = 5) -> Iterator[pyodbc.Con
     try:
         conn = pyodbc.connect(conn_str, timeout=login_timeout_s)
     except pyodbc.Error as exc:
-        detail = redact(" ".join(str(a) for a in exc.args))
+        detail = redact(one_line(" ".join(str(a) for a in exc.args)))
         raise SourceUnavailableError(
             f"cannot connect to the source ({redact(conn_str)}): {detail}. Check that the server "
             "is running and reachable, and the credentials in SPOTIFY_SOURCE_ODBC."

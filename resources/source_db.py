@@ -27,6 +27,7 @@ from resources.odbc import (
     attribute,
     dialect_of,
     odbc_connect,
+    one_line,
     parse_connection_string,
     redact,
 )
@@ -142,7 +143,7 @@ class SourceDatabase(BaseModel):
             )
             raise SourceUnavailableError(
                 f"cannot read the source ({redact(self.connection_string)}): "
-                f"{redact(str(error))}. {advice}"
+                f"{redact(one_line(str(error)))}. {advice}"
             ) from error
 
     def require_initialised(self) -> None:

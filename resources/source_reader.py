@@ -21,6 +21,7 @@ from resources.odbc import (
     SourceUnavailableError,
     attribute,
     odbc_connect,
+    one_line,
     parse_connection_string,
     redact,
 )
@@ -78,7 +79,7 @@ def read_arrow(
     except Exception as exc:
         raise SourceUnavailableError(
             f"reading the source ({redact(conn_str)}) with {kind} failed: "
-            f"{redact(str(exc))}\nquery:\n{query}"
+            f"{redact(one_line(str(exc)))}\nquery:\n{query}"
         ) from None
 
 
@@ -122,7 +123,7 @@ def read_as_text(conn_str: str, dialect: Dialect, query: str, schema: pa.Schema)
         except pyodbc.Error as exc:
             raise SourceUnavailableError(
                 f"reading the source ({redact(conn_str)}) as text failed: "
-                f"{redact(str(exc))}\nquery:\n{query}"
+                f"{redact(one_line(str(exc)))}\nquery:\n{query}"
             ) from None
     return pa.Table.from_batches(batches, schema=schema)
 
