@@ -102,6 +102,20 @@ class RowsWithoutChangeTime(ValueError):
         )
 
 
+class ChangeRecordsWithoutOperation(ValueError):
+    """A change table without its constraint holds records that are no insert, update or
+    delete: what they did to their row is unknown."""
+
+    def __init__(self, table: Table, records: pa.Table) -> None:
+        (key,) = table.key
+        first = records.slice(0, 1).to_pylist()[0]
+        super().__init__(
+            f"{table.name}: {table.change_table} holds change records whose {CHANGE_OP} is not "
+            f"I, U or D ({key} {first[key]}: {first[CHANGE_OP]!r}): correct or delete them in "
+            "the source"
+        )
+
+
 def moment_text(moment: datetime | None) -> str:
     """A time as metadata and `run`'s output show it ("none": no time)."""
     return moment.isoformat(sep=" ") if moment else "none"
@@ -606,6 +620,13 @@ def _check_change_times(table: Table, text: pa.ChunkedArray) -> None:
                 raise ChangeTimeNotATime(table, value) from None
 
 
+def _check_operations(table: Table, rows: pa.Table) -> None:
+    """Every row of a cdc extraction is a change record (I, U, D) or a current image (S)."""
+    known = pc.fill_null(pc.is_in(rows[CHANGE_OP], pa.array(["I", "U", "D", "S"])), False)
+    if not pc.all(known).as_py():
+        raise ChangeRecordsWithoutOperation(table, rows.filter(pc.invert(known)))
+
+
 def _with_audit(
     table: Table,
     carried: tuple[str, ...],
@@ -614,6 +635,8 @@ def _with_audit(
     extracted_at: datetime,
     run_id: str,
 ) -> pa.Table:
+    if table.mode is CaptureMode.CDC:
+        _check_operations(table, rows)
     schema = bronze_schema(table, carried)
     audit: dict[str, object] = {
         EXTRACTED_AT: extracted_at,

@@ -267,6 +267,33 @@ def test_a_change_record_without_a_time_is_named_not_skipped(loaded) -> None:
         runner.copy(USERS, None, "no time", from_watermark=True)
 
 
+@pytest.mark.parametrize("op", [None, "X"], ids=["null", "unknown"])
+def test_a_change_record_without_an_operation_is_named_in_one_line(loaded, op: str) -> None:
+    """A change table without its constraint on `_op` holds a record that is no insert,
+    update or delete: the copy names it in one line (a NULL stopped the table's load with
+    "Casting field '_op' with null values to non-nullable"; an unknown one was applied as an
+    update)."""
+    runner, db = loaded
+    constraint = "`_op` TEXT NOT NULL CHECK (`_op` IN ('I', 'U', 'D'))"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(
+            "UPDATE sqlite_master SET sql = replace(sql, ?, '`_op` TEXT') "
+            "WHERE name = 'DimUser_changes'",
+            (constraint,),
+        )
+    edit(db, "UPDATE DimUser SET country = 'FR' WHERE user_id = 1")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE DimUser_changes SET _op = ?", (op,))
+    set_clock(db, str(LATER))
+    expected = (
+        rf"^DimUser: DimUser_changes holds change records whose _op is not I, U or D "
+        rf"\(user_id 1: {op!r}\): correct or delete them in the source$"
+    )
+    with pytest.raises(ValueError, match=expected):
+        runner.copy(USERS, None, "no operation", from_watermark=True)
+
+
 def declares_not_null(path: str, column: str) -> bool:
     return not next(f for f in DeltaTable(path).schema().fields if f.name == column).nullable
 
