@@ -7,7 +7,7 @@ table is created by a plain write of the rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable
 
 from deltalake import DeltaTable, Field
 from pyspark.sql import Column, DataFrame
@@ -23,7 +23,7 @@ def replace_partitions(
     path: str,
     partition: str | None,
     days: Days | None,
-    nullable: Mapping[str, bool] | None = None,
+    nullable: Collection[str] = (),
 ) -> None:
     """Replace the partitions `days` of the table at `path` with `frame` (every row of which
     must fall in them); `days` None or no `partition`: replace the whole table. A table not
@@ -32,19 +32,15 @@ def replace_partitions(
     physical plan proves never null (e.g. a version time computed from bronze's NOT NULL
     columns), where an empty write kept Spark's looser analysed schema.
 
-    `nullable`: what the table declares of these columns whatever `frame`'s plan proves (bronze
-    copies any NULL the source holds): NOT NULL is declared and a NULL fails the write naming
-    the column; NULL allowed widens a table that declared NOT NULL (one written before)."""
+    `nullable`: columns that may hold NULL whatever the table declared (bronze copies any NULL
+    the source holds): a table that declared them NOT NULL (one written before) is widened.
+    `declare_not_null` declares the others."""
     check_log(lake, path)
-    declared = nullable or {}
-    if not_null := [name for name, allowed in declared.items() if not allowed]:
-        types = dict(frame.dtypes)
-        frame = frame.withColumns({n: _not_null(path, n, types[n]) for n in not_null})
     if not exists(lake, path):
         writer = frame.write.format("delta").mode("overwrite")
         (writer.partitionBy(partition) if partition else writer).save(path)
         return
-    frame = _with_table_columns(lake, frame, path, declared)
+    frame = _with_table_columns(lake, frame, path, nullable)
     writer = frame.write.format("delta").mode("overwrite")
     if partition and days is not None:
         first, last = (d.isoformat() for d in days)
@@ -52,6 +48,15 @@ def replace_partitions(
             "replaceWhere", f"{partition} >= DATE'{first}' AND {partition} <= DATE'{last}'"
         )
     writer.save(path)
+
+
+def declare_not_null(frame: DataFrame, path: str, columns: Iterable[str]) -> DataFrame:
+    """`frame` with `columns` recorded NOT NULL by the write to the table at `path` whatever
+    `frame`'s plan proves, a NULL in one failing the write naming it. Apply it before the
+    rows' layout (a repartition by day): Sail spreads a step after it over its streams again
+    once the rows pass one batch."""
+    types = dict(frame.dtypes)
+    return frame.withColumns({name: _not_null(path, name, types[name]) for name in columns})
 
 
 def _not_null(path: str, name: str, type_: str) -> Column:
@@ -64,7 +69,7 @@ def _not_null(path: str, name: str, type_: str) -> Column:
 
 
 def _with_table_columns(
-    lake: LakeStorage, frame: DataFrame, path: str, nullable: Mapping[str, bool]
+    lake: LakeStorage, frame: DataFrame, path: str, nullable: Collection[str]
 ) -> DataFrame:
     """`frame` with exactly the table's columns, as Sail's `replaceWhere` requires: a new column
     (a source column carried by the drift policy) first joins the table's schema; a column the
@@ -77,7 +82,7 @@ def _with_table_columns(
     if new:
         table.alter.add_columns([Field.from_json(json.dumps(f.jsonValue())) for f in new])
     for field in fields:
-        if not field.nullable and nullable.get(field.name):
+        if not field.nullable and field.name in nullable:
             table.alter.drop_column_not_null(field.name)
     missing = [F.lit(None).cast(t).alias(c) for c, t in types.items() if c not in frame.columns]
     return frame.select("*", *missing) if missing else frame

@@ -28,7 +28,7 @@ from resources.delta_tables import (
     partition_rows,
     rows_per_day,
 )
-from resources.delta_writes import replace_partitions
+from resources.delta_writes import declare_not_null, replace_partitions
 from resources.held import FEW_ROWS, held
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile
@@ -169,9 +169,9 @@ class SilverStore:
                 bronze = held(bronze, FEW_ROWS)
             accepted = self._accepted(chunk, days)
             frames: SilverFrames = transform(self.table, bronze, run_id, accepted)
-            valid = self._per_day(frames.valid)
-            keys = dict.fromkeys(self.table.key, False)  # a valid row has its key (a rule)
-            replace_partitions(self.lake, valid, self.path, partition, chunk, keys)
+            # A valid row has its key (a rule); declared before the rows are gathered by day.
+            valid = self._per_day(declare_not_null(frames.valid, self.path, self.table.key))
+            replace_partitions(self.lake, valid, self.path, partition, chunk)
         except Exception as error:
             # A missing bronze file surfaces in Spark's words (when it plans or reads): name it.
             if damaged := self.bronze.damaged_files(self.bronze_files(chunk)):
@@ -186,8 +186,9 @@ class SilverStore:
                 return  # nothing held, nothing to add
             quarantine = quarantine.limit(0)  # creates the table, or empties the partitions
         # A quarantined row may lack its key (bronze copies any NULL the source holds).
-        keys = dict.fromkeys(self.table.key, True)
-        replace_partitions(self.lake, quarantine, self.quarantine_path, partition, chunk, keys)
+        replace_partitions(
+            self.lake, quarantine, self.quarantine_path, partition, chunk, self.table.key
+        )
 
     def _per_day(self, valid: DataFrame) -> DataFrame:
         """A dimension's rows come out of its windows' hash buckets, each stream holding every

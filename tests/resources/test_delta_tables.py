@@ -21,7 +21,7 @@ from resources.delta_tables import (
     read_delta,
     table_stats,
 )
-from resources.delta_writes import replace_partitions
+from resources.delta_writes import declare_not_null, replace_partitions
 from resources.lake import LakeFileError, LakeStorage
 from spotify_assets.consistency.reconcile import ABSENT
 
@@ -81,7 +81,7 @@ def test_a_declared_not_null_is_recorded_kept_and_widened_on_request(
     dropped (a table written when its input declared NOT NULL)."""
     lake, path = lake_at(tmp_path), lake_at(tmp_path).path(RELATIVE)
     rows = sail_spark.createDataFrame([(DAY, 1)], "day date, n long")
-    replace_partitions(lake, rows, path, "day", (DAY, DAY), {"n": False})
+    replace_partitions(lake, declare_not_null(rows, path, ["n"]), path, "day", (DAY, DAY))
 
     def allows_null() -> bool:
         return next(
@@ -92,10 +92,10 @@ def test_a_declared_not_null_is_recorded_kept_and_widened_on_request(
 
     missing = sail_spark.createDataFrame([(DAY, None)], "day date, n long")
     with pytest.raises(Exception, match=r"silver/t: a row without n, which the table declares"):
-        replace_partitions(lake, missing, path, "day", (DAY, DAY), {"n": False})
+        replace_partitions(lake, declare_not_null(missing, path, ["n"]), path, "day", (DAY, DAY))
     assert read_delta(lake, RELATIVE)["n"].to_pylist() == [1]
 
-    replace_partitions(lake, missing, path, "day", (DAY, DAY), {"n": True})
+    replace_partitions(lake, missing, path, "day", (DAY, DAY), nullable=["n"])
     assert allows_null()
     assert read_delta(lake, RELATIVE)["n"].to_pylist() == [None]
 

@@ -25,6 +25,7 @@ from spotify_assets.cli.commands import source_init, source_simulate
 from spotify_assets.orchestration import ingest
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.silver.transform import CHANGE_DATE, RULE, in_windows, transform
+from spotify_assets.source.generator import generate
 from spotify_assets.source.simulator import SimulationRates, simulate
 from tests.helpers.bronze import load_everything, runner_for
 from tests.helpers.source import HISTORY_END, ON_TIME, SEED, initialise
@@ -108,6 +109,22 @@ def test_a_dimension_keeps_one_file_per_day(lakehouse) -> None:
         store.refresh((HISTORY_END, HISTORY_END), "replay")
         days = add_actions(DeltaTable(store.path))[f"partition.{CHANGE_DATE}"].to_pylist()
         assert len(days) == len(set(days)) > 1, f"{table.lake_name}: {len(days)} files"
+
+
+def test_a_dimension_of_more_than_one_batch_keeps_one_file_per_day(
+    sqlite_source, tmp_path: Path, sail_spark
+) -> None:
+    # Past one of Sail's batches (8192 rows) a step after the gathering by day spread each day
+    # over both streams again (scale 1's 20k artists: two files a day).
+    data = generate(0.1, SEED, HISTORY_END)  # 10k users, in one held bronze chunk
+    initialise(sqlite_source, replace(data, shape=replace(data.shape, streams=0)))
+    runner = runner_for(sqlite_source, tmp_path / "lake")
+    users = sqlite_source.catalog["DimUser"]
+    runner.copy(users, None, "initial", from_watermark=True)
+    store = SilverStore(runner.lake, sail_spark, users)
+    assert store.refresh(ALL_DAYS, "build").silver_rows > 8192
+    days = add_actions(DeltaTable(store.path))[f"partition.{CHANGE_DATE}"].to_pylist()
+    assert len(days) == len(set(days)), f"{len(days)} files for {len(set(days))} days"
 
 
 def test_a_load_with_nothing_to_quarantine_writes_no_quarantine_version(
