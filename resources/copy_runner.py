@@ -623,8 +623,9 @@ def _check_change_times(table: Table, text: pa.ChunkedArray) -> None:
 def _check_operations(table: Table, rows: pa.Table) -> None:
     """Every row of a cdc extraction is a change record (I, U, D) or a current image (S)."""
     known = pc.fill_null(pc.is_in(rows[CHANGE_OP], pa.array(["I", "U", "D", "S"])), False)
-    if not pc.all(known).as_py():
-        raise ChangeRecordsWithoutOperation(table, rows.filter(pc.invert(known)))
+    unknown = rows.filter(pc.invert(known))
+    if unknown.num_rows:
+        raise ChangeRecordsWithoutOperation(table, unknown)
 
 
 def _with_audit(

@@ -294,6 +294,15 @@ def test_a_change_record_without_an_operation_is_named_in_one_line(loaded, op: s
         runner.copy(USERS, None, "no operation", from_watermark=True)
 
 
+def test_a_change_feed_window_without_records_copies_nothing(loaded) -> None:
+    """A window of a cdc table that holds no change record and no image: nothing to check,
+    nothing copied (the operations' check failed on the empty read)."""
+    runner, db = loaded
+    set_clock(db, str(LATER))
+    result = runner.copy(USERS, None, "quiet", from_watermark=True)
+    assert result.rows_read == 0 and result.watermark_after == LATER
+
+
 def declares_not_null(path: str, column: str) -> bool:
     return not next(f for f in DeltaTable(path).schema().fields if f.name == column).nullable
 
