@@ -50,6 +50,7 @@ from spotify_assets.catalog.tables import (
     configured_catalog,
 )
 from spotify_assets.source.generator import InitialData
+from spotify_assets.source.schema import compare_columns
 from spotify_assets.source.simulator import ChangeBatch, SourceState
 
 # Servers cap bound parameters per statement (SQL Server: 2100) and rows per VALUES list (1000).
@@ -148,6 +149,12 @@ class SourceDatabase(BaseModel):
 
     def require_initialised(self) -> None:
         if not self.exists():
+            if self._holds_catalog_table():
+                raise SourceUnavailableError(
+                    "the source holds the catalog's tables but not the pipeline's clock and "
+                    "settings tables: run `spotify-lakehouse source attach` once (README "
+                    '"Your own source")'
+                )
             if self.dialect is Dialect.SQLITE:
                 home = "SPOTIFY_HOME defaults to ./.data of the current directory"
                 looked = f"{self.sqlite_path()}; {home}"
@@ -157,6 +164,10 @@ class SourceDatabase(BaseModel):
                 f"the source holds no Spotify tables yet (looked in {looked}): run "
                 "`spotify-lakehouse source init`"
             )
+
+    def _holds_catalog_table(self) -> bool:
+        with self.session() as session:
+            return any(session.query(session.sql.columns_query(t.name)) for t in self.catalog)
 
 
 class SourceSession:
@@ -172,6 +183,34 @@ class SourceSession:
     def is_initialised(self) -> bool:
         """Whether the settings table exists (a catalog read: any error is a real one)."""
         return bool(self.query(self.sql.columns_query(META_TABLE)))
+
+    def attach(self) -> list[str]:
+        """Prepare tables a user created and filled for the pipeline: check their columns against
+        the catalog, then add what `source init` adds around its load, the clock and settings
+        tables and the change capture of the tables in cdc mode. Existing rows are the snapshot
+        an initial load copies. Returns what it added; run again, it adds only what is missing."""
+        if self.sql.dialect is Dialect.TSQL:
+            raise SourceConfigError(
+                "source attach: SQL Server records changes by its native CDC: enable it with "
+                "sys.sp_cdc_enable_db and sys.sp_cdc_enable_table on each cdc-mode table"
+            )
+        for table in self.catalog:
+            found = [name for (name,) in self.query(self.sql.columns_query(table.name))]
+            compare_columns(table, found)
+        added: list[str] = []
+        with self.transaction():
+            if not self.is_initialised():
+                for statement in self.sql.support_tables():
+                    self.execute(statement)
+                added += [CLOCK_TABLE, META_TABLE]
+            for table in self.catalog:
+                if table.mode is CaptureMode.CDC and not self.query(
+                    self.sql.columns_query(table.change_table)
+                ):
+                    for statement in self.sql.change_capture(table):
+                        self.execute(statement)
+                    added.append(table.change_table)
+        return added
 
     def drop_all(self) -> None:
         for statement in self.sql.drop_schema(list(self.catalog)):

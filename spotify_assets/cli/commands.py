@@ -146,6 +146,15 @@ def source_simulate(
     }
 
 
+def source_attach(settings: Settings) -> dict[str, object]:
+    """Prepare a user's own source (their tables, their rows) for the pipeline."""
+    source = source_database(settings)
+    if source.dialect is Dialect.SQLITE and not source.sqlite_path().exists():
+        raise SourceConfigError(f"source attach: no database file {source.sqlite_path()}")
+    with source.session() as session:
+        return {"added": session.attach()}
+
+
 def source_stats(settings: Settings) -> dict[str, object]:
     source = source_database(settings)
     source.require_initialised()
@@ -520,6 +529,8 @@ def run_command(args: argparse.Namespace) -> int:
                 late_fraction=args.late_fraction, dirty_fraction=args.dirty_fraction
             )
             _print(source_simulate(settings, args.days, args.seed, rates))
+        elif args.source_command == "attach":
+            _print(source_attach(settings))
         else:
             _print(source_stats(settings))
     except (SourceConfigError, SourceUnavailableError, CatalogError, ValueError) as exc:

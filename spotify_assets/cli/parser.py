@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     source_commands.add_parser("stats", help="row and change counts per table, as JSON")
+    source_commands.add_parser(
+        "attach",
+        help="prepare a database whose five tables you created and filled: checks their "
+        "columns, adds the clock and settings tables and the change capture (<Table>_changes "
+        "and triggers) of the tables in cdc mode; safe to re-run",
+    )
 
     run_parser = commands.add_parser("run", help="bring every layer up to date with the source")
     _tables_option(run_parser, "load")

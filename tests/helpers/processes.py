@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -102,6 +102,7 @@ class Lakehouse:
     home: Path
     source_odbc: str | None = None
     spark_remote: str | None = None
+    settings_env: dict[str, str] = field(default_factory=dict)  # other SPOTIFY_* settings
 
     @property
     def env(self) -> dict[str, str]:
@@ -112,7 +113,7 @@ class Lakehouse:
             env["SPOTIFY_SOURCE_ODBC"] = self.source_odbc
         if self.spark_remote:
             env["SPOTIFY_SPARK_REMOTE"] = self.spark_remote
-        return env
+        return env | self.settings_env
 
     @property
     def settings(self) -> Settings:
