@@ -166,6 +166,8 @@ class SourceDatabase(BaseModel):
             )
 
     def _holds_catalog_table(self) -> bool:
+        if self.dialect is Dialect.SQLITE and not self.sqlite_path().exists():
+            return False  # connecting would create the file
         with self.session() as session:
             return any(session.query(session.sql.columns_query(t.name)) for t in self.catalog)
 
@@ -355,13 +357,19 @@ class SourceSession:
 
     def read_state(self) -> SourceState:
         """What the simulator needs to continue from the source's current content."""
+        clock = self.clock()
+        if clock is None:
+            raise SourceConfigError(
+                "source simulate: the source has no simulated clock (source_clock is empty: "
+                "`source init` did not create it): it simulates only a source `source init` made"
+            )
         meta = self.meta()
         dims = {t.name: self.read_table(t) for t in self.catalog.by_role(TableRole.DIMENSION)}
         (calendar,) = self.catalog.by_role(TableRole.CALENDAR)
         day = next(c for c in calendar.columns if c.type is ColumnType.DATE)
         first_day, last_day = self.query(self.sql.range_of(calendar.name, day.name))[0]
         return SourceState(
-            clock=self.clock(),
+            clock=clock,
             dims=dims,
             next_ids={name: int(meta[_next_id(name)]) for name in self._keyed_tables()},
             date_keys_until=as_date(last_day),
@@ -374,8 +382,11 @@ class SourceSession:
         rows = self.query(self.sql.select_meta())
         return {name: value for name, value in rows}
 
-    def clock(self) -> datetime:
+    def clock(self) -> datetime | None:
+        """The simulated clock; None on a source `source attach` prepared (no simulation)."""
         value = self.scalar(self.sql.max_of(CLOCK_TABLE, CLOCK_COLUMN))
+        if value is None:
+            return None
         return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
     def read_table(self, table: Table) -> pa.Table:
@@ -405,7 +416,7 @@ class SourceSession:
     def stats(self) -> dict[str, object]:
         return {
             "dialect": self.sql.dialect.value,
-            "clock": self.clock().isoformat(sep=" "),
+            "clock": _jsonable(self.clock()),
             "meta": self.meta(),
             "tables": {t.name: self.table_stats(t) for t in self.catalog},
         }

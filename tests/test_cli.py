@@ -90,6 +90,55 @@ def test_commands_on_a_missing_source_say_what_to_do(
     assert "spotify-lakehouse source init" in capsys.readouterr().err
 
 
+# A SQLite file made by hand, as with the `sqlite3` shell: the user's own DDL, text dates.
+OWN_SQLITE = """
+CREATE TABLE DimUser (user_id INTEGER PRIMARY KEY, user_name TEXT, country TEXT,
+    subscription_type TEXT, start_date DATE, updated_at TIMESTAMP NOT NULL);
+CREATE TABLE DimArtist (artist_id INTEGER, artist_name TEXT, genre TEXT, country TEXT,
+    updated_at TIMESTAMP NOT NULL);
+CREATE TABLE DimTrack (track_id INTEGER, track_name TEXT, artist_id INTEGER, album_name TEXT,
+    duration_sec INTEGER, release_date DATE, updated_at TIMESTAMP NOT NULL);
+CREATE TABLE FactStream (stream_id INTEGER PRIMARY KEY, user_id INTEGER, track_id INTEGER,
+    date_key INTEGER, listen_duration INTEGER, device_type TEXT, stream_timestamp TIMESTAMP);
+INSERT INTO DimUser VALUES (1, 'ann', 'SE', 'Free', '2026-01-01', '2026-03-01 10:00:00');
+"""
+
+
+def test_own_sqlite_tables_attached_say_what_is_missing(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`source attach` names the missing column, then the missing table, in one line; once
+    attached, `source stats` reports no simulated clock and `source simulate` refuses in one
+    line (they raised a TypeError: the clock `source init` sets is empty)."""
+    home.mkdir()
+    db = sqlite3.connect(home / "source.db")
+    db.executescript(OWN_SQLITE)
+    assert main(["source", "attach"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: DimUser: the source has no column(s) end_date"
+    )
+    db.execute("ALTER TABLE DimUser ADD COLUMN end_date DATE")
+    assert main(["source", "attach"]) == 2
+    assert capsys.readouterr().err.startswith("error: DimDate: the source has no such table")
+    db.execute(
+        "CREATE TABLE DimDate (date_key INTEGER, date DATE, day INTEGER, month INTEGER, "
+        "year INTEGER, weekday TEXT)"
+    )
+    db.close()
+    added = run_json(capsys, "source", "attach")["added"]
+    assert added == ["source_clock", "source_meta", "DimUser_changes", "DimArtist_changes",
+                     "DimTrack_changes"]  # fmt: skip
+    stats = run_json(capsys, "source", "stats")
+    assert stats["clock"] is None
+    assert stats["tables"]["DimUser"]["rows"] == 1
+    assert main(["source", "simulate", "--days", "1"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "error: source simulate: the source has no simulated clock (source_clock is empty: "
+        "`source init` did not create it): it simulates only a source `source init` made"
+    ]
+
+
 def test_console_script_reports_bad_configuration_without_the_password(home: Path) -> None:
     env = {
         "SPOTIFY_HOME": str(home),
