@@ -209,7 +209,10 @@ class SourceSession:
                 if table.mode is CaptureMode.CDC and not self.query(
                     self.sql.columns_query(table.change_table)
                 ):
-                    for statement in self.sql.change_capture(table):
+                    # The image in the source's own types: the triggers then never fail the
+                    # user's writes (a key as text), and copies read both tables alike.
+                    types = dict(self.query(self.sql.column_types_query(table.name)))
+                    for statement in self.sql.change_capture(table, types):
                         self.execute(statement)
                     added.append(table.change_table)
         return added

@@ -7,11 +7,12 @@ bound parameters (`?`) or typed literals.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from itertools import islice
+from types import MappingProxyType
 from typing import ClassVar
 
 from spotify_assets.bronze.windows import Window, midnight
@@ -34,6 +35,8 @@ _SQLITE_PROFILE_DAYS = 400
 CLOCK_TABLE = "source_clock"
 CLOCK_COLUMN = "now_utc"
 META_TABLE = "source_meta"
+# A change table's row image in the catalog's types (`source init`'s own tables).
+CATALOG_TYPES: Mapping[str, str] = MappingProxyType({})
 TSQL_SCHEMA = "dbo"
 
 
@@ -95,12 +98,25 @@ class SqlDialect(ABC):
     timestamp_type = "TIMESTAMP"
 
     @abstractmethod
-    def change_capture(self, table: Table) -> list[str]:
-        """Objects that record every insert, update and delete of `table`."""
+    def change_capture(
+        self, table: Table, image_types: Mapping[str, str] = CATALOG_TYPES
+    ) -> list[str]:
+        """Objects that record every insert, update and delete of `table`; the row image takes
+        the types of `image_types` (a column's name: its type in the source), else the
+        catalog's."""
 
-    def change_table(self, table: Table, sequence: str, op_type: str) -> list[str]:
+    def column_types_query(self, name: str) -> str:
+        """Each column of table `name` and its declared type, one per row."""
+        raise NotImplementedError(f"{self.dialect}: change capture is the engine's own")
+
+    def change_table(
+        self, table: Table, sequence: str, op_type: str, image_types: Mapping[str, str]
+    ) -> list[str]:
         """A trigger-maintained change table: sequence, op, change time, then the row image."""
-        image = [f"{self.quote(c.name)} {self.column_type(c)}" for c in table.columns]
+        image = [
+            f"{self.quote(c.name)} {image_types.get(c.name) or self.column_type(c)}"
+            for c in table.columns
+        ]
         op = self.quote(CHANGE_OP)
         return [
             f"CREATE TABLE {self.qualified(table.change_table)} (\n"
@@ -206,11 +222,14 @@ class SqlDialect(ABC):
         """Per day of change time in `window`: rows and a checksum, for reconciliation (§7).
 
         watermark: the table's rows, checksum the sum of the key. cdc: the change records,
-        checksum the sum of their sequence numbers (a record missed or copied twice shows)."""
+        checksum the sum of their sequence numbers (a record missed or copied twice shows).
+        Summed as a number whatever the source's type: a user's own table may keep its key as
+        text, which bronze types by the catalog."""
         source, time, checksum = self._profiled(table)
         day = self.day_of(time)
+        total = f"SUM(CAST({self.quote(checksum)} AS DECIMAL(38, 0)))"
         return (
-            f"SELECT {day}, COUNT(*), SUM({self.quote(checksum)}) FROM {self.qualified(source)} "
+            f"SELECT {day}, COUNT(*), {total} FROM {self.qualified(source)} "
             f"WHERE {self._within(time, window)} GROUP BY {day}"
         )
 
@@ -446,11 +465,20 @@ class SqliteDialect(SqlDialect):
         # SQLite compares the stored text: match the driver's 'YYYY-MM-DD HH:MM:SS.fff' exactly.
         return f"'{value.isoformat(sep=' ', timespec='milliseconds')}'"
 
-    def change_capture(self, table: Table) -> list[str]:
+    def column_types_query(self, name: str) -> str:
+        return (
+            f"SELECT name, type FROM pragma_table_info({quote_literal(validate_identifier(name))})"
+        )
+
+    def change_capture(
+        self, table: Table, image_types: Mapping[str, str] = CATALOG_TYPES
+    ) -> list[str]:
         """One trigger per kind of change; an update of the key is recorded as the delete of
         the old row and the insert of the new one, so the old key's history closes."""
         ct = self.quote(table.change_table)
-        statements = self.change_table(table, "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT")
+        statements = self.change_table(
+            table, "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT", image_types
+        )
         columns = self.column_list((CHANGE_OP, CHANGE_AT, *table.column_names))
 
         def capture(op: str, row: str) -> str:
@@ -501,7 +529,16 @@ class PostgresDialect(SqlDialect):
     def _capture_function(self, table: Table) -> str:
         return self.quote(f"{table.name}_capture")
 
-    def change_capture(self, table: Table) -> list[str]:
+    def column_types_query(self, name: str) -> str:
+        relation = quote_literal(self.quote(validate_identifier(name)))
+        return (
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid "
+            f"= to_regclass({relation}) AND attnum > 0 AND NOT attisdropped"
+        )
+
+    def change_capture(
+        self, table: Table, image_types: Mapping[str, str] = CATALOG_TYPES
+    ) -> list[str]:
         ct = self.quote(table.change_table)
         function = self._capture_function(table)
         columns = self.column_list((CHANGE_OP, CHANGE_AT, *table.column_names))
@@ -513,7 +550,9 @@ class PostgresDialect(SqlDialect):
 
         # An update of the key is the delete of the old row and the insert of the new one.
         return [
-            *self.change_table(table, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "CHAR(1)"),
+            *self.change_table(
+                table, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "CHAR(1)", image_types
+            ),
             f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
             f"  IF TG_OP = 'DELETE' THEN\n    {capture('OLD', quote_literal('D'))}\n"
             f"    RETURN OLD;\n  END IF;\n"
@@ -639,7 +678,9 @@ class TsqlDialect(SqlDialect):
             "AND is_cdc_enabled = 1)\nBEGIN\n  EXEC sys.sp_cdc_enable_db;\nEND"
         )
 
-    def change_capture(self, table: Table) -> list[str]:
+    def change_capture(
+        self, table: Table, image_types: Mapping[str, str] = CATALOG_TYPES
+    ) -> list[str]:
         instance = quote_literal(self.capture_instance(table), national=True)
         return [
             "IF NOT EXISTS (SELECT 1 FROM cdc.change_tables WHERE capture_instance = "

@@ -153,3 +153,22 @@ def test_a_column_retyped_to_numeric_keeps_its_whole_values(
     )
     expected = {i: None if d % 1 else int(d) for i, d in source}
     assert dict(copied) == expected
+
+
+def test_keys_stored_as_text_are_copied_and_profiled(
+    postgres_source: SourceDatabase, tmp_path: Path
+) -> None:
+    """A user's source with its keys as text (`varchar`, `text`): the copy's profile sums each
+    key as a number, as bronze's does (it failed: `sum(character varying)` does not exist)."""
+    initialise(postgres_source)
+    with postgres_source.session() as session:
+        for name in ("DimUser", "DimUser_changes"):  # as `source attach` mirrors the type
+            session.execute(f'ALTER TABLE "{name}" ALTER COLUMN user_id TYPE varchar(12)')
+        session.execute('ALTER TABLE "FactStream" ALTER COLUMN stream_id TYPE text')
+    runner = runner_for(postgres_source, tmp_path / "lake")
+    load_everything(runner, postgres_source.catalog, "initial")
+    for name, key in (("DimUser", "user_id"), ("FactStream", "stream_id")):
+        with postgres_source.session() as session:
+            keys = [int(k) for (k,) in session.query(f'SELECT {key} FROM "{name}"')]
+        bronze = runner.store(postgres_source.catalog[name]).read_all()
+        assert sorted(bronze[key].to_pylist()) == sorted(keys), name

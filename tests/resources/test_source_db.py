@@ -212,3 +212,45 @@ def test_a_failing_batch_changes_nothing(source: SourceDatabase) -> None:
         with pytest.raises(Exception):  # noqa: B017 - each driver raises its own type
             session.apply([broken])
         assert session.stats() == before
+
+
+@pytest.mark.postgres
+def test_attached_capture_takes_the_source_types_so_the_users_writes_pass(
+    postgres_source: SourceDatabase,
+) -> None:
+    """A user's DimUser with its key as text and a timestamptz: after `source attach`, their
+    insert, update and delete pass and are recorded (the update failed: the change table had
+    the catalog's integer key, and the trigger raised into the user's UPDATE)."""
+    with postgres_source.session() as session:
+        for table in postgres_source.catalog:
+            if table.name != "DimUser":
+                session.execute(session.sql.create_table(table))
+        session.execute(
+            'CREATE TABLE "DimUser" (user_id varchar(12) PRIMARY KEY, user_name text, '
+            "country text, subscription_type text, start_date date, end_date date, "
+            "updated_at timestamptz NOT NULL)"
+        )
+        session.execute(
+            """INSERT INTO "DimUser" VALUES ('7', 'ann', 'SE', 'Free', NULL, NULL, now())"""
+        )
+        assert "DimUser_changes" in session.attach()
+        session.execute(
+            """INSERT INTO "DimUser" VALUES ('8', 'bo', 'SE', 'Free', NULL, NULL, now())"""
+        )
+        session.execute(
+            """UPDATE "DimUser" SET subscription_type = 'Premium', updated_at = now()
+            WHERE user_id = '7'"""
+        )
+        session.execute("""DELETE FROM "DimUser" WHERE user_id = '8'""")
+    assert [(op, key, plan) for op, key, plan in change_rows_of(postgres_source)] == [
+        ("I", "8", "Free"),
+        ("U", "7", "Premium"),
+        ("D", "8", "Free"),
+    ]
+
+
+def change_rows_of(source: SourceDatabase) -> list[tuple]:
+    with source.session() as session:
+        return session.query(
+            'SELECT "_op", user_id, subscription_type FROM "DimUser_changes" ORDER BY "_seq"'
+        )
