@@ -149,7 +149,7 @@ class SourceDatabase(BaseModel):
 
     def require_initialised(self) -> None:
         if not self.exists():
-            if self._holds_catalog_table():
+            if self.holds_catalog_table():
                 raise SourceUnavailableError(
                     "the source holds the catalog's tables but not the pipeline's clock and "
                     "settings tables: run `spotify-lakehouse source attach` once (README "
@@ -165,7 +165,8 @@ class SourceDatabase(BaseModel):
                 "`spotify-lakehouse source init`"
             )
 
-    def _holds_catalog_table(self) -> bool:
+    def holds_catalog_table(self) -> bool:
+        """Whether any table of the catalog exists (made by `source init` or by a user)."""
         if self.dialect is Dialect.SQLITE and not self.sqlite_path().exists():
             return False  # connecting would create the file
         with self.session() as session:

@@ -139,6 +139,22 @@ def test_own_sqlite_tables_attached_say_what_is_missing(
     ]
 
 
+def test_init_on_own_tables_refuses_in_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database holding a user's own tables, not attached: `source init` refuses and names
+    `source attach` (it raised 'table DimUser already exists' with a traceback)."""
+    home.mkdir()
+    db = sqlite3.connect(home / "source.db")
+    db.executescript(OWN_SQLITE)
+    db.close()
+    assert main(["source", "init", "--scale", "0.001"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: the source already holds tables of the catalog, not made by `source init`: "
+        "to load your own rows run `spotify-lakehouse source attach`; --force drops them"
+    ]
+
+
 def test_console_script_reports_bad_configuration_without_the_password(home: Path) -> None:
     env = {
         "SPOTIFY_HOME": str(home),

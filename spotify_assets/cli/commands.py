@@ -66,10 +66,14 @@ def source_init(
             "would run ahead of the current time"
         )
     source = source_database(settings)
-    if source.exists():
+    made_by_init = source.exists()
+    if made_by_init or source.holds_catalog_table():
         if not force:
             raise SourceConfigError(
                 "the source already holds Spotify tables; pass --force to drop and recreate them"
+                if made_by_init
+                else "the source already holds tables of the catalog, not made by `source init`: "
+                "to load your own rows run `spotify-lakehouse source attach`; --force drops them"
             )
         _drop(source)
     if source.dialect is Dialect.SQLITE:
