@@ -258,7 +258,7 @@ def test_bad_run_arguments_fail_clearly(
          "frobnicate: expected a command: source, run, refresh, verify, demo, adf (see "
          "`spotify-lakehouse --help`)"),
         (["source", "frob"], {},
-         "source frob: expected a command: init, simulate, stats (see "
+         "source frob: expected a command: init, simulate, stats, attach (see "
          "`spotify-lakehouse source --help`)"),
         (["verify", "--tables", "fact_stream"], {},
          "the source holds no Spotify tables yet (looked in {home}/source.db; SPOTIFY_HOME "
