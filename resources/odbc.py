@@ -99,6 +99,30 @@ def dialect_of(conn_str: str) -> Dialect:
     )
 
 
+# PostgreSQL reads a naive literal against a timestamptz, and prints a timestamptz, in the
+# session's zone (the server's, database's or role's default): our windows and times are UTC.
+_UTC_SESSION = "SET TIME ZONE 'UTC'"
+
+
+def in_utc(conn_str: str) -> str:
+    """The connection string whose sessions keep UTC time: on PostgreSQL, psqlODBC's
+    ConnSettings runs `SET TIME ZONE 'UTC'` after the user's own settings on every connect."""
+    if dialect_of(conn_str) is not Dialect.POSTGRESQL:
+        return conn_str
+    attributes = parse_connection_string(conn_str)
+    key = next((k for k in attributes if k.lower() in ("connsettings", "a6")), "ConnSettings")
+    own = attributes.get(key, "").strip().rstrip(";")
+    attributes[key] = f"{own};{_UTC_SESSION}" if own else _UTC_SESSION
+    return ";".join(f"{k}={_value(v)}" for k, v in attributes.items())
+
+
+def _value(value: str) -> str:
+    """A value as a connection string writes it: braced where it holds ; { } or edge spaces."""
+    if any(c in value for c in ";{}") or value != value.strip():
+        return "{" + value.replace("}", "}}") + "}"
+    return value
+
+
 def ensure_driver_installed(conn_str: str) -> None:
     driver = attribute(parse_connection_string(conn_str), "Driver") or ""
     installed = pyodbc.drivers()
@@ -120,7 +144,7 @@ def odbc_connect(conn_str: str, login_timeout_s: int = 5) -> Iterator[pyodbc.Con
     dialect_of(conn_str)
     ensure_driver_installed(conn_str)
     try:
-        conn = pyodbc.connect(conn_str, timeout=login_timeout_s)
+        conn = pyodbc.connect(in_utc(conn_str), timeout=login_timeout_s)
     except pyodbc.Error as exc:
         detail = redact(one_line(" ".join(str(a) for a in exc.args)))
         raise SourceUnavailableError(

@@ -20,6 +20,7 @@ from resources.odbc import (
     SourceConfigError,
     SourceUnavailableError,
     attribute,
+    in_utc,
     odbc_connect,
     one_line,
     parse_connection_string,
@@ -56,7 +57,11 @@ def connectorx_url(conn_str: str, dialect: Dialect) -> str:
         host = attribute(attrs, "Server", "Servername", "Host") or "localhost"
         port = attribute(attrs, "Port") or "5432"
         database = quote(attribute(attrs, "Database") or "", safe="")
-        return f"postgresql://{user}:{password}@{host}:{port}/{database}?cxprotocol=binary"
+        # The session in UTC, as `in_utc` sets the ODBC ones (a startup option of libpq's).
+        return (
+            f"postgresql://{user}:{password}@{host}:{port}/{database}?cxprotocol=binary"
+            "&options=-c%20TimeZone%3DUTC"
+        )
     raise SourceConfigError(f"connectorx cannot read {dialect} sources: use the arrow-odbc reader")
 
 
@@ -96,7 +101,7 @@ def _arrow_odbc(conn_str: str, query: str, schema: pa.Schema) -> Iterator[pa.Rec
     from arrow_odbc import read_arrow_batches_from_odbc
 
     batches = read_arrow_batches_from_odbc(
-        query=query, connection_string=conn_str, schema=schema, max_text_size=_MAX_TEXT
+        query=query, connection_string=in_utc(conn_str), schema=schema, max_text_size=_MAX_TEXT
     )
     for batch in batches:
         yield conform(pa.Table.from_batches([batch]), schema).combine_chunks().to_batches()[0]

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import time
 
+import pyarrow as pa
 import pytest
 
 from resources.odbc import (
     SourceConfigError,
     SourceUnavailableError,
     dialect_of,
+    in_utc,
     odbc_connect,
     parse_connection_string,
     redact,
 )
 from resources.source_db import SourceDatabase
+from resources.source_reader import ReaderKind, read_arrow, read_as_text
 from spotify_assets.bronze.dialects import Dialect
 from tests.helpers.servers import PostgresServer, free_port
 
@@ -116,3 +119,54 @@ def test_wrong_password_is_reported_without_it(postgres_server: PostgresServer) 
             pass
     assert SECRET not in str(excinfo.value)
     assert postgres_server.password not in str(excinfo.value)
+
+
+def test_postgres_sessions_keep_utc_after_the_users_own_settings(
+    postgres_server: PostgresServer,
+) -> None:
+    """A user's ConnSettings (here a zone of their own) still run, then the session's zone is
+    UTC: our windows are naive UTC literals, which PostgreSQL reads in the session's zone."""
+    own = "ConnSettings={SET TIME ZONE 'Asia/Tokyo';SET application_name = 'mine'}"
+    conn_str = f"{postgres_server.connection_string('postgres')};{own}"
+    assert parse_connection_string(in_utc(conn_str)) == parse_connection_string(conn_str) | {
+        "ConnSettings": "SET TIME ZONE 'Asia/Tokyo';SET application_name = 'mine';"
+        "SET TIME ZONE 'UTC'"
+    }
+    with odbc_connect(conn_str) as conn:
+        zone, name = conn.execute(
+            "SELECT current_setting('TimeZone'), current_setting('application_name')"
+        ).fetchone()
+    assert (zone, name) == ("UTC", "mine")
+
+
+@pytest.mark.parametrize("reader", [ReaderKind.CONNECTORX, ReaderKind.ARROW_ODBC, "text"])
+def test_every_reader_reads_a_far_zoned_database_in_utc(
+    postgres_source: SourceDatabase, reader: ReaderKind | str
+) -> None:
+    """The database's own zone is Tokyo: each reader's session is in UTC all the same, so a
+    naive literal is the UTC instant (a window bound) and a timestamptz prints as UTC."""
+    conn_str = postgres_source.connection_string
+    with odbc_connect(conn_str) as conn:
+        conn.execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone = %L', "
+            "current_database(), 'Asia/Tokyo'); END $$"
+        )
+        conn.commit()
+    query = (
+        "SELECT current_setting('TimeZone') AS zone, CAST(TIMESTAMPTZ '2026-11-20 23:30:00+00' "
+        "AS text) AS instant, TIMESTAMPTZ '2026-11-20 00:00:00+00' = TIMESTAMP '2026-11-20' "
+        "AS same"
+    )
+    schema = pa.schema([("zone", pa.string()), ("instant", pa.string()), ("same", pa.bool_())])
+    if reader == "text":
+        table = read_as_text(conn_str, Dialect.POSTGRESQL, query, schema)
+    else:
+        table = pa.Table.from_batches(
+            list(read_arrow(conn_str, Dialect.POSTGRESQL, query, schema, ReaderKind(reader)))
+        )
+    assert table.to_pylist() == [{"zone": "UTC", "instant": "2026-11-20 23:30:00+00", "same": True}]
+
+
+def test_other_sources_connection_strings_are_left_as_written() -> None:
+    conn_str = "Driver=SQLite3;Database=/tmp/x.db"
+    assert in_utc(conn_str) == conn_str
