@@ -130,7 +130,7 @@ def test_postgres_sessions_in_a_far_time_zone(
     stamped minutes after midnight UTC: bronze at the UTC instants, gold equal to plain SQL, and
     the next `run` idle (a profile counted on the zone's days would repair days every run)."""
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-    start = datetime.combine(now.date() - timedelta(days=6), datetime.min.time())
+    start = datetime.combine(now.date() - timedelta(days=3), datetime.min.time())
     settings_env = {
         "SPOTIFY_PARTITION_START": start.date().isoformat(),
         "SPOTIFY_SAFETY_LAG_SECONDS": "0",
