@@ -351,18 +351,25 @@ def test_an_interrupted_run_stops_in_one_line_and_the_next_run_resumes(
     assert_dimensions_equal_source(settings)
 
 
+def _as_a_background_job() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 def test_a_writer_interrupted_while_it_waits_for_the_lease_says_so_in_one_line(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
     """Ctrl-C, or a service manager's SIGTERM, before any Dagster run (here while `run` waits
-    for another writer): one line and exit code 130 (a traceback, or no word at all, before)."""
+    for another writer): one line and exit code 130 (a traceback, or no word at all, before).
+    Started as a script's background job is, with SIGINT ignored: the command ignored it then
+    (until a Dagster run began), and this test hung when the suite ran in the background."""
     cli = Lakehouse(tmp_path / "home")
     env = cli.env | {"SPOTIFY_WRITER_WAIT_SECONDS": "600"}
     with lake_writer(LakeStorage(url=cli.settings.lake_url), "test", 0, print):
         process = subprocess.Popen(
-            [CLI, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+            [CLI, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_as_a_background_job,
+        )  # fmt: skip
         assert process.stderr is not None
         assert process.stderr.readline().startswith("waiting up to 600 s for the lake writer")
         process.send_signal(signum)

@@ -25,8 +25,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # A service manager's SIGTERM stops a command as Ctrl-C does (Dagster, during a run, maps
-    # both to its own interrupt, which fails the run's step and then stops the command).
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # both to its own interrupt, which fails the run's step and then stops the command). SIGINT
+    # too where it started ignored (a script's background job): Dagster heeds it during runs,
+    # so the command heeds it throughout.
+    previous = {
+        signum: signal.signal(signum, signal.default_int_handler)
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         # Imported once the command line is valid: Dagster, Spark and Delta cost seconds to
         # load, which `--help` and a mistyped option should not.
@@ -37,4 +42,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(STOPPED if args.command in LAKE_COMMANDS else "error: interrupted", file=sys.stderr)
         return INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
