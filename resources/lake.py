@@ -38,6 +38,24 @@ EMULATOR_URL = "http://127.0.0.1:10000"
 _STORAGE_SCOPE = "https://storage.azure.com/.default"
 # A bearer token handed to delta-rs must outlive the table operation it is used for.
 _TOKEN_MARGIN_SECONDS = 300
+# An unreachable storage account (network down, firewall, wrong endpoint) fails a command within
+# about a minute: the SDKs' defaults retry with backoff for minutes, each try waiting up to a
+# minute (azure-storage-blob) or 30 s (object_store), and a run hung for over 10 minutes. A
+# refused connection is tried 3 times, an unanswered one twice; throttling still gets 3 retries.
+BLOB_CLIENT_LIMITS: dict[str, int] = {
+    "connection_timeout": 10,
+    "read_timeout": 30,  # between two reads of a response, not for a whole download
+    "retry_total": 3,
+    "retry_connect": 2,
+    "retry_read": 1,
+    "initial_backoff": 1,
+    "increment_base": 2,
+}
+DELTA_CLIENT_LIMITS: dict[str, str] = {
+    "connect_timeout": "10s",
+    "max_retries": "3",
+    "retry_timeout": "60s",  # no try starts later than this after the first
+}
 
 
 class LakeConflictError(RuntimeError):
@@ -124,6 +142,20 @@ class AzureAccount:
         else:
             options |= {"account_name": self.name, "anon": False}  # DefaultAzureCredential
         return options
+
+    def bound_requests(self, fs: fsspec.AbstractFileSystem) -> None:
+        """Give adlfs's filesystem a blob client within `BLOB_CLIENT_LIMITS` (adlfs passes no
+        client options through). fsspec hands out one filesystem per options: bound it once."""
+        if getattr(fs, "lake_bounded", False):
+            return
+        from azure.storage.blob.aio import BlobServiceClient
+
+        endpoint = self.endpoint or f"https://{self.name}.blob.core.windows.net"
+        key = {"account_name": self.name, "account_key": self.key} if self.key else None
+        fs.service_client = BlobServiceClient(
+            endpoint, credential=key or fs.credential, **BLOB_CLIENT_LIMITS
+        )
+        fs.lake_bounded = True
 
     def delta_options(self) -> dict[str, str]:
         """delta-rs (object_store) options, except the bearer token of `DefaultAzureCredential`."""
@@ -230,7 +262,10 @@ class LakeStorage(BaseModel):
     def fs(self) -> fsspec.AbstractFileSystem:
         if self._fs is None:
             options = self.azure.fsspec_options() if self.is_azure else {}
-            self._fs, self._root = fsspec.core.url_to_fs(self.url, **options)
+            fs, self._root = fsspec.core.url_to_fs(self.url, **options)
+            if self.is_azure:
+                self.azure.bound_requests(fs)
+            self._fs = fs
         return self._fs
 
     @property
@@ -253,7 +288,7 @@ class LakeStorage(BaseModel):
         delta-rs gets a bearer token from `DefaultAzureCredential`, as adlfs signs in."""
         if not self.is_azure:
             return None
-        options = self.azure.delta_options()
+        options = self.azure.delta_options() | DELTA_CLIENT_LIMITS
         if not self.azure.key:
             options["bearer_token"] = self._bearer_token()
         return options

@@ -37,6 +37,7 @@ from spotify_assets.source.generator import generate
 from spotify_assets.source.simulator import ChangeBatch, SimulationRates, simulate
 
 if TYPE_CHECKING:
+    from azure.core.exceptions import AzureError
     from dagster import DagsterInstance
     from sqlalchemy.exc import DBAPIError
 
@@ -246,6 +247,14 @@ def _storage_failure(home: str | None, cause: str) -> str:
     advice = _STORAGE_ADVICE.get(cause)
     said = f"; {advice.format(home=home)}" if advice else ""
     return f"Dagster's storage under {home} failed: {cause}{said}"
+
+
+def _lake_unreachable() -> type[AzureError]:
+    """What adlfs raises when the lake's storage account does not answer (after its bounded
+    retries, resources/lake.py), named in an except clause as `_storage_error`."""
+    from azure.core.exceptions import AzureError
+
+    return AzureError
 
 
 def _run_failed() -> type[RunFailed]:
@@ -552,6 +561,11 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     except LakeFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except _lake_unreachable() as exc:
+        reason = (str(exc).splitlines() or [""])[0]
+        lake = Settings.from_env().lake_url  # read once already: only Azure lakes get here
+        print(f"error: lake {lake} cannot be reached: {reason}", file=sys.stderr)
         return 1
     except _storage_error() as exc:
         home = os.environ.get("DAGSTER_HOME")  # set by `dagster_instance` before any run

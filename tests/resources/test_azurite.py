@@ -24,6 +24,7 @@ from dagster import AssetKey, DagsterInstance
 from resources.bronze_store import BronzeStore
 from resources.delta_tables import delta_table, exists, read_delta
 from resources.lake import (
+    DELTA_CLIENT_LIMITS,
     EMULATOR_ACCOUNT,
     EMULATOR_KEY,
     AzureAccount,
@@ -172,10 +173,14 @@ def test_without_a_key_files_and_delta_sign_in_with_default_azure_credential(
         "account_name": "prodaccount",
         "anon": False,
     }
-    assert lake.delta_storage_options() == {
-        "account_name": "prodaccount",
-        "bearer_token": "token-0",
-    }
+    assert (
+        lake.delta_storage_options()
+        == {
+            "account_name": "prodaccount",
+            "bearer_token": "token-0",
+        }
+        | DELTA_CLIENT_LIMITS
+    )
     assert lake.delta_storage_options()["bearer_token"] == "token-1"  # the first one expired
     assert lake.delta_storage_options()["bearer_token"] == "token-1"
 
