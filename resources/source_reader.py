@@ -26,6 +26,7 @@ from resources.odbc import (
     parse_connection_string,
     redact,
 )
+from resources.rust_log import quiet_rust_logs
 from spotify_assets.bronze.dialects import DIALECTS, Dialect
 
 # Text columns are bounded for arrow-odbc's buffers; SQLite declares no lengths.
@@ -91,6 +92,7 @@ def read_arrow(
 def _connectorx(
     conn_str: str, dialect: Dialect, query: str, schema: pa.Schema
 ) -> Iterator[pa.RecordBatch]:
+    quiet_rust_logs()
     import connectorx
 
     table = connectorx.read_sql(connectorx_url(conn_str, dialect), query, return_type="arrow")

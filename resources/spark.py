@@ -17,6 +17,7 @@ from pydantic import Field
 from pyspark.sql import SparkSession
 
 from resources.lake import object_store_env_from_connection_string
+from resources.rust_log import quiet_rust_logs
 from resources.spark_memory import DEFAULT_MEMORY_POOL_GIB
 
 
@@ -39,7 +40,7 @@ _servers: list[object] = []
 
 def _start_sail(memory_pool_gib: float) -> str:
     # Sail logs through Rust's env_logger; keep its chatter (INFO per session) out of run logs.
-    os.environ.setdefault("RUST_LOG", "error")
+    quiet_rust_logs()
     # Unbounded (Sail's default), the queries' memory grows with the data: a first load took
     # 3.4-4.8 GiB at scale 1. In a fair pool, sorts, aggregations and joins spill to disk past
     # their share instead. Sail reads these once, as its server starts.
