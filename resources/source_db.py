@@ -147,6 +147,19 @@ class SourceDatabase(BaseModel):
                 f"{redact(one_line(str(error)))}. {advice}"
             ) from error
 
+    def generated(self) -> bool:
+        """Whether `source init` made it: it set the simulated clock, which a user's own tables
+        prepared by `source attach` leave empty."""
+        if not self.exists():
+            return False
+        with self.session() as session:
+            return session.clock() is not None
+
+    def holds_own_tables(self) -> bool:
+        """Whether it holds tables of the catalog that `source init` did not make: a user's
+        rows, which no command may drop unasked."""
+        return self.holds_catalog_table() and not self.generated()
+
     def require_initialised(self) -> None:
         if not self.exists():
             if self.holds_catalog_table():

@@ -155,6 +155,33 @@ def test_init_on_own_tables_refuses_in_one_line(
     ]
 
 
+def test_own_tables_attached_are_never_dropped_unasked(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's own tables, attached, named by SPOTIFY_SOURCE_ODBC: `demo` (which recreates
+    its source) refuses in one line and `source init` without --force names them as the
+    user's; the rows stay (the demo dropped them, and init called them Spotify tables)."""
+    own = home.parent / "own.db"
+    home.mkdir()
+    db = sqlite3.connect(own)
+    db.executescript(OWN_SQLITE)
+    db.execute("ALTER TABLE DimUser ADD COLUMN end_date DATE")
+    db.execute("CREATE TABLE DimDate (date_key INTEGER, date DATE, day INTEGER, month INTEGER, "
+               "year INTEGER, weekday TEXT)")  # fmt: skip
+    db.close()
+    monkeypatch.setenv("SPOTIFY_SOURCE_ODBC", f"Driver=SQLite3;Database={own}")
+    run_json(capsys, "source", "attach")
+    assert main(["demo"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: the demo recreates the source it runs on, and Driver=SQLite3;Database={own} "
+        "holds tables `source init` did not make (your own rows): unset SPOTIFY_SOURCE_ODBC to "
+        "run the demo on a source of its own"
+    ]
+    assert main(["source", "init", "--scale", "0.001"]) == 2
+    assert "not made by `source init`" in capsys.readouterr().err
+    assert run_json(capsys, "source", "stats")["tables"]["DimUser"]["rows"] == 1
+
+
 def test_console_script_reports_bad_configuration_without_the_password(home: Path) -> None:
     env = {
         "SPOTIFY_HOME": str(home),

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from resources.delta_tables import delta_table, exists
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from resources.lease import LakeBusyError, lake_writer
-from resources.odbc import SourceConfigError, SourceUnavailableError
+from resources.odbc import SourceConfigError, SourceUnavailableError, redact
 from resources.source_db import SourceDatabase
 from spotify_assets.bronze import adf_pipeline
 from spotify_assets.bronze.dialects import Dialect
@@ -67,14 +67,14 @@ def source_init(
             "would run ahead of the current time"
         )
     source = source_database(settings)
-    made_by_init = source.exists()
-    if made_by_init or source.holds_catalog_table():
+    if source.holds_catalog_table():
         if not force:
             raise SourceConfigError(
-                "the source already holds Spotify tables; pass --force to drop and recreate them"
-                if made_by_init
-                else "the source already holds tables of the catalog, not made by `source init`: "
+                "the source already holds tables of the catalog, not made by `source init`: "
                 "to load your own rows run `spotify-lakehouse source attach`; --force drops them"
+                if source.holds_own_tables()
+                else "the source already holds Spotify tables; pass --force to drop and "
+                "recreate them"
             )
         _drop(source)
     if source.dialect is Dialect.SQLITE:
@@ -424,6 +424,14 @@ def demo(settings: Settings) -> None:
     (recreated): the initial load through to gold, simulated days of changes (late streams,
     deletes, dirty values), the sensors catching up (arrival: incremental runs; reconciliation:
     refresh of the days late streams fell into), a backdated refresh, and a report."""
+    source = source_database(settings)
+    if source.holds_own_tables():  # the demo recreates its source: never a user's own rows
+        raise SourceConfigError(
+            "the demo recreates the source it runs on, and "
+            f"{redact(source.connection_string)} holds tables "
+            "`source init` did not make (your own rows): unset SPOTIFY_SOURCE_ODBC to run the "
+            "demo on a source of its own"
+        )
     print(f"demo home (recreated): {settings.home}", flush=True)
     today = datetime.now(UTC).date()
     timings: dict[str, float] = {}
