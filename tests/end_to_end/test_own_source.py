@@ -15,6 +15,7 @@ from tests.helpers.gold_reference import (
     source_session,
 )
 from tests.helpers.processes import CLI, CLI_MEMORY_GIB, Lakehouse, run_bounded
+from tests.helpers.source import fill_own_calendar
 
 # The user's style: their own column order, text, timestamptz, bigint keys, a key without a
 # primary key, a bigserial fact.
@@ -44,13 +45,7 @@ def _fill(cli: Lakehouse, start: datetime) -> None:
     with source_session(cli.settings) as session:
         for statement in OWN_DDL:
             session.execute(statement)
-        session.execute(
-            """INSERT INTO "DimDate" SELECT CAST(to_char(d, 'YYYYMMDD') AS integer), d,
-                trim(to_char(d, 'Day')), extract(day FROM d), extract(month FROM d),
-                extract(year FROM d)
-            FROM generate_series(CAST(? AS date), CAST(? AS date) + 40, interval '1 day') AS d""",
-            [start.date(), start.date()],
-        )
+        fill_own_calendar(session, start.date(), 40)
         at = start + timedelta(hours=1)
         session.execute(
             """INSERT INTO "DimUser" SELECT i, CAST(? AS timestamp) + i * interval '1 minute',

@@ -25,6 +25,7 @@ from tests.helpers.gold_reference import (
     source_session,
 )
 from tests.helpers.processes import Lakehouse
+from tests.helpers.source import fill_own_calendar
 
 STREAM, ARTIST = FACT_STREAM, DIM_ARTIST
 # The user's own tables: the fact's time and a dimension's as timestamptz, the others plain.
@@ -60,13 +61,7 @@ def _fill(cli: Lakehouse, zone: str, start: datetime, now: datetime) -> None:
         )
         for statement in DDL:
             session.execute(statement)
-        session.execute(
-            """INSERT INTO "DimDate" SELECT CAST(to_char(d, 'YYYYMMDD') AS integer), d,
-                trim(to_char(d, 'Day')), extract(day FROM d), extract(month FROM d),
-                extract(year FROM d)
-            FROM generate_series(CAST(? AS date), CAST(? AS date) + 30, interval '1 day') AS d""",
-            [start.date(), start.date()],
-        )
+        fill_own_calendar(session, start.date(), 30)
         session.execute(
             """INSERT INTO "DimUser" SELECT i,
                 (CAST(? AS timestamp) + i * interval '1 minute') AT TIME ZONE 'UTC',

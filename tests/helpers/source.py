@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
-from resources.source_db import SourceDatabase
+from resources.source_db import SourceDatabase, SourceSession
 from spotify_assets.source.generator import BASE_SHAPE, InitialData, generate
 from spotify_assets.source.simulator import SimulationRates
 
@@ -42,3 +42,16 @@ def initialise(source: SourceDatabase, data: InitialData | None = None) -> Initi
     with source.session() as session:
         session.load_initial(data, {"seed": SEED, "scale": SCALE})
     return data
+
+
+def fill_own_calendar(session: SourceSession, first: date, days: int) -> None:
+    """A user's own `DimDate` on PostgreSQL, `first` and the `days` after it, written by hand
+    as a user would rather than by `source init`."""
+    session.execute(
+        f"""INSERT INTO "DimDate" SELECT CAST(to_char(d, 'YYYYMMDD') AS integer), d,
+            trim(to_char(d, 'Day')), extract(day FROM d), extract(month FROM d),
+            extract(year FROM d)
+        FROM generate_series(CAST(? AS date), CAST(? AS date) + {int(days)}, interval '1 day')
+            AS d""",
+        [first, first],
+    )
