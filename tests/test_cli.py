@@ -378,8 +378,10 @@ def test_an_interrupted_run_stops_in_one_line_and_the_next_run_resumes(
     assert_dimensions_equal_source(settings)
 
 
-def _as_a_background_job() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# A command as a script's background job starts it: SIGINT ignored (a shell's trap, inherited
+# through exec; a preexec_fn would fork this multithreaded process, and gRPC's fork handlers
+# then write to the child's stderr).
+BACKGROUND_JOB = ["sh", "-c", 'trap "" INT; exec "$0" "$@"']
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
@@ -394,8 +396,8 @@ def test_a_writer_interrupted_while_it_waits_for_the_lease_says_so_in_one_line(
     env = cli.env | {"SPOTIFY_WRITER_WAIT_SECONDS": "600"}
     with lake_writer(LakeStorage(url=cli.settings.lake_url), "test", 0, print):
         process = subprocess.Popen(
-            [CLI, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=_as_a_background_job,
+            [*BACKGROUND_JOB, CLI, "run"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert process.stderr is not None
         assert process.stderr.readline().startswith("waiting up to 600 s for the lake writer")
