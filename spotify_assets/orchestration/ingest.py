@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetKey,
     AssetsDefinition,
@@ -556,11 +557,16 @@ def _failed_checks(result: ExecuteInProcessResult, key: AssetKey) -> str:
     """The blocking checks of asset `key` that failed in the run, each with what it found
     (Dagster's own error names only their number)."""
     return "; ".join(
-        f"blocking check {check.check_name} failed"
-        + (f": {check.description}" if check.description else "")
+        f"blocking {_failed_check(check)}"
         for check in result.get_asset_check_evaluations()
         if check.asset_key == key and check.blocking and not check.passed
     )
+
+
+def _failed_check(check: AssetCheckEvaluation) -> str:
+    """A failed check in a line, with what it found."""
+    said = f": {check.description}" if check.description else ""
+    return f"check {check.check_name} failed{said}"
 
 
 def _root(error: _ErrorInfo | None) -> str:
@@ -592,8 +598,7 @@ def _loads(run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult) ->
     failed: dict[AssetKey, tuple[str, ...]] = {}
     for check in result.get_asset_check_evaluations():  # a blocking one would fail the run
         if not check.passed and check.severity is AssetCheckSeverity.ERROR:
-            line = f"{check.asset_key.to_user_string()}: check {check.check_name} failed"
-            line += f": {check.description}" if check.description else ""
+            line = f"{check.asset_key.to_user_string()}: {_failed_check(check)}"
             failed[check.asset_key] = (*failed.get(check.asset_key, ()), line)
 
     def total(entries: dict, name: str) -> Any:
