@@ -72,7 +72,7 @@ def source_init(
             raise SourceConfigError(
                 "the source already holds tables of the catalog, not made by `source init`: "
                 "to load your own rows run `spotify-lakehouse source attach`; --force drops them"
-                if source.holds_own_tables()
+                if not source.generated()
                 else "the source already holds Spotify tables; pass --force to drop and "
                 "recreate them"
             )
