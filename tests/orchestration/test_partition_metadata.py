@@ -1,14 +1,15 @@
 """What each partition of a range run records in Dagster: its own rows, as the lake holds them
 for that day, the run's totals under names that say so, and the run's details only on its last
-partition (a first load of years stored them once per day)."""
+partition (a first load of years stored them once per day); and what it plans: each partitioned
+asset per partition, every other asset once."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from datetime import date
 
-from dagster import AssetKey, DagsterInstance, EventLogRecord
+from dagster import AssetKey, DagsterEventType, DagsterInstance, EventLogRecord, PartitionKeyRange
 
 from resources.delta_tables import partition_stats
 from resources.lake import LakeStorage
@@ -18,6 +19,11 @@ from spotify_assets.catalog.tables import CHANGE_DATE
 from spotify_assets.orchestration.assets.bronze import bronze_key
 from spotify_assets.orchestration.assets.gold import gold_key
 from spotify_assets.orchestration.assets.silver import silver_key
+from spotify_assets.orchestration.definitions import build_definitions
+from spotify_assets.orchestration.partitions import (
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+)
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 
@@ -85,3 +91,34 @@ def test_each_partition_of_the_first_load_carries_its_own_rows(
         for name in [catalog.fact.lake_name, *(a.name for a in catalog.aggregates)]:
             gold = lake_rows(lake, gold_path(name), spec.date_column)
             assert_own_counts(instance, gold_key(name), {ROWS: gold})
+
+
+def test_a_first_load_plans_each_asset_over_its_own_partitions_and_builds_every_day(
+    loaded_lakehouse: Settings,
+) -> None:
+    """The UI reads a partition's status from the planned events and materializations: the first
+    load plans and materializes every day of each partitioned asset, and plans each of the
+    others (the source's observation, the calendar, gold's dimensions) once, not once per day of
+    the run (11 needless events a day)."""
+    graph = build_definitions(loaded_lakehouse).resolve_asset_graph()
+    planned_type = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    with DagsterInstance.get() as instance:
+        first_load = instance.get_runs()[-1]  # newest first
+        tags = first_load.tags
+        span = PartitionKeyRange(tags[PARTITION_RANGE_START_TAG], tags[PARTITION_RANGE_END_TAG])
+        planned = Counter(
+            (entry.dagster_event.asset_key, entry.dagster_event.partition)
+            for entry in instance.all_logs(first_load.run_id, of_type=planned_type)
+            if entry.dagster_event
+        )
+        expected: Counter[tuple[AssetKey | None, str | None]] = Counter()
+        for key in graph.get_all_asset_keys():
+            partitions = graph.get(key).partitions_def
+            if partitions is None:
+                expected[key, None] += 1
+                continue
+            days = partitions.get_partition_keys_in_range(span)
+            assert len(days) > 2, "a run of one day would prove nothing"
+            expected.update((key, day) for day in days)
+            assert set(instance.get_materialized_partitions(key)) == set(days), key
+        assert planned == expected

@@ -19,6 +19,14 @@ from spotify_assets.catalog.lake_paths import SOURCE
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.orchestration.assets.columns import COLUMN_SCHEMA, column_schema
 
+# The observation's op, named to sort after every layer's asset op (`bronze__…`, `gold__…`,
+# `silver__…`). Dagster 1.13 takes a run's partitions from the last asset step of its plan, sorted
+# by name, and then plans every asset of the run over them: behind a partitioned step, each
+# unpartitioned asset of a range run (this observation, the calendar, gold's dimensions) was
+# planned once per day (11 events a day of a first load); behind this one, each asset is planned
+# over its own partitions.
+OBSERVATION_OP = f"{SOURCE}_observation"
+
 
 def source_key(table: Table) -> AssetKey:
     return AssetKey([SOURCE, table.name])
@@ -46,7 +54,7 @@ def build_source_observation(catalog: Catalog, dialect: str):
     specs = [source_spec(t, dialect) for t in catalog]
 
     @multi_observable_source_asset(
-        specs=specs, name="observe_source", can_subset=True, group_name=SOURCE
+        specs=specs, name=OBSERVATION_OP, can_subset=True, group_name=SOURCE
     )
     def observe_source(
         context: AssetExecutionContext, source_db: ResourceParam[SourceDatabase]
