@@ -223,7 +223,11 @@ class SilverStore:
             or not exists(self.lake, self.path)
         ):
             return None
-        return self.read().where(~F.col(CHANGE_DATE).between(F.lit(chunk[0]), F.lit(days[1])))
+        rows = self.read().where(~F.col(CHANGE_DATE).between(F.lit(chunk[0]), F.lit(days[1])))
+        # A dimension's history (a file per day), joined with the chunk's few keys, is read
+        # through one stream as gold reads it (`GoldRunner.apply_dimension`); a fact's, large
+        # and filtered on its keys' range, keeps its streams.
+        return rows if fact else rows.coalesce(1)
 
     def _read(self, path: str, days: Days | None) -> DataFrame:
         rows = self.spark.read.format("delta").load(path)
