@@ -171,11 +171,13 @@ def instance_config() -> str:
     """The `dagster.yaml` of the product's instance: storage defaults (all under DAGSTER_HOME),
     with an event log that writes a batch of events (a range run's per-partition events) at once,
     and SQLite files each on one engine per process (`resources/dagster_storage.py`);
-    lake writers queue one at a time (ingest.WRITER_TAG). The instance does not report usage (and
+    lake writers queue one at a time (ingest.WRITER_TAG); runs start warm
+    (`resources/dagster_launcher.py`). The instance does not report usage (and
     so prints no telemetry banner into the CLI's output); `telemetry: enabled: true` in its
     dagster.yaml turns it on."""
     # Imported here, as in `dagster_instance`: Dagster's storage modules and SQLAlchemy take
     # ~0.35 CPU s to import, which an idle `run` (no Dagster run) does not need.
+    from resources.dagster_launcher import ForkedRunLauncher
     from resources.dagster_storage import (
         BatchingSqliteEventLogStorage,
         KeptSqliteRunStorage,
@@ -200,6 +202,8 @@ def instance_config() -> str:
             "  config:\n    dagster_home:\n      env: DAGSTER_HOME\n"
             for role, storage in storages.items()
         )
+        + f"run_launcher:\n  module: {ForkedRunLauncher.__module__}\n"
+        + f"  class: {ForkedRunLauncher.__name__}\n"
     )
 
 
