@@ -39,9 +39,8 @@ def execute_run(serialized_args: str, environment: dict[str, str]) -> None:
     launching process's environment of the moment (the fork server's is that of its start)."""
     os.environ.clear()
     os.environ.update(environment)
-    # `dg dev` started with SIGINT ignored (a background job) passes that on to its children:
-    # the run must still stop when terminated.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # It handles SIGINT itself (a canceled run), even where the fork server started with SIGINT
+    # ignored (`dg dev` as a script's background job).
     execute_run_command.callback(input_json=serialized_args, compressed_input_json=None)
 
 

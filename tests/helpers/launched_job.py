@@ -1,13 +1,30 @@
-"""A job for the run launcher's tests (tests/resources/test_dagster_launcher.py): Dagster loads it
-again by this file's path in the run's own process."""
+"""A job for the run launcher's tests (tests/resources/test_dagster_launcher.py), which Dagster
+loads again by this file's path in the run's own process, and how they launch, await and
+terminate its runs on the CLI's instance."""
 
 import os
+import sys
 import time
 from pathlib import Path
 
-from dagster import OpExecutionContext, in_process_executor, job, op
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    OpExecutionContext,
+    in_process_executor,
+    job,
+    op,
+    reconstructable,
+)
+
+from resources.dagster_storage import BATCH_SIZE_VARIABLE
+from spotify_assets.cli.commands import dagster_instance
+from spotify_assets.orchestration.settings import Settings
 
 HOLD_SECONDS = 120  # a held run ends by itself only if the test failed to terminate it
+# A guard against a run that never gets there, not a measure: a few seconds on a quiet machine.
+WAIT_SECONDS = 180
 
 
 @op(config_schema={"marker": str, "hold": bool})
@@ -23,3 +40,49 @@ def record_pid(context: OpExecutionContext) -> None:
 @job(executor_def=in_process_executor)  # the op runs in the run's worker process
 def worker_job() -> None:
     record_pid()
+
+
+def cli_instance(home: Path) -> DagsterInstance:
+    """The instance `spotify-lakehouse` creates under a fresh SPOTIFY_HOME (the caller has no
+    DAGSTER_HOME or batch size set)."""
+    assert "DAGSTER_HOME" not in os.environ and BATCH_SIZE_VARIABLE not in os.environ
+    return dagster_instance(Settings.from_env({"SPOTIFY_HOME": str(home)}))
+
+
+def launch(instance: DagsterInstance, marker: Path, hold: bool) -> str:
+    run = instance.create_run_for_job(
+        job_def=worker_job,
+        run_config={"ops": {"record_pid": {"config": {"marker": str(marker), "hold": hold}}}},
+        job_code_origin=reconstructable(worker_job).get_python_origin(),
+    )
+    # No workspace: Dagster's default launcher would need a code server to start it.
+    instance.launch_run(run.run_id, workspace=None)  # ty: ignore[invalid-argument-type]
+    return run.run_id
+
+
+def wait_for(instance: DagsterInstance, run_id: str, statuses: set[DagsterRunStatus]) -> DagsterRun:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while (run := instance.get_run_by_id(run_id)) is not None and run.status not in statuses:
+        assert time.monotonic() < deadline, f"run {run_id} still {run.status}"
+        time.sleep(0.2)
+    assert run is not None
+    return run
+
+
+def terminated_status(home: Path) -> DagsterRunStatus:
+    """Launches a run that holds until terminated, terminates it once its op runs, and returns
+    the status it ends with."""
+    instance = cli_instance(home)
+    marker = home / "pid"
+    run_id = launch(instance, marker, hold=True)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not marker.exists():  # the op is running
+        assert time.monotonic() < deadline, "the run never reached its op"
+        time.sleep(0.2)
+    assert instance.run_launcher.terminate(run_id)
+    ended = {DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS}
+    return wait_for(instance, run_id, ended).status
+
+
+if __name__ == "__main__":
+    print(terminated_status(Path(sys.argv[1])).value)
