@@ -35,6 +35,7 @@ from resources.source_db import SourceDatabase
 from resources.source_reader import ReaderKind, read_arrow, read_as_text
 from spotify_assets.bronze.dialects import DIALECTS, Dialect
 from spotify_assets.bronze.manifest import BronzeFile, Manifest
+from spotify_assets.bronze.profile import file_profile
 from spotify_assets.bronze.schema import (
     EXTRACTED_AT,
     RUN_ID,
@@ -415,14 +416,19 @@ class CopyRunner(BaseModel, ABC):
         run_id: str,
     ) -> BronzeFile:
         path = self.store(table).file_path(partition, extraction)
-        self.lake.write_parquet(path, rows)
+        size = self.lake.write_parquet(path, rows)
         written = time.time_ns() // 1_000_000
         if window is None:
             return BronzeFile(path, rows.num_rows, run_id, None, None, fingerprint=fingerprint(
-                rows.select(list(table.column_names))), written=written)  # fmt: skip
+                rows.select(list(table.column_names))), written=written, bytes=size)  # fmt: skip
         if partition is not None:
             window = window.intersect(Window.of_days(partition, partition))
-        return BronzeFile(path, rows.num_rows, run_id, partition, window, written=written)
+        # Published with the file in one manifest version: no crash separates the two.
+        profile = file_profile(rows, table)
+        return BronzeFile(
+            path, rows.num_rows, run_id, partition, window, written=written, bytes=size,
+            profile=profile,
+        )  # fmt: skip
 
 
 class LocalCopyRunner(CopyRunner):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
+from spotify_assets.bronze.profile import FileProfile
 from spotify_assets.bronze.windows import Window, subtract
 
 
@@ -26,6 +27,10 @@ class BronzeFile:
     # When the file was written, in ms since the epoch (the clock of Delta's add actions), for
     # reconciliation to tell a layer built before it; None in manifests older than the field.
     written: int | None = None
+    # Its size as written, and its rows' profile for reconciliation (partitioned tables): None
+    # in manifests older than the fields.
+    bytes: int | None = None
+    profile: FileProfile | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -37,6 +42,8 @@ class BronzeFile:
             "live": [w.to_json() for w in self.live],
             "fingerprint": self.fingerprint,
             "written": self.written,
+            "bytes": self.bytes,
+            "profile": self.profile.to_json() if self.profile else None,
         }
 
     @classmethod
@@ -50,6 +57,8 @@ class BronzeFile:
             live=tuple(Window.from_json(w) for w in value["live"]),
             fingerprint=value.get("fingerprint"),
             written=value.get("written"),
+            bytes=value.get("bytes"),
+            profile=FileProfile.from_json(value["profile"]) if value.get("profile") else None,
         )
 
     @property

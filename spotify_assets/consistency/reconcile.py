@@ -24,19 +24,11 @@ from enum import IntEnum
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spotify_assets.bronze.profile import EMPTY, DayProfile
 from spotify_assets.bronze.windows import Window, arrow_scalar, midnight
 from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, UNMATCHED_KEY
 
 AFFECTS_FROM = "_affects_from"
-
-
-@dataclass(frozen=True)
-class DayProfile:
-    rows: int
-    checksum: int
-
-
-EMPTY = DayProfile(0, 0)
 
 
 class Layer(IntEnum):

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from resources.copy_runner import LocalCopyRunner
 from resources.lake import LakeStorage
 from resources.source_db import SourceDatabase
+from spotify_assets.bronze.profile import file_profile
 from spotify_assets.catalog.tables import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
 
 
@@ -75,3 +76,15 @@ def assert_bronze_matches_source(source: SourceDatabase, runner: LocalCopyRunner
         if table.mode is CaptureMode.WATERMARK:
             keys = bronze[table.key[0]]
             assert pc.count_distinct(keys).as_py() == len(keys), f"{table.name}: duplicates"
+        assert_profiles_match_files(runner, table)
+
+
+def assert_profiles_match_files(runner: LocalCopyRunner, table: Table) -> None:
+    """Every file the manifest lists is of the size it records, and holds the rows its
+    recorded profile describes (what reconciliation takes instead of reading the file)."""
+    store = runner.store(table)
+    for file in store.current().files:
+        assert runner.lake.fs.size(runner.lake.path(file.path)) == file.bytes, file.path
+        if table.change_time_column:
+            rows = runner.lake.read_parquet([file.path])
+            assert file.profile == file_profile(rows, table), file.path
