@@ -11,6 +11,7 @@ write is never visible and older extractions stay on the lake for audit.
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 from collections.abc import Sequence
 from datetime import date
@@ -77,6 +78,18 @@ class BronzeStore:
                 found.append((file, f"holds {rows} rows, the manifest lists {file.rows}"))
         return found
 
+    def as_written(self, files: Sequence[BronzeFile]) -> set[str]:
+        """The paths of `files` whose size on the lake is the size recorded when they were
+        written, from one listing per partition (no file opened): any other was replaced,
+        damaged or lost since (or written before sizes were recorded)."""
+        recorded = [f for f in files if f.bytes is not None]
+        sizes = {
+            posixpath.join(folder, name): size
+            for folder in sorted({posixpath.dirname(f.path) for f in recorded})
+            for name, size in self.lake.file_sizes(folder).items()
+        }
+        return {f.path for f in recorded if sizes.get(f.path) == f.bytes}
+
     def commit(self, manifest: Manifest) -> None:
         """Publish the next version; fails if another writer published it first."""
         self.lake.create_json(self.manifest_path(manifest.version), manifest.to_json())
@@ -100,16 +113,22 @@ class BronzeStore:
         if intact_only:
             damaged = {f.path for f, _ in self.damaged_files(files)}
             files = [f for f in files if f.path not in damaged]
+        return self.read_files(files, columns)
+
+    def read_all(self, manifest: Manifest | None = None) -> pa.Table:
+        manifest = manifest or self.current()
+        return self.read_files(manifest.files)
+
+    def read_files(
+        self, files: Sequence[BronzeFile], columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """The live rows of `files`, with only `columns` if given; a missing or damaged file
+        fails in one line naming it."""
         parts = [self._live_rows(f, columns) for f in files]
         if parts:
             return _concat(parts)
         empty = self.empty()
         return empty.select(list(columns)) if columns else empty
-
-    def read_all(self, manifest: Manifest | None = None) -> pa.Table:
-        manifest = manifest or self.current()
-        parts = [self._live_rows(f) for f in manifest.files]
-        return _concat(parts) if parts else self.empty()
 
     def partition_stats(
         self, manifest: Manifest | None = None

@@ -400,6 +400,19 @@ class LakeStorage(BaseModel):
         prefix = posixpath.join(self._root, relative_dir) + "/"
         return {posixpath.join(relative_dir, p.removeprefix(prefix)) for p in found}
 
+    def file_sizes(self, relative_dir: str) -> dict[str, int]:
+        """The size in bytes of each file directly below a directory, by name, from one listing
+        (no file opened); empty if it does not exist."""
+        try:
+            entries = self.fs.ls(self.path(relative_dir), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {
+            posixpath.basename(e["name"].rstrip("/")): e["size"]
+            for e in entries
+            if e["type"] == "file"
+        }
+
     def list_names(self, relative_dir: str) -> list[str]:
         """Names directly below a directory; empty if it does not exist."""
         try:  # one listing, no existence probe first: a round trip saved on object stores

@@ -38,6 +38,7 @@ from resources.delta_tables import (
 from resources.gold_state import applied_version, unmatched_records
 from resources.lake import LakeStorage
 from spotify_assets.bronze.manifest import Manifest
+from spotify_assets.bronze.profile import DayProfile, added, day_profiles, profiled_columns
 from spotify_assets.bronze.windows import Window, as_date
 from spotify_assets.catalog.gold_spec import UNMATCHED_DIMENSION, PointInTimeFact, Scd2Dimension
 from spotify_assets.catalog.lake_paths import bronze_path, gold_path, quarantine_path, silver_path
@@ -52,7 +53,6 @@ from spotify_assets.catalog.tables import (
 from spotify_assets.consistency.reconcile import (
     ABSENT,
     AFFECTS_FROM,
-    DayProfile,
     Layer,
     PartitionStats,
     affects_from,
@@ -177,7 +177,7 @@ def _source_and_bronze(
     with runner.source.session() as session:
         rows = session.query(session.sql.daily_profile_query(table, window))
     source = {as_date(day): DayProfile(int(n), int(total or 0)) for day, n, total in rows}
-    return window, source, bronze_profile(runner, table, window)
+    return window, source, bronze_profile(runner, table, window, manifest)
 
 
 def _lake_layers(
@@ -349,31 +349,22 @@ def _newest(tables: Iterable[Partitions]) -> Partitions:
     return newest
 
 
-def bronze_profile(runner: CopyRunner, table: Table, window: Window) -> dict[date, DayProfile]:
-    """What bronze holds of `window`, profiled exactly as the source's `daily_profile_query`."""
+def bronze_profile(
+    runner: CopyRunner, table: Table, window: Window, manifest: Manifest | None = None
+) -> dict[date, DayProfile]:
+    """What bronze holds of `window`, profiled exactly as the source's `daily_profile_query`:
+    the profiles the manifest recorded of its files as they were written, added up. Only the
+    files it cannot answer for are read: written before profiles were recorded, partly
+    superseded by a newer extraction, holding rows outside `window`, or no longer of the size
+    written (a missing or damaged file, read, fails in one line naming it)."""
     store = runner.store(table)
-    manifest = store.current()
-    days = [p for p in manifest.partitions() if window.start.date() <= p <= window.end.date()]
-    checksum = CHANGE_SEQ if table.mode is CaptureMode.CDC else table.key[0]
-    assert table.change_time_column is not None
-    columns = list(dict.fromkeys([table.change_time_column, checksum, CHANGE_SEQ]))
-    parts = [store.read(d, manifest, columns=columns) for d in days]
-    # Older files declare the catalog's NOT NULL, newer ones not (tables.copied_schema).
-    rows = pa.concat_tables(parts, promote_options="default") if parts else store.empty()
-    rows = rows.select(columns)
-    inside = window.holds(rows[table.change_time_column])
-    if table.mode is CaptureMode.CDC:
-        inside = pc.and_(inside, pc.is_valid(rows[CHANGE_SEQ]))  # change records, not images
-    rows = rows.filter(inside)
-    days = pc.cast(rows[table.change_time_column], pa.date32())
-    # Summed exactly, as the source sums it (no 64-bit wrap-around on large sequences).
-    sums = pc.cast(rows[checksum], pa.decimal128(38, 0))
-    # A day at a time (the lookback's few), not with `group_by`: its engine, Acero, imports
-    # pyarrow's dataset module and pandas, ~0.4 CPU s of an idle `run`.
-    profile = {}
-    for day in pc.unique(days):
-        held = sums.filter(pc.equal(days, day))
-        # Every row, as COUNT(*): a NULL key (a source without the constraint) is a row too.
-        rows_held = pc.count(held, mode="all").as_py()
-        profile[day.as_py()] = DayProfile(rows_held, int(pc.sum(held).as_py() or 0))
-    return profile
+    manifest = manifest or store.current()
+    first, last = window.start.date(), window.end.date()
+    files = [f for f in manifest.files if f.partition and first <= f.partition <= last]
+    usable = [f for f in files if f.fully_live and f.profile and f.profile.within(window)]
+    intact = store.as_written(usable)
+    profiles = [f.profile.days for f in usable if f.profile and f.path in intact]
+    if unread := [f for f in files if f.path not in intact]:
+        rows = store.read_files(unread, profiled_columns(table))
+        profiles.append(tuple(day_profiles(rows, table, window).items()))
+    return added(profiles)

@@ -4,6 +4,7 @@ after an interrupted one, or by the reconciliation sensor, over all loaded days.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -11,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, build_sensor_context
 from hypothesis import given, settings
@@ -18,12 +20,20 @@ from hypothesis import strategies as st
 from sqlglot import exp
 
 from resources import reconciler
+from resources.copy_runner import LocalCopyRunner
 from resources.delta_tables import delta_table, partition_stats, table_stats
 from resources.gold_runner import GoldRunner
 from resources.lake import LakeStorage
 from resources.reconciler import reconcile
 from resources.silver_store import SilverStore
 from spotify_assets.bronze.dialects import DIALECTS, Dialect
+from spotify_assets.bronze.profile import (
+    FileProfile,
+    added,
+    day_profiles,
+    file_profile,
+    profiled_columns,
+)
 from spotify_assets.bronze.windows import Window
 from spotify_assets.catalog.gold_spec import (
     UNMATCHED_DIMENSION,
@@ -39,6 +49,7 @@ from spotify_assets.catalog.tables import (
     CHANGE_SEQ,
     VERSION_AT,
     CaptureMode,
+    Table,
 )
 from spotify_assets.cli.commands import instance_config, refresh, run, source_simulate
 from spotify_assets.consistency.reconcile import (
@@ -67,7 +78,7 @@ from spotify_assets.orchestration.partitions import (
 )
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
-from spotify_assets.source.simulator import SimulationRates
+from spotify_assets.source.simulator import SimulationRates, simulate
 from tests.helpers.bronze import load_everything, runner_for
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source, source_session
 from tests.helpers.processes import Lakehouse, cli_imports
@@ -179,6 +190,52 @@ def test_affects_from_follows_its_definition(
     assert [by_row[i] for i in range(len(rows))] == _first_day_affected(rows)
 
 
+_TIMES = [datetime(2026, 1, d, h, m) for d in (2, 3, 4) for h in (0, 23) for m in (0, 59)]
+
+
+@settings(deadline=None)
+@given(
+    st.sampled_from(["FactStream", "DimUser"]),
+    st.lists(
+        st.tuples(
+            st.none() | st.sampled_from(_TIMES),
+            st.none() | st.integers(1, 2**62),  # the key
+            st.none() | st.integers(1, 2**62),  # the sequence (None: an image)
+        ),
+        max_size=12,
+    ),
+    st.lists(st.integers(0, 12), max_size=3),
+    st.sampled_from(_TIMES),
+    st.sampled_from(_TIMES),
+)
+def test_recorded_file_profiles_add_up_to_the_profile_of_their_rows(
+    name: str,
+    rows: list[tuple[datetime | None, int | None, int | None]],
+    cuts: list[int],
+    start: datetime,
+    end: datetime,
+) -> None:
+    """Rows cut into files: each file's recorded profile stands for it where the window holds
+    its rows, the rest is profiled from the rows in the window (as reconciliation does), and
+    together they are the profile of every row in the window."""
+    table = CATALOG[name]
+    time, key, sequence = profiled_columns(table)[0], table.key[0], CHANGE_SEQ
+    types = {time: pa.timestamp("us"), key: pa.int64(), sequence: pa.int64()}
+    columns = list(zip(*rows, strict=True)) if rows else [[], [], []]
+    held = pa.table({c: pa.array(v, types[c]) for c, v in zip(types, columns, strict=True)})
+    window = Window(min(start, end), max(start, end))
+    bounds = [0, *sorted(min(c, len(rows)) for c in cuts), len(rows)]
+    files = [held.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
+    recorded = [(f, file_profile(f, table)) for f in files]
+    parts = [p.days if p.within(window) else day_profiles(f, table, window).items()
+             for f, p in recorded]  # fmt: skip
+    assert added(parts) == day_profiles(held, table, window)
+    for f, p in recorded:
+        if p.within(window):
+            assert dict(p.days) == day_profiles(f, table, window)
+        assert FileProfile.from_json(json.loads(json.dumps(p.to_json()))) == p
+
+
 def test_a_fact_day_is_stale_once_a_member_it_found_no_row_of_has_arrived() -> None:
     """Facts of a key no dimension row had when their day was built take the key's first
     version once it arrives, whatever its business time: exactly those days are rebuilt."""
@@ -264,6 +321,69 @@ def test_reconcile_sees_rows_the_lake_lacks(sqlite_source, tmp_path) -> None:
     assert [d for d, layer in found.stale.items() if layer is Layer.BRONZE] == [day]
     assert found.source[day].rows == found.bronze[day].rows - 1
     assert "stale" in found.describe()
+
+
+def _without_profiles(runner: LocalCopyRunner, table: Table) -> None:
+    """The latest manifest of `table` as written before bronze recorded its files' sizes and
+    profiles (today's lakes)."""
+    store = runner.store(table)
+    path = Path(runner.lake.path(store.manifest_path(store.current().version)))
+    manifest = json.loads(path.read_text())
+    for file in manifest["files"]:
+        del file["bytes"], file["profile"]
+    path.write_text(json.dumps(manifest))
+
+
+def test_manifests_without_profiles_are_reconciled_from_their_files(
+    sqlite_source, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lake whose manifests hold no profile of their files (written before they did) is
+    reconciled as before, from its files read back; the same days are found stale."""
+    initialise(sqlite_source)
+    runner = runner_for(sqlite_source, tmp_path / "lake")
+    load_everything(runner, sqlite_source.catalog)
+    with sqlite_source.session() as session:
+        session.execute("DELETE FROM FactStream WHERE stream_id = (SELECT stream_id FROM "
+                        "FactStream ORDER BY stream_timestamp DESC LIMIT 1 OFFSET 3)")  # fmt: skip
+        session.apply(simulate(session.read_state(), days=1, seed=SEED, rates=LATE))
+    tables = [t for t in sqlite_source.catalog if t.change_time_column]
+    recorded = {t.name: reconcile(runner, t, 7) for t in tables}
+    assert any(Layer.BRONZE in found.stale.values() for found in recorded.values())
+
+    read: list[str] = []
+    read_parquet = LakeStorage.read_parquet
+
+    def counted(
+        self: LakeStorage, relatives: list[str], columns: list[str] | None = None
+    ) -> pa.Table:
+        read.extend(relatives)
+        return read_parquet(self, relatives, columns)
+
+    monkeypatch.setattr(LakeStorage, "read_parquet", counted)
+    assert {t.name: reconcile(runner, t, 7) for t in tables} == recorded
+    assert read == []
+    for table in tables:
+        _without_profiles(runner, table)
+    assert {t.name: reconcile(runner, t, 7) for t in tables} == recorded
+    assert {path.split("/")[1] for path in read} == {t.name for t in tables}
+
+
+def test_a_bronze_file_changed_since_it_was_written_is_read_not_its_profile(
+    sqlite_source, tmp_path
+) -> None:
+    """A file of another size than the manifest recorded (replaced by hand, damaged) is read:
+    its day is compared with the source by what it holds now."""
+    initialise(sqlite_source)
+    runner = runner_for(sqlite_source, tmp_path / "lake")
+    fact = sqlite_source.catalog["FactStream"]
+    runner.copy(fact, None, "first", from_watermark=True)
+    manifest = runner.store(fact).current()
+    day = max(manifest.partitions())
+    assert reconcile(runner, fact, 7).stale.get(day) is not Layer.BRONZE
+    (file, *_) = manifest.files_of(day)
+    path = runner.lake.path(file.path)
+    pq.write_table(pq.read_table(path).slice(1), path)
+    assert reconcile(runner, fact, 7).stale[day] is Layer.BRONZE
 
 
 # Days reconciliation used to skip: older than the lookback of the resume logic and of the

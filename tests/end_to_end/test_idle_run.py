@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from dagster import AssetKey, DagsterInstance
 from sqlalchemy.exc import OperationalError
@@ -27,7 +28,7 @@ from resources.silver_store import SilverStore
 from resources.spark import SparkResource
 from spotify_assets.bronze.manifest import Manifest
 from spotify_assets.bronze.windows import Window
-from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
+from spotify_assets.catalog.lake_paths import BRONZE, gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE, CaptureMode, Catalog, Table
 from spotify_assets.cli import commands, main
 from spotify_assets.cli.commands import instance_config, run
@@ -119,6 +120,26 @@ def test_a_run_with_nothing_to_do_loads_neither_dagster_nor_spark(loaded: Settin
     assert json.loads(result.stdout) == NOTHING_DONE
     assert imported == []
     assert _lake_state(loaded) == lake, "no Delta version, manifest or gold state written"
+
+
+def test_a_run_with_nothing_to_do_reads_no_bronze_file(
+    loaded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reconciliation's lookback takes bronze's counts and checksums per day from the profiles
+    the manifests recorded as the files were written, and their sizes from a listing of each
+    partition: no bronze file is read back (at scale 10 that read was half of an idle run)."""
+    read: list[str] = []
+    read_parquet = LakeStorage.read_parquet
+
+    def counted(
+        self: LakeStorage, relatives: list[str], columns: list[str] | None = None
+    ) -> pa.Table:
+        read.extend(relatives)
+        return read_parquet(self, relatives, columns)
+
+    monkeypatch.setattr(LakeStorage, "read_parquet", counted)
+    assert run(loaded) == NOTHING_DONE
+    assert [path for path in read if path.startswith(f"{BRONZE}/")] == []
 
 
 def test_the_run_after_a_refresh_has_nothing_to_do(

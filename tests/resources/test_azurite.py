@@ -77,8 +77,11 @@ def test_lake_verbs_on_azurite(azurite: Azurite, azure_env: pytest.MonkeyPatch) 
     lake = LakeStorage(url=url)
 
     rows = pa.table({"id": [1, 2, 3], "name": ["a", "b", "c"]})
-    assert lake.write_parquet("bronze/T/date=2026-01-01/x.parquet", rows) > 0
+    size = lake.write_parquet("bronze/T/date=2026-01-01/x.parquet", rows)
+    assert size > 0
     assert lake.read_parquet(["bronze/T/date=2026-01-01/x.parquet"]).equals(rows)
+    assert lake.file_sizes("bronze/T/date=2026-01-01") == {"x.parquet": size}
+    assert lake.file_sizes("bronze/nothing") == {}
     assert lake.path("bronze/T") == lake.uri("bronze/T") == f"{url}/bronze/T"
 
     lake.create_json("bronze/T/_manifests/v0000000001.json", {"version": 1})
