@@ -548,12 +548,20 @@ class PostgresDialect(SqlDialect):
             values = ", ".join(f"{row}.{self.quote(c)}" for c in table.column_names)
             return f"INSERT INTO {ct} ({columns}) VALUES ({op}, {clock}, {values});"
 
+        # Row triggers do not fire on TRUNCATE: a statement trigger before it records the
+        # delete of every row, or the rows not refilled would stay current downstream.
+        every_row = (
+            f"INSERT INTO {ct} ({columns}) SELECT 'D', {clock}, "
+            f"{self.column_list(table.column_names)} FROM {self.quote(table.name)} "
+            f"ORDER BY {self.column_list(table.key)};"
+        )
         # An update of the key is the delete of the old row and the insert of the new one.
         return [
             *self.change_table(
                 table, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "CHAR(1)", image_types
             ),
             f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
+            f"  IF TG_OP = 'TRUNCATE' THEN\n    {every_row}\n    RETURN NULL;\n  END IF;\n"
             f"  IF TG_OP = 'DELETE' THEN\n    {capture('OLD', quote_literal('D'))}\n"
             f"    RETURN OLD;\n  END IF;\n"
             f"  IF TG_OP = 'UPDATE' AND ({self.key_changed(table)}) THEN\n"
@@ -562,6 +570,8 @@ class PostgresDialect(SqlDialect):
             "  RETURN NEW;\nEND\n$$",
             f"CREATE TRIGGER {function} AFTER INSERT OR UPDATE OR DELETE ON "
             f"{self.quote(table.name)} FOR EACH ROW EXECUTE FUNCTION {function}()",
+            f"CREATE TRIGGER {self.quote(f'{table.name}_capture_truncate')} BEFORE TRUNCATE ON "
+            f"{self.quote(table.name)} FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
         ]
 
 

@@ -249,6 +249,26 @@ def test_attached_capture_takes_the_source_types_so_the_users_writes_pass(
     ]
 
 
+def test_a_truncate_is_captured_as_the_delete_of_every_row(
+    postgres_source: SourceDatabase,
+) -> None:
+    """A DBA's TRUNCATE of a dimension, then its refill: the rows not refilled are deleted in
+    gold only if their deletes are recorded (row triggers do not fire on TRUNCATE: they stayed
+    current forever, and reconciliation, counting the same records, saw nothing)."""
+    users = initialise(postgres_source).dims["DimUser"].sort_by("user_id")
+    keys, plans = users["user_id"].to_pylist(), users["subscription_type"].to_pylist()
+    with postgres_source.session() as session:
+        session.execute('TRUNCATE "DimUser"')
+        session.execute(
+            """INSERT INTO "DimUser" VALUES (?, 'ann', 'SE', 'Free', NULL, NULL, now())""",
+            [keys[0]],
+        )
+    assert change_rows_of(postgres_source) == [
+        *sorted(("D", key, plan) for key, plan in zip(keys, plans, strict=True)),
+        ("I", keys[0], "Free"),
+    ]
+
+
 def change_rows_of(source: SourceDatabase) -> list[tuple]:
     with source.session() as session:
         return session.query(
