@@ -388,10 +388,17 @@ class SourceSession:
         return SourceState(
             clock=clock,
             dims=dims,
-            next_ids={name: int(meta[_next_id(name)]) for name in self._keyed_tables()},
+            next_ids={name: self._next_free_id(name, meta) for name in self._keyed_tables()},
             date_keys_until=as_date(last_day),
             date_keys_from=as_date(first_day),
         )
+
+    def _next_free_id(self, name: str, meta: dict[str, str]) -> int:
+        """The table's key counter, or past its largest key where rows were added by hand: the
+        simulator never allocates a key twice."""
+        (key,) = self.catalog[name].key
+        ((_, largest),) = self.query(self.sql.range_of(name, key))
+        return max(int(meta[_next_id(name)]), int(largest or 0) + 1)
 
     # --- reads ---
 

@@ -136,6 +136,25 @@ def test_simulated_days_are_mirrored_and_captured(source: SourceDatabase) -> Non
         }
 
 
+def test_simulation_never_allocates_a_key_added_by_hand(sqlite_source: SourceDatabase) -> None:
+    """Rows a user inserted by hand, with the keys the simulator would allocate next: a day's
+    simulation allocates past them (it failed on the stream's UNIQUE constraint)."""
+    initialise(sqlite_source)
+    with sqlite_source.session() as session:
+        counters = session.read_state().next_ids
+        for name, counter in counters.items():
+            table = sqlite_source.catalog[name]
+            row = session.read_table(table).slice(0, 1)
+            (key,) = table.key
+            by_hand = row.set_column(
+                row.schema.get_field_index(key), key, pa.array([counter], pa.int64())
+            )
+            session.bulk_insert(table, by_hand.cast(table.arrow_schema))
+        state = session.read_state()
+        assert state.next_ids == {name: counter + 1 for name, counter in counters.items()}
+        session.apply(simulate(state, days=1, seed=SEED, rates=BUSY))
+
+
 def test_only_missing_tables_read_as_not_initialised(source: SourceDatabase) -> None:
     assert not source.exists()
     initialise(source)
