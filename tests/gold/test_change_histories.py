@@ -3,13 +3,15 @@
 A loaded lakehouse (source, lake and Dagster home) is prepared once per source engine; each
 history starts from a copy of it, edits the source with SQL as an application would — inserts,
 updates, updates that keep `updated_at`, deletes, re-inserts of deleted keys, restores of a
-deleted row with its original `updated_at`, key updates, new and late streams, streams of a user
-and a track that arrive in the source only later (late dimension members), several changes in
-one clock tick or at equal timestamps — runs `spotify-lakehouse run` after each round, and then
-gold equals plain SQL over the source: the current version of every key, every stream with its
-point-in-time user, and every aggregate. Explicit histories cover every pattern and each case
-generated histories found; the property test generates more (derandomized and few: each CLI run
-costs seconds, and a failing history is printed as generated, unshrunk).
+deleted row with its original `updated_at`, key updates, one UPDATE of every key at one
+timestamp, new and late streams, deletes of streams and the re-use of their `stream_id` on
+another day, streams of a user and a track that arrive in the source only later (late
+dimension members), several changes in one clock tick or at equal timestamps — runs
+`spotify-lakehouse run` after each round, and then gold equals plain SQL over the source: the
+current version of every key, every stream with its point-in-time user, and every aggregate.
+Explicit histories cover every pattern and each case generated histories found; the property
+test generates more (derandomized and few: each CLI run costs seconds, and a failing history
+is printed as generated, unshrunk).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ Change = tuple[str, int, str, str, int]  # kind, which key, country, plan, secon
 History = list[list[Change]]  # rounds of changes, `spotify-lakehouse run` after each
 
 KINDS = ("insert", "update", "update_keeping_time", "delete", "reinsert", "restore", "rekey",
-         "stream", "late_stream", "early_stream", "member", "backdate")  # fmt: skip
+         "update_all", "stream", "late_stream", "early_stream", "member", "backdate",
+         "delete_stream", "reuse_stream")  # fmt: skip
 changes = st.tuples(
     st.sampled_from(KINDS),
     st.integers(0, len(KEYS) - 1),  # which key (among those it applies to)
@@ -67,19 +70,21 @@ histories = st.lists(st.lists(changes, min_size=1, max_size=6), min_size=1, max_
 
 # Every pattern at least once: a re-insert in the delete's tick, an update keeping updated_at,
 # an update backdated before the updated_at the first load read, two updates at one timestamp,
-# a restore with the original updated_at, a key update, a new key,
-# streams (on time and late) after the changes, and a stream of a user and a track that arrive
-# in the next round, dated before it.
+# a restore with the original updated_at, a key update, a new key, every key updated in one
+# statement, streams (on time and late) after the changes, a stream of a user and a track that
+# arrive in the next round, dated before it, and a stream deleted whose id comes back a day
+# later in the next round.
 EVERY_PATTERN = [
     [("delete", 0, "US", "Free", 60), ("reinsert", 0, "SE", "Premium", 0),
      ("update_keeping_time", 0, "GB", "Family", 1), ("delete", 2, "US", "Free", 1),
      ("insert", 0, "GB", "Premium", 1), ("backdate", 1, "SE", "Family", 1),
-     ("stream", 0, "US", "Free", 90),
-     ("early_stream", 1, "US", "Free", 0)],
+     ("update_all", 0, "GB", "Free", 1), ("stream", 0, "US", "Free", 90),
+     ("early_stream", 1, "US", "Free", 0), ("delete_stream", 2, "US", "Free", 0)],
     [("member", 2, "SE", "Premium", 1), ("restore", 0, "US", "Free", 1),
      ("rekey", 1, "US", "Free", 0),
      ("update", 0, "US", "Free", 60), ("update", 0, "GB", "Premium", 0),
-     ("stream", 2, "US", "Free", 1), ("late_stream", 2, "US", "Free", 0)],
+     ("stream", 2, "US", "Free", 1), ("late_stream", 2, "US", "Free", 0),
+     ("reuse_stream", 1, "US", "Free", 0)],
 ]  # fmt: skip
 
 # Streams of a user and a track neither of which exists yet (today's and two days old), loaded;
@@ -117,7 +122,10 @@ class SourceEditor:
     days old). An early stream is `which` days old and of the user and the track the next
     `member` brings into the source (their key is the next new key), which is `updated_at` now
     (`which` 0) or `which + 2` days ago, before any early stream. A backdated update's
-    `updated_at` is a day before the row's."""
+    `updated_at` is a day before the row's. `update_all` updates every live key in one
+    statement; `delete_stream` deletes one of the last streams of the history or of the
+    history's edits, and `reuse_stream` inserts the oldest deleted `stream_id` again, `which`
+    days old."""
 
     session: SourceSession
     clock: datetime
@@ -125,6 +133,7 @@ class SourceEditor:
     deleted: dict[int, dict[str, Any]] = field(default_factory=dict)
     next_stream: int = 0
     next_key: int = NEW_KEY
+    deleted_streams: list[int] = field(default_factory=list)
 
     @classmethod
     def open(cls, session: SourceSession) -> SourceEditor:
@@ -140,6 +149,25 @@ class SourceEditor:
         if kind == "insert":
             template = next(iter({**self.live, **self.deleted}.values()))
             self._insert(template | values | {"user_id": self._new_key(), "updated_at": self.clock})
+            return
+        if kind == "update_all" and self.live:
+            self.session.execute(
+                f'UPDATE "{USERS.name}" SET country = ?, subscription_type = ?, updated_at = ? '
+                f"WHERE user_id IN ({', '.join('?' for _ in self.live)})",
+                [country, plan, self.clock, *self.live],
+            )
+            self.live = {k: r | values | {"updated_at": self.clock} for k, r in self.live.items()}
+            return
+        if kind == "delete_stream":
+            stream = self.next_stream - 1 - which
+            if stream not in self.deleted_streams:
+                self.session.apply_deletes(STREAMS, pa.array([stream], pa.int64()))
+                self.deleted_streams.append(stream)
+            return
+        if kind == "reuse_stream":
+            if self.deleted_streams:
+                at = self.clock - timedelta(days=which)
+                self._stream(KEYS[0], at, stream=self.deleted_streams.pop(0))
             return
         if kind == "early_stream":
             self._stream(self.next_key, self.clock - timedelta(days=which), track=self.next_key)
@@ -204,9 +232,10 @@ class SourceEditor:
             TRACKS, pa.Table.from_pylist([new_track], schema=TRACKS.arrow_schema)
         )
 
-    def _stream(self, user: int, at: datetime, track: int = 1) -> None:
+    def _stream(self, user: int, at: datetime, track: int = 1, stream: int | None = None) -> None:
+        """A stream of `user` at `at`: the next new `stream_id`, or `stream`."""
         row = {
-            "stream_id": self.next_stream,
+            "stream_id": self.next_stream if stream is None else stream,
             "user_id": user,
             "track_id": track,
             "date_key": int(at.strftime("%Y%m%d")),
@@ -214,7 +243,7 @@ class SourceEditor:
             "device_type": "mobile",
             "stream_timestamp": at,
         }
-        self.next_stream += 1
+        self.next_stream += stream is None
         self.session.bulk_insert(STREAMS, pa.Table.from_pylist([row], schema=STREAMS.arrow_schema))
 
 
