@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from resources.lake import LakeConflictError, LakeFileError, LakeStorage
+from resources.process_identity import ProcessIdentity
 
 LEASE_DIR = "_lease"
 # How long a record keeps the lease without renewal: the longest a SIGKILLed holder on another
@@ -73,9 +73,16 @@ class Holder:
     @classmethod
     def here(cls, entry: str, run_id: str | None = None) -> Holder:
         since = _now().strftime("%Y-%m-%d %H:%M:%S UTC")
-        pid = os.getpid()
-        machine = _machine()
-        return cls(entry, pid, socket.gethostname(), since, run_id, machine, _started(pid) or 0)
+        process = ProcessIdentity.of(os.getpid())
+        return cls(
+            entry,
+            process.pid,
+            socket.gethostname(),
+            since,
+            run_id,
+            process.machine,
+            process.started,
+        )
 
     def describe(self) -> str:
         run = f", run {self.run_id}" if self.run_id else ""
@@ -83,12 +90,8 @@ class Holder:
 
     def lives(self) -> bool | None:
         """Whether its process still runs, paused or not; None where unknowable (another
-        machine)."""
-        if not self.machine or self.machine != _machine():
-            return None
-        started = _started(self.pid)
-        # 0: a record written before start times were recorded, known by its pid alone.
-        return started is not None and self.started in (0, started)
+        machine). A record written before start times were recorded has 0: its pid alone."""
+        return ProcessIdentity(self.pid, self.started, self.machine).lives()
 
 
 @dataclass(frozen=True)
@@ -327,23 +330,3 @@ def _path(number: int) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _machine() -> str:
-    """This boot of this kernel and this pid namespace: where a pid names one process."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return ""
-
-
-def _started(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot); None if there is none or it has
-    ended (a zombie, killed but not yet reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # from the state on: fields 3.. of proc(5)
-    return None if fields[0] == "Z" else int(fields[19])
