@@ -12,8 +12,11 @@ fork keeps no other thread, so a preloaded thread pool or async runtime (numpy's
 allocator, delta-rs) would be broken in the run.
 
 A run whose code location runs on another interpreter (another environment) goes to the code
-server as before. The run's worker process id is tagged on the run: terminating it sends the
-worker SIGINT, which Dagster turns into a canceled run, as the code server's cancel does.
+server as before. The run's worker process is tagged on the run (its pid and start): terminating
+it sends the worker SIGINT, which Dagster turns into a canceled run, as the code server's cancel
+does, and Dagster's run monitoring (on in the instance's `dagster.yaml`) asks the launcher whether
+the worker still runs: a worker killed, or dead before it could report its run's end, fails its
+run instead of leaving it in progress for ever, holding the run queue's one writer slot.
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ import sys
 
 from dagster import DefaultRunLauncher
 from dagster._cli.api import execute_run_command
-from dagster._core.launcher import LaunchRunContext
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClassData, serialize_value
 
+from resources.process_identity import ProcessIdentity
+
 # Imported by the fork server before it forks any run; each starts no thread (checked by a test).
 PRELOADED = ("dagster", "dagster._cli.api", "sqlalchemy", "alembic", "grpc")
-WORKER_PID_TAG = "spotify/run_worker_pid"
+WORKER_TAG = "spotify/run_worker"  # its ProcessIdentity
 
 
 def execute_run(serialized_args: str, environment: dict[str, str]) -> None:
@@ -67,18 +73,34 @@ class ForkedRunLauncher(DefaultRunLauncher):
             name=f"dagster-run-{run.run_id}",
         )
         worker.start()
-        self._instance.add_run_tags(run.run_id, {WORKER_PID_TAG: str(worker.pid)})
+        self._instance.add_run_tags(run.run_id, {WORKER_TAG: str(ProcessIdentity.of(worker.pid))})
         self._run_ids.add(run.run_id)
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
-        if run is None or WORKER_PID_TAG not in run.tags:
+        if run is None or WORKER_TAG not in run.tags:
             return super().terminate(run_id)
         if run.is_finished:
             return False
         self._instance.report_run_canceling(run)
         try:
-            os.kill(int(run.tags[WORKER_PID_TAG]), signal.SIGINT)
+            os.kill(ProcessIdentity.parse(run.tags[WORKER_TAG]).pid, signal.SIGINT)
         except ProcessLookupError:
             return False
         return True
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        if WORKER_TAG not in run.tags:
+            # A run executed in a CLI command's process or launched by a code server: the lake
+            # lease fails it once its process is gone (resources/dagster_resources.py).
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not started by this launcher")
+        worker = ProcessIdentity.parse(run.tags[WORKER_TAG])
+        if worker.lives() is False:
+            return CheckRunHealthResult(
+                WorkerStatus.FAILED, f"its worker (pid {worker.pid}) ended without ending the run"
+            )
+        return CheckRunHealthResult(WorkerStatus.RUNNING)

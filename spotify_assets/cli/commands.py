@@ -172,9 +172,10 @@ def instance_config() -> str:
     with an event log that writes a batch of events (a range run's per-partition events) at once,
     and SQLite files each on one engine per process (`resources/dagster_storage.py`);
     lake writers queue one at a time (ingest.WRITER_TAG); runs start warm
-    (`resources/dagster_launcher.py`). The instance does not report usage (and
-    so prints no telemetry banner into the CLI's output); `telemetry: enabled: true` in its
-    dagster.yaml turns it on."""
+    (`resources/dagster_launcher.py`), and a run whose worker died (killed, or before it could
+    start) is failed by Dagster's run monitoring instead of holding the writers' queue. The
+    instance does not report usage (and so prints no telemetry banner into the CLI's output);
+    `telemetry: enabled: true` in its dagster.yaml turns it on."""
     # Imported here, as in `dagster_instance`: Dagster's storage modules and SQLAlchemy take
     # ~0.35 CPU s to import, which an idle `run` (no Dagster run) does not need.
     from resources.dagster_launcher import ForkedRunLauncher
@@ -204,6 +205,8 @@ def instance_config() -> str:
         )
         + f"run_launcher:\n  module: {ForkedRunLauncher.__module__}\n"
         + f"  class: {ForkedRunLauncher.__name__}\n"
+        + "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 180\n"
+        + "  max_resume_run_attempts: 0\n  poll_interval_seconds: 30\n"
     )
 
 

@@ -69,16 +69,22 @@ def wait_for(instance: DagsterInstance, run_id: str, statuses: set[DagsterRunSta
     return run
 
 
+def wait_for_op(marker: Path) -> int:
+    """Waits until the launched run's op runs, and returns its worker's process id."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the run never reached its op"
+        time.sleep(0.2)
+    return int(marker.read_text())
+
+
 def terminated_status(home: Path) -> DagsterRunStatus:
     """Launches a run that holds until terminated, terminates it once its op runs, and returns
     the status it ends with."""
     instance = cli_instance(home)
     marker = home / "pid"
     run_id = launch(instance, marker, hold=True)
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not marker.exists():  # the op is running
-        assert time.monotonic() < deadline, "the run never reached its op"
-        time.sleep(0.2)
+    wait_for_op(marker)
     assert instance.run_launcher.terminate(run_id)
     ended = {DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS}
     return wait_for(instance, run_id, ended).status

@@ -1,20 +1,35 @@
 """The run launcher of the CLI's instance (`resources/dagster_launcher.py`): a launched run
-executes in a process of its own (forked from a warm fork server, no code server needed), and
-terminating it cancels it there, even when the launching process ignores SIGINT."""
+executes in a process of its own (forked from a warm fork server, no code server needed),
+terminating it cancels it there, even when the launching process ignores SIGINT, and a run whose
+worker is killed is failed by Dagster's run monitoring instead of staying in progress."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from dagster import DagsterRunStatus
+from dagster import DagsterRunStatus, RunsFilter
+from dagster._core.launcher import WorkerStatus
+from dagster._daemon.monitoring.run_monitoring import monitor_started_run
 
-from resources.dagster_launcher import PRELOADED, WORKER_PID_TAG
+from resources.dagster_launcher import PRELOADED, WORKER_TAG
 from resources.dagster_storage import BATCH_SIZE_VARIABLE
-from tests.helpers.launched_job import cli_instance, launch, terminated_status, wait_for
+from resources.process_identity import ProcessIdentity
+from tests.helpers.launched_job import (
+    WAIT_SECONDS,
+    cli_instance,
+    launch,
+    terminated_status,
+    wait_for,
+    wait_for_op,
+    worker_job,
+)
 from tests.helpers.paths import REPO
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,7 +53,7 @@ def test_a_launched_run_executes_in_a_process_of_its_own(tmp_path: Path) -> None
 
     assert run.status is DagsterRunStatus.SUCCESS
     worker = int(marker.read_text())
-    assert worker == int(run.tags[WORKER_PID_TAG])
+    assert worker == ProcessIdentity.parse(run.tags[WORKER_TAG]).pid
     assert worker != os.getpid()
 
 
@@ -56,6 +71,39 @@ def test_terminating_a_run_launched_by_a_background_job_cancels_it(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-1] == DagsterRunStatus.CANCELED.value
+
+
+def test_a_run_whose_worker_is_killed_is_failed_by_run_monitoring(tmp_path: Path) -> None:
+    """A SIGKILLed worker cannot report its run's end: without the launcher's health check the
+    run stayed STARTED for ever, and the run queue's one writer slot with it."""
+    instance = cli_instance(tmp_path / "home")
+    assert instance.run_monitoring_enabled
+    marker = tmp_path / "pid"
+    run_id = launch(instance, marker, hold=True)
+    worker = wait_for_op(marker)
+    running = wait_for(instance, run_id, {DagsterRunStatus.STARTED})
+    assert instance.run_launcher.check_run_worker_health(running).status is WorkerStatus.RUNNING
+
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while instance.run_launcher.check_run_worker_health(running).status is WorkerStatus.RUNNING:
+        assert time.monotonic() < deadline, "the killed worker still counts as running"
+        time.sleep(0.2)
+    (record,) = instance.get_run_records(RunsFilter(run_ids=[run_id]))
+    assert record.dagster_run.status is DagsterRunStatus.STARTED  # nothing else would end it
+    # No workspace: it serves only to resume a run, which the instance does not (0 attempts).
+    monitor_started_run(instance, None, record, logging.getLogger(__name__))  # ty: ignore[invalid-argument-type]
+
+    assert instance.get_run_by_id(run_id).status is DagsterRunStatus.FAILURE
+
+
+def test_runs_this_launcher_did_not_start_are_left_to_the_lake_lease(tmp_path: Path) -> None:
+    """A CLI command's in-process run has no worker of ours: monitoring must not fail it."""
+    instance = cli_instance(tmp_path / "home")
+    config = {"ops": {"record_pid": {"config": {"marker": str(tmp_path / "pid"), "hold": False}}}}
+    run = instance.create_run_for_job(job_def=worker_job, run_config=config)
+
+    assert instance.run_launcher.check_run_worker_health(run).status is WorkerStatus.RUNNING
 
 
 def test_the_fork_server_preloads_only_libraries_that_start_no_thread() -> None:
