@@ -35,6 +35,7 @@ from resources.dagster_resources import LakeResource, SourceResource
 from spotify_assets.bronze.adf_pipeline import query_template
 from spotify_assets.bronze.manifest import BronzeFile
 from spotify_assets.bronze.schema import EXTRACTED_AT, WINDOW_END, WINDOW_START, bronze_schema
+from spotify_assets.catalog.counts import counted
 from spotify_assets.catalog.tables import CHANGE_OP, CHANGE_SEQ, UNTYPED, CaptureMode, Table
 
 # The audit columns ADF's Copy adds as strings (`additionalColumns`): bronze stores timestamps.
@@ -96,8 +97,9 @@ class AzureCopyRunner(ConfigurableResource, CopyRunner):
         rows = conform_landed(table, landed, carried)
         if rows.num_rows != copied.rows_copied:
             raise Failure(
-                description=f"{table.name}: ADF reported {copied.rows_copied} rows copied but "
-                f"{copied.file} holds {rows.num_rows}",
+                description=f"{table.name}: ADF reported "
+                f"{counted(copied.rows_copied, 'row')} copied but "
+                f"{copied.file} holds {rows.num_rows:,}",
                 metadata={"adf_run_id": adf_run_id, "file": str(copied.file)},
             )
         if window is None and unchanged_snapshot(manifest, rows.select(list(table.column_names))):
@@ -117,8 +119,8 @@ class AzureCopyRunner(ConfigurableResource, CopyRunner):
             started,
         )  # fmt: skip
         log(
-            f"{table.name}: committed {rows.num_rows:,} rows of ADF run {adf_run_id} into "
-            f"{len(result.files)} files (manifest version {result.manifest_version})"
+            f"{table.name}: committed {counted(rows.num_rows, 'row')} of ADF run {adf_run_id} into "
+            f"{counted(len(result.files), 'file')} (manifest version {result.manifest_version})"
         )
         return result
 

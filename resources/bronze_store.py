@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from resources.lake import REPAIR_COMMAND, LakeFileError, LakeStorage
 from spotify_assets.bronze.manifest import BronzeFile, Manifest
 from spotify_assets.bronze.schema import bronze_schema
+from spotify_assets.catalog.counts import counted
 from spotify_assets.catalog.lake_paths import bronze_path
 from spotify_assets.catalog.tables import Table
 from spotify_assets.consistency.reconcile import ABSENT, PartitionStats
@@ -75,7 +76,8 @@ class BronzeStore:
                 found.append((file, _problem(error)))
                 continue
             if rows != file.rows:
-                found.append((file, f"holds {rows} rows, the manifest lists {file.rows}"))
+                problem = f"holds {counted(rows, 'row')}, the manifest lists {file.rows:,}"
+                found.append((file, problem))
         return found
 
     def as_written(self, files: Sequence[BronzeFile]) -> set[str]:

@@ -44,6 +44,7 @@ from spotify_assets.bronze.schema import (
     bronze_schema,
 )
 from spotify_assets.bronze.windows import Window, as_date, midnight, split_window
+from spotify_assets.catalog.counts import counted
 from spotify_assets.catalog.tables import CHANGE_AT, CHANGE_OP, CHANGE_SEQ, CaptureMode, Table
 from spotify_assets.source.schema import (
     SourceColumns,
@@ -97,9 +98,9 @@ class RowsWithoutChangeTime(ValueError):
         held = "the source" if table.mode is CaptureMode.WATERMARK else table.change_table
         others = " and others" if rows > 1 else ""
         super().__init__(
-            f"{table.name}: {held} holds {rows} rows without a {time} ({key} {lowest_key}"
-            f"{others}), which no partition can hold: set their {time} or delete them in the "
-            "source"
+            f"{table.name}: {held} holds {counted(rows, 'row')} without a {time} "
+            f"({key} {lowest_key}{others}), which no partition can hold: set their {time} or "
+            "delete them in the source"
         )
 
 
@@ -143,7 +144,7 @@ class Waiting:
 
     def describe(self) -> str:
         return (
-            f"{self.rows:,} source rows not loaded yet, the oldest at {self.oldest_text}: "
+            f"{counted(self.rows, 'source row')} not loaded yet, the oldest at {self.oldest_text}: "
             "they are ahead of the source's clock bound or after today (UTC), the last "
             "partition; a later run loads them once their day has begun"
         )
@@ -484,7 +485,8 @@ class LocalCopyRunner(CopyRunner):
                     rows_read += read
                     files += chunk_files
                     if rows_read and _progress_step(done, len(chunks)):
-                        log(f"{table.name}: {rows_read:,} rows copied into {len(files)} files")
+                        into = counted(len(files), "file")
+                        log(f"{table.name}: {counted(rows_read, 'row')} copied into {into}")
         return self.commit_files(
             table, manifest, window, files, extraction, run_id, high, query, rows_read, started
         )

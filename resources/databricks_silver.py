@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
+from spotify_assets.catalog.counts import counted
+
 if TYPE_CHECKING:
     from dagster_pipes import PipesContext
     from pyspark.sql import SparkSession
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def report(pipes: PipesContext, result: SilverResult) -> None:
     """Send the result to Dagster (a no-op outside Pipes) and print it for the job run's output."""
     pipes.log.info(
-        f"{result.table}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
+        f"{result.table}: {counted(result.bronze_rows, 'bronze row')} -> {result.silver_rows:,} "
         f"silver, {result.quarantined:,} quarantined"
     )
     metadata = result_metadata(result)

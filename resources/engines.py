@@ -27,6 +27,7 @@ from resources.lake import LakeStorage
 from resources.silver_store import SilverResult, SilverStore
 from resources.spark import SparkResource
 from spotify_assets.catalog.columns import CARRIED, gold_columns
+from spotify_assets.catalog.counts import counted
 from spotify_assets.catalog.gold_spec import Aggregate
 from spotify_assets.catalog.lake_paths import gold_path
 from spotify_assets.catalog.tables import Catalog, Table
@@ -110,9 +111,10 @@ class LocalGold(GoldEngine):
         result = runner.apply_dimension(table, full=full)
         how = "rebuilt from all" if result.full else "applied"
         return GoldOutcome(
-            summary=f"{table.lake_name}: {how} {result.versions_read:,} silver versions of "
-            f"{result.changed_keys:,} keys (silver v{result.silver_version}); "
-            f"{result.rows:,} rows, {result.current:,} current",
+            summary=f"{table.lake_name}: {how} "
+            f"{counted(result.versions_read, 'silver version')} of "
+            f"{counted(result.changed_keys, 'key')} (silver v{result.silver_version}); "
+            f"{counted(result.rows, 'row')}, {result.current:,} current",
             metadata={
                 "dagster/row_count": MetadataValue.int(result.rows),
                 "current_rows": MetadataValue.int(result.current),
@@ -141,7 +143,7 @@ class LocalGold(GoldEngine):
     def _outcome(self, runner: GoldRunner, result: PartitionBuild) -> GoldOutcome:
         days = f"{result.days[0]} .. {result.days[1]}" if result.days else "whole table"
         return GoldOutcome(
-            summary=f"{result.table}: {result.rows:,} rows in {days}",
+            summary=f"{result.table}: {counted(result.rows, 'row')} in {days}",
             metadata={
                 "run_dropped_by_expectation": MetadataValue.json(result.failures),
                 **(

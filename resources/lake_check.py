@@ -11,6 +11,7 @@ from resources.bronze_store import BronzeStore
 from resources.delta_tables import exists, log_gaps, lost_files, partition_rows
 from resources.lake import LakeFileError, LakeStorage
 from spotify_assets.bronze.manifest import Manifest
+from spotify_assets.catalog.counts import counted
 from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import Catalog, Table
 from spotify_assets.consistency.faults import Fault, Layer
@@ -47,7 +48,7 @@ def _emptied_bronze(lake: LakeStorage, table: Table, root: str) -> list[Fault]:
     rows = partition_rows(lake, relative, None, None) if exists(lake, lake.path(relative)) else 0
     if not rows:
         return []
-    problem = f"holds nothing while silver holds {rows:,} rows (its manifests lost?)"
+    problem = f"holds nothing while silver holds {counted(rows, 'row')} (its manifests lost?)"
     return [Fault(Layer.BRONZE, table.name, root, problem)]
 
 
@@ -102,6 +103,7 @@ def _delta_faults(
             except LakeFileError as error:
                 faults.append(Fault(layer, table.name, relative, error.problem))
     if not faults and rows_below and not rows:
-        problem = f"is empty while the layer below holds {rows_below:,} rows (a lost Delta log?)"
+        below = counted(rows_below, "row")
+        problem = f"is empty while the layer below holds {below} (a lost Delta log?)"
         faults.append(Fault(layer, table.name, relatives[0], problem, empty=True))
     return faults, rows

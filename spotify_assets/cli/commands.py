@@ -26,6 +26,7 @@ from resources.odbc import SourceConfigError, SourceUnavailableError, redact
 from resources.source_db import SourceDatabase
 from spotify_assets.bronze import adf_pipeline
 from spotify_assets.bronze.dialects import Dialect
+from spotify_assets.catalog.counts import counted
 from spotify_assets.catalog.gold_spec import END_AT, Scd2Dimension
 from spotify_assets.catalog.lake_paths import gold_path, quarantine_path, silver_path
 from spotify_assets.catalog.tables import CATALOG, CatalogError
@@ -129,8 +130,9 @@ def source_simulate(
         fit = max(0, (now - start_clock) // timedelta(days=1))
         if days > fit:
             raise SourceConfigError(
-                f"simulating {days} days would move the source's clock from {start_clock} past "
-                f"the current UTC time ({now:%Y-%m-%d %H:%M}): {fit} whole days fit"
+                f"simulating {counted(days, 'day')} would move the source's clock from "
+                f"{start_clock} past the current UTC time ({now:%Y-%m-%d %H:%M}): room for "
+                f"{counted(fit, 'whole day')}"
             )
         with tqdm(
             total=days, unit="day", desc="simulating", bar_format=_DAYS_BAR, disable=None

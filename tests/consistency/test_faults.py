@@ -317,7 +317,7 @@ def test_a_critical_rule_quarantines_its_rows_warns_and_holds_no_gold_back(cli: 
     code, errors = cli("run")
     assert code == 0 and not errors
     (warning,) = cli.warned
-    assert "check stream_id_not_null failed: 1 rows failing" in warning
+    assert "check stream_id_not_null failed: 1 row failing" in warning
     assert quarantine_path(fact) in warning and "correct or delete those rows" in warning
     lake = LakeStorage(url=cli.settings.lake_url)
     day = fact.gold.date_column

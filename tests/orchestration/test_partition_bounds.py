@@ -142,9 +142,9 @@ def test_the_source_clock_never_passes_the_current_time(
     expected = f"--end-date {tomorrow}: expected today ({today}, UTC) or earlier"
     assert expected in fails(capsys, "source", "init", "--end-date", tomorrow.isoformat())
     init(capsys, today - timedelta(days=2), 3)
-    assert "2 whole days fit" in fails(capsys, "source", "simulate", "--days", "3")
+    assert "room for 2 whole days" in fails(capsys, "source", "simulate", "--days", "3")
     run_json(capsys, "source", "simulate", "--days", "2")
-    assert "0 whole days fit" in fails(capsys, "source", "simulate", "--days", "1")
+    assert "room for 0 whole days" in fails(capsys, "source", "simulate", "--days", "1")
 
 
 def test_rows_after_the_last_partition_are_reported_until_they_load(

@@ -260,7 +260,7 @@ def test_a_change_record_without_a_time_is_named_not_skipped(loaded) -> None:
         "UPDATE DimUser_changes SET _changed_at = NULL",
     )
     expected = (
-        r"^DimUser: DimUser_changes holds 1 rows without a _changed_at \(user_id 1\), which no "
+        r"^DimUser: DimUser_changes holds 1 row without a _changed_at \(user_id 1\), which no "
         "partition can hold"
     )
     with pytest.raises(ValueError, match=expected):

@@ -29,6 +29,7 @@ from resources.reconciler import silver_behind
 from resources.silver_store import SilverResult
 from spotify_assets.bronze.windows import DAY
 from spotify_assets.catalog.columns import silver_columns
+from spotify_assets.catalog.counts import counted
 from spotify_assets.catalog.lake_paths import SILVER, quarantine_path, silver_path
 from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import CHANGE_DATE, Catalog, Table
@@ -100,7 +101,8 @@ def build_silver_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
             days = (min(behind, default=selected[1]), selected[1])
         result = silver_engine.refresh(context, table, days)
         context.log.info(
-            f"{table.lake_name}: {result.bronze_rows:,} bronze rows -> {result.silver_rows:,} "
+            f"{table.lake_name}: {counted(result.bronze_rows, 'bronze row')} -> "
+            f"{result.silver_rows:,} "
             f"silver, {result.quarantined:,} quarantined"
             + (f" in {days[0]} .. {days[1]}" if days and days != selected else "")
         )
@@ -141,7 +143,8 @@ def _failed(rule: Rule, table: Table, rows: int) -> str | None:
     if not (rule.critical and rows):
         return None
     return (
-        f"{rows:,} rows failing `{rule.predicate}` quarantined in {quarantine_path(table)}; "
+        f"{counted(rows, 'row')} failing `{rule.predicate}` quarantined in "
+        f"{quarantine_path(table)}; "
         "the other rows went on to gold: correct or delete those rows in the source"
     )
 
