@@ -78,9 +78,19 @@ def test_init_refuses_to_overwrite_without_force(
     assert main(args) == 0
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
+    # A table of the user's own in the same file: --force recreated the source by deleting the
+    # file, and the user's table with it.
+    with sqlite3.connect(home / "source.db") as db:
+        db.execute("CREATE TABLE my_notes (note TEXT)")
+        db.execute("INSERT INTO my_notes VALUES ('kept')")
+    db.close()
     assert main([*args, "--force", "--seed", "9"]) == 0
     capsys.readouterr()
     assert run_json(capsys, "source", "stats")["meta"]["seed"] == "9"
+    db = sqlite3.connect(home / "source.db")
+    assert db.execute("SELECT note FROM my_notes").fetchall() == [("kept",)]
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
 
 
 def test_commands_on_a_missing_source_say_what_to_do(

@@ -104,13 +104,19 @@ def source_init(
 
 
 def _drop(source: SourceDatabase) -> None:
-    if source.dialect is Dialect.SQLITE:
-        path = source.sqlite_path()
-        for suffix in ("", "-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
-        return
+    """Drop what `source init` made, and only that: a user's other tables stay."""
     with source.session() as session:
         session.drop_all()
+        if source.dialect is not Dialect.SQLITE:
+            return
+        # The load goes through the rollback journal (see source_init), and into a new file
+        # when nothing else is in this one: the dropped tables' pages go with it.
+        session.execute("PRAGMA journal_mode=DELETE")
+        if session.scalar("SELECT count(*) FROM sqlite_master"):
+            return
+    path = source.sqlite_path()
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def source_simulate(
