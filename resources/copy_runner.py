@@ -399,7 +399,7 @@ class CopyRunner(BaseModel, ABC):
             captured = None
             if table.mode is CaptureMode.CDC:
                 captured = [name for (name,) in session.query(sql.captured_columns_query(table))]
-        columns = compare_columns(table, found, captured)
+        columns = compare_columns(table, found, captured, sql.exact_case_engine)
         if columns.ignored:
             log(
                 f"{table.name}: new source column(s) {', '.join(columns.ignored)} not copied "

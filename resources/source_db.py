@@ -212,7 +212,7 @@ class SourceSession:
             )
         for table in self.catalog:
             found = [name for (name,) in self.query(self.sql.columns_query(table.name))]
-            compare_columns(table, found)
+            compare_columns(table, found, exact_case=self.sql.exact_case_engine)
         added: list[str] = []
         with self.transaction():
             if not self.is_initialised():

@@ -50,6 +50,9 @@ class SqlDialect(ABC):
     """Base: ANSI-quoted identifiers; subclasses add the per-engine parts."""
 
     dialect: Dialect
+    # The engine's name where a quoted name matches with its case only ("User_Id" is not
+    # user_id): the catalog's spelling is then the only one its queries and triggers can use.
+    exact_case_engine: ClassVar[str | None] = None
 
     def quote(self, name: str) -> str:
         return f'"{validate_identifier(name)}"'
@@ -504,6 +507,7 @@ class SqliteDialect(SqlDialect):
 
 class PostgresDialect(SqlDialect):
     dialect = Dialect.POSTGRESQL
+    exact_case_engine = "PostgreSQL"
     _TYPES: ClassVar[dict[ColumnType, str]] = {
         ColumnType.INT: "INTEGER",
         ColumnType.BIGINT: "BIGINT",
@@ -560,7 +564,10 @@ class PostgresDialect(SqlDialect):
             *self.change_table(
                 table, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "CHAR(1)", image_types
             ),
-            f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
+            # The search_path of the session that creates it: a user's application writing
+            # "schema"."Table" from another search_path would not find the change table.
+            f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+            "SET search_path FROM CURRENT AS $$\nBEGIN\n"
             f"  IF TG_OP = 'TRUNCATE' THEN\n    {every_row}\n    RETURN NULL;\n  END IF;\n"
             f"  IF TG_OP = 'DELETE' THEN\n    {capture('OLD', quote_literal('D'))}\n"
             f"    RETURN OLD;\n  END IF;\n"

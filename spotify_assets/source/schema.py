@@ -36,14 +36,28 @@ class SourceColumns:
 
 
 def compare_columns(
-    table: Table, found: Sequence[str], captured: Sequence[str] | None = None
+    table: Table,
+    found: Sequence[str],
+    captured: Sequence[str] | None = None,
+    exact_case: str | None = None,
 ) -> SourceColumns:
     """Check the source's columns of `table` (and, in cdc mode, those its change capture
-    records) against the catalog. Names compare case-insensitively, as SQL does."""
+    records) against the catalog. Names compare case-insensitively, as SQL does, except where
+    the engine named by `exact_case` matches quoted names with their case."""
     if not found:
         raise SourceSchemaError(
             f"{table.name}: the source has no such table; create it or check SPOTIFY_SOURCE_ODBC"
         )
+    if exact_case:
+        catalog = {c.lower(): c for c in table.column_names}
+        for name in found:
+            spelled = catalog.get(name.lower(), name)
+            if spelled != name:
+                raise SourceSchemaError(
+                    f'{table.name}: column "{name}" differs from the catalog\'s {spelled} in case '
+                    f'only, which {exact_case} tells apart: rename it (ALTER TABLE "{table.name}" '
+                    f'RENAME COLUMN "{name}" TO {spelled})'
+                )
     missing = _missing(table.column_names, found)
     if missing:
         raise SourceSchemaError(

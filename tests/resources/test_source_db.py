@@ -12,6 +12,7 @@ import pytest
 from resources.odbc import SourceUnavailableError
 from resources.source_db import SourceDatabase
 from spotify_assets.catalog.tables import CaptureMode, TableRole
+from spotify_assets.source.schema import SourceSchemaError
 from spotify_assets.source.simulator import simulate
 from tests.helpers.source import BUSY, HISTORY_END, SEED, initialise
 
@@ -286,6 +287,55 @@ def test_a_truncate_is_captured_as_the_delete_of_every_row(
         *sorted(("D", key, plan) for key, plan in zip(keys, plans, strict=True)),
         ("I", keys[0], "Free"),
     ]
+
+
+@pytest.mark.postgres
+def test_attach_refuses_a_column_created_quoted_with_capitals(
+    postgres_source: SourceDatabase,
+) -> None:
+    """PostgreSQL tells "User_Id" from user_id where SQL compares names without case: the check
+    passed, and every query and trigger naming user_id would fail. Refused in one line naming
+    the column and the rename."""
+    with postgres_source.session() as session:
+        for table in postgres_source.catalog:
+            if table.name != "DimUser":
+                session.execute(session.sql.create_table(table))
+        session.execute(
+            'CREATE TABLE "DimUser" ("User_Id" integer PRIMARY KEY, user_name text, '
+            "country text, subscription_type text, start_date date, end_date date, "
+            "updated_at timestamp NOT NULL)"
+        )
+        expected = (
+            r'^DimUser: column "User_Id" differs from the catalog\'s user_id in case only, which '
+            r'PostgreSQL tells apart: rename it \(ALTER TABLE "DimUser" RENAME COLUMN "User_Id" '
+            r"TO user_id\)$"
+        )
+        with pytest.raises(SourceSchemaError, match=expected):
+            session.attach()
+
+
+@pytest.mark.postgres
+def test_attached_capture_records_writes_from_any_search_path(
+    postgres_source: SourceDatabase,
+) -> None:
+    """The user's tables in a schema of their own ("Music", the database's search_path): their
+    application writes "Music"."DimUser" from a session on another search_path, where the
+    trigger found no "DimUser_changes" and failed the user's INSERT."""
+    with postgres_source.session() as session:
+        (database,) = session.query("SELECT current_database()")[0]
+        session.execute('CREATE SCHEMA "Music"')
+        session.execute(f'ALTER DATABASE "{database}" SET search_path TO "Music"')
+    with postgres_source.session() as session:
+        for table in postgres_source.catalog:
+            session.execute(session.sql.create_table(table))
+        assert "DimUser_changes" in session.attach()
+        session.execute("SET search_path TO public")
+        session.execute(
+            """INSERT INTO "Music"."DimUser" (user_id, user_name, country, subscription_type,
+            updated_at) VALUES (8, 'bo', 'SE', 'Free', now())"""
+        )
+        session.execute("RESET search_path")
+    assert change_rows_of(postgres_source) == [("I", 8, "Free")]
 
 
 def change_rows_of(source: SourceDatabase) -> list[tuple]:
