@@ -73,6 +73,9 @@ class GoldOutcome:
     rows_per_day: dict[date, int] = field(default_factory=dict)  # of those holding any
     # The fact: rows whose dimension member has not arrived yet, per dimension; None: not counted
     unmatched: dict[str, int] | None = None
+    # The fact: per reference (the calendar), the keys it lacks and the rows holding each; None:
+    # not counted
+    unreferenced: dict[str, dict[str, int]] | None = None
 
 
 class GoldEngine(ConfigurableResource, ABC):
@@ -157,6 +160,7 @@ class LocalGold(GoldEngine):
             rows=result.rows,
             rows_per_day=result.rows_per_day,
             unmatched=result.unmatched,
+            unreferenced=result.unreferenced,
         )
 
 

@@ -48,6 +48,7 @@ from spotify_assets.catalog.gold_spec import (
     END_AT,
     UNMATCHED_DIMENSION,
     UNMATCHED_FACTS,
+    UNMATCHED_KEY,
     Aggregate,
     Calendar,
     PointInTimeFact,
@@ -102,6 +103,8 @@ class PartitionBuild:
     rows_per_day: dict[date, int] = field(default_factory=dict)  # of those partitions holding any
     # The fact: rows whose dimension member has not arrived yet, per dimension, in the table.
     unmatched: dict[str, int] | None = None
+    # The fact: per reference (the calendar), the keys it lacks and the rows holding each.
+    unreferenced: dict[str, dict[str, int]] | None = None
 
 
 class GoldRunner:
@@ -247,19 +250,20 @@ class GoldRunner:
         spec = fact.gold
         assert isinstance(spec, PointInTimeFact)
         dimensions = {}
-        for lookup in spec.lookups:
-            name = self.catalog[lookup.dimension].lake_name
+        for dimension in [x.dimension for x in (*spec.lookups, *spec.references)]:
+            name = self.catalog[dimension].lake_name
             if not exists(self.lake, self._path(name)):
                 raise RuntimeError(f"{gold_path(name)} does not exist yet: materialize it first")
-            dimensions[lookup.dimension] = self._read(gold_path(name))
+            dimensions[dimension] = self._read(gold_path(name))
+        looked_up = {x.dimension: dimensions[x.dimension] for x in spec.lookups}
 
         unmatched_table = self.lake.path(unmatched_path(fact))
         source = silver_path(fact)
-        with self._prepared(lookup_periods(self.catalog, dimensions)) as periods:
+        with self._prepared(lookup_periods(self.catalog, looked_up)) as periods:
 
             def build(silver: DataFrame, chunk: Days) -> tuple[DataFrame, Expected]:
                 expected = expect(spec.expectations, silver)
-                missing = unmatched(self.catalog, expected.kept, periods)
+                missing = unmatched(self.catalog, expected.kept, periods, dimensions)
                 replace_partitions(self.lake, missing, unmatched_table, spec.date_column, chunk)
                 return point_in_time(self.catalog, expected.kept, periods), expected
 
@@ -272,7 +276,11 @@ class GoldRunner:
             lookup.dimension: _sum(records, UNMATCHED_DIMENSION, lookup.dimension, UNMATCHED_FACTS)
             for lookup in spec.lookups
         }
-        return replace(built, unmatched=counts)
+        lacked = {
+            reference.dimension: _rows_per_key(records, reference.dimension)
+            for reference in spec.references
+        }
+        return replace(built, unmatched=counts, unreferenced=lacked)
 
     @contextmanager
     def _prepared(self, periods: Mapping[str, DataFrame]) -> Iterator[dict[str, DataFrame]]:
@@ -355,6 +363,14 @@ def _sum(table: pa.Table, where: str, equals: str, column: str) -> int:
     """The sum of `column` over the rows of `table` whose `where` is `equals`."""
     rows = table.filter(pc.equal(table[where], equals))
     return int(pc.sum(rows[column]).as_py() or 0)
+
+
+def _rows_per_key(records: pa.Table, dimension: str) -> dict[str, int]:
+    """Of `unmatched_records`, the keys `dimension` lacks and the fact rows holding each."""
+    rows = records.filter(pc.equal(records[UNMATCHED_DIMENSION], dimension))
+    per_key = rows.group_by(UNMATCHED_KEY).aggregate([(UNMATCHED_FACTS, "sum")])
+    keys, facts = per_key[UNMATCHED_KEY].to_pylist(), per_key[f"{UNMATCHED_FACTS}_sum"]
+    return dict(sorted(zip(keys, facts.to_pylist(), strict=True)))
 
 
 def _counts(counts: DataFrame | None) -> dict[str, int]:

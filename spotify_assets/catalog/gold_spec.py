@@ -12,8 +12,9 @@ from spotify_assets.catalog.rules import Rule
 
 START_AT = "__START_AT"
 END_AT = "__END_AT"
-# What a point-in-time fact's build records of keys it found in no dimension row (late members),
-# per day: the dimension's source table name, the key as text, and how many fact rows hold it.
+# What a point-in-time fact's build records of keys it found in no dimension row (late members
+# of a lookup, days missing from a reference's calendar), per day: the dimension's source table
+# name, the key as text, and how many fact rows hold it.
 UNMATCHED_DIMENSION, UNMATCHED_KEY, UNMATCHED_FACTS = "dimension", "key", "facts"
 
 
@@ -61,6 +62,16 @@ class Lookup:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A dimension that must hold every fact row's key (the calendar its days are in): nothing
+    is carried from it; a row whose key it lacks still reaches gold, and a check names the
+    keys."""
+
+    dimension: str  # the dimension's source table name
+    on: str  # the fact column holding the dimension's key
+
+
+@dataclass(frozen=True)
 class PointInTimeFact:
     """One row per key, partitioned by `date_column`, with `lookups` resolved at `time_column`.
 
@@ -71,6 +82,7 @@ class PointInTimeFact:
     date_column: str
     lookups: tuple[Lookup, ...]
     expectations: tuple[Rule, ...] = ()
+    references: tuple[Reference, ...] = ()
 
 
 GoldSpec = Scd2Dimension | Calendar | PointInTimeFact

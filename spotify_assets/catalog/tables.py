@@ -22,6 +22,7 @@ from spotify_assets.catalog.gold_spec import (
     Lookup,
     Measure,
     PointInTimeFact,
+    Reference,
     Scd2Dimension,
 )
 from spotify_assets.catalog.reference import COUNTRY_CODES, DEVICES, SUBSCRIPTIONS
@@ -429,6 +430,7 @@ FACT_STREAM = Table(
             Lookup("DimUser", on="user_id", columns=("subscription_type", "country")),
             Lookup("DimTrack", on="track_id", columns=("artist_id",)),
         ),
+        references=(Reference("DimDate", on="date_key"),),
         expectations=(
             Rule("user_id_present", "user_id IS NOT NULL"),
             Rule("track_id_present", "track_id IS NOT NULL"),

@@ -206,25 +206,40 @@ def point_in_time(
     return result
 
 
-def unmatched(catalog: Catalog, facts: DataFrame, periods: Mapping[str, DataFrame]) -> DataFrame:
-    """Per day and lookup, the keys that `point_in_time` finds in no dimension row (a member the
-    source has not got yet: those facts carry NULLs until it arrives), with how many fact rows
-    hold each: the fact's date column, `dimension` (its source table name), `key` (as text) and
-    `facts`. Usually empty. `periods`: `lookup_periods` of the gold SCD2 rows."""
+def unmatched(
+    catalog: Catalog,
+    facts: DataFrame,
+    periods: Mapping[str, DataFrame],
+    references: Mapping[str, DataFrame],
+) -> DataFrame:
+    """Per day and dimension, the keys of fact rows that it lacks, with how many fact rows hold
+    each: for a lookup, the keys `point_in_time` finds in no dimension row (a member the source
+    has not got yet: those facts carry NULLs until it arrives); for a reference, the keys its
+    gold rows lack (a day missing from the calendar). Columns: the fact's date column,
+    `dimension` (its source table name), `key` (as text) and `facts`. Usually empty.
+    `periods`: `lookup_periods` of the gold SCD2 rows; `references`: each reference's gold rows."""
     spec = catalog.fact.gold
     assert isinstance(spec, PointInTimeFact)
-    parts = []
-    for lookup in spec.lookups:
+    known = {
         # A key's first period is the only one open before: one row per known key.
-        firsts = periods[lookup.dimension].where(F.col("_from").isNull())
-        known = firsts.select(F.col("_lookup_key").alias("_known"))
-        missing = facts.join(known, facts[lookup.on] == known["_known"], "left_anti")
+        (lookup.dimension, lookup.on): periods[lookup.dimension]
+        .where(F.col("_from").isNull())
+        .select(F.col("_lookup_key").alias("_known"))
+        for lookup in spec.lookups
+    }
+    for reference in spec.references:
+        (key,) = catalog[reference.dimension].key
+        rows = references[reference.dimension]
+        known[reference.dimension, reference.on] = rows.select(F.col(key).alias("_known"))
+    parts = []
+    for (dimension, on), keys in known.items():
+        missing = facts.join(keys, facts[on] == keys["_known"], "left_anti")
         parts.append(
-            missing.where(F.col(lookup.on).isNotNull())
+            missing.where(F.col(on).isNotNull())
             .groupBy(
                 F.col(CHANGE_DATE).alias(spec.date_column),
-                F.lit(lookup.dimension).alias(UNMATCHED_DIMENSION),
-                F.col(lookup.on).cast("string").alias(UNMATCHED_KEY),
+                F.lit(dimension).alias(UNMATCHED_DIMENSION),
+                F.col(on).cast("string").alias(UNMATCHED_KEY),
             )
             .agg(F.count(F.lit(1)).alias(UNMATCHED_FACTS))
         )

@@ -384,7 +384,8 @@ class TableLoad:
     # Incremental loads: source rows past the source's clock bound or today, left for later.
     not_loaded_yet_rows: int = 0
     not_loaded_yet_oldest: str = "none"
-    # Critical rules that failed in the run, each with what it found (their rows quarantined).
+    # Critical rules that failed in the run, each with what it found (their rows quarantined),
+    # and gold's checks of the same severity (rows kept that a reference lacks).
     failed_rules: tuple[str, ...] = ()
 
 
@@ -619,7 +620,11 @@ def _loads(run: PlannedRun, catalog: Catalog, result: ExecuteInProcessResult) ->
                 silver_rows=total(cleaned, ROW_COUNT),
                 quarantined=total(cleaned, QUARANTINED),
                 gold_rows={k: run_total(m, ROW_COUNT) for k, m in gold.items() if m},
-                failed_rules=failed.get(silver_key(table), ()),
+                failed_rules=tuple(
+                    line
+                    for key in (silver_key(table), *map(gold_key, catalog.gold_tables(table)))
+                    for line in failed.get(key, ())
+                ),
                 **{
                     name: copied[name].value
                     for name in (NOT_LOADED_YET_ROWS, NOT_LOADED_YET_OLDEST)

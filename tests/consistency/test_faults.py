@@ -20,6 +20,7 @@ import pytest
 
 import resources.lake
 from resources.delta_tables import rows_per_day, table_stats
+from resources.gold_state import unmatched_records
 from resources.lake import LakeStorage
 from spotify_assets.catalog.lake_paths import gold_path, quarantine_path
 from spotify_assets.catalog.tables import CATALOG, CHANGE_DATE
@@ -287,6 +288,41 @@ def test_a_run_that_fails_before_its_first_step_says_why(
     for line in errors:
         assert "failed: LakeFileError: cannot write " in line and "No space left" in line
         assert "full log: run " in line
+
+
+def test_streams_of_a_day_missing_from_the_calendar_reach_gold_and_are_named(cli: Cli) -> None:
+    """Streams whose date_key the source's DimDate lacks reached gold without a word (nothing
+    checked the fact against the calendar). Now they still reach gold, `run` warns naming the
+    day and exits 0, and once DimDate holds the day the next `run` rebuilds it: no warning, the
+    check passes."""
+    source_simulate(cli.settings, 1, 11, SimulationRates(late_fraction=0.0, dirty_fraction=0.0))
+    with sqlite3.connect(cli.settings.embedded_source_path) as conn:
+        (key,) = conn.execute("SELECT max(date_key) FROM FactStream").fetchone()
+        removed = conn.execute("SELECT * FROM DimDate WHERE date_key = ?", (key,)).fetchall()
+        conn.execute("DELETE FROM DimDate WHERE date_key = ?", (key,))
+    conn.close()
+    code, errors = cli("run")
+    assert (code, errors) == (0, [])
+    day = datetime.strptime(str(key), "%Y%m%d").date()
+    lake = LakeStorage(url=cli.settings.lake_url)
+    fact = CATALOG.fact
+    (streams,) = rows_per_day(lake, gold_path(fact.lake_name), "stream_date", (day, day)).values()
+    (warning,) = cli.warned
+    assert warning == (
+        f"warning: gold/fact_stream: check date_key_in_dim_date failed: {streams:,} rows hold a "
+        f"date_key that DimDate lacks ({key}); they are in gold: add those rows to DimDate in the "
+        "source, and the next run rebuilds their days"
+    )
+
+    with sqlite3.connect(cli.settings.embedded_source_path) as conn:
+        conn.executemany(
+            f"INSERT INTO DimDate VALUES ({', '.join('?' * len(removed[0]))})", removed
+        )
+    conn.close()
+    code, errors = cli("run")
+    assert (code, errors, cli.warned) == (0, [], ())
+    assert not unmatched_records(lake, CATALOG).num_rows
+    assert_gold_equals_source(cli.settings)
 
 
 def test_a_critical_rule_quarantines_its_rows_warns_and_holds_no_gold_back(cli: Cli) -> None:

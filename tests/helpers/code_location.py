@@ -18,8 +18,8 @@ from tests.helpers.paths import REPO
 
 def assert_gold_graph(defs: Definitions) -> None:
     """Dimensions unpartitioned with blocking SCD2 checks; fact and aggregates on the fact
-    path's partitions, the fact after its lookups (and checking that their members arrived); a
-    check per expectation everywhere."""
+    path's partitions, the fact after its lookups and the calendar (checking that their members
+    arrived, and that the calendar holds its days); a check per expectation everywhere."""
     graph = defs.resolve_asset_graph()
 
     def checks_of(key: AssetKey) -> dict[str, bool]:
@@ -37,7 +37,8 @@ def assert_gold_graph(defs: Definitions) -> None:
             assert node.partitions_def is None
             assert checks_of(node.key) == expectations | dict.fromkeys(SCD2_INVARIANTS, True)
         elif isinstance(table.gold, PointInTimeFact):
-            assert checks_of(node.key) == expectations | {MEMBERS_ARRIVED: False}
+            dates_checked = {"date_key_in_dim_date": False}
+            assert checks_of(node.key) == expectations | {MEMBERS_ARRIVED: False} | dates_checked
         else:
             assert checks_of(node.key) == expectations
     node = graph.get(AssetKey(["gold", fact.lake_name]))
@@ -45,6 +46,7 @@ def assert_gold_graph(defs: Definitions) -> None:
     assert node.parent_keys == {
         AssetKey(["silver", fact.lake_name]),
         *(AssetKey(["gold", CATALOG[lookup.dimension].lake_name]) for lookup in fact.gold.lookups),
+        AssetKey(["gold", "dim_date"]),
     }
     for aggregate in CATALOG.aggregates:
         node = graph.get(AssetKey(["gold", aggregate.name]))

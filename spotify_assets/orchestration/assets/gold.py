@@ -25,7 +25,14 @@ from pydantic import Field
 from resources.dagster_resources import LakeWriter
 from resources.engines import GoldEngine, GoldOutcome
 from spotify_assets.catalog.columns import gold_columns
-from spotify_assets.catalog.gold_spec import Aggregate, Calendar, PointInTimeFact, Scd2Dimension
+from spotify_assets.catalog.counts import counted
+from spotify_assets.catalog.gold_spec import (
+    Aggregate,
+    Calendar,
+    PointInTimeFact,
+    Reference,
+    Scd2Dimension,
+)
 from spotify_assets.catalog.lake_paths import GOLD
 from spotify_assets.catalog.rules import Rule
 from spotify_assets.catalog.tables import Catalog, Table
@@ -179,18 +186,52 @@ def _members_arrived(outcome: GoldOutcome) -> AssetCheckResult:
     )
 
 
+def _reference_check(catalog: Catalog, reference: Reference) -> str:
+    return f"{reference.on}_in_{catalog[reference.dimension].lake_name}"
+
+
+def _references_found(
+    catalog: Catalog, reference: Reference, outcome: GoldOutcome
+) -> AssetCheckResult:
+    """A failure that `run` reports (ERROR, not blocking: the rows are in gold, and counted)."""
+    name = _reference_check(catalog, reference)
+    if outcome.unreferenced is None:
+        return _not_evaluated(name, outcome)
+    lacked = outcome.unreferenced.get(reference.dimension, {})
+    shown = ", ".join(list(lacked)[:5]) + (
+        f" and {len(lacked) - 5} more" if len(lacked) > 5 else ""
+    )
+    return AssetCheckResult(
+        check_name=name,
+        passed=not lacked,
+        severity=AssetCheckSeverity.ERROR,
+        description=(
+            f"{counted(sum(lacked.values()), 'row')} hold a {reference.on} that "
+            f"{reference.dimension} lacks ({shown}); they are in gold: add those rows to "
+            f"{reference.dimension} in the source, and the next run rebuilds their days"
+        )
+        if lacked
+        else None,
+        metadata={
+            f"rows_without_{reference.dimension}": sum(lacked.values()),
+            "missing_keys": list(lacked),
+        },
+    )
+
+
 def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
     fact = catalog.fact
     spec = fact.gold
     assert isinstance(spec, PointInTimeFact)
     key = gold_key(fact.lake_name)
     lookups = [gold_key(catalog[lookup.dimension].lake_name) for lookup in spec.lookups]
+    references = [gold_key(catalog[x.dimension].lake_name) for x in spec.references]
     carried = ", ".join(c for lookup in spec.lookups for c in lookup.columns)
     members = " or ".join(lookup.dimension for lookup in spec.lookups)
 
     @asset(
         key=key,
-        deps=[silver_key(fact), *lookups],
+        deps=[silver_key(fact), *lookups, *references],
         group_name=GOLD,
         op_tags=step_tags(catalog, fact),
         metadata={COLUMN_SCHEMA: column_schema(gold_columns(catalog, fact.lake_name))},
@@ -208,6 +249,16 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
                 "fact came first): they carry NULL attributes until the member arrives, and "
                 "the next run then rebuilds their days.",
             ),
+            *(
+                AssetCheckSpec(
+                    _reference_check(catalog, reference),
+                    asset=key,
+                    description=f"Rows whose {reference.on} {reference.dimension} lacks: they "
+                    "reach gold all the same (and reconciliation counts them); the next run "
+                    f"after {reference.dimension} gains them rebuilds their days.",
+                )
+                for reference in spec.references
+            ),
         ],
     )
     def fact_table(
@@ -215,7 +266,8 @@ def build_fact_asset(catalog: Catalog) -> AssetsDefinition:
     ) -> MaterializeResult:
         lake_writer.check()
         outcome = gold_engine.build_fact(catalog, partition_days(context))
-        return _result(context, outcome, spec.expectations, _members_arrived(outcome))
+        found = [_references_found(catalog, x, outcome) for x in spec.references]
+        return _result(context, outcome, spec.expectations, _members_arrived(outcome), *found)
 
     return fact_table
 
