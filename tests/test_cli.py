@@ -369,12 +369,14 @@ def test_an_interrupted_run_stops_in_one_line_and_the_next_run_resumes(
 ) -> None:
     """Ctrl-C once bronze is committed: Dagster fails the step it interrupts, and the command
     then stops (it went on with the next runs and reconciliation's repair before) in one line
-    with exit code 130; its Dagster run is failed, not left started, and `run` resumes."""
+    with exit code 130; its Dagster run is failed, not left started, and `run` resumes. A
+    terminal sends Ctrl-C to the whole process group: Dagster's log-capture helpers in it
+    printed a KeyboardInterrupt traceback above that line."""
     cli = Lakehouse(tmp_path / "home")
     settings = small_source(cli.home)
     with (tmp_path / "output").open("w+") as output:
         process = run_until_bronze(cli, output)
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)
         assert process.wait(timeout=120) == INTERRUPTED
         output.seek(0)
         lines = output.read().splitlines()

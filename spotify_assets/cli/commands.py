@@ -178,14 +178,17 @@ def source_stats(settings: Settings) -> dict[str, object]:
 def instance_config() -> str:
     """The `dagster.yaml` of the product's instance: storage defaults (all under DAGSTER_HOME),
     with an event log that writes a batch of events (a range run's per-partition events) at once,
-    and SQLite files each on one engine per process (`resources/dagster_storage.py`);
-    lake writers queue one at a time (ingest.WRITER_TAG); runs start warm
-    (`resources/dagster_launcher.py`), and a run whose worker died (killed, or before it could
-    start) is failed by Dagster's run monitoring instead of holding the writers' queue. The
-    instance does not report usage (and so prints no telemetry banner into the CLI's output);
-    `telemetry: enabled: true` in its dagster.yaml turns it on."""
+    and SQLite files each on one engine per process (`resources/dagster_storage.py`), and
+    compute logs whose helpers leave a terminal's Ctrl-C to the command
+    (`resources/dagster_compute_logs.py`); lake writers queue one at a time
+    (ingest.WRITER_TAG); runs start warm (`resources/dagster_launcher.py`), and a run whose
+    worker died (killed, or before it could start) is failed by Dagster's run monitoring
+    instead of holding the writers' queue. The instance does not report usage (and so prints
+    no telemetry banner into the CLI's output); `telemetry: enabled: true` in its dagster.yaml
+    turns it on."""
     # Imported here, as in `dagster_instance`: Dagster's storage modules and SQLAlchemy take
     # ~0.35 CPU s to import, which an idle `run` (no Dagster run) does not need.
+    from resources.dagster_compute_logs import InterruptibleComputeLogManager
     from resources.dagster_launcher import ForkedRunLauncher
     from resources.dagster_storage import (
         BatchingSqliteEventLogStorage,
@@ -198,6 +201,7 @@ def instance_config() -> str:
         "event_log_storage": BatchingSqliteEventLogStorage,
         "run_storage": KeptSqliteRunStorage,
         "schedule_storage": KeptSqliteScheduleStorage,
+        "compute_logs": InterruptibleComputeLogManager,
     }
     return (
         (
