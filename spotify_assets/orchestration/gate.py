@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from resources.copy_runner import CopyRunner, LocalCopyRunner, Waiting
+from resources.copy_runner import (
+    ChangeTimeNotATime,
+    CopyRunner,
+    LocalCopyRunner,
+    RowsWithoutChangeTime,
+    Waiting,
+)
 from resources.lake import REPAIR_COMMAND, LakeFileError
 from resources.lake_check import delta_faults
 from resources.reconciler import gold_behind_silver, reconcile_all, snapshot_behind
@@ -21,17 +27,20 @@ from spotify_assets.orchestration.settings import Settings
 
 @dataclass(frozen=True)
 class Selection:
-    """The selected tables whose bronze manifest and Delta logs can be read, and one line for
-    each of the others (`intact`). `run` checks them once for its gate, its incremental run and
-    the repair after it: no run leaves a table unreadable (each of its writes commits whole)."""
+    """The selected tables whose bronze manifest and Delta logs can be read (`intact`) and
+    whose source rows each have a partition (`timed`), and one line for each of the others.
+    `run` checks them once for its gate, its incremental run and the repair after it: no run
+    leaves a table unreadable (each of its writes commits whole)."""
 
     tables: list[Table]
     failures: list[str]
 
 
 def checked(runner: CopyRunner, tables: Sequence[str] = ()) -> Selection:
-    """The tables named (every table if none), checked with `intact`."""
-    return Selection(*intact(runner, select_tables(runner.source.catalog, tables)))
+    """The tables named (every table if none), checked with `intact`, then with `timed`."""
+    readable, damaged = intact(runner, select_tables(runner.source.catalog, tables))
+    loadable, untimed = timed(runner, readable)
+    return Selection(loadable, damaged + untimed)
 
 
 def up_to_date(settings: Settings, selection: Selection | None = None) -> bool:
@@ -46,7 +55,6 @@ def up_to_date(settings: Settings, selection: Selection | None = None) -> bool:
     if selection.failures:
         return False
     selected = selection.tables
-    require_partitions(runner, selected)  # a row older than every partition is never skipped
     try:
         if not all(caught_up(runner, t) for t in selected):
             return False
@@ -102,6 +110,23 @@ def intact(runner: CopyRunner, tables: Sequence[Table]) -> tuple[list[Table], li
         if not faults:
             tables_intact.append(table)
     return tables_intact, failures
+
+
+def timed(runner: CopyRunner, tables: Sequence[Table]) -> tuple[list[Table], list[str]]:
+    """The tables whose source rows each have a partition, and one line for each of the others:
+    rows without a change time (or with one that is not a time) hold back only their own table
+    until the source is corrected. A row older than the partition start stops every load
+    (`RowsBeforePartitionStart`: the setting is wrong), as it is never skipped."""
+    tables_timed, failures = [], []
+    for table in tables:
+        try:
+            if table.change_time_column:
+                runner.first_change(table)
+        except (RowsWithoutChangeTime, ChangeTimeNotATime) as error:
+            failures.append(str(error))
+            continue
+        tables_timed.append(table)
+    return tables_timed, failures
 
 
 def select_tables(catalog: Catalog, tables: Sequence[str]) -> list[Table]:

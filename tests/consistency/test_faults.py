@@ -325,6 +325,41 @@ def test_streams_of_a_day_missing_from_the_calendar_reach_gold_and_are_named(cli
     assert_gold_equals_source(cli.settings)
 
 
+def test_streams_without_a_time_stop_only_their_table(cli: Cli) -> None:
+    """A stream without a stream_timestamp (a source without the NOT NULL constraint) has no
+    partition: it stopped the whole `run`, every table's load, until the source was corrected.
+    Now its table waits, named in one line (exit 1), while the other tables load; once the row
+    is corrected the next `run` loads the fact too."""
+    source_simulate(cli.settings, 1, 12, SimulationRates(late_fraction=0.0))
+    with sqlite3.connect(cli.settings.embedded_source_path) as conn:
+        conn.executescript(
+            "ALTER TABLE FactStream RENAME TO FactStream_old;"
+            "CREATE TABLE FactStream AS SELECT * FROM FactStream_old;"
+            "DROP TABLE FactStream_old;"
+        )
+        conn.execute(
+            "INSERT INTO FactStream SELECT max(stream_id) + 1, 1, 1, NULL, 30, 'mobile', NULL "
+            "FROM FactStream"
+        )
+    conn.close()
+    runner = copy_runner(cli.settings)
+    watermarks = {t.name: runner.store(t).current().watermark for t in CATALOG}
+    code, errors = cli("run")
+    assert code == 1
+    (error,) = errors
+    assert error.startswith("error: FactStream: the source holds 1 row without a stream_timestamp")
+    after = {t.name: runner.store(t).current().watermark for t in CATALOG}
+    assert after["FactStream"] == watermarks["FactStream"]
+    assert after["DimUser"] > watermarks["DimUser"]  # the other tables loaded
+
+    with sqlite3.connect(cli.settings.embedded_source_path) as conn:
+        conn.execute("DELETE FROM FactStream WHERE stream_timestamp IS NULL")
+    conn.close()
+    code, errors = cli("run")
+    assert (code, errors) == (0, [])
+    assert_gold_equals_source(cli.settings)
+
+
 def test_a_critical_rule_quarantines_its_rows_warns_and_holds_no_gold_back(cli: Cli) -> None:
     """A stream without an id (a source without the NOT NULL constraint) fails the fact's
     critical rule: the row is quarantined and `run` says so in a warning naming the rule, its
