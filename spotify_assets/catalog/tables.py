@@ -547,11 +547,12 @@ class Catalog:
         return fact
 
     def fact_inputs(self) -> tuple[Table, ...]:
-        """The tables gold's fact is built from: the fact and the dimensions it looks up."""
+        """The tables gold's fact is built from: the fact and the dimensions it looks up or
+        references."""
         spec = self.fact.gold
         assert isinstance(spec, PointInTimeFact)
-        looked_up = {lookup.dimension for lookup in spec.lookups}
-        return tuple(t for t in self.tables if t is self.fact or t.name in looked_up)
+        read = {x.dimension for x in (*spec.lookups, *spec.references)}
+        return tuple(t for t in self.tables if t is self.fact or t.name in read)
 
 
 CATALOG = Catalog((DIM_USER, DIM_ARTIST, DIM_TRACK, DIM_DATE, FACT_STREAM), DAILY_AGGREGATES)

@@ -158,6 +158,7 @@ def build_calendar_asset(catalog: Catalog, table: Table) -> AssetsDefinition:
         key=key,
         deps=[silver_key(table)],
         group_name=GOLD,
+        op_tags=step_tags(catalog, table),
         metadata={COLUMN_SCHEMA: column_schema(gold_columns(catalog, table.lake_name))},
         kinds={"spark", "delta"},
         description=f"{table.description} Silver's current rows.",

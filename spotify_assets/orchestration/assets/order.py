@@ -2,8 +2,8 @@
 
 A run executes its steps one at a time (`in_process_executor`), each after its upstream and,
 among those ready, the highest priority first. New streams are in gold once the fact is built,
-so the fact's own bronze and silver and the dimensions it looks up come first; the other
-dimensions, the calendar and the aggregates follow.
+so the fact's own bronze and silver and the dimensions it looks up or references (the
+calendar) come first; the other dimensions and the aggregates follow.
 """
 
 from spotify_assets.catalog.tables import Catalog, Table
