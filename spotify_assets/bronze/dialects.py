@@ -559,7 +559,12 @@ class PostgresDialect(SqlDialect):
             f"{self.column_list(table.column_names)} FROM {self.quote(table.name)} "
             f"ORDER BY {self.column_list(table.key)};"
         )
-        # An update of the key is the delete of the old row and the insert of the new one.
+        # An update of the key is the delete of the old row and the insert of the new one. The
+        # deletes are recorded by a BEFORE trigger, which fires as each row is updated, the
+        # inserts by the AFTER trigger, which fires at the statement's end: keys shifted by one
+        # statement (1 -> 2, 2 -> 3) record every delete before any insert, as the final table.
+        # No WHEN clause names the key: PostgreSQL would then refuse to retype the key column.
+        key_changed = self.key_changed(table)
         return [
             *self.change_table(
                 table, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "CHAR(1)", image_types
@@ -569,12 +574,17 @@ class PostgresDialect(SqlDialect):
             f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
             "SET search_path FROM CURRENT AS $$\nBEGIN\n"
             f"  IF TG_OP = 'TRUNCATE' THEN\n    {every_row}\n    RETURN NULL;\n  END IF;\n"
+            f"  IF TG_WHEN = 'BEFORE' THEN\n    IF {key_changed} THEN\n"
+            f"      {capture('OLD', quote_literal('D'))}\n    END IF;\n"
+            f"    RETURN NEW;\n  END IF;\n"
             f"  IF TG_OP = 'DELETE' THEN\n    {capture('OLD', quote_literal('D'))}\n"
             f"    RETURN OLD;\n  END IF;\n"
-            f"  IF TG_OP = 'UPDATE' AND ({self.key_changed(table)}) THEN\n"
-            f"    {capture('OLD', quote_literal('D'))}\n    {capture('NEW', quote_literal('I'))}\n"
+            f"  IF TG_OP = 'UPDATE' AND ({key_changed}) THEN\n"
+            f"    {capture('NEW', quote_literal('I'))}\n"
             f"    RETURN NEW;\n  END IF;\n  {capture('NEW', 'left(TG_OP, 1)')}\n"
             "  RETURN NEW;\nEND\n$$",
+            f"CREATE TRIGGER {self.quote(f'{table.name}_capture_key')} BEFORE UPDATE ON "
+            f"{self.quote(table.name)} FOR EACH ROW EXECUTE FUNCTION {function}()",
             f"CREATE TRIGGER {function} AFTER INSERT OR UPDATE OR DELETE ON "
             f"{self.quote(table.name)} FOR EACH ROW EXECUTE FUNCTION {function}()",
             f"CREATE TRIGGER {self.quote(f'{table.name}_capture_truncate')} BEFORE TRUNCATE ON "

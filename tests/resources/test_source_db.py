@@ -269,6 +269,7 @@ def test_attached_capture_takes_the_source_types_so_the_users_writes_pass(
     ]
 
 
+@pytest.mark.postgres
 def test_a_truncate_is_captured_as_the_delete_of_every_row(
     postgres_source: SourceDatabase,
 ) -> None:
@@ -336,6 +337,36 @@ def test_attached_capture_records_writes_from_any_search_path(
         )
         session.execute("RESET search_path")
     assert change_rows_of(postgres_source) == [("I", 8, "Free")]
+
+
+@pytest.mark.postgres
+def test_keys_shifted_in_one_statement_are_all_deleted_before_any_is_inserted(
+    postgres_source: SourceDatabase,
+) -> None:
+    """A user's DimUser without a primary key, its keys shifted by one UPDATE: key 2 is the
+    old row 2's delete and the old row 1's insert. Recorded row by row, the insert of 2 came
+    before its delete, which then closed it in gold; every delete of the statement now comes
+    first."""
+    with postgres_source.session() as session:
+        for table in postgres_source.catalog:
+            if table.name != "DimUser":
+                session.execute(session.sql.create_table(table))
+        session.execute(
+            'CREATE TABLE "DimUser" (user_id integer NOT NULL, user_name text, country text, '
+            "subscription_type text, start_date date, end_date date, updated_at timestamp)"
+        )
+        session.execute(
+            """INSERT INTO "DimUser" SELECT i, 'u', 'SE', 'Free', NULL, NULL, now()
+            FROM generate_series(1, 3) AS i"""
+        )
+        session.attach()
+        session.execute('UPDATE "DimUser" SET user_id = user_id + 1')
+    rows = [(op, int(key)) for op, key, _ in change_rows_of(postgres_source)]
+    assert rows[:3] == [("D", 1), ("D", 2), ("D", 3)] and sorted(rows[3:]) == [
+        ("I", 2),
+        ("I", 3),
+        ("I", 4),
+    ]
 
 
 def change_rows_of(source: SourceDatabase) -> list[tuple]:
