@@ -82,9 +82,16 @@ class ForkedRunLauncher(DefaultRunLauncher):
             return super().terminate(run_id)
         if run.is_finished:
             return False
+        worker = ProcessIdentity.parse(run.tags[WORKER_TAG])
+        if worker.lives() is False:
+            # Killed before it could end the run, and its pid may name another process by now.
+            self._instance.report_run_canceled(
+                run, f"its worker (pid {worker.pid}) had already ended without ending the run"
+            )
+            return True
         self._instance.report_run_canceling(run)
         try:
-            os.kill(ProcessIdentity.parse(run.tags[WORKER_TAG]).pid, signal.SIGINT)
+            os.kill(worker.pid, signal.SIGINT)
         except ProcessLookupError:
             return False
         return True

@@ -20,7 +20,7 @@ from dagster._daemon.monitoring.run_monitoring import monitor_started_run
 
 from resources.dagster_launcher import PRELOADED, WORKER_TAG
 from resources.dagster_storage import BATCH_SIZE_VARIABLE
-from resources.process_identity import ProcessIdentity
+from resources.process_identity import ProcessIdentity, this_machine
 from tests.helpers.launched_job import (
     WAIT_SECONDS,
     cli_instance,
@@ -95,6 +95,48 @@ def test_a_run_whose_worker_is_killed_is_failed_by_run_monitoring(tmp_path: Path
     monitor_started_run(instance, None, record, logging.getLogger(__name__))  # ty: ignore[invalid-argument-type]
 
     assert instance.get_run_by_id(run_id).status is DagsterRunStatus.FAILURE
+
+
+def test_terminating_a_run_whose_worker_is_gone_interrupts_no_other_process(
+    tmp_path: Path,
+) -> None:
+    """A worker killed, or gone with a SIGKILLed `dg dev`, leaves its run STARTED until run
+    monitoring's next poll, and its pid may name another process by then (pids wrap): Terminate
+    in the UI must not interrupt that one, and ends the run, which nothing else would end."""
+    instance = cli_instance(tmp_path / "home")
+    # Blocks SIGINT, so a SIGINT sent to it stays pending, and reports its pending signals.
+    holds_sigint = (
+        "import signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT});"
+        " print('ready', flush=True); sys.stdin.readline();"
+        " print(signal.SIGINT in signal.sigpending(), flush=True)"
+    )
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", holds_sigint],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert bystander.stdout is not None and bystander.stdout.readline().strip() == "ready"
+        gone = ProcessIdentity(bystander.pid, started=1, machine=this_machine())  # pid reused
+        config = {
+            "ops": {"record_pid": {"config": {"marker": str(tmp_path / "pid"), "hold": False}}}
+        }
+        run = instance.create_run_for_job(
+            job_def=worker_job,
+            run_config=config,
+            tags={WORKER_TAG: str(gone)},
+            status=DagsterRunStatus.STARTED,
+        )
+
+        instance.run_launcher.terminate(run.run_id)
+
+        interrupted, _ = bystander.communicate("\n", timeout=WAIT_SECONDS)
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert interrupted.strip() == "False"
+    assert instance.get_run_by_id(run.run_id).status is DagsterRunStatus.CANCELED
 
 
 def test_runs_this_launcher_did_not_start_are_left_to_the_lake_lease(tmp_path: Path) -> None:
