@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 
-from dagster import DefaultRunLauncher
+from dagster import DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
 from dagster._cli.api import execute_run_command
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
@@ -73,7 +73,7 @@ class ForkedRunLauncher(DefaultRunLauncher):
             name=f"dagster-run-{run.run_id}",
         )
         worker.start()
-        self._instance.add_run_tags(run.run_id, {WORKER_TAG: str(ProcessIdentity.of(worker.pid))})
+        self._instance.add_run_tags(run.run_id, worker_tag(worker.pid))
         self._run_ids.add(run.run_id)
 
     def terminate(self, run_id: str) -> bool:
@@ -83,7 +83,10 @@ class ForkedRunLauncher(DefaultRunLauncher):
         if run.is_finished:
             return False
         worker = ProcessIdentity.parse(run.tags[WORKER_TAG])
-        if worker.lives() is False:
+        lives = worker.lives()
+        if lives is None:  # a process of another machine
+            return super().terminate(run_id)
+        if not lives:
             # Killed before it could end the run, and its pid may name another process by now.
             self._instance.report_run_canceled(
                 run, f"its worker (pid {worker.pid}) had already ended without ending the run"
@@ -101,13 +104,39 @@ class ForkedRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        if WORKER_TAG not in run.tags:
-            # A run executed in a CLI command's process or launched by a code server: the lake
-            # lease fails it once its process is gone (resources/dagster_resources.py).
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "not started by this launcher")
-        worker = ProcessIdentity.parse(run.tags[WORKER_TAG])
-        if worker.lives() is False:
-            return CheckRunHealthResult(
-                WorkerStatus.FAILED, f"its worker (pid {worker.pid}) ended without ending the run"
-            )
-        return CheckRunHealthResult(WorkerStatus.RUNNING)
+        """A run without the tag was launched by a code server: the lake lease fails it once
+        its process is gone (resources/dagster_resources.py)."""
+        worker = gone_worker(run)
+        if worker is None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        return CheckRunHealthResult(WorkerStatus.FAILED, _ended(worker))
+
+
+def worker_tag(pid: int) -> dict[str, str]:
+    """The tag naming the process that executes a run: a forked worker, or a CLI command that
+    executes its runs in its own process (a command killed at any moment of its run, even
+    before the run takes the lake lease, is then known to have ended)."""
+    return {WORKER_TAG: str(ProcessIdentity.of(pid))}
+
+
+def gone_worker(run: DagsterRun) -> ProcessIdentity | None:
+    """The process tagged as the run's worker, if it is known to have ended."""
+    if WORKER_TAG not in run.tags:
+        return None
+    worker = ProcessIdentity.parse(run.tags[WORKER_TAG])
+    return worker if worker.lives() is False else None
+
+
+def fail_runs_of_gone_workers(instance: DagsterInstance) -> None:
+    """Runs still in progress whose worker has ended (a CLI command or a worker killed) are
+    failed: the UI would show them running for ever, and the run queue, which counts them, would
+    hold every sensor and UI run behind them. Dagster's run monitoring does the same under the
+    daemon; a CLI command does it before its runs."""
+    in_progress = RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
+    for run in instance.get_runs(in_progress):
+        if (worker := gone_worker(run)) is not None:
+            instance.report_run_failed(run, _ended(worker))
+
+
+def _ended(worker: ProcessIdentity) -> str:
+    return f"its worker (pid {worker.pid}) ended without ending the run (killed?)"

@@ -7,6 +7,7 @@ end-to-end test use it to let automation catch up without a daemon.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from dagster import (
@@ -18,6 +19,7 @@ from dagster import (
     define_asset_job,
 )
 
+from resources.dagster_launcher import worker_tag
 from spotify_assets.orchestration.ingest import JOBS, RUN_KIND_TAG, describe_run
 
 SENSORS = ("cdc_arrival_sensor", "reconciliation_sensor")
@@ -64,5 +66,7 @@ class CatchUp:
         )
         defs = Definitions(assets=self.defs.assets, resources=self.defs.resources, jobs=[job])
         defs.resolve_job_def(job.name).execute_in_process(
-            instance=self.instance, tags=request.tags, run_config=request.run_config
+            instance=self.instance,
+            tags={**request.tags, **worker_tag(os.getpid())},
+            run_config=request.run_config,
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -42,6 +43,7 @@ from resources.copy_runner import (
     CopyRunner,
     LocalCopyRunner,
 )
+from resources.dagster_launcher import fail_runs_of_gone_workers, worker_tag
 from resources.engines import GoldEngine
 from resources.lake import LakeFileError
 from resources.reconciler import late_days, reconcile_all
@@ -476,6 +478,7 @@ def execute(
     Dagster's `resources` hold the source's connection string as an `EnvVar`."""
     catalog = runner.source.catalog
     require_partitions(runner, dict.fromkeys(catalog[name] for run in runs for name in run.tables))
+    fail_runs_of_gone_workers(instance)
     loads: list[TableLoad] = []
     failed = list(failures)
     for run in runs:
@@ -515,7 +518,7 @@ def _materialize(
     return defs.resolve_job_def(JOBS[run.kind]).execute_in_process(
         run_config=run.run_config(catalog),
         instance=instance,
-        tags={**run.tags, **WRITER_TAG},
+        tags={**run.tags, **WRITER_TAG, **worker_tag(os.getpid())},
         raise_on_error=False,
     )
 

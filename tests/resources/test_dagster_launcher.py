@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.launcher import WorkerStatus
 from dagster._daemon.monitoring.run_monitoring import monitor_started_run
 
-from resources.dagster_launcher import PRELOADED, WORKER_TAG
+from resources.dagster_launcher import PRELOADED, WORKER_TAG, worker_tag
 from resources.dagster_storage import BATCH_SIZE_VARIABLE
 from resources.process_identity import ProcessIdentity, this_machine
+from spotify_assets.cli.commands import source_simulate
+from spotify_assets.orchestration import ingest
+from spotify_assets.orchestration.settings import Settings
 from tests.helpers.launched_job import (
     WAIT_SECONDS,
     cli_instance,
@@ -31,6 +34,7 @@ from tests.helpers.launched_job import (
     worker_job,
 )
 from tests.helpers.paths import REPO
+from tests.helpers.source import DIRTY, SEED
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -146,6 +150,35 @@ def test_runs_this_launcher_did_not_start_are_left_to_the_lake_lease(tmp_path: P
     run = instance.create_run_for_job(job_def=worker_job, run_config=config)
 
     assert instance.run_launcher.check_run_worker_health(run).status is WorkerStatus.RUNNING
+
+
+def test_a_run_of_a_killed_cli_command_is_failed_by_the_next_command(
+    loaded_lakehouse: Settings,
+) -> None:
+    """A CLI command executes its runs in its own process: killed just as one started (before
+    the run took the lake lease, which would have named it), the run stayed STARTED for ever and
+    held the run queue's one writer slot. Each CLI run names its process; the next command with
+    work fails the runs of processes gone, and leaves the living's alone."""
+    with DagsterInstance.get() as instance:
+        built = instance.get_runs()  # by this test process (the session's loaded home)
+        assert built
+        assert {ProcessIdentity.parse(r.tags[WORKER_TAG]).pid for r in built} == {os.getpid()}
+        killed = subprocess.Popen(["sleep", "60"])
+        tags = {**built[0].tags, **worker_tag(killed.pid)}
+        killed.kill()
+        killed.wait()
+        stale, living = (
+            instance.add_run(
+                DagsterRun(job_name=built[0].job_name, status=DagsterRunStatus.STARTED, tags=t)
+            ).run_id
+            for t in (tags, built[0].tags)
+        )
+
+        source_simulate(loaded_lakehouse, 1, SEED, DIRTY)
+        ingest.incremental(loaded_lakehouse, instance)
+
+        assert instance.get_run_by_id(stale).status is DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(living).status is DagsterRunStatus.STARTED
 
 
 def test_the_fork_server_preloads_only_libraries_that_start_no_thread() -> None:
