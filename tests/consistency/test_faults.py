@@ -30,6 +30,7 @@ from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates
 from tests.helpers.gold_reference import assert_gold_equals_source
+from tests.helpers.source import without_constraints
 
 # Each test runs the pipeline two or three times (the first one also builds the shared lake).
 pytestmark = pytest.mark.timeout(900)
@@ -332,11 +333,7 @@ def test_streams_without_a_time_stop_only_their_table(cli: Cli) -> None:
     is corrected the next `run` loads the fact too."""
     source_simulate(cli.settings, 1, 12, SimulationRates(late_fraction=0.0))
     with sqlite3.connect(cli.settings.embedded_source_path) as conn:
-        conn.executescript(
-            "ALTER TABLE FactStream RENAME TO FactStream_old;"
-            "CREATE TABLE FactStream AS SELECT * FROM FactStream_old;"
-            "DROP TABLE FactStream_old;"
-        )
+        without_constraints(conn, "FactStream")
         conn.execute(
             "INSERT INTO FactStream SELECT max(stream_id) + 1, 1, 1, NULL, 30, 'mobile', NULL "
             "FROM FactStream"
@@ -369,11 +366,7 @@ def test_a_critical_rule_quarantines_its_rows_warns_and_holds_no_gold_back(cli: 
     row (a NULL key), so every `run` re-extracted its day."""
     fact = CATALOG["FactStream"]
     with sqlite3.connect(cli.settings.embedded_source_path) as conn:
-        conn.executescript(
-            "ALTER TABLE FactStream RENAME TO FactStream_old;"
-            "CREATE TABLE FactStream AS SELECT * FROM FactStream_old;"
-            "DROP TABLE FactStream_old;"
-        )
+        without_constraints(conn, "FactStream")
         conn.execute(
             "INSERT INTO FactStream SELECT NULL, user_id, track_id, date_key, listen_duration, "
             "device_type, stream_timestamp FROM FactStream WHERE date(stream_timestamp) = ? "

@@ -79,7 +79,7 @@ from spotify_assets.orchestration.partitions import (
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.source.simulator import SimulationRates, simulate
-from tests.helpers.bronze import load_everything, runner_for
+from tests.helpers.bronze import load_everything, parquet_reads, runner_for
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source, source_session
 from tests.helpers.processes import Lakehouse, cli_imports
 from tests.helpers.source import LATE, SEED, initialise
@@ -350,16 +350,7 @@ def test_manifests_without_profiles_are_reconciled_from_their_files(
     recorded = {t.name: reconcile(runner, t, 7) for t in tables}
     assert any(Layer.BRONZE in found.stale.values() for found in recorded.values())
 
-    read: list[str] = []
-    read_parquet = LakeStorage.read_parquet
-
-    def counted(
-        self: LakeStorage, relatives: list[str], columns: list[str] | None = None
-    ) -> pa.Table:
-        read.extend(relatives)
-        return read_parquet(self, relatives, columns)
-
-    monkeypatch.setattr(LakeStorage, "read_parquet", counted)
+    read = parquet_reads(monkeypatch)
     assert {t.name: reconcile(runner, t, 7) for t in tables} == recorded
     assert read == []
     for table in tables:

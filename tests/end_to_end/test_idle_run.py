@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from dagster import AssetKey, DagsterInstance
 from sqlalchemy.exc import OperationalError
@@ -36,6 +35,7 @@ from spotify_assets.consistency.faults import Fault
 from spotify_assets.orchestration import gate
 from spotify_assets.orchestration.resources import copy_runner, source_database
 from spotify_assets.orchestration.settings import Settings
+from tests.helpers.bronze import parquet_reads
 from tests.helpers.gold_reference import assert_gold_equals_source, small_source
 from tests.helpers.processes import CLI, CLI_MEMORY_GIB, Lakehouse, cli_imports, run_bounded
 
@@ -128,16 +128,7 @@ def test_a_run_with_nothing_to_do_reads_no_bronze_file(
     """Reconciliation's lookback takes bronze's counts and checksums per day from the profiles
     the manifests recorded as the files were written, and their sizes from a listing of each
     partition: no bronze file is read back (at scale 10 that read was half of an idle run)."""
-    read: list[str] = []
-    read_parquet = LakeStorage.read_parquet
-
-    def counted(
-        self: LakeStorage, relatives: list[str], columns: list[str] | None = None
-    ) -> pa.Table:
-        read.extend(relatives)
-        return read_parquet(self, relatives, columns)
-
-    monkeypatch.setattr(LakeStorage, "read_parquet", counted)
+    read = parquet_reads(monkeypatch)
     assert run(loaded) == NOTHING_DONE
     assert [path for path in read if path.startswith(f"{BRONZE}/")] == []
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from resources.copy_runner import LocalCopyRunner
 from resources.lake import LakeStorage
@@ -19,6 +20,21 @@ def runner_for(source: SourceDatabase, lake: Path, **options: object) -> LocalCo
     return LocalCopyRunner(
         source=source, lake=LakeStorage(url=str(lake)), safety_lag_seconds=0, **options
     )
+
+
+def parquet_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The lake files read as parquet from now on (their paths, in order, as they are read)."""
+    read: list[str] = []
+    read_parquet = LakeStorage.read_parquet
+
+    def counted(
+        self: LakeStorage, relatives: list[str], columns: list[str] | None = None
+    ) -> pa.Table:
+        read.extend(relatives)
+        return read_parquet(self, relatives, columns)
+
+    monkeypatch.setattr(LakeStorage, "read_parquet", counted)
+    return read
 
 
 def source_rows(source: SourceDatabase, table: Table) -> pa.Table:

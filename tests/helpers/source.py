@@ -3,6 +3,7 @@ they run, and its initial load."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
@@ -54,4 +55,14 @@ def fill_own_calendar(session: SourceSession, first: date, days: int) -> None:
         FROM generate_series(CAST(? AS date), CAST(? AS date) + {int(days)}, interval '1 day')
             AS d""",
         [first, first],
+    )
+
+
+def without_constraints(conn: sqlite3.Connection, table: str) -> None:
+    """A SQLite source's `table` recreated with its rows but no constraint (no NOT NULL, no
+    key), as a source made by other tools may be."""
+    conn.executescript(
+        f"ALTER TABLE {table} RENAME TO {table}_old;"
+        f"CREATE TABLE {table} AS SELECT * FROM {table}_old;"
+        f"DROP TABLE {table}_old;"
     )
