@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from resources.odbc import SourceUnavailableError
-from resources.source_db import SourceDatabase
+from resources.source_db import SourceDatabase, SourceSession
 from spotify_assets.catalog.tables import CaptureMode, TableRole
 from spotify_assets.source.schema import SourceSchemaError
 from spotify_assets.source.simulator import simulate
@@ -234,6 +234,14 @@ def test_a_failing_batch_changes_nothing(source: SourceDatabase) -> None:
         assert session.stats() == before
 
 
+def create_with_own_dim_user(session: SourceSession, columns: str) -> None:
+    """The catalog's tables in PostgreSQL, but a DimUser of the user's own: `columns`."""
+    for table in session.catalog:
+        if table.name != "DimUser":
+            session.execute(session.sql.create_table(table))
+    session.execute(f'CREATE TABLE "DimUser" ({columns})')
+
+
 @pytest.mark.postgres
 def test_attached_capture_takes_the_source_types_so_the_users_writes_pass(
     postgres_source: SourceDatabase,
@@ -242,13 +250,11 @@ def test_attached_capture_takes_the_source_types_so_the_users_writes_pass(
     insert, update and delete pass and are recorded (the update failed: the change table had
     the catalog's integer key, and the trigger raised into the user's UPDATE)."""
     with postgres_source.session() as session:
-        for table in postgres_source.catalog:
-            if table.name != "DimUser":
-                session.execute(session.sql.create_table(table))
-        session.execute(
-            'CREATE TABLE "DimUser" (user_id varchar(12) PRIMARY KEY, user_name text, '
+        create_with_own_dim_user(
+            session,
+            "user_id varchar(12) PRIMARY KEY, user_name text, "
             "country text, subscription_type text, start_date date, end_date date, "
-            "updated_at timestamptz NOT NULL)"
+            "updated_at timestamptz NOT NULL",
         )
         session.execute(
             """INSERT INTO "DimUser" VALUES ('7', 'ann', 'SE', 'Free', NULL, NULL, now())"""
@@ -298,13 +304,11 @@ def test_attach_refuses_a_column_created_quoted_with_capitals(
     passed, and every query and trigger naming user_id would fail. Refused in one line naming
     the column and the rename."""
     with postgres_source.session() as session:
-        for table in postgres_source.catalog:
-            if table.name != "DimUser":
-                session.execute(session.sql.create_table(table))
-        session.execute(
-            'CREATE TABLE "DimUser" ("User_Id" integer PRIMARY KEY, user_name text, '
+        create_with_own_dim_user(
+            session,
+            '"User_Id" integer PRIMARY KEY, user_name text, '
             "country text, subscription_type text, start_date date, end_date date, "
-            "updated_at timestamp NOT NULL)"
+            "updated_at timestamp NOT NULL",
         )
         expected = (
             r'^DimUser: column "User_Id" differs from the catalog\'s user_id in case only, which '
@@ -348,12 +352,10 @@ def test_keys_shifted_in_one_statement_are_all_deleted_before_any_is_inserted(
     before its delete, which then closed it in gold; every delete of the statement now comes
     first."""
     with postgres_source.session() as session:
-        for table in postgres_source.catalog:
-            if table.name != "DimUser":
-                session.execute(session.sql.create_table(table))
-        session.execute(
-            'CREATE TABLE "DimUser" (user_id integer NOT NULL, user_name text, country text, '
-            "subscription_type text, start_date date, end_date date, updated_at timestamp)"
+        create_with_own_dim_user(
+            session,
+            "user_id integer NOT NULL, user_name text, country text, "
+            "subscription_type text, start_date date, end_date date, updated_at timestamp",
         )
         session.execute(
             """INSERT INTO "DimUser" SELECT i, 'u', 'SE', 'Free', NULL, NULL, now()
