@@ -19,19 +19,15 @@ import signal
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 
-from dagster import StringSource
 from dagster._core.storage.compute_log_manager import CapturedLogContext
 from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 from dagster._serdes import ConfigurableClassData
 
+from resources.dagster_storage import ConfiguredByHome
 
-class InterruptibleComputeLogManager(LocalComputeLogManager):
-    """`LocalComputeLogManager` (same files, where Dagster's default keeps them: an existing
-    instance keeps its logs), configured by the instance's home (`env: DAGSTER_HOME`)."""
 
-    @classmethod
-    def config_type(cls) -> dict[str, object]:
-        return {"dagster_home": StringSource}
+class InterruptibleComputeLogManager(ConfiguredByHome, LocalComputeLogManager):
+    """`LocalComputeLogManager` (the same files) whose helpers start with SIGINT blocked."""
 
     @classmethod
     def from_config_value(  # ty: ignore[invalid-method-override]

@@ -60,15 +60,19 @@ BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
 EVENT_BATCH_SIZE = 1000
 
 
-class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
-    """`SqliteEventLogStorage` (same files and schema) whose batch write is one transaction per
-    shard instead of one per event. Configured by the instance's home (`env: DAGSTER_HOME`): its
-    files are where Dagster's default storage keeps them, so an existing instance keeps its
-    history."""
+class ConfiguredByHome:
+    """A part of the instance configured by its home alone (`dagster_home`, `env: DAGSTER_HOME`
+    in the `dagster.yaml` the CLI writes): its files are where Dagster's default keeps them, so
+    an existing instance keeps them."""
 
     @classmethod
     def config_type(cls) -> dict[str, object]:
         return {"dagster_home": StringSource}
+
+
+class BatchingSqliteEventLogStorage(ConfiguredByHome, SqliteEventLogStorage):
+    """`SqliteEventLogStorage` (same files and schema) whose batch write is one transaction per
+    shard instead of one per event."""
 
     @classmethod
     def from_config_value(  # ty: ignore[invalid-method-override]
@@ -198,17 +202,12 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
             )
 
 
-class _KeptEngine:
-    """Configured by the instance's home, as the event log; on the file's kept engine, its
-    schema checked once per process (`_checked_once`)."""
+class _KeptEngine(ConfiguredByHome):
+    """On the file's kept engine, its schema checked once per process (`_checked_once`)."""
 
     folder: ClassVar[str]  # under the instance's home, as Dagster's default
     kind: ClassVar[str]  # Dagster's name for the file
     _conn_string: str
-
-    @classmethod
-    def config_type(cls) -> dict[str, object]:
-        return {"dagster_home": StringSource}
 
     @classmethod
     def from_config_value(
