@@ -477,7 +477,12 @@ class SqliteDialect(SqlDialect):
         self, table: Table, image_types: Mapping[str, str] = CATALOG_TYPES
     ) -> list[str]:
         """One trigger per kind of change; an update of the key is recorded as the delete of
-        the old row and the insert of the new one, so the old key's history closes."""
+        the old row and the insert of the new one, so the old key's history closes.
+
+        SQLite fires row triggers as it updates each row, so keys shifted by one statement of
+        a table without a primary key (1 -> 2, 2 -> 3) record the insert of 2 before its
+        delete: the delete of a key that another row still holds is followed by that row's
+        insert again, and the records replay to the table as it is."""
         ct = self.quote(table.change_table)
         statements = self.change_table(
             table, "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT", image_types
@@ -489,11 +494,18 @@ class SqliteDialect(SqlDialect):
             clock = self.clock_expression()
             return f"  INSERT INTO {ct} ({columns})\n  VALUES ('{op}', {clock}, {values});\n"
 
+        holders = " AND ".join(f"{self.quote(k)} = OLD.{self.quote(k)}" for k in table.key)
+        still_held = (
+            f"  INSERT INTO {ct} ({columns})\n  SELECT 'I', {self.clock_expression()}, "
+            f"{self.column_list(table.column_names)}\n"
+            f"  FROM {self.quote(table.name)} WHERE {holders};\n"
+        )
         key_changed = self.key_changed(table)
+        key_update = capture("D", "OLD") + still_held + capture("I", "NEW")
         triggers = (
             ("i", "INSERT", "", capture("I", "NEW")),
             ("u", "UPDATE", f" WHEN NOT ({key_changed})", capture("U", "NEW")),
-            ("k", "UPDATE", f" WHEN {key_changed}", capture("D", "OLD") + capture("I", "NEW")),
+            ("k", "UPDATE", f" WHEN {key_changed}", key_update),
             ("d", "DELETE", "", capture("D", "OLD")),
         )
         for name, event, when, records in triggers:

@@ -235,7 +235,7 @@ def test_a_failing_batch_changes_nothing(source: SourceDatabase) -> None:
 
 
 def create_with_own_dim_user(session: SourceSession, columns: str) -> None:
-    """The catalog's tables in PostgreSQL, but a DimUser of the user's own: `columns`."""
+    """The catalog's tables, but a DimUser of the user's own: `columns`."""
     for table in session.catalog:
         if table.name != "DimUser":
             session.execute(session.sql.create_table(table))
@@ -343,32 +343,52 @@ def test_attached_capture_records_writes_from_any_search_path(
     assert change_rows_of(postgres_source) == [("I", 8, "Free")]
 
 
-@pytest.mark.postgres
-def test_keys_shifted_in_one_statement_are_all_deleted_before_any_is_inserted(
-    postgres_source: SourceDatabase,
+# Keys moved by one UPDATE of a table without a primary key: shifted up and down, swapped,
+# rotated (old key -> new key).
+KEY_MOVES = {
+    "shifted_up": {1: 2, 2: 3, 3: 4},
+    "shifted_down": {1: 0, 2: 1, 3: 2},
+    "swapped": {1: 2, 2: 1},
+    "rotated": {1: 2, 2: 3, 3: 1},
+}
+
+
+@pytest.mark.parametrize("moves", KEY_MOVES.values(), ids=KEY_MOVES.keys())
+def test_keys_moved_by_one_statement_replay_to_the_table(
+    source: SourceDatabase, moves: dict[int, int]
 ) -> None:
-    """A user's DimUser without a primary key, its keys shifted by one UPDATE: key 2 is the
-    old row 2's delete and the old row 1's insert. Recorded row by row, the insert of 2 came
-    before its delete, which then closed it in gold; every delete of the statement now comes
-    first."""
-    with postgres_source.session() as session:
+    """A user's DimUser without a primary key, its keys moved by one UPDATE: the change
+    records applied in sequence order (an insert or update sets its key's row, a delete
+    removes it) give the table as it is, whatever order the engine updates the rows in.
+    Recorded row by row, keys shifted up (1 -> 2, 2 -> 3) recorded the insert of 2 before its
+    delete, and gold closed every shifted key but the last: on PostgreSQL until every delete
+    of a statement came first, on SQLite until the delete of a key another row still holds is
+    followed by that row's insert."""
+    with source.session() as session:
         create_with_own_dim_user(
             session,
             "user_id integer NOT NULL, user_name text, country text, "
             "subscription_type text, start_date date, end_date date, updated_at timestamp",
         )
         session.execute(
-            """INSERT INTO "DimUser" SELECT i, 'u', 'SE', 'Free', NULL, NULL, now()
-            FROM generate_series(1, 3) AS i"""
+            'INSERT INTO "DimUser" VALUES '
+            + ", ".join(f"({k}, 'u{k}', 'SE', 'Free', NULL, NULL, '2026-04-01')" for k in (1, 2, 3))
         )
         session.attach()
-        session.execute('UPDATE "DimUser" SET user_id = user_id + 1')
-    rows = [(op, int(key)) for op, key, _ in change_rows_of(postgres_source)]
-    assert rows[:3] == [("D", 1), ("D", 2), ("D", 3)] and sorted(rows[3:]) == [
-        ("I", 2),
-        ("I", 3),
-        ("I", 4),
-    ]
+        cases = " ".join(f"WHEN {old} THEN {new}" for old, new in moves.items())
+        session.execute(f'UPDATE "DimUser" SET user_id = CASE user_id {cases} ELSE user_id END')
+        table = sorted(
+            (int(k), name) for k, name in session.query('SELECT user_id, user_name FROM "DimUser"')
+        )
+        replayed: dict[int, str] = {}
+        for op, key, name in session.query(
+            'SELECT "_op", user_id, user_name FROM "DimUser_changes" ORDER BY "_seq"'
+        ):
+            if op == "D":
+                replayed.pop(int(key), None)
+            else:
+                replayed[int(key)] = name
+    assert sorted(replayed.items()) == table
 
 
 def change_rows_of(source: SourceDatabase) -> list[tuple]:
