@@ -92,6 +92,13 @@ class BronzeStore:
         }
         return {f.path for f in recorded if sizes.get(f.path) == f.bytes}
 
+    def all_intact(self, files: Sequence[BronzeFile]) -> bool:
+        """Whether none of `files` is missing or damaged: those still of the size written
+        (`as_written`, one listing per partition) are not opened, the others are judged by
+        their footers (`damaged_files`)."""
+        sized = self.as_written(files)
+        return not self.damaged_files([f for f in files if f.path not in sized])
+
     def commit(self, manifest: Manifest) -> None:
         """Publish the next version; fails if another writer published it first."""
         self.lake.create_json(self.manifest_path(manifest.version), manifest.to_json())

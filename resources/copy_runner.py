@@ -494,7 +494,7 @@ class LocalCopyRunner(CopyRunner):
     def holds_snapshot(self, table: Table, manifest: Manifest, rows: pa.Table) -> bool:
         """Whether bronze holds exactly the snapshot `rows`, its files intact: not copied again."""
         unchanged = unchanged_snapshot(manifest, rows.select(list(table.column_names)))
-        return unchanged and not self.store(table).damaged_files(manifest.files)
+        return unchanged and self.store(table).all_intact(manifest.files)
 
     def has_changes(self, table: Table) -> bool:
         """Whether an incremental copy of `table` would find anything: a snapshot other than

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from resources.bronze_store import BronzeStore
@@ -247,6 +248,25 @@ def test_an_unchanged_snapshot_is_not_copied_again(sqlite_setup) -> None:
         session.apply(simulate(session.read_state(), days=1, seed=SEED, rates=ON_TIME))
     changed = runner.copy(dates, None, "after a day")
     assert changed.committed and changed.rows_written == again.rows_read + 1
+
+
+@pytest.mark.parametrize("damage", ["lost", "rows cut"])
+def test_an_unchanged_snapshot_whose_file_was_damaged_is_copied_again(
+    sqlite_setup, damage: str
+) -> None:
+    """An unchanged snapshot's file of the size written is taken as intact without being opened;
+    one lost, or of another size and rows, is copied again."""
+    source, runner = sqlite_setup
+    dates = source.catalog["DimDate"]
+    first = runner.copy(dates, None, "first")
+    (written,) = runner.store(dates).current().files
+    path = Path(runner.lake.path(written.path))
+    if damage == "lost":
+        path.unlink()
+    else:
+        pq.write_table(pq.read_table(path).slice(0, 1), path)
+    again = runner.copy(dates, None, "again")
+    assert again.committed and again.rows_written == first.rows_written
 
 
 def test_a_concurrent_commit_of_the_same_version_is_refused(sqlite_setup) -> None:

@@ -23,9 +23,10 @@ def runner_for(source: SourceDatabase, lake: Path, **options: object) -> LocalCo
 
 
 def parquet_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The lake files read as parquet from now on (their paths, in order, as they are read)."""
+    """The lake files opened as parquet from now on, read or only their footer (their paths, in
+    order, as they are opened)."""
     read: list[str] = []
-    read_parquet = LakeStorage.read_parquet
+    read_parquet, parquet_rows = LakeStorage.read_parquet, LakeStorage.parquet_rows
 
     def counted(
         self: LakeStorage, relatives: list[str], columns: list[str] | None = None
@@ -33,7 +34,12 @@ def parquet_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         read.extend(relatives)
         return read_parquet(self, relatives, columns)
 
+    def footer(self: LakeStorage, relative: str) -> int:
+        read.append(relative)
+        return parquet_rows(self, relative)
+
     monkeypatch.setattr(LakeStorage, "read_parquet", counted)
+    monkeypatch.setattr(LakeStorage, "parquet_rows", footer)
     return read
 
 
