@@ -5,7 +5,16 @@ from datetime import UTC, date
 from functools import cache
 from typing import Any
 
-from dagster import AssetExecutionContext, DailyPartitionsDefinition, MetadataValue
+from dagster import (
+    AssetExecutionContext,
+    DagsterInvariantViolationError,
+    DailyPartitionsDefinition,
+    MetadataValue,
+)
+from dagster._core.execution.context.metadata_logging import (
+    AssetMetadataHandle,
+    OutputMetadataAccumulator,
+)
 
 from spotify_assets.bronze.windows import DAY, Window
 
@@ -66,15 +75,46 @@ def result_metadata(
     if context.assets_def.partitions_def is None:
         return {**details, **{name: MetadataValue.int(total) for name, total in totals.items()}}
     keys = context.partition_keys
-    for key in keys:
-        day = date.fromisoformat(key)
-        own = {name: MetadataValue.int(days.get(day, 0)) for name, days in per_day.items()}
-        context.add_asset_metadata(
-            {**details, **own} if key == keys[-1] else own, partition_key=key
-        )
+    own = {
+        key: {name: MetadataValue.int(days.get(date.fromisoformat(key), 0))
+              for name, days in per_day.items()}
+        for key in keys
+    }  # fmt: skip
+    own[keys[-1]] = {**details, **own[keys[-1]]}
+    add_partitions_metadata(context, own)
     return {run_name(name): MetadataValue.int(total) for name, total in totals.items()} | {
         RUN_PARTITIONS: MetadataValue.text(f"{keys[0]} .. {keys[-1]}")
     }
+
+
+def add_partitions_metadata(
+    context: AssetExecutionContext, metadata: Mapping[str, Mapping[str, MetadataValue]]
+) -> None:
+    """`context.add_asset_metadata(metadata[key], partition_key=key)` for every key at once.
+    Dagster's, called once per partition, lists the run's partitions to check the key and copies
+    the metadata of every partition added before it: the square of a range run's days (0.3 CPU s
+    for 13 assets over 320 days, seconds over three years). Here the keys are checked against
+    one list and the step's metadata replaced once, with what Dagster's calls would leave."""
+    targeted = set(context.partition_keys)
+    stray = sorted(key for key in metadata if key not in targeted)
+    if stray:
+        raise DagsterInvariantViolationError(
+            f"metadata for partitions {stray[:3]} of {context.asset_key.to_user_string()}, "
+            "which the run does not target"
+        )
+    step = context.get_step_execution_context()
+    kept = step._metadata_accumulator  # no public way to add many partitions' metadata at once
+    asset = context.asset_key
+    added = {
+        AssetMetadataHandle(asset_key=asset, partition_key=key): {
+            **kept.get_asset_metadata(asset, key),
+            **values,
+        }
+        for key, values in metadata.items()
+    }
+    step._metadata_accumulator = OutputMetadataAccumulator(
+        per_output_metadata={**kept.per_output_metadata, **added}
+    )
 
 
 def run_total(metadata: Mapping[str, MetadataValue], count: str) -> Any:

@@ -7,9 +7,20 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, timedelta
+from unittest.mock import patch
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, EventLogRecord, PartitionKeyRange
+from dagster import (
+    AssetKey,
+    BackfillPolicy,
+    DagsterEventType,
+    DagsterInstance,
+    EventLogRecord,
+    MaterializeResult,
+    PartitionKeyRange,
+    asset,
+    materialize,
+)
 
 from resources.delta_tables import partition_stats
 from resources.lake import LakeStorage
@@ -23,6 +34,9 @@ from spotify_assets.orchestration.definitions import build_definitions
 from spotify_assets.orchestration.partitions import (
     PARTITION_RANGE_END_TAG,
     PARTITION_RANGE_START_TAG,
+    daily_partitions,
+    partition_range_tags,
+    result_metadata,
 )
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
@@ -122,3 +136,41 @@ def test_a_first_load_plans_each_asset_over_its_own_partitions_and_builds_every_
             expected.update((key, day) for day in days)
             assert set(instance.get_materialized_partitions(key)) == set(days), key
         assert planned == expected
+
+
+def _range_run_listing_partitions(days: int) -> tuple[dict[str, int], int]:
+    """A range run over `days` daily partitions of one asset whose result goes through
+    `result_metadata`: each partition's recorded count, and how many times the run's
+    partitions were listed while the asset ran."""
+    start = date(2024, 1, 1)
+    partitions = daily_partitions(start)
+    last = (start + timedelta(days=days - 1)).isoformat()
+    listed = 0
+
+    @asset(partitions_def=partitions, backfill_policy=BackfillPolicy.single_run())
+    def counted(context) -> MaterializeResult:  # annotated, Dagster cannot resolve it here
+        nonlocal listed
+        per_day = {date.fromisoformat(k): n for n, k in enumerate(context.partition_keys, 1)}
+        listing = partitions.get_partition_keys_in_range
+        with patch.object(type(partitions), "get_partition_keys_in_range", autospec=True) as spy:
+            spy.side_effect = lambda _, *args, **kwargs: listing(*args, **kwargs)
+            metadata = result_metadata(context, {}, {ROWS: sum(per_day.values())}, {ROWS: per_day})
+        listed = spy.call_count
+        return MaterializeResult(metadata=metadata)
+
+    with DagsterInstance.ephemeral() as instance:
+        tags = partition_range_tags(start, date.fromisoformat(last))
+        assert materialize([counted], instance=instance, tags=tags).success
+        records = instance.fetch_materializations(counted.key, limit=days + 1).records
+        counts = {r.partition_key: r.asset_materialization.metadata[ROWS].value for r in records}  # ty: ignore[possibly-missing-attribute]
+    return counts, listed  # ty: ignore[invalid-return-type]
+
+
+def test_a_range_runs_partitions_each_get_their_own_metadata_at_a_cost_that_does_not_grow() -> None:
+    """Dagster's `add_asset_metadata`, once per partition, lists the run's partitions at each
+    call (and copies every partition's metadata so far): the square of the days."""
+    few, listed_few = _range_run_listing_partitions(3)
+    many, listed_many = _range_run_listing_partitions(40)
+    assert few == {f"2024-01-0{n}": n for n in (1, 2, 3)}
+    assert len(many) == 40 and many["2024-02-09"] == 40 and many["2024-01-01"] == 1
+    assert listed_many == listed_few
