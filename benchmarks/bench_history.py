@@ -7,11 +7,13 @@ init --history-days`, so the partition start is the history's first day), then t
 `spotify-lakehouse run` in process (the work after imports): one single-run backfill of every
 partition through bronze, silver and gold. The scale is kept tiny on purpose: the figure is the
 cost per partition, not per row. Where the time goes comes from the run's Dagster event log: the
-run's creation (its planned events, one per asset and partition) until it starts, and per step,
-its wall time and the span of its asset-materialization events (one per asset and partition:
-Dagster's per-partition bookkeeping, written after the step's own work). It also prints the size
-of the Dagster instance's files. Not a test: run it on the reference machine and record the
-output in benchmarks/README.md.
+run's creation (its planned events: one per asset, naming its partitions) until it starts, and
+per step, its wall time and the span of its asset-materialization events (one per asset and
+partition: Dagster's per-partition bookkeeping, written after the step's own work). It also
+prints the size of the Dagster instance's files and, per partition, the lake's parquet files and
+Dagster's events by type. bench_end_to_end.py runs first loads of several lengths through the
+CLI for the cost of each partition added. Not a test: run it on the reference machine and record
+the output in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -21,9 +23,19 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-from harness import Context, Measure, Payload, cli, measure, print_table, required, settings
+from harness import (
+    Bookkeeping,
+    Context,
+    Measure,
+    Payload,
+    bookkeeping,
+    cli,
+    measure,
+    print_table,
+    required,
+    settings,
+)
 
 SEED = 42
 DAYS_VARIABLE = "BENCH_HISTORY_DAYS"
@@ -80,16 +92,11 @@ def step_first_load(ctx: Context) -> Payload:
         "seconds": seconds,
         "runs": len(instance.get_runs()),
         "creation_s": round(creation, 2),
-        "dagster_mib": round(_size(config.dagster_home) / 2**20, 1),
         "steps": {
             name: {k: round(v, 2) for k, v in figures.items() if k != "first_materialization"}
             for name, figures in steps.items()
         },
     }
-
-
-def _size(root: Path) -> int:
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
 STEPS = {"source": step_source, "first_load": step_first_load}
@@ -100,10 +107,10 @@ def run_all(ctx: Context) -> None:
     source = required(measure(f"source init, {DAYS} days", "source", ctx, env))
     load = measure("first run (bronze to gold)", "first_load", ctx, env)
     print_table([source, load])
-    report(source, required(load))
+    report(source, required(load), bookkeeping(ctx.work))
 
 
-def report(source: Measure, load: Measure) -> None:
+def report(source: Measure, load: Measure, kept: Bookkeeping) -> None:
     first, last = source.extra["history"]
     partitions = DAYS + 2  # the history's days, its end day (yesterday) and today's
     assert load.seconds is not None
@@ -112,9 +119,12 @@ def report(source: Measure, load: Measure) -> None:
         f"first load: {load.seconds:.1f} s, {load.seconds / partitions:.3f} s per partition "
         f"(load average before: {load.extra['load']:.1f})"
     )
+    mib = round(kept.dagster_bytes / 2**20, 1)
     print(
         f"run creation (planned events) to start: {load.extra['creation_s']:.1f} s; "
-        f"Dagster instance on disk: {load.extra['dagster_mib']:.1f} MiB"
+        f"Dagster instance on disk: {mib:.1f} MiB; per partition: "
+        f"{kept.parquet_files / partitions:.1f} parquet files, Dagster events "
+        + ", ".join(f"{kind} {n / partitions:.2f}" for kind, n in kept.events.most_common())
     )
     print("\nper step: wall s, asset materializations, s from the first to the last of them")
     steps = sorted(load.extra["steps"].items(), key=lambda item: -item[1].get("seconds", 0))
@@ -123,7 +133,7 @@ def report(source: Measure, load: Measure) -> None:
             f"  {name:<40} {figures.get('seconds', 0):>8.1f} {figures['materializations']:>6}"
             f" {figures.get('bookkeeping_s', 0):>8.1f}"
         )
-    seconds, mib = round(load.seconds, 1), load.extra["dagster_mib"]
+    seconds = round(load.seconds, 1)
     print(json.dumps({"partitions": partitions, "seconds": seconds, "dagster_mib": mib}))
 
 

@@ -11,12 +11,14 @@ import argparse
 import json
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,36 @@ def sail() -> tuple[Any, float]:
     started = time.perf_counter()
     spark = SparkResource().session()
     return spark, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Bookkeeping:
+    """What a first load left per home: Dagster's events by type (every run's shard), the
+    bytes they take in the shards, the whole instance on disk, and the lake's parquet files."""
+
+    events: Counter[str]
+    event_bytes: int
+    dagster_bytes: int
+    parquet_files: int
+
+
+def bookkeeping(home: Path) -> Bookkeeping:
+    """Counted in the files of the embedded default (SQLite event log under `home/dagster`, the
+    lake under `home/lake`), read with sqlite3 so the driver imports nothing of the project."""
+    events: Counter[str] = Counter()
+    event_bytes = 0
+    runs = home / "dagster" / "history" / "runs"
+    for shard in runs.glob("*.db"):
+        if shard.name == "index.db":  # a copy of the runs' asset events
+            continue
+        with closing(sqlite3.connect(f"file:{shard}?mode=ro", uri=True)) as db:
+            query = "SELECT dagster_event_type, COUNT(*), SUM(LENGTH(event)) FROM event_logs"
+            for kind, count, size in db.execute(f"{query} GROUP BY 1"):
+                events[kind or "log message"] += count
+                event_bytes += size
+    dagster = sum(f.stat().st_size for f in (home / "dagster").rglob("*") if f.is_file())
+    parquet = sum(1 for _ in (home / "lake").rglob("*.parquet"))
+    return Bookkeeping(events, event_bytes, dagster, parquet)
 
 
 @dataclass
