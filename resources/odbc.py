@@ -32,6 +32,10 @@ _DRIVER_DIALECTS = (
     ("sql server", Dialect.TSQL),
 )
 
+# A URL such as postgresql://user:password@host/db: the form other tools take, never ODBC's.
+_URL = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_PASSWORD = re.compile(r"(://[^:/@;]*:)[^@;]*(@)")
+
 _ATTRIBUTE = re.compile(r"\s*([^=;{}]+?)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;{}]*)\s*(?:;|$)")
 
 
@@ -39,6 +43,12 @@ def parse_connection_string(conn_str: str) -> dict[str, str]:
     """Parse `Key=value;Key={value; with braces}` into an ordered dict (keys as written)."""
     if not conn_str or not conn_str.strip():
         raise SourceConfigError("the ODBC connection string is empty")
+    if _URL.match(conn_str):
+        raise SourceConfigError(
+            "SPOTIFY_SOURCE_ODBC takes an ODBC connection string, not a URL "
+            f"({redact(conn_str.strip())!r}): e.g. Driver={{PostgreSQL Unicode}};Server=<host>;"
+            "Port=5432;Database=<db>;Uid=<user>;Pwd=<password>"
+        )
     attributes: dict[str, str] = {}
     pos = 0
     text = conn_str.strip()
@@ -73,7 +83,7 @@ def redact(conn_str: str) -> str:
     pattern = r"(?i)(\b(?:{})\s*=\s*)(\{{(?:[^}}]|\}}\}})*\}}|[^;]*)".format(
         "|".join(sorted(SECRET_KEYS))
     )
-    return re.sub(pattern, r"\1***", conn_str)
+    return _URL_PASSWORD.sub(r"\1***\2", re.sub(pattern, r"\1***", conn_str))
 
 
 def one_line(message: str) -> str:

@@ -45,6 +45,7 @@ def test_parse_handles_braces_semicolons_and_escaped_braces() -> None:
         f"Driver={{SQLite3;Pwd={SECRET};Database=x",
         f"Driver=SQLite3;Pwd={SECRET};Database={{unterminated",
         f"Pwd={SECRET};Pwd=again",
+        f"postgresql://app:{SECRET}@127.0.0.1:5432/music",
     ],
 )
 def test_malformed_connection_string_is_rejected_without_the_secret(conn_str: str) -> None:
@@ -61,10 +62,23 @@ def test_malformed_connection_string_is_rejected_without_the_secret(conn_str: st
         (f"Driver=x;PWD={SECRET};Uid=u", "Driver=x;PWD=***;Uid=u"),
         (f"Driver=x;Password = {{{SECRET};x}};Uid=u", "Driver=x;Password = ***;Uid=u"),
         (f"AccountKey={SECRET}", "AccountKey=***"),
+        (f"postgresql://app:{SECRET}@db:5432/music", "postgresql://app:***@db:5432/music"),
     ],
 )
 def test_redact_hides_every_secret(conn_str: str, shown: str) -> None:
     assert redact(conn_str) == shown
+
+
+def test_a_url_is_refused_naming_the_odbc_form() -> None:
+    """A newcomer's first try, the URL their other tools take: refused in one line that says
+    what to write instead (it printed the URL, password included)."""
+    with pytest.raises(SourceConfigError) as excinfo:
+        dialect_of(f"postgresql://app:{SECRET}@127.0.0.1:5432/music")
+    assert str(excinfo.value) == (
+        "SPOTIFY_SOURCE_ODBC takes an ODBC connection string, not a URL ('postgresql://app:***@"
+        "127.0.0.1:5432/music'): e.g. Driver={PostgreSQL Unicode};Server=<host>;Port=5432;"
+        "Database=<db>;Uid=<user>;Pwd=<password>"
+    )
 
 
 @pytest.mark.parametrize(
