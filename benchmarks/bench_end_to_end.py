@@ -26,8 +26,8 @@ system seconds of its process tree (which a shared machine's load inflates far l
 when the loads differ; the remote row counts the CLI's alone); "load" the 1-min load average as it
 ended; "peak GiB" the peak resident memory of its whole process tree (polled every 50 ms; over
 --memory-limit GiB the tree is SIGKILLed and the row says so; the remote row adds the server's own
-peak). A flag set to 0 skips its part, so the script can be run part by part. Not a test: run it
-on the reference machine and record the output in benchmarks/README.md.
+peak and CPU seconds). A flag set to 0 skips its part, so the script can be run part by part.
+Not a test: run it on the reference machine and record the output in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from harness import Bookkeeping, Context, bookkeeping, measure, workdir
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the process helpers the tests use: tests/helpers/processes.py
 
-from tests.helpers.processes import run_bounded, sail_cluster, tree_rss  # noqa: E402
+from tests.helpers.processes import cpu_seconds, run_bounded, sail_cluster, tree_rss  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("spotify-lakehouse"))
 BENCH = Path(__file__).resolve().parent
@@ -312,10 +312,14 @@ def remote_rows(work: Path, scale: float, limit: float) -> list[Row]:
     with sail_cluster(home / "sail.log") as (url, server):
         cli = Lakehouse(home, scale, limit, SPOTIFY_SPARK_REMOTE=url)
         init = cli.init(days_ago(2))
+        before = cpu_seconds(server)
         with peak_of(server, limit) as server_peak:
             run = cli("initial run, Spark Connect server (Sail local-cluster)", "run")
+        server_cpu = cpu_seconds(server) - before
     if run.seconds is not None:
-        run.note = f"the server's own peak {server_peak[0] / GIB:.2f} GiB"
+        run.note = (
+            f"the server's own peak {server_peak[0] / GIB:.2f} GiB, its CPU {server_cpu:.1f} s"
+        )
     return [init, run]
 
 

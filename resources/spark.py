@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from resources.lake import object_store_env_from_connection_string
 from resources.rust_log import quiet_rust_logs
-from resources.spark_memory import DEFAULT_MEMORY_POOL_GIB
+from resources.spark_memory import DEFAULT_MEMORY_POOL_GIB, sail_memory_env
 
 
 class SparkKind(StrEnum):
@@ -41,21 +41,12 @@ _servers: list[object] = []
 def _start_sail(memory_pool_gib: float) -> str:
     # Sail logs through Rust's env_logger; keep its chatter (INFO per session) out of run logs.
     quiet_rust_logs()
-    # Unbounded (Sail's default), the queries' memory grows with the data: a first load took
-    # 3.4-4.8 GiB at scale 1. In a fair pool, sorts, aggregations and joins spill to disk past
-    # their share instead. Sail reads these once, as its server starts.
-    os.environ["SAIL_RUNTIME__MEMORY_POOL__TYPE"] = "fair"
-    os.environ["SAIL_RUNTIME__MEMORY_POOL__FAIR__MAX_SIZE"] = str(int(memory_pool_gib * 2**30))
+    # Bounded, so that a first load's queries spill to disk instead of growing with the data.
+    os.environ.update(sail_memory_env(memory_pool_gib, os.environ))
     # The server serves this process alone, whose session is kept for its lifetime: Sail would
     # end it after spark.session_timeout_secs idle (900 s), failing a long-lived process's next
     # query (a code server, a test worker).
     os.environ["SAIL_SPARK__SESSION_TIMEOUT_SECS"] = str(10 * 365 * 24 * 3600)
-    # Sail allocates with mimalloc, which by default keeps freed pages committed for a while and
-    # commits its arenas eagerly: a first load at scale 1 grew step by step to 3.1-3.9 GiB of RSS
-    # and never gave it back. Returning pages at once keeps it under 1 GiB at no measured cost
-    # (benchmarks/README.md). mimalloc reads these as the library loads, hence before the import.
-    os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
-    os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
     # Sail's server reads its Azure settings from the environment once, as it starts, and knows
     # no connection strings: give it the account the lake uses (resources/lake.py).
     os.environ.update(object_store_env_from_connection_string(os.environ))

@@ -21,6 +21,7 @@ from typing import IO
 
 import pytest
 
+from resources.spark_memory import sail_memory_env
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
@@ -199,15 +200,14 @@ def sail_cluster(
 ) -> Iterator[tuple[str, int]]:
     """`SAIL_MODE=local-cluster sail spark server` (a driver and its workers, threads of one
     process) on a free port of 127.0.0.1, logging to `log`; yields its Spark Connect URL and its
-    pid; its queries share a fair memory pool, as Sail in process does (resources/spark.py).
-    The server ignores SIGTERM: its process group is SIGKILLed on exit."""
+    pid. Its memory is bounded as Sail's in process is (`sail_memory_env`). The server ignores
+    SIGTERM: its process group is SIGKILLed on exit."""
     port = free_port()
     env = {
         **os.environ,
+        **sail_memory_env(memory_pool_gib, os.environ),
         "SAIL_MODE": "local-cluster",
         "RUST_LOG": "error",
-        "SAIL_RUNTIME__MEMORY_POOL__TYPE": "fair",
-        "SAIL_RUNTIME__MEMORY_POOL__FAIR__MAX_SIZE": str(int(memory_pool_gib * 2**30)),
     }
     with log.open("wb") as out:
         server = subprocess.Popen(
