@@ -16,7 +16,9 @@ server as before. The run's worker process is tagged on the run (its pid and sta
 it sends the worker SIGINT, which Dagster turns into a canceled run, as the code server's cancel
 does, and Dagster's run monitoring (on in the instance's `dagster.yaml`) asks the launcher whether
 the worker still runs: a worker killed, or dead before it could report its run's end, fails its
-run instead of leaving it in progress for ever, holding the run queue's one writer slot.
+run instead of leaving it in progress for ever, holding the run queue's one writer slot. The
+launching process also waits for each worker, and fails its run at once if the worker ended
+without ending it, started or not yet (run monitoring checks only started runs' workers).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+from multiprocessing.process import BaseProcess
 
 from dagster import DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
 from dagster._cli.api import execute_run_command
@@ -75,6 +79,15 @@ class ForkedRunLauncher(DefaultRunLauncher):
         worker.start()
         self._instance.add_run_tags(run.run_id, worker_tag(worker.pid))
         self._run_ids.add(run.run_id)
+        threading.Thread(target=self._fail_if_unfinished, args=(worker,), daemon=True).start()
+
+    def _fail_if_unfinished(self, worker: BaseProcess) -> None:
+        """Once the worker ends: its run, if it did not end it (killed, even before the run
+        started), is failed now. Run monitoring would check only a STARTED run's worker, at its
+        next poll, and fail a STARTING one only after its start timeout, holding the run
+        queue's one writer slot meanwhile."""
+        worker.join()
+        fail_runs_of_gone_workers(self._instance)
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)

@@ -5,12 +5,14 @@ terminate its runs on the CLI's instance."""
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
+    JobDefinition,
     OpExecutionContext,
     in_process_executor,
     job,
@@ -42,6 +44,12 @@ def worker_job() -> None:
     record_pid()
 
 
+def never_starting_job() -> JobDefinition:
+    """`worker_job` as a run's worker loads it after a long hold: its run stays STARTING."""
+    time.sleep(HOLD_SECONDS)
+    return worker_job
+
+
 def cli_instance(home: Path) -> DagsterInstance:
     """The instance `spotify-lakehouse` creates under a fresh SPOTIFY_HOME (the caller has no
     DAGSTER_HOME or batch size set)."""
@@ -49,11 +57,23 @@ def cli_instance(home: Path) -> DagsterInstance:
     return dagster_instance(Settings.from_env({"SPOTIFY_HOME": str(home)}))
 
 
-def launch(instance: DagsterInstance, marker: Path, hold: bool) -> str:
+def run_config(marker: Path, hold: bool) -> dict[str, object]:
+    """`worker_job`'s: where its op writes its process id, and whether it then holds."""
+    return {"ops": {"record_pid": {"config": {"marker": str(marker), "hold": hold}}}}
+
+
+def launch(
+    instance: DagsterInstance,
+    marker: Path,
+    hold: bool,
+    loads: Callable[[], JobDefinition] | None = None,
+) -> str:
+    """Launches `worker_job`, which the run's worker loads by `loads` (a function returning
+    it) if given."""
     run = instance.create_run_for_job(
         job_def=worker_job,
-        run_config={"ops": {"record_pid": {"config": {"marker": str(marker), "hold": hold}}}},
-        job_code_origin=reconstructable(worker_job).get_python_origin(),
+        run_config=run_config(marker, hold),
+        job_code_origin=reconstructable(loads or worker_job).get_python_origin(),
     )
     # No workspace: Dagster's default launcher would need a code server to start it.
     instance.launch_run(run.run_id, workspace=None)  # ty: ignore[invalid-argument-type]

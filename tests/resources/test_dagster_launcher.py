@@ -10,11 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.launcher import WorkerStatus
 from dagster._daemon.monitoring.run_monitoring import monitor_started_run
 
@@ -28,6 +27,8 @@ from tests.helpers.launched_job import (
     WAIT_SECONDS,
     cli_instance,
     launch,
+    never_starting_job,
+    run_config,
     terminated_status,
     wait_for,
     wait_for_op,
@@ -77,28 +78,57 @@ def test_terminating_a_run_launched_by_a_background_job_cancels_it(tmp_path: Pat
     assert done.stdout.split()[-1] == DagsterRunStatus.CANCELED.value
 
 
-def test_a_run_whose_worker_is_killed_is_failed_by_run_monitoring(tmp_path: Path) -> None:
-    """A SIGKILLed worker cannot report its run's end: without the launcher's health check the
-    run stayed STARTED for ever, and the run queue's one writer slot with it."""
+def test_a_run_whose_worker_is_killed_is_failed_at_once(tmp_path: Path) -> None:
+    """A SIGKILLed worker cannot report its run's end: the run stayed STARTED until run
+    monitoring's next poll (for ever without it), holding the run queue's one writer slot."""
     instance = cli_instance(tmp_path / "home")
-    assert instance.run_monitoring_enabled
     marker = tmp_path / "pid"
     run_id = launch(instance, marker, hold=True)
     worker = wait_for_op(marker)
-    running = wait_for(instance, run_id, {DagsterRunStatus.STARTED})
-    assert instance.run_launcher.check_run_worker_health(running).status is WorkerStatus.RUNNING
+    wait_for(instance, run_id, {DagsterRunStatus.STARTED})
 
     os.kill(worker, signal.SIGKILL)
-    deadline = time.monotonic() + WAIT_SECONDS
-    while instance.run_launcher.check_run_worker_health(running).status is WorkerStatus.RUNNING:
-        assert time.monotonic() < deadline, "the killed worker still counts as running"
-        time.sleep(0.2)
-    (record,) = instance.get_run_records(RunsFilter(run_ids=[run_id]))
-    assert record.dagster_run.status is DagsterRunStatus.STARTED  # nothing else would end it
+
+    wait_for(instance, run_id, {DagsterRunStatus.FAILURE})
+    assert _failure_message(instance, run_id).startswith(f"its worker (pid {worker}) ended")
+
+
+def test_a_run_whose_worker_dies_before_it_starts_is_failed_at_once(tmp_path: Path) -> None:
+    """A worker killed while it loads the code location leaves its run STARTING: Dagster's run
+    monitoring checks the worker only of a STARTED run, and failed this one only after its
+    start timeout (180 s; for ever without the daemon)."""
+    instance = cli_instance(tmp_path / "home")
+    run_id = launch(instance, tmp_path / "pid", hold=False, loads=never_starting_job)
+    starting = wait_for(instance, run_id, {DagsterRunStatus.STARTING})
+    worker = ProcessIdentity.parse(starting.tags[WORKER_TAG]).pid
+
+    os.kill(worker, signal.SIGKILL)
+
+    wait_for(instance, run_id, {DagsterRunStatus.FAILURE})
+    assert _failure_message(instance, run_id).startswith(f"its worker (pid {worker}) ended")
+
+
+def test_run_monitoring_fails_a_started_run_whose_worker_is_gone(tmp_path: Path) -> None:
+    """A worker gone with the process that launched it (`dg dev` SIGKILLed): the daemon's run
+    monitoring, started again, asks the launcher and fails the run."""
+    instance = cli_instance(tmp_path / "home")
+    assert instance.run_monitoring_enabled
+    gone = subprocess.Popen(["sleep", "60"])
+    tags = worker_tag(gone.pid)
+    gone.kill()
+    gone.wait()
+    run = instance.create_run_for_job(
+        job_def=worker_job,
+        tags=tags,
+        run_config=run_config(tmp_path / "pid", hold=False),
+        status=DagsterRunStatus.STARTED,
+    )
+    (record,) = instance.get_run_records(RunsFilter(run_ids=[run.run_id]))
+
     # No workspace: it serves only to resume a run, which the instance does not (0 attempts).
     monitor_started_run(instance, None, record, logging.getLogger(__name__))  # ty: ignore[invalid-argument-type]
 
-    assert instance.get_run_by_id(run_id).status is DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(run.run_id).status is DagsterRunStatus.FAILURE
 
 
 def test_terminating_a_run_whose_worker_is_gone_interrupts_no_other_process(
@@ -123,12 +153,9 @@ def test_terminating_a_run_whose_worker_is_gone_interrupts_no_other_process(
     try:
         assert bystander.stdout is not None and bystander.stdout.readline().strip() == "ready"
         gone = ProcessIdentity(bystander.pid, started=1, machine=this_machine())  # pid reused
-        config = {
-            "ops": {"record_pid": {"config": {"marker": str(tmp_path / "pid"), "hold": False}}}
-        }
         run = instance.create_run_for_job(
             job_def=worker_job,
-            run_config=config,
+            run_config=run_config(tmp_path / "pid", hold=False),
             tags={WORKER_TAG: str(gone)},
             status=DagsterRunStatus.STARTED,
         )
@@ -146,8 +173,9 @@ def test_terminating_a_run_whose_worker_is_gone_interrupts_no_other_process(
 def test_runs_this_launcher_did_not_start_are_left_to_the_lake_lease(tmp_path: Path) -> None:
     """A CLI command's in-process run has no worker of ours: monitoring must not fail it."""
     instance = cli_instance(tmp_path / "home")
-    config = {"ops": {"record_pid": {"config": {"marker": str(tmp_path / "pid"), "hold": False}}}}
-    run = instance.create_run_for_job(job_def=worker_job, run_config=config)
+    run = instance.create_run_for_job(
+        job_def=worker_job, run_config=run_config(tmp_path / "pid", hold=False)
+    )
 
     assert instance.run_launcher.check_run_worker_health(run).status is WorkerStatus.RUNNING
 
@@ -179,6 +207,12 @@ def test_a_run_of_a_killed_cli_command_is_failed_by_the_next_command(
 
         assert instance.get_run_by_id(stale).status is DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(living).status is DagsterRunStatus.STARTED
+
+
+def _failure_message(instance: DagsterInstance, run_id: str) -> str:
+    (failure,) = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE).records
+    assert failure.event_log_entry.dagster_event is not None
+    return failure.event_log_entry.dagster_event.message or ""
 
 
 def test_the_fork_server_preloads_only_libraries_that_start_no_thread() -> None:
