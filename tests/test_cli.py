@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -15,13 +16,19 @@ import pyarrow as pa
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
+from resources.dagster_launcher import ForkedRunLauncher
 from resources.lake import LakeStorage
 from resources.lease import lake_writer
 from resources.source_reader import read_arrow
 from spotify_assets.bronze.dialects import Dialect
 from spotify_assets.catalog.tables import CATALOG
 from spotify_assets.cli import INTERRUPTED, commands, main
-from spotify_assets.cli.commands import dagster_instance, demo_settings
+from spotify_assets.cli.commands import (
+    INSTANCE_CONFIGS_WRITTEN,
+    dagster_instance,
+    demo_settings,
+    instance_config,
+)
 from spotify_assets.orchestration.resources import copy_runner
 from spotify_assets.orchestration.settings import Settings
 from tests.helpers.gold_reference import (
@@ -350,6 +357,55 @@ def test_output_that_is_not_a_terminal_has_no_progress_bars_or_telemetry_banner(
     instance = dagster_instance(Settings.from_env())
     assert not instance.telemetry_enabled
     instance.dispose()
+
+
+# The `dagster.yaml` the CLI wrote on 2026-11-26: the run queue only (no warm launcher, no run
+# monitoring, Dagster's own storages).
+FIRST_INSTANCE_CONFIG = (
+    "run_queue:\n  max_concurrent_runs: 4\n  tag_concurrency_limits:\n"
+    "    - key: spotify/writer\n      limit: 1\n"
+)
+
+
+def test_a_home_made_by_an_older_version_gets_the_current_instance_configuration(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI wrote `dagster.yaml` only when missing: a home of an older version kept its
+    runs cold, without run monitoring, for ever."""
+    config = home / "dagster" / "dagster.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(FIRST_INSTANCE_CONFIG)
+    monkeypatch.setenv("DAGSTER_HOME", "")  # the CLI's own instance (restored after the test)
+
+    instance = dagster_instance(Settings.from_env())
+
+    assert isinstance(instance.run_launcher, ForkedRunLauncher)
+    assert instance.run_monitoring_enabled
+    instance.dispose()
+    assert config.read_text() == instance_config()
+    assert capsys.readouterr().err == ""
+
+
+def test_the_instance_configuration_this_version_writes_is_recorded() -> None:
+    """Else the next version would take a home this one made for a file its user edited."""
+    assert hashlib.sha256(instance_config().encode()).hexdigest() in INSTANCE_CONFIGS_WRITTEN
+
+
+def test_an_edited_instance_configuration_is_kept_and_what_it_lacks_said_once(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = home / "dagster" / "dagster.yaml"
+    config.parent.mkdir(parents=True)
+    edited = FIRST_INSTANCE_CONFIG.replace("max_concurrent_runs: 4", "max_concurrent_runs: 2")
+    config.write_text(edited)
+    monkeypatch.setenv("DAGSTER_HOME", "")
+
+    dagster_instance(Settings.from_env()).dispose()
+
+    assert config.read_text() == edited
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"note: {config} was edited: kept as it is; it lacks ")
+    assert "run_launcher" in line and "run_monitoring" in line and "run_queue" not in line
 
 
 def test_demo_starts_from_a_clean_demo_home(home: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -182,10 +183,10 @@ def instance_config() -> str:
     compute logs whose helpers leave a terminal's Ctrl-C to the command
     (`resources/dagster_compute_logs.py`); lake writers queue one at a time
     (ingest.WRITER_TAG); runs start warm (`resources/dagster_launcher.py`), and a run whose
-    worker died (killed, or before it could start) is failed by Dagster's run monitoring
-    instead of holding the writers' queue. The instance does not report usage (and so prints
-    no telemetry banner into the CLI's output); `telemetry: enabled: true` in its dagster.yaml
-    turns it on."""
+    worker died (killed, or before it could start) is failed by the launcher or Dagster's run
+    monitoring instead of holding the writers' queue. The instance does not report usage (and
+    so prints no telemetry banner into the CLI's output); `telemetry: enabled: true` in its
+    dagster.yaml turns it on."""
     # Imported here, as in `dagster_instance`: Dagster's storage modules and SQLAlchemy take
     # ~0.35 CPU s to import, which an idle `run` (no Dagster run) does not need.
     from resources.dagster_compute_logs import InterruptibleComputeLogManager
@@ -222,6 +223,52 @@ def instance_config() -> str:
     )
 
 
+# SHA-256 of every `dagster.yaml` the CLI has written, this version's last (a test checks it): a
+# home an earlier version made is brought up to date (warm runs, run monitoring, ...), where a
+# file its user edited is kept.
+INSTANCE_CONFIGS_WRITTEN = frozenset(
+    {
+        "7ee442aa1a60265c689926e136bda621e9a23fefb55abb5600690a0b3d95909c",  # 2026-11-26
+        "23ceced3b1bd0f63c2e1b0494d78e1d68ffec2bbe1f00fc8bc554ba79dc8da54",  # 2026-11-26
+        "b838f97b25cfa9f1108818f8ac4b1de60a6a0f4a1c94f28c7ba8ef78429997bf",  # 2026-11-29
+        "b758ca1e1e61a6f895d98dbac29bd54a43b1e958545ca5fbe4c3f7d4c6e2f772",  # 2026-11-29
+        "209ba5c0a1ab03a5870149944cb474400feaef144b58b5384337154cf5a03c29",  # 2026-11-29
+        "513ae92a28e308cfadc374841856c14db13679b0db684d601519e00cef30451a",  # 2026-11-30
+        "ac5c4504fd454e3ba354407df6aaa1fcd29a4afed99b93dd54e2805c9fc8c9ba",  # 2026-11-30
+        "d80b21f8f6eb8a97371706193821b09c87d87b26dde21617368fbb54d52c4e31",  # 2026-11-30
+    }
+)
+
+
+def _digest(config: str) -> str:
+    return hashlib.sha256(config.encode()).hexdigest()
+
+
+def _update_instance_config(config: Path) -> None:
+    """Writes the product's `dagster.yaml` where it is missing, empty or as an earlier version
+    wrote it (atomically: a command killed meanwhile leaves the old file or the new one); a file
+    edited by its user is kept, and the sections of the current one it lacks are named."""
+    import yaml
+
+    current = instance_config()
+    written = config.read_text() if config.exists() else ""
+    if written != current and (not written.strip() or _digest(written) in INSTANCE_CONFIGS_WRITTEN):
+        draft = config.with_name(f".{config.name}.{os.getpid()}")
+        draft.write_text(current)
+        draft.replace(config)
+    elif written != current:
+        try:
+            edited = yaml.safe_load(written) or {}
+        except yaml.YAMLError:
+            return  # Dagster names the mistake when it loads the file
+        lacks = [key for key in yaml.safe_load(current) if key not in edited]
+        if lacks and isinstance(edited, dict):
+            _say(
+                f"note: {config} was edited: kept as it is; it lacks {', '.join(lacks)} of the "
+                "configuration this version writes (README: Dagster)"
+            )
+
+
 def dagster_instance(settings: Settings) -> DagsterInstance:
     """The instance under `$DAGSTER_HOME` (default `$SPOTIFY_HOME/dagster`), shared with the UI.
     Dagster loads here, once a command runs something (~0.6 CPU s an idle `run` saves)."""
@@ -234,9 +281,7 @@ def dagster_instance(settings: Settings) -> DagsterInstance:
 
     if not os.environ.get("DAGSTER_HOME"):
         settings.dagster_home.mkdir(parents=True, exist_ok=True)
-        config = settings.dagster_home / "dagster.yaml"
-        if not config.exists() or not config.read_text().strip():
-            config.write_text(instance_config())
+        _update_instance_config(settings.dagster_home / "dagster.yaml")
         os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     os.environ.setdefault(BATCH_SIZE_VARIABLE, str(EVENT_BATCH_SIZE))
     return DagsterInstance.get()
