@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from spotify_assets.cli.commands import instance_config
 from spotify_assets.orchestration.settings import Settings
@@ -25,13 +26,18 @@ LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatu
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def start_dev(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_dev(
+    settings: Settings, port: int, log: Path, source_odbc: str | None = None
+) -> subprocess.Popen[bytes]:
     """`dg dev` on 127.0.0.1:`port` over `settings`' home and the CLI's instance, its output in
     `log`. The code location sees only SPOTIFY_HOME of the SPOTIFY_* settings (a configured alert
-    webhook above all stays out); launched runs inherit the same environment."""
+    webhook above all stays out), and the source's connection string if given; launched runs
+    inherit the same environment."""
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     (settings.dagster_home / "dagster.yaml").write_text(instance_config())  # run queue, telemetry
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTIFY_")}
+    if source_odbc:
+        env["SPOTIFY_SOURCE_ODBC"] = source_odbc
     env |= {
         "SPOTIFY_HOME": str(settings.home),
         "DAGSTER_HOME": str(settings.dagster_home),
@@ -49,6 +55,18 @@ def start_dev(settings: Settings, port: int, log: Path) -> subprocess.Popen[byte
             # their children inherit: `dg dev` must get Ctrl-C as in a terminal.
             preexec_fn=_interruptible,
         )
+
+
+def graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The data of a GraphQL request to the UI at `url`; its errors fail."""
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(
+        f"{url}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with _LOCAL.open(request, timeout=30) as response:
+        payload = json.load(response)
+    assert not payload.get("errors"), f"GraphQL errors: {payload['errors']}"
+    return payload["data"]
 
 
 def location_loaded(process: subprocess.Popen[bytes], port: int, seconds: float) -> bool:

@@ -13,13 +13,11 @@ README's in docs/screenshots/ when SPOTIFY_REFRESH_SCREENSHOTS=1.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -43,7 +41,7 @@ from spotify_assets.orchestration.ingest import DAYS_TAG, JOBS, RUN_KIND_TAG, TA
 from spotify_assets.orchestration.partitions import ROW_COUNT, partition_range_tags
 from spotify_assets.orchestration.settings import Settings
 from spotify_assets.silver.transform import CHANGE_DATE
-from tests.helpers.dagster_dev import start_dev, stop_dev
+from tests.helpers.dagster_dev import graphql, start_dev, stop_dev
 from tests.helpers.paths import REPO
 from tests.helpers.servers import free_port
 
@@ -125,9 +123,6 @@ fragment Values on MetadataEntry {
 SUCCEEDED = {"COMPLETED", "COMPLETED_SUCCESS"}
 FAILED = {"FAILED", "COMPLETED_FAILED", "CANCELED"}
 
-# Requests to the local UI never go through a proxy that the environment may configure.
-_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 @dataclass(frozen=True)
 class DagsterUi:
@@ -136,14 +131,7 @@ class DagsterUi:
     log: Path  # the output of `dg dev`
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
-        )
-        with _LOCAL.open(request, timeout=30) as response:
-            payload = json.load(response)
-        assert not payload.get("errors"), f"GraphQL errors: {payload['errors']}"
-        return payload["data"]
+        return graphql(self.url, query, variables)
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
