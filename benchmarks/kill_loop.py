@@ -130,6 +130,7 @@ class Dev:
         self.cli, self.log = cli, log
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.starts = 0
 
     def ensure(self) -> None:
         alive = self.process is not None and self.process.poll() is None
@@ -139,9 +140,11 @@ class Dev:
             stop_dev(self.process)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.process = start_dev(self.cli.settings, port, self.log, self.cli.source_odbc)
+        self.starts += 1
+        log = self.log.with_suffix(f".{self.starts}.log")  # each start's own: kills end some
+        self.process = start_dev(self.cli.settings, port, log, self.cli.source_odbc)
         if not location_loaded(self.process, port, 600):
-            raise SystemExit(f"dg dev did not load its code location: {self.log}")
+            raise SystemExit(f"dg dev did not load its code location: {log}")
         for name in SENSORS:
             selector = {"repositoryLocationName": "spotify_lakehouse",
                         "repositoryName": "__repository__", "sensorName": name}  # fmt: skip
