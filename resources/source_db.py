@@ -9,6 +9,7 @@ Server; only `SqlDialect` differs.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -200,11 +201,12 @@ class SourceSession:
         """Whether the settings table exists (a catalog read: any error is a real one)."""
         return bool(self.query(self.sql.columns_query(META_TABLE)))
 
-    def attach(self) -> list[str]:
+    def attach(self) -> dict[str, list[str]]:
         """Prepare tables a user created and filled for the pipeline: check their columns against
         the catalog, then add what `source init` adds around its load, the clock and settings
         tables and the change capture of the tables in cdc mode. Existing rows are the snapshot
-        an initial load copies. Returns what it added; run again, it adds only what is missing."""
+        an initial load copies. Returns the change tables it added and those whose triggers it
+        replaced (made by an older version); run again, it changes nothing."""
         if self.sql.dialect is Dialect.TSQL:
             raise SourceConfigError(
                 "source attach: SQL Server records changes by its native CDC: enable it with "
@@ -214,22 +216,43 @@ class SourceSession:
             found = [name for (name,) in self.query(self.sql.columns_query(table.name))]
             compare_columns(table, found, exact_case=self.sql.exact_case_engine)
         added: list[str] = []
+        updated: list[str] = []
         with self.transaction():
             if not self.is_initialised():
                 for statement in self.sql.support_tables():
                     self.execute(statement)
                 added += [CLOCK_TABLE, META_TABLE]
+            recorded = self.meta()
             for table in self.catalog:
-                if table.mode is CaptureMode.CDC and not self.query(
-                    self.sql.columns_query(table.change_table)
-                ):
+                if table.mode is not CaptureMode.CDC:
+                    continue
+                if not self.query(self.sql.columns_query(table.change_table)):
                     # The image in the source's own types: the triggers then never fail the
                     # user's writes (a key as text), and copies read both tables alike.
                     types = dict(self.query(self.sql.column_types_query(table.name)))
                     for statement in self.sql.change_capture(table, types):
                         self.execute(statement)
                     added.append(table.change_table)
-        return added
+                elif recorded.get(_capture_version(table)) != self._capture_fingerprint(table):
+                    # Only our triggers, by name: the user's own on the table stay.
+                    for statement in self.sql.drop_capture_triggers(table):
+                        self.execute(statement)
+                    for statement in self.sql.capture_triggers(table):
+                        self.execute(statement)
+                    updated.append(table.change_table)
+                else:
+                    continue
+                self._record_capture(table)
+        return {"added": added, "updated": updated}
+
+    def _capture_fingerprint(self, table: Table) -> str:
+        """What identifies the triggers this version makes for `table`: `attach` replaces
+        triggers recorded with another one (or none, made before it was recorded)."""
+        triggers = "\n".join(self.sql.capture_triggers(table))
+        return hashlib.sha256(triggers.encode()).hexdigest()
+
+    def _record_capture(self, table: Table) -> None:
+        self.set_meta({_capture_version(table): self._capture_fingerprint(table)})
 
     def drop_all(self) -> None:
         for statement in self.sql.drop_schema(list(self.catalog)):
@@ -254,6 +277,7 @@ class SourceSession:
                 if table.mode is CaptureMode.CDC:
                     for statement in self.sql.change_capture(table):
                         self.execute(statement)
+                    self._record_capture(table)
 
     # --- writes ---
 
@@ -494,6 +518,10 @@ class SourceSession:
 
 def _next_id(table_name: str) -> str:
     return f"next_id:{table_name}"
+
+
+def _capture_version(table: Table) -> str:
+    return f"capture:{table.name}"
 
 
 def _max_key(table: Table, rows: pa.Table) -> int:

@@ -108,6 +108,15 @@ class SqlDialect(ABC):
         the types of `image_types` (a column's name: its type in the source), else the
         catalog's."""
 
+    def capture_triggers(self, table: Table) -> list[str]:
+        """The triggers that fill `table`'s change table (`change_capture`'s last statements):
+        what `source attach` replaces where an older version made them."""
+        raise NotImplementedError(f"{self.dialect}: change capture is the engine's own")
+
+    def drop_capture_triggers(self, table: Table) -> list[str]:
+        """Drops `capture_triggers`' objects by their names, and nothing else of the table."""
+        raise NotImplementedError(f"{self.dialect}: change capture is the engine's own")
+
     def column_types_query(self, name: str) -> str:
         """Each column of table `name` and its declared type, one per row."""
         raise NotImplementedError(f"{self.dialect}: change capture is the engine's own")
@@ -476,17 +485,24 @@ class SqliteDialect(SqlDialect):
     def change_capture(
         self, table: Table, image_types: Mapping[str, str] = CATALOG_TYPES
     ) -> list[str]:
+        statements = self.change_table(
+            table, "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT", image_types
+        )
+        return statements + self.capture_triggers(table)
+
+    # Our triggers' name suffixes: insert, update, update of the key, delete.
+    _TRIGGERS = ("i", "u", "k", "d")
+
+    def capture_triggers(self, table: Table) -> list[str]:
         """One trigger per kind of change; an update of the key is recorded as the delete of
-        the old row and the insert of the new one, so the old key's history closes.
+        the old row and the insert of the new one, so the old key's history closes. (SQLite
+        renames a column in the triggers that name it.)
 
         SQLite fires row triggers as it updates each row, so keys shifted by one statement of
         a table without a primary key (1 -> 2, 2 -> 3) record the insert of 2 before its
         delete: the delete of a key that another row still holds is followed by that row's
         insert again, and the records replay to the table as it is."""
         ct = self.quote(table.change_table)
-        statements = self.change_table(
-            table, "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT", image_types
-        )
         columns = self.column_list((CHANGE_OP, CHANGE_AT, *table.column_names))
 
         def capture(op: str, row: str) -> str:
@@ -503,18 +519,24 @@ class SqliteDialect(SqlDialect):
         key_changed = self.key_changed(table)
         key_update = capture("D", "OLD") + still_held + capture("I", "NEW")
         triggers = (
-            ("i", "INSERT", "", capture("I", "NEW")),
-            ("u", "UPDATE", f" WHEN NOT ({key_changed})", capture("U", "NEW")),
-            ("k", "UPDATE", f" WHEN {key_changed}", key_update),
-            ("d", "DELETE", "", capture("D", "OLD")),
+            ("INSERT", "", capture("I", "NEW")),
+            ("UPDATE", f" WHEN NOT ({key_changed})", capture("U", "NEW")),
+            ("UPDATE", f" WHEN {key_changed}", key_update),
+            ("DELETE", "", capture("D", "OLD")),
         )
-        for name, event, when, records in triggers:
-            trigger = self.quote(f"{table.name}_capture_{name}")
-            statements.append(
-                f"CREATE TRIGGER {trigger} AFTER {event} ON {self.quote(table.name)}{when}\n"
-                f"BEGIN\n{records}END"
+        return [
+            f"CREATE TRIGGER {trigger} AFTER {event} ON {self.quote(table.name)}{when}\n"
+            f"BEGIN\n{records}END"
+            for trigger, (event, when, records) in zip(
+                self._trigger_names(table), triggers, strict=True
             )
-        return statements
+        ]
+
+    def drop_capture_triggers(self, table: Table) -> list[str]:
+        return [f"DROP TRIGGER IF EXISTS {name}" for name in self._trigger_names(table)]
+
+    def _trigger_names(self, table: Table) -> list[str]:
+        return [self.quote(f"{table.name}_capture_{kind}") for kind in self._TRIGGERS]
 
 
 class PostgresDialect(SqlDialect):
@@ -555,21 +577,44 @@ class PostgresDialect(SqlDialect):
     def change_capture(
         self, table: Table, image_types: Mapping[str, str] = CATALOG_TYPES
     ) -> list[str]:
+        statements = self.change_table(
+            table, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "CHAR(1)", image_types
+        )
+        return statements + self.capture_triggers(table)
+
+    def key_changed(self, table: Table) -> str:
+        # By the row's fields, as the records are read: a key column the user renamed reads
+        # NULL on both sides rather than failing their UPDATE.
+        return " OR ".join(
+            f"to_jsonb(OLD) -> {quote_literal(k)} IS DISTINCT FROM to_jsonb(NEW) -> "
+            f"{quote_literal(k)}"
+            for k in table.key
+        )
+
+    def capture_triggers(self, table: Table) -> list[str]:
         ct = self.quote(table.change_table)
         function = self._capture_function(table)
         columns = self.column_list((CHANGE_OP, CHANGE_AT, *table.column_names))
         clock = self.clock_expression()
+        image = ", ".join(f"r.{self.quote(c)}" for c in table.column_names)
+
+        # The row is read by its fields' names (its JSON put into the change table's row type),
+        # not by NEW.<column>: while the user has a column renamed, their writes pass, recorded
+        # with that column NULL, and the next copy refuses the renamed column in one line.
+        def image_of(row: str) -> str:
+            return f"jsonb_populate_record(NULL::{ct}, to_jsonb({row})) AS r"
 
         def capture(row: str, op: str) -> str:
-            values = ", ".join(f"{row}.{self.quote(c)}" for c in table.column_names)
-            return f"INSERT INTO {ct} ({columns}) VALUES ({op}, {clock}, {values});"
+            return (
+                f"INSERT INTO {ct} ({columns}) SELECT {op}, {clock}, {image} FROM {image_of(row)};"
+            )
 
         # Row triggers do not fire on TRUNCATE: a statement trigger before it records the
         # delete of every row, or the rows not refilled would stay current downstream.
+        key_order = ", ".join(f"r.{self.quote(k)}" for k in table.key)
         every_row = (
-            f"INSERT INTO {ct} ({columns}) SELECT 'D', {clock}, "
-            f"{self.column_list(table.column_names)} FROM {self.quote(table.name)} "
-            f"ORDER BY {self.column_list(table.key)};"
+            f"INSERT INTO {ct} ({columns}) SELECT 'D', {clock}, {image} "
+            f"FROM {self.quote(table.name)} AS t, {image_of('t')} ORDER BY {key_order};"
         )
         # An update of the key is the delete of the old row and the insert of the new one. The
         # deletes are recorded by a BEFORE trigger, which fires as each row is updated, the
@@ -577,10 +622,8 @@ class PostgresDialect(SqlDialect):
         # statement (1 -> 2, 2 -> 3) record every delete before any insert, as the final table.
         # No WHEN clause names the key: PostgreSQL would then refuse to retype the key column.
         key_changed = self.key_changed(table)
+        before, after, truncate = self._trigger_names(table)
         return [
-            *self.change_table(
-                table, "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "CHAR(1)", image_types
-            ),
             # The search_path of the session that creates it: a user's application writing
             # "schema"."Table" from another search_path would not find the change table.
             f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
@@ -595,12 +638,27 @@ class PostgresDialect(SqlDialect):
             f"    {capture('NEW', quote_literal('I'))}\n"
             f"    RETURN NEW;\n  END IF;\n  {capture('NEW', 'left(TG_OP, 1)')}\n"
             "  RETURN NEW;\nEND\n$$",
-            f"CREATE TRIGGER {self.quote(f'{table.name}_capture_key')} BEFORE UPDATE ON "
+            f"CREATE TRIGGER {before} BEFORE UPDATE ON "
             f"{self.quote(table.name)} FOR EACH ROW EXECUTE FUNCTION {function}()",
-            f"CREATE TRIGGER {function} AFTER INSERT OR UPDATE OR DELETE ON "
+            f"CREATE TRIGGER {after} AFTER INSERT OR UPDATE OR DELETE ON "
             f"{self.quote(table.name)} FOR EACH ROW EXECUTE FUNCTION {function}()",
-            f"CREATE TRIGGER {self.quote(f'{table.name}_capture_truncate')} BEFORE TRUNCATE ON "
+            f"CREATE TRIGGER {truncate} BEFORE TRUNCATE ON "
             f"{self.quote(table.name)} FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+        ]
+
+    def drop_capture_triggers(self, table: Table) -> list[str]:
+        on = self.quote(table.name)
+        return [
+            *(f"DROP TRIGGER IF EXISTS {name} ON {on}" for name in self._trigger_names(table)),
+            f"DROP FUNCTION IF EXISTS {self._capture_function(table)}()",
+        ]
+
+    def _trigger_names(self, table: Table) -> list[str]:
+        """The BEFORE UPDATE (key changes), the row and the TRUNCATE triggers."""
+        return [
+            self.quote(f"{table.name}_capture_key"),
+            self._capture_function(table),
+            self.quote(f"{table.name}_capture_truncate"),
         ]
 
 

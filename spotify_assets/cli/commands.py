@@ -166,7 +166,7 @@ def source_attach(settings: Settings) -> dict[str, object]:
     if source.dialect is Dialect.SQLITE and not source.sqlite_path().exists():
         raise SourceConfigError(f"source attach: no database file {source.sqlite_path()}")
     with source.session() as session:
-        return {"added": session.attach()}
+        return session.attach()
 
 
 def source_stats(settings: Settings) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,6 +15,7 @@ from resources.source_db import SourceDatabase, SourceSession
 from spotify_assets.catalog.tables import CaptureMode, TableRole
 from spotify_assets.source.schema import SourceSchemaError
 from spotify_assets.source.simulator import simulate
+from tests.helpers.bronze import runner_for
 from tests.helpers.source import BUSY, HISTORY_END, SEED, initialise
 
 
@@ -259,7 +261,7 @@ def test_attached_capture_takes_the_source_types_so_the_users_writes_pass(
         session.execute(
             """INSERT INTO "DimUser" VALUES ('7', 'ann', 'SE', 'Free', NULL, NULL, now())"""
         )
-        assert "DimUser_changes" in session.attach()
+        assert "DimUser_changes" in session.attach()["added"]
         session.execute(
             """INSERT INTO "DimUser" VALUES ('8', 'bo', 'SE', 'Free', NULL, NULL, now())"""
         )
@@ -333,7 +335,7 @@ def test_attached_capture_records_writes_from_any_search_path(
     with postgres_source.session() as session:
         for table in postgres_source.catalog:
             session.execute(session.sql.create_table(table))
-        assert "DimUser_changes" in session.attach()
+        assert "DimUser_changes" in session.attach()["added"]
         session.execute("SET search_path TO public")
         session.execute(
             """INSERT INTO "Music"."DimUser" (user_id, user_name, country, subscription_type,
@@ -391,8 +393,149 @@ def test_keys_moved_by_one_statement_replay_to_the_table(
     assert sorted(replayed.items()) == table
 
 
+def change_tables(source: SourceDatabase) -> list[str]:
+    return [t.change_table for t in source.catalog if t.mode is CaptureMode.CDC]
+
+
 def change_rows_of(source: SourceDatabase) -> list[tuple]:
     with source.session() as session:
         return session.query(
             'SELECT "_op", user_id, subscription_type FROM "DimUser_changes" ORDER BY "_seq"'
         )
+
+
+@pytest.mark.postgres
+def test_a_renamed_column_lets_the_users_writes_pass_and_stops_the_copy(
+    postgres_source: SourceDatabase, tmp_path: Path
+) -> None:
+    """An attached DimUser whose column `country` the user renames: their insert, updates (of
+    the key too), delete and TRUNCATE pass, recorded with that column NULL (the trigger named
+    NEW.country and failed every write: 'record "new" has no field "country"'), and the copy
+    refuses the renamed column in one line."""
+    with postgres_source.session() as session:
+        create_with_own_dim_user(
+            session,
+            "user_id integer PRIMARY KEY, user_name text, country text, "
+            "subscription_type text, start_date date, end_date date, updated_at timestamp",
+        )
+        session.execute(
+            """INSERT INTO "DimUser" VALUES (7, 'ann', 'SE', 'Free', NULL, NULL, now())"""
+        )
+        session.attach()
+        session.execute('ALTER TABLE "DimUser" RENAME COLUMN country TO land')
+        session.execute(
+            """INSERT INTO "DimUser" VALUES (8, 'bo', 'SE', 'Free', NULL, NULL, now())"""
+        )
+        session.execute("""UPDATE "DimUser" SET subscription_type = 'Premium' WHERE user_id = 7""")
+        session.execute("""UPDATE "DimUser" SET user_id = 9 WHERE user_id = 8""")
+        session.execute("""DELETE FROM "DimUser" WHERE user_id = 9""")
+        session.execute('TRUNCATE "DimUser"')
+        countries = session.query('SELECT DISTINCT country FROM "DimUser_changes"')
+    assert change_rows_of(postgres_source) == [
+        ("I", 8, "Free"),
+        ("U", 7, "Premium"),
+        ("D", 8, "Free"),
+        ("I", 9, "Free"),
+        ("D", 9, "Free"),
+        ("D", 7, "Premium"),
+    ]
+    assert countries == [(None,)]
+    runner = runner_for(postgres_source, tmp_path / "lake")
+    with pytest.raises(
+        SourceSchemaError, match=r"^DimUser: the source has no column\(s\) country "
+    ):
+        runner.source_columns(postgres_source.catalog["DimUser"])
+
+
+# The capture `source attach` made before TRUNCATEs were recorded (commit 4a2d8d5's parent):
+# one row trigger, a key update recorded as a delete and an insert in the AFTER trigger.
+_OLD_PG_CAPTURE = [
+    """CREATE FUNCTION "DimUser_capture"() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF TG_OP = 'DELETE' THEN
+        INSERT INTO "DimUser_changes" ("_op", "_changed_at", user_id, user_name, country,
+          subscription_type, start_date, end_date, updated_at) VALUES ('D', now(), OLD.user_id,
+          OLD.user_name, OLD.country, OLD.subscription_type, OLD.start_date, OLD.end_date,
+          OLD.updated_at);
+        RETURN OLD;
+      END IF;
+      INSERT INTO "DimUser_changes" ("_op", "_changed_at", user_id, user_name, country,
+        subscription_type, start_date, end_date, updated_at) VALUES (left(TG_OP, 1), now(),
+        NEW.user_id, NEW.user_name, NEW.country, NEW.subscription_type, NEW.start_date,
+        NEW.end_date, NEW.updated_at);
+      RETURN NEW;
+    END $$""",
+    """CREATE TRIGGER "DimUser_capture" AFTER INSERT OR UPDATE OR DELETE ON "DimUser"
+    FOR EACH ROW EXECUTE FUNCTION "DimUser_capture"()""",
+]
+# An older version recorded nothing of the capture it made.
+_NO_CAPTURE_RECORDED = "DELETE FROM source_meta WHERE name LIKE 'capture:%'"
+# A trigger of the user's own on the same table, which no command may touch.
+_USERS_TRIGGER = [
+    """CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN NEW.user_name := NEW.user_name || '!'; RETURN NEW; END $$""",
+    """CREATE TRIGGER "DimUser_audit" BEFORE INSERT ON "DimUser" FOR EACH ROW
+    EXECUTE FUNCTION audit()""",
+]
+
+
+@pytest.mark.postgres
+def test_attach_brings_an_older_capture_up_to_date(postgres_source: SourceDatabase) -> None:
+    """A source attached by an older version keeps its older triggers (no TRUNCATE recorded):
+    `source attach` added capture only where a change table was missing. It now replaces our
+    triggers once (a second attach changes nothing) and leaves the user's own trigger alone."""
+    with postgres_source.session() as session:
+        create_with_own_dim_user(
+            session,
+            "user_id integer PRIMARY KEY, user_name text, country text, "
+            "subscription_type text, start_date date, end_date date, updated_at timestamp",
+        )
+        session.execute(
+            """INSERT INTO "DimUser" VALUES (7, 'ann', 'SE', 'Free', NULL, NULL, now())"""
+        )
+        session.attach()
+        for statement in session.sql.drop_capture_triggers(postgres_source.catalog["DimUser"]):
+            session.execute(statement)
+        for statement in _OLD_PG_CAPTURE + _USERS_TRIGGER + [_NO_CAPTURE_RECORDED]:
+            session.execute(statement)
+        attached = session.attach()
+        assert session.attach() == {"added": [], "updated": []}
+        session.execute(
+            """INSERT INTO "DimUser" VALUES (8, 'bo', 'SE', 'Free', NULL, NULL, now())"""
+        )
+        session.execute('TRUNCATE "DimUser"')
+        names = session.query('SELECT DISTINCT user_name FROM "DimUser_changes"')
+    assert attached == {"added": [], "updated": change_tables(postgres_source)}
+    assert change_rows_of(postgres_source) == [("I", 8, "Free"), ("D", 7, "Free"), ("D", 8, "Free")]
+    assert sorted(names) == [("ann",), ("bo!",)]
+
+
+def test_attach_brings_an_older_sqlite_capture_up_to_date(sqlite_source: SourceDatabase) -> None:
+    """A SQLite source whose key-update trigger an older version did not make: `source attach`
+    adds it (it added capture only where a change table was missing), once, leaving the
+    user's own trigger alone."""
+    initialise(sqlite_source)
+    with sqlite_source.session() as session:
+        session.execute("DROP TRIGGER DimUser_capture_k")
+        session.execute("DROP TRIGGER DimUser_capture_u")
+        session.execute(
+            "CREATE TRIGGER DimUser_capture_u AFTER UPDATE ON DimUser BEGIN INSERT INTO "
+            "DimUser_changes (_op, _changed_at, user_id, user_name, country, subscription_type, "
+            "start_date, end_date, updated_at) VALUES ('U', '2026-04-01', NEW.user_id, "
+            "NEW.user_name, NEW.country, NEW.subscription_type, NEW.start_date, NEW.end_date, "
+            "NEW.updated_at); END"
+        )
+        session.execute(
+            "CREATE TRIGGER DimUser_audit AFTER DELETE ON DimUser BEGIN "
+            "INSERT INTO source_meta VALUES ('deleted:' || OLD.user_id, 'yes'); END"
+        )
+        session.execute(_NO_CAPTURE_RECORDED)
+        assert session.attach() == {"added": [], "updated": change_tables(sqlite_source)}
+        assert session.attach() == {"added": [], "updated": []}
+        (key,) = session.query("SELECT MIN(user_id) FROM DimUser")[0]
+        session.execute("UPDATE DimUser SET user_id = ? WHERE user_id = ?", [10**6, key])
+        session.execute("DELETE FROM DimUser WHERE user_id = ?", [10**6])
+        ops = session.query("SELECT _op, user_id FROM DimUser_changes ORDER BY _seq")
+        audited = session.query("SELECT name FROM source_meta WHERE name LIKE 'deleted:%'")
+    assert ops == [("D", key), ("I", 10**6), ("D", 10**6)]
+    assert audited == [(f"deleted:{10**6}",)]
