@@ -395,7 +395,7 @@ class CopyRunner(BaseModel, ABC):
         sql = DIALECTS[self.source.dialect]
         with self.source.connect() as conn:
             session = self.source.session_on(conn)
-            found = [name for (name,) in session.query(sql.columns_query(table.name))]
+            found = session.columns_of(table)
             captured = None
             if table.mode is CaptureMode.CDC:
                 captured = [name for (name,) in session.query(sql.captured_columns_query(table))]

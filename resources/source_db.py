@@ -10,6 +10,7 @@ Server; only `SqlDialect` differs.
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,8 +52,13 @@ from spotify_assets.catalog.tables import (
     configured_catalog,
 )
 from spotify_assets.source.generator import InitialData
-from spotify_assets.source.schema import compare_columns
+from spotify_assets.source.schema import compare_columns, table_spelled_otherwise
 from spotify_assets.source.simulator import ChangeBatch, SourceState
+
+# PostgreSQL's SQLSTATE for "cannot drop table … because other objects depend on it", and the
+# driver message's part naming those objects.
+_DEPENDENT_OBJECTS = "2BP01"
+_DETAIL = re.compile(r"DETAIL:\s*(.*?);?\s*(?:\nError while|$)", re.S)
 
 # Servers cap bound parameters per statement (SQL Server: 2100) and rows per VALUES list (1000).
 _MAX_PARAMS = 2000
@@ -213,8 +219,7 @@ class SourceSession:
                 "sys.sp_cdc_enable_db and sys.sp_cdc_enable_table on each cdc-mode table"
             )
         for table in self.catalog:
-            found = [name for (name,) in self.query(self.sql.columns_query(table.name))]
-            compare_columns(table, found, exact_case=self.sql.exact_case_engine)
+            compare_columns(table, self.columns_of(table), exact_case=self.sql.exact_case_engine)
         added: list[str] = []
         updated: list[str] = []
         with self.transaction():
@@ -254,9 +259,33 @@ class SourceSession:
     def _record_capture(self, table: Table) -> None:
         self.set_meta({_capture_version(table): self._capture_fingerprint(table)})
 
+    def columns_of(self, table: Table) -> list[str]:
+        """The source's columns of `table` (none: no such table). A table whose name differs
+        in case only, where the engine tells case apart (`factstream`, created unquoted on
+        PostgreSQL), is named in one line with the rename."""
+        found = [name for (name,) in self.query(self.sql.columns_query(table.name))]
+        engine = self.sql.exact_case_engine
+        if not found and engine and (spellings := self.query(self.sql.spellings_query(table.name))):
+            raise table_spelled_otherwise(table, spellings[0][0], engine)
+        return found
+
     def drop_all(self) -> None:
-        for statement in self.sql.drop_schema(list(self.catalog)):
-            self.execute(statement)
+        """Drops what `source init` made, all or nothing: an object of the user's depending on
+        one of those tables (a view) stops it, named in one line."""
+        try:
+            with self.transaction():
+                for statement in self.sql.drop_schema(list(self.catalog)):
+                    self.execute(statement)
+        except pyodbc.Error as error:
+            if error.args[0] != _DEPENDENT_OBJECTS:
+                raise
+            message = str(error.args[-1])
+            detail = _DETAIL.search(message)
+            depends = "; ".join(detail.group(1).split("\n")) if detail else one_line(message)
+            raise SourceConfigError(
+                f"cannot drop the source's tables: {depends}: drop it first (and create it "
+                "again after `source init`); nothing was dropped"
+            ) from None
 
     def create_schema(self) -> None:
         """Tables without indexes or capture: `finish_schema` adds those after the bulk load."""

@@ -317,6 +317,15 @@ class SqlDialect(ABC):
             "ORDER BY ordinal_position"
         )
 
+    def spellings_query(self, name: str) -> str:
+        """The tables whose names differ from `name` in case only, one per row."""
+        return (
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            f"current_schema() AND lower(table_name) = "
+            f"{quote_literal(validate_identifier(name).lower())} "
+            f"AND table_name <> {quote_literal(name)}"
+        )
+
     def captured_columns_query(self, table: Table) -> str:
         """The columns of `table` its change capture records (the change table's row image)."""
         return self.columns_query(table.change_table)

@@ -93,6 +93,16 @@ def compare_columns(
     return SourceColumns(carried=carried, ignored=tuple(uncaptured))
 
 
+def table_spelled_otherwise(table: Table, spelled: str, engine: str) -> SourceSchemaError:
+    """The error for a catalog table the source holds only in another case (`factstream`, made
+    by an unquoted CREATE TABLE), which `engine` tells apart from the catalog's spelling."""
+    return SourceSchemaError(
+        f'{table.name}: the source has no table "{table.name}" but has {spelled}, which differs '
+        f"in case only ({engine} keeps the case of a quoted name and lowers an unquoted one): "
+        f'rename it (ALTER TABLE {spelled} RENAME TO "{table.name}")'
+    )
+
+
 def _missing(wanted: Sequence[str], present: Sequence[str]) -> list[str]:
     have = {name.lower() for name in present}
     return [name for name in wanted if name.lower() not in have]

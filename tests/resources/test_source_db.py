@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from resources.odbc import SourceUnavailableError
+from resources.odbc import SourceConfigError, SourceUnavailableError
 from resources.source_db import SourceDatabase, SourceSession
 from spotify_assets.catalog.tables import CaptureMode, TableRole
 from spotify_assets.source.schema import SourceSchemaError
@@ -539,3 +539,45 @@ def test_attach_brings_an_older_sqlite_capture_up_to_date(sqlite_source: SourceD
         audited = session.query("SELECT name FROM source_meta WHERE name LIKE 'deleted:%'")
     assert ops == [("D", key), ("I", 10**6), ("D", 10**6)]
     assert audited == [(f"deleted:{10**6}",)]
+
+
+@pytest.mark.postgres
+def test_dropping_the_source_under_a_users_view_names_it_and_drops_nothing(
+    postgres_source: SourceDatabase,
+) -> None:
+    """`source init --force` where a user's view reads FactStream: refused in one line naming
+    the view, every table still there (the driver's error, with a traceback, after the tables
+    before FactStream had been dropped)."""
+    initialise(postgres_source)
+    with postgres_source.session() as session:
+        session.execute('CREATE VIEW plays AS SELECT stream_id FROM "FactStream"')
+        expected = (
+            r'^cannot drop the source\'s tables: view plays depends on table "FactStream": drop '
+            r"it first \(and create it again after `source init`\); nothing was dropped$"
+        )
+        with pytest.raises(SourceConfigError, match=expected):
+            session.drop_all()
+        assert all(session.query(session.sql.columns_query(t.name)) for t in session.catalog)
+
+
+@pytest.mark.postgres
+def test_a_table_created_unquoted_is_named_with_the_spelling_expected(
+    postgres_source: SourceDatabase,
+) -> None:
+    """FactStream created without quotes is factstream on PostgreSQL: `source attach` said only
+    that the source had no such table; it names the table found and the rename."""
+    with postgres_source.session() as session:
+        for table in session.catalog:
+            if table.name != "FactStream":
+                session.execute(session.sql.create_table(table))
+        session.execute(
+            "CREATE TABLE FactStream (stream_id bigint, user_id int, track_id int, date_key int, "
+            "listen_duration int, device_type text, stream_timestamp timestamp)"
+        )
+        expected = (
+            r'^FactStream: the source has no table "FactStream" but has factstream, which differs '
+            r"in case only \(PostgreSQL keeps the case of a quoted name and lowers an unquoted "
+            r'one\): rename it \(ALTER TABLE factstream RENAME TO "FactStream"\)$'
+        )
+        with pytest.raises(SourceSchemaError, match=expected):
+            session.attach()
