@@ -51,6 +51,7 @@ from spotify_assets.source.schema import (
     all_typed,
     compare_columns,
     text_schema,
+    text_values,
     type_values,
 )
 
@@ -552,7 +553,7 @@ class LocalCopyRunner(CopyRunner):
             except SourceUnavailableError:
                 raise error from None
             if as_text and table.change_time_column is not None:
-                _check_change_times(table, rows[table.change_time_column])
+                _check_change_times(table, text_values(rows[table.change_time_column]))
             return type_values(rows, schema)
 
 

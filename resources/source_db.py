@@ -60,6 +60,9 @@ from spotify_assets.source.simulator import ChangeBatch, SourceState
 _DEPENDENT_OBJECTS = "2BP01"
 _DETAIL = re.compile(r"DETAIL:\s*(.*?);?\s*(?:\nError while|$)", re.S)
 
+# What Python's sqlite3 raises on a text that is not UTF-8 (SQLite keeps any bytes).
+_NOT_UTF8 = re.compile(r"Could not decode to UTF-8 column ('[^']*')")
+
 # Servers cap bound parameters per statement (SQL Server: 2100) and rows per VALUES list (1000).
 _MAX_PARAMS = 2000
 _MAX_VALUES_ROWS = 1000
@@ -434,7 +437,7 @@ class SourceSession:
                 "`source init` did not create it): it simulates only a source `source init` made"
             )
         meta = self.meta()
-        dims = {t.name: self.read_table(t) for t in self.catalog.by_role(TableRole.DIMENSION)}
+        dims = {t.name: self._dimension_state(t) for t in self.catalog.by_role(TableRole.DIMENSION)}
         (calendar,) = self.catalog.by_role(TableRole.CALENDAR)
         day = next(c for c in calendar.columns if c.type is ColumnType.DATE)
         first_day, last_day = self.query(self.sql.range_of(calendar.name, day.name))[0]
@@ -445,6 +448,19 @@ class SourceSession:
             date_keys_until=as_date(last_day),
             date_keys_from=as_date(first_day),
         )
+
+    def _dimension_state(self, table: Table) -> pa.Table:
+        try:
+            return self.read_table(table)
+        except sqlite3.OperationalError as error:
+            undecodable = _NOT_UTF8.search(str(error))
+            if not undecodable:
+                raise
+            raise SourceConfigError(
+                f"source simulate: {table.name} holds text that is not UTF-8 (column "
+                f"{undecodable.group(1)}), which the simulator cannot rewrite: correct it in the "
+                "source"
+            ) from None
 
     def _next_free_id(self, name: str, meta: dict[str, str]) -> int:
         """The table's key counter, or past its largest key where rows were added by hand: the

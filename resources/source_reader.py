@@ -113,11 +113,14 @@ def read_as_text(conn_str: str, dialect: Dialect, query: str, schema: pa.Schema)
     """The rows of `query`, each string column of `schema` as the source's text of its values:
     a read no value can fail. SQL Server's texts have declared lengths, which size arrow-odbc's
     buffers; SQLite's and PostgreSQL's have none (a text over the buffer stopped the read), so
-    there pyodbc fetches them, whatever their length."""
+    there pyodbc fetches them, whatever their length. SQLite's come as the bytes it holds
+    (binary columns), which need not be UTF-8."""
     if dialect is Dialect.TSQL:
         batches = read_arrow(conn_str, dialect, query, schema, ReaderKind.ARROW_ODBC)
         return pa.Table.from_batches(list(batches), schema=schema)
     text = [f.name for f in schema if pa.types.is_string(f.type)]
+    if DIALECTS[dialect].text_as_bytes:
+        schema = pa.schema(pa.field(f.name, pa.binary()) if f.name in text else f for f in schema)
     batches = []
     with odbc_connect(conn_str) as conn:
         try:
@@ -125,7 +128,7 @@ def read_as_text(conn_str: str, dialect: Dialect, query: str, schema: pa.Schema)
             cursor.execute(DIALECTS[dialect].as_text(query, schema.names, text))
             while rows := cursor.fetchmany(_TEXT_BATCH_ROWS):
                 values = zip(*rows, strict=True)
-                arrays = [pa.array(v).cast(f.type) for v, f in zip(values, schema, strict=True)]
+                arrays = [_array(v, f.type) for v, f in zip(values, schema, strict=True)]
                 batches.append(pa.record_batch(arrays, schema=schema))
         except pyodbc.Error as exc:
             raise SourceUnavailableError(
@@ -133,6 +136,10 @@ def read_as_text(conn_str: str, dialect: Dialect, query: str, schema: pa.Schema)
                 f"{redact(one_line(str(exc)))}\nquery:\n{query}"
             ) from None
     return pa.Table.from_batches(batches, schema=schema)
+
+
+def _array(values: tuple, to: pa.DataType) -> pa.Array:
+    return pa.array(values, to) if pa.types.is_binary(to) else pa.array(values).cast(to)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -300,11 +300,17 @@ class SqlDialect(ABC):
             f"FROM {self.qualified(table.name)} WHERE {self._within(table.cdc_column, window)}"
         )
 
+    # Whether `as_text` reads a text as its bytes (BLOB), which need not be UTF-8.
+    text_as_bytes: ClassVar[bool] = False
+
     def as_text(self, query: str, columns: Sequence[str], text: Sequence[str]) -> str:
         """`query`'s `columns`, those in `text` as the text of their values: what the copy
         reads again when a value does not fit its type (SQLite keeps 'abc' in an integer)."""
         select = ", ".join(
-            f"CAST({self.quote(c)} AS TEXT) AS {self.quote(c)}" if c in text else self.quote(c)
+            f"CAST({self.quote(c)} AS {'BLOB' if self.text_as_bytes else 'TEXT'}) AS "
+            f"{self.quote(c)}"
+            if c in text
+            else self.quote(c)
             for c in columns
         )
         return f"SELECT {select} FROM ({query}) AS q"
@@ -395,6 +401,10 @@ class SqliteDialect(SqlDialect):
         ColumnType.DATE: "DATE",
         ColumnType.TIMESTAMP: "TIMESTAMP",
     }
+
+    # SQLite keeps any bytes in a text, and its ODBC driver drops those that are not UTF-8
+    # from a text it returns (a Latin-1 'é' vanished without a word).
+    text_as_bytes = True
 
     def quote(self, name: str) -> str:
         # Backticks: SQLite reads an unknown "double-quoted" name as a string literal, so a

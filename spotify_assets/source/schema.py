@@ -7,6 +7,7 @@
 - Values: a value that does not fit its declared type (text in an integer column, an integer
   too large) is read as NULL and its raw text kept in the audit column `_untyped`, a JSON object
   {column: raw text}; silver quarantines the row with the rule `values_typed`. Bronze stays raw.
+  A text that is not UTF-8 (SQLite keeps any bytes) fits no type: its raw text escapes them.
   A timestamp text with a zone offset is typed as its UTC time.
 """
 
@@ -119,6 +120,8 @@ _WHOLE_NUMBER_TEXT = pa.decimal128(38, 18)
 
 
 def _cast(values: pa.ChunkedArray | pa.Array, to: pa.DataType) -> pa.ChunkedArray | pa.Array:
+    if pa.types.is_binary(values.type):
+        values = values.cast(pa.string())  # a text's bytes: not UTF-8, it fits no type
     try:
         return values.cast(to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -150,11 +153,24 @@ def type_values(text: pa.Table, schema: pa.Schema) -> pa.Table:
                 values.append(_cast(pa.array([raw], column.type), field.type)[0].as_py())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 values.append(None)
-                untyped.setdefault(i, {})[field.name] = raw
+                untyped.setdefault(i, {})[field.name] = as_text(raw)
         columns.append(pa.chunked_array([pa.array(values, field.type)], field.type))
     raw = [json.dumps(untyped[i]) if i in untyped else None for i in range(text.num_rows)]
     typed = pa.Table.from_arrays(columns, schema=schema)
     return typed.append_column(UNTYPED, pa.array(raw, pa.string()))
+
+
+def as_text(raw: object) -> object:
+    """A raw value as JSON keeps it: a text's bytes that are not UTF-8 as `\\xNN` escapes."""
+    return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+
+
+def text_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column read as text (or as a text's bytes, SQLite's) as strings, bytes that are not
+    UTF-8 escaped."""
+    if not pa.types.is_binary(column.type):
+        return column
+    return pa.chunked_array([pa.array([as_text(v) for v in column.to_pylist()], pa.string())])
 
 
 def all_typed(rows: pa.Table) -> pa.Table:

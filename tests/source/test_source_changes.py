@@ -173,6 +173,43 @@ def test_values_that_do_not_fit_their_type_reach_quarantine(loaded, sail_spark) 
     assert silver.read().where("stream_id = 900005").count() == 1
 
 
+def test_text_that_is_not_utf8_reaches_quarantine_with_its_bytes(loaded, sail_spark) -> None:
+    """SQLite keeps any bytes in a text (a user's tool wrote Latin-1): the ODBC re-read dropped
+    the byte ('t\\xffv' became 'tv') without a word. The value is untyped, kept as escapes."""
+    runner, db = loaded
+    edit(db, params=[(900_001, 60, str(LATER)), (900_002, 60, str(LATER))])
+    edit(db, "UPDATE FactStream SET device_type = CAST(x'74ff76' AS TEXT) WHERE stream_id = 900001")
+    set_clock(db, str(LATER + timedelta(hours=1)))
+    result = runner.copy(FACT, None, "latin1", from_watermark=True)
+
+    bronze = runner.store(FACT).read(LATER.date())
+    new = bronze.filter(pc.greater(bronze["stream_id"], 900_000)).sort_by("stream_id")
+    assert new["device_type"].to_pylist() == [None, "mobile"]
+    assert [json.loads(v) if v else None for v in new["_untyped"].to_pylist()] == [
+        {"device_type": "t\\xffv"},
+        None,
+    ]
+    silver = SilverStore(runner.lake, sail_spark, FACT)
+    (day,) = result.partitions
+    assert silver.refresh((day, day), "latin1").failures["values_typed"] == 1
+
+
+def test_simulating_a_source_holding_text_that_is_not_utf8_says_so(
+    sqlite_source: SourceDatabase, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """`source simulate` on a source whose user name is not UTF-8: one line naming the table
+    and the column (a traceback from sqlite3: 'Could not decode to UTF-8 column')."""
+    initialise(sqlite_source)
+    db = sqlite_source.sqlite_path()
+    edit(db, "UPDATE DimUser SET user_name = CAST(x'41ff42' AS TEXT) WHERE user_id = 1")
+    monkeypatch.setenv("SPOTIFY_HOME", str(db.parent))
+    assert main(["source", "simulate", "--days", "1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: source simulate: DimUser holds text that is not UTF-8 (column 'user_name'), "
+        "which the simulator cannot rewrite: correct it in the source"
+    ]
+
+
 def test_a_long_text_beside_a_value_that_does_not_fit_still_loads(loaded) -> None:
     """A window holding a bad value is read again as text, whatever the length of its other
     texts: one over arrow-odbc's 4000-byte buffers stopped the table's load for good."""
