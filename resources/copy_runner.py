@@ -82,6 +82,14 @@ class ChangeTimeNotATime(ValueError):
                 f"{held}, a time with a zone offset, which windows compare by its text (its row "
                 "could be loaded into another day): store it in UTC without an offset"
             )
+        elif _number(value) and table.cdc_column:
+            # A tool's unix time (SQLite keeps any type in any column).
+            column = table.cdc_column
+            super().__init__(
+                f"{held}, a number, not a time: if it counts seconds since 1970, store it as "
+                f"UTC text (UPDATE {table.name} SET {column} = datetime({column}, 'unixepoch') "
+                f"WHERE typeof({column}) <> 'text')"
+            )
         else:
             super().__init__(
                 f"{held}, which is not a time, so its row has no partition: correct or delete "
@@ -606,6 +614,14 @@ def _change_time(table: Table, value: object) -> datetime:
     if moment.tzinfo is not None:
         raise ChangeTimeNotATime(table, value)
     return moment
+
+
+def _number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def _zoned(value: object) -> bool:

@@ -401,6 +401,23 @@ def test_a_change_time_that_is_no_time_is_named_in_one_line(loaded, text: str) -
         runner.not_loaded_yet(FACT, result.high)
 
 
+def test_unix_seconds_in_a_change_time_are_named_with_the_conversion(loaded) -> None:
+    """A source a user's tool filled with unix times (INTEGER seconds): the line said only that
+    1793617200 is not a time; it names the conversion to the text a time needs."""
+    runner, db = loaded
+    edit(db, params=[(900_001, 100, 1_793_617_200)])
+    set_clock(db, str(LATER))
+    expected = (
+        "FactStream: the source holds '1793617200' in stream_timestamp, a number, not a time: "
+        "if it counts seconds since 1970, store it as UTC text (UPDATE FactStream SET "
+        "stream_timestamp = datetime(stream_timestamp, 'unixepoch') WHERE "
+        "typeof(stream_timestamp) <> 'text')"
+    )
+    with pytest.raises(ValueError) as raised:
+        runner.copy(FACT, None, "unix", from_watermark=True)
+    assert str(raised.value) == expected
+
+
 @pytest.mark.parametrize(
     ("table", "text"),
     [
