@@ -238,10 +238,15 @@ def test_a_failing_batch_changes_nothing(source: SourceDatabase) -> None:
 
 def create_with_own_dim_user(session: SourceSession, columns: str) -> None:
     """The catalog's tables, but a DimUser of the user's own: `columns`."""
+    create_with_own_table(session, "DimUser", f'CREATE TABLE "DimUser" ({columns})')
+
+
+def create_with_own_table(session: SourceSession, name: str, create: str) -> None:
+    """The catalog's tables, but table `name` created by the user's `create`."""
     for table in session.catalog:
-        if table.name != "DimUser":
+        if table.name != name:
             session.execute(session.sql.create_table(table))
-    session.execute(f'CREATE TABLE "DimUser" ({columns})')
+    session.execute(create)
 
 
 @pytest.mark.postgres
@@ -404,6 +409,17 @@ def change_rows_of(source: SourceDatabase) -> list[tuple]:
         )
 
 
+def attach_own_dim_user(session: SourceSession) -> None:
+    """A user's DimUser on PostgreSQL holding user 7 ('ann', Free), attached."""
+    create_with_own_dim_user(
+        session,
+        "user_id integer PRIMARY KEY, user_name text, country text, "
+        "subscription_type text, start_date date, end_date date, updated_at timestamp",
+    )
+    session.execute("""INSERT INTO "DimUser" VALUES (7, 'ann', 'SE', 'Free', NULL, NULL, now())""")
+    session.attach()
+
+
 @pytest.mark.postgres
 def test_a_renamed_column_lets_the_users_writes_pass_and_stops_the_copy(
     postgres_source: SourceDatabase, tmp_path: Path
@@ -413,15 +429,7 @@ def test_a_renamed_column_lets_the_users_writes_pass_and_stops_the_copy(
     NEW.country and failed every write: 'record "new" has no field "country"'), and the copy
     refuses the renamed column in one line."""
     with postgres_source.session() as session:
-        create_with_own_dim_user(
-            session,
-            "user_id integer PRIMARY KEY, user_name text, country text, "
-            "subscription_type text, start_date date, end_date date, updated_at timestamp",
-        )
-        session.execute(
-            """INSERT INTO "DimUser" VALUES (7, 'ann', 'SE', 'Free', NULL, NULL, now())"""
-        )
-        session.attach()
+        attach_own_dim_user(session)
         session.execute('ALTER TABLE "DimUser" RENAME COLUMN country TO land')
         session.execute(
             """INSERT INTO "DimUser" VALUES (8, 'bo', 'SE', 'Free', NULL, NULL, now())"""
@@ -485,15 +493,7 @@ def test_attach_brings_an_older_capture_up_to_date(postgres_source: SourceDataba
     `source attach` added capture only where a change table was missing. It now replaces our
     triggers once (a second attach changes nothing) and leaves the user's own trigger alone."""
     with postgres_source.session() as session:
-        create_with_own_dim_user(
-            session,
-            "user_id integer PRIMARY KEY, user_name text, country text, "
-            "subscription_type text, start_date date, end_date date, updated_at timestamp",
-        )
-        session.execute(
-            """INSERT INTO "DimUser" VALUES (7, 'ann', 'SE', 'Free', NULL, NULL, now())"""
-        )
-        session.attach()
+        attach_own_dim_user(session)
         for statement in session.sql.drop_capture_triggers(postgres_source.catalog["DimUser"]):
             session.execute(statement)
         for statement in _OLD_PG_CAPTURE + _USERS_TRIGGER + [_NO_CAPTURE_RECORDED]:
@@ -567,12 +567,11 @@ def test_a_table_created_unquoted_is_named_with_the_spelling_expected(
     """FactStream created without quotes is factstream on PostgreSQL: `source attach` said only
     that the source had no such table; it names the table found and the rename."""
     with postgres_source.session() as session:
-        for table in session.catalog:
-            if table.name != "FactStream":
-                session.execute(session.sql.create_table(table))
-        session.execute(
+        create_with_own_table(
+            session,
+            "FactStream",
             "CREATE TABLE FactStream (stream_id bigint, user_id int, track_id int, date_key int, "
-            "listen_duration int, device_type text, stream_timestamp timestamp)"
+            "listen_duration int, device_type text, stream_timestamp timestamp)",
         )
         expected = (
             r'^FactStream: the source has no table "FactStream" but has factstream, which differs '
