@@ -52,7 +52,11 @@ from spotify_assets.catalog.tables import (
     configured_catalog,
 )
 from spotify_assets.source.generator import InitialData
-from spotify_assets.source.schema import compare_columns, table_spelled_otherwise
+from spotify_assets.source.schema import (
+    SourceSchemaError,
+    compare_columns,
+    table_spelled_otherwise,
+)
 from spotify_assets.source.simulator import ChangeBatch, SourceState
 
 # PostgreSQL's SQLSTATE for "cannot drop table … because other objects depend on it", and the
@@ -182,6 +186,10 @@ class SourceDatabase(BaseModel):
                 home = "SPOTIFY_HOME defaults to ./.data of the current directory"
                 looked = f"{self.sqlite_path()}; {home}"
             else:
+                with self.session() as session:
+                    where = session.outside_search_path([t.name for t in self.catalog])
+                if where:
+                    raise SourceUnavailableError(f"the source's tables are {where}")
                 looked = f"{redact(self.connection_string)}, set by SPOTIFY_SOURCE_ODBC"
             raise SourceUnavailableError(
                 f"the source holds no Spotify tables yet (looked in {looked}): run "
@@ -270,7 +278,26 @@ class SourceSession:
         engine = self.sql.exact_case_engine
         if not found and engine and (spellings := self.query(self.sql.spellings_query(table.name))):
             raise table_spelled_otherwise(table, spellings[0][0], engine)
+        if not found and (where := self.outside_search_path([table.name])):
+            raise SourceSchemaError(f"{table.name}: the source's table is {where}")
         return found
+
+    def outside_search_path(self, names: Sequence[str]) -> str | None:
+        """Where tables named `names` are only in schemas the connection does not search
+        (PostgreSQL): where they are, and the setting that reaches them."""
+        if self.sql.dialect is not Dialect.POSTGRESQL:
+            return None
+        rows = self.query(self.sql.schemas_holding_query(names))
+        if not rows:
+            return None
+        schemas = [schema for schema, _, _ in rows]
+        _, current, user = rows[0]
+        return (
+            f"in schema {', '.join(schemas)}, not on the connection's search_path "
+            f"({current or 'no schema of it exists'}): add ConnSettings={{SET search_path TO "
+            f"{schemas[0]}}} to SPOTIFY_SOURCE_ODBC, or run ALTER ROLE {user} SET search_path TO "
+            f"{schemas[0]}"
+        )
 
     def drop_all(self) -> None:
         """Drops what `source init` made, all or nothing: an object of the user's depending on

@@ -121,6 +121,11 @@ class SqlDialect(ABC):
         """Each column of table `name` and its declared type, one per row."""
         raise NotImplementedError(f"{self.dialect}: change capture is the engine's own")
 
+    def schemas_holding_query(self, names: Sequence[str]) -> str:
+        """The schemas other than the connection's holding a table named as one of `names`,
+        one per row, each with the connection's schema and user."""
+        raise NotImplementedError(f"{self.dialect}: tables are found in one schema")
+
     def change_table(
         self, table: Table, sequence: str, op_type: str, image_types: Mapping[str, str]
     ) -> list[str]:
@@ -591,6 +596,14 @@ class PostgresDialect(SqlDialect):
         return (
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid "
             f"= to_regclass({relation}) AND attnum > 0 AND NOT attisdropped"
+        )
+
+    def schemas_holding_query(self, names: Sequence[str]) -> str:
+        listed = ", ".join(quote_literal(validate_identifier(name)) for name in names)
+        return (
+            "SELECT DISTINCT table_schema, current_schema(), current_user FROM "
+            f"information_schema.tables WHERE table_name IN ({listed}) AND table_schema IS "
+            "DISTINCT FROM current_schema() ORDER BY table_schema"
         )
 
     def change_capture(

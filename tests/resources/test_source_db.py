@@ -580,3 +580,27 @@ def test_a_table_created_unquoted_is_named_with_the_spelling_expected(
         )
         with pytest.raises(SourceSchemaError, match=expected):
             session.attach()
+
+
+@pytest.mark.postgres
+def test_tables_outside_the_search_path_are_named_with_the_setting(
+    postgres_source: SourceDatabase,
+) -> None:
+    """The user's tables in their schema "music", the connection on another search_path: every
+    command said the source held no tables yet and to run `source init` (which would create
+    empty ones beside them); it names the schema and the setting that reaches it."""
+    with postgres_source.session() as session:
+        session.execute("CREATE SCHEMA music")
+        session.execute("SET search_path TO music")
+        for table in postgres_source.catalog:
+            session.execute(session.sql.create_table(table))
+    expected = (
+        r"^the source's tables are in schema music, not on the connection's search_path "
+        r"\(public\): add ConnSettings=\{SET search_path TO music\} to SPOTIFY_SOURCE_ODBC, or "
+        r"run ALTER ROLE spotify SET search_path TO music$"
+    )
+    with pytest.raises(SourceUnavailableError, match=expected):
+        postgres_source.require_initialised()
+    attached = r"^DimUser: the source's table is in schema music, "
+    with postgres_source.session() as session, pytest.raises(SourceSchemaError, match=attached):
+        session.attach()
