@@ -108,14 +108,14 @@ class SqlDialect(ABC):
         the types of `image_types` (a column's name: its type in the source), else the
         catalog's."""
 
+    @abstractmethod
     def capture_triggers(self, table: Table) -> list[str]:
         """The triggers that fill `table`'s change table (`change_capture`'s last statements):
         what `source attach` replaces where an older version made them."""
-        raise NotImplementedError(f"{self.dialect}: change capture is the engine's own")
 
+    @abstractmethod
     def drop_capture_triggers(self, table: Table) -> list[str]:
         """Drops `capture_triggers`' objects by their names, and nothing else of the table."""
-        raise NotImplementedError(f"{self.dialect}: change capture is the engine's own")
 
     def column_types_query(self, name: str) -> str:
         """Each column of table `name` and its declared type, one per row."""
@@ -711,6 +711,12 @@ class TsqlDialect(SqlDialect):
 
     def begin(self) -> str:
         return "BEGIN TRANSACTION"
+
+    def capture_triggers(self, table: Table) -> list[str]:
+        return []  # native CDC: no triggers of ours (`source init` still records the capture)
+
+    def drop_capture_triggers(self, table: Table) -> list[str]:
+        return []
 
     def _change_tables(self, tables: Sequence[Table]) -> list[str]:
         return []  # the engine's CDC owns them: dropping a captured table drops its change table

@@ -12,11 +12,13 @@ import pytest
 
 from resources.odbc import SourceConfigError, SourceUnavailableError
 from resources.source_db import SourceDatabase, SourceSession
-from spotify_assets.catalog.tables import CaptureMode, TableRole
+from spotify_assets.bronze.dialects import DIALECTS, Dialect
+from spotify_assets.catalog.tables import CATALOG, CaptureMode, TableRole
 from spotify_assets.source.schema import SourceSchemaError
 from spotify_assets.source.simulator import simulate
 from tests.helpers.bronze import runner_for
 from tests.helpers.source import BUSY, HISTORY_END, SEED, initialise
+from tests.helpers.tsql import parse_tsql
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -604,3 +606,36 @@ def test_tables_outside_the_search_path_are_named_with_the_setting(
     attached = r"^DimUser: the source's table is in schema music, "
     with postgres_source.session() as session, pytest.raises(SourceSchemaError, match=attached):
         session.attach()
+
+
+class _Recording:
+    """A DB-API connection that records what it is asked to execute and returns no rows."""
+
+    def __init__(self) -> None:
+        self.executed: list[str] = []
+
+    def cursor(self) -> _Recording:
+        return self
+
+    def execute(self, statement: str, params: object = ()) -> None:
+        self.executed.append(statement)
+
+    def fetchall(self) -> list[tuple]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_sql_server_source_schema_is_tsql_that_parses() -> None:
+    """`source init`'s schema on SQL Server, as the session issues it: every statement parses,
+    native CDC enabled per table (recording the capture asked a dialect without triggers of
+    ours for them and raised NotImplementedError)."""
+    conn = _Recording()
+    session = SourceSession(conn, DIALECTS[Dialect.TSQL], CATALOG)
+    session.create_schema()
+    session.finish_schema()
+    for statement in conn.executed:
+        parse_tsql(statement)
+    enabled = [s for s in conn.executed if "sys.sp_cdc_enable_table" in s]
+    assert len(enabled) == len([t for t in CATALOG if t.mode is CaptureMode.CDC])
