@@ -497,3 +497,47 @@ def test_a_source_failing_before_any_run_is_one_line(
     error = capsys.readouterr().err
     assert error.startswith(f"error: reading the source (Driver=SQLite3;Database={path}) with ")
     assert "DimDate" in error and error.count("\n") == 1
+
+
+# A program ending as the console script does (`sys.exit(main())`, which reads `sys.argv`) or
+# calling `main(argv)` as tests and scripts do, holding an object whose finalizer writes when
+# the interpreter tears the program's module down.
+_MAIN_WITH_A_FINALIZER = """
+import sys
+from spotify_assets.cli import main
+class Finalized:
+    def __del__(self) -> None:
+        sys.stderr.write("torn down\\n")
+held = Finalized()
+called, argv = sys.argv[1], sys.argv[2:]
+sys.argv = ["spotify-lakehouse", *argv]
+sys.exit(main() if called == "as the program" else main(argv))
+"""
+
+
+@pytest.mark.parametrize("called", ["as the program", "with argv"])
+@pytest.mark.parametrize(
+    ("argv", "code"), [(["adf", "build", "--out", "adf"], 0), (["source", "stats"], 2)]
+)
+def test_a_command_run_as_the_program_ends_it_without_the_interpreters_teardown(
+    home: Path, tmp_path: Path, called: str, argv: list[str], code: int
+) -> None:
+    """The console script's command ends its process once every exit handler has run, output
+    and exit code whole: the interpreter's teardown of its modules (Sail's native state among
+    them) cost ~1 CPU s after a run. `main(argv)` returns to its caller's interpreter, which
+    goes on."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MAIN_WITH_A_FINALIZER, called, *argv],
+        env={**os.environ, "SPOTIFY_HOME": str(home)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == code, result.stderr
+    if code == 0:
+        written = json.loads(result.stdout)
+        assert written and all((tmp_path / "adf" / name).is_file() for name in written)
+    else:
+        assert result.stderr.startswith("error: the source holds no Spotify tables yet")
+    assert ("torn down" in result.stderr) is (called == "with argv")

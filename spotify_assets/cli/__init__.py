@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,6 +21,31 @@ STOPPED = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line `argv`. Without it (the console script, `python -m spotify_assets.cli`)
+    the command is the process's whole work, which ends once its exit handlers have run."""
+    if argv is not None:
+        return _command(argv)
+    # Registered before the command imports anything: exit handlers run last registered first,
+    # so this one runs after all of them.
+    code: list[int] = []
+    atexit.register(_end_process, code)
+    code.append(_command(argv))
+    return code[0]
+
+
+def _end_process(code: list[int]) -> None:
+    """End the process with the command's exit `code` (none: it raised, and the interpreter
+    ends as usual), skipping the interpreter's teardown: freeing every module, Sail's native
+    server state among them, cost ~1 CPU s after a run, for nothing another process sees. By
+    now the threads are joined, the exit handlers have run (Spark stopped, Dagster's storage
+    closed, logging flushed) and the lake's and the source's writes are committed."""
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code[0])
+
+
+def _command(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
