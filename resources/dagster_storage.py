@@ -1,8 +1,9 @@
 """Dagster's event log on SQLite, with the batch write Dagster's own SQLite storage lacks.
 
-A single-run backfill over N daily partitions records, per partitioned asset, N planned events at
-run creation and N materializations after its step: one event per asset and partition, which the
-UI needs to show each partition's status and metadata. Dagster hands such events to
+A single-run backfill over N daily partitions records, per partitioned asset, N materializations
+after its step, which the UI needs to show each partition's status and metadata, and at run
+creation N planned events, where this storage takes one naming the N partitions (and reads the
+failed and in-progress partitions from it). Dagster hands such events to
 `store_event_batch` when `DAGSTER_EVENT_BATCH_SIZE` is set, but its SQLite storage stores them
 one by one, each in two transactions of their own (the run's shard and the cross-run index): a
 first load of three years spent most of its time there. Here a batch is one transaction per
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import ClassVar, Self, TypeVar
 
-from dagster import StringSource
+from dagster import AssetKey, DagsterEventType, StringSource
 from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
@@ -47,8 +48,9 @@ from dagster._core.storage.event_log.schema import (
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
 from dagster._core.storage.runs import SqliteRunStorage
 from dagster._core.storage.schedules import SqliteScheduleStorage
+from dagster._core.storage.sqlalchemy_compat import db_select
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
-from dagster._serdes import ConfigurableClassData, serialize_value
+from dagster._serdes import ConfigurableClassData, deserialize_value, serialize_value
 from sqlalchemy import create_engine
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import Connection, Engine
@@ -178,6 +180,58 @@ class BatchingSqliteEventLogStorage(ConfiguredByHome, SqliteEventLogStorage):
         for (event, _), event_id in zip(indexed, ids, strict=True):
             if event.dagster_event_type in ASSET_CHECK_EVENTS:
                 self.store_asset_check_event(event, event_id)
+
+    @property
+    def supports_partition_subset_in_asset_materialization_planned_events(self) -> bool:
+        """A range run plans each asset with one event naming its partitions as a subset, where
+        Dagster's SQLite storage takes one per asset and partition (half of a first load's
+        events). Dagster's own storage then loses which partitions are in progress or failed
+        (it reads them from the planned events' partition column); this one reads the subsets
+        too (`get_latest_asset_partition_materialization_attempts_without_materializations`)."""
+        return True
+
+    def get_latest_asset_partition_materialization_attempts_without_materializations(
+        self, asset_key: AssetKey, after_storage_id: int | None = None
+    ) -> Mapping[str, tuple[str, int]]:
+        """As Dagster's: each partition whose latest planned event (after `after_storage_id`)
+        no materialization followed, with that event's run and storage id; a planned event that
+        names a subset plans each partition of it."""
+        planned = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+        latest = self._latest_event_ids_by_partition_subquery(
+            asset_key, [planned], after_cursor=after_storage_id
+        )
+        table = SqlEventLogStorageTable.c
+        query = db_select([table.id, table.run_id, table.partition, table.event]).where(
+            table.asset_key == asset_key.to_string(),
+            table.dagster_event_type == planned.value,
+            table.partition.is_(None),
+        )
+        if after_storage_id is not None:
+            query = query.where(table.id > after_storage_id)
+        details = self._get_assets_details([asset_key])
+        query = self._add_assets_wipe_filter_to_query(query, details, [asset_key])
+        by_partition = db_select([table.id, table.run_id, table.partition]).select_from(
+            latest.join(SqlEventLogStorageTable, table.id == latest.c.id)
+        )
+        attempts: dict[str, tuple[str, int]] = {}
+        with self.index_connection() as conn:
+            rows = [*conn.execute(by_partition), *conn.execute(query)]
+        for row in sorted(rows, key=lambda row: row.id):  # the latest of each partition wins
+            if row.partition is not None:
+                attempts[row.partition] = (row.run_id, row.id)
+                continue
+            event = deserialize_value(row.event, EventLogEntry).get_dagster_event()
+            keys = event.asset_materialization_planned_data.partitions_subset
+            for key in keys.get_partition_keys() if keys is not None else ():
+                attempts[key] = (row.run_id, row.id)
+        materialized = self.get_latest_storage_id_by_partition(
+            asset_key, DagsterEventType.ASSET_MATERIALIZATION
+        )
+        return {
+            key: (run_id, event_id)
+            for key, (run_id, event_id) in attempts.items()
+            if materialized.get(key, -1) < event_id
+        }
 
     def _store_asset_check_evaluation_planned(
         self, event: EventLogEntry, event_id: int | None

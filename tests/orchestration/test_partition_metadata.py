@@ -1,7 +1,7 @@
 """What each partition of a range run records in Dagster: its own rows, as the lake holds them
 for that day, the run's totals under names that say so, and the run's details only on its last
-partition (a first load of years stored them once per day); and what it plans: each partitioned
-asset per partition, every other asset once."""
+partition (a first load of years stored them once per day); and what it plans: each asset once,
+a partitioned one naming the run's days."""
 
 from __future__ import annotations
 
@@ -107,25 +107,26 @@ def test_each_partition_of_the_first_load_carries_its_own_rows(
             assert_own_counts(instance, gold_key(name), {ROWS: gold})
 
 
-def test_a_first_load_plans_each_asset_over_its_own_partitions_and_builds_every_day(
+def test_a_first_load_plans_each_asset_once_over_its_own_partitions_and_builds_every_day(
     loaded_lakehouse: Settings,
 ) -> None:
     """The UI reads a partition's status from the planned events and materializations: the first
-    load plans and materializes every day of each partitioned asset, and plans each of the
-    others (the source's observation, the calendar, gold's dimensions) once, not once per day of
-    the run (11 needless events a day)."""
+    load plans each partitioned asset once, naming every day of the run in the event (not one
+    event per day: 13 events a day), materializes every day, and plans each of the others (the
+    source's observation, the calendar, gold's dimensions) once, without partitions."""
     graph = build_definitions(loaded_lakehouse).resolve_asset_graph()
     planned_type = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
     with DagsterInstance.get() as instance:
         first_load = instance.get_runs()[-1]  # newest first
         tags = first_load.tags
         span = PartitionKeyRange(tags[PARTITION_RANGE_START_TAG], tags[PARTITION_RANGE_END_TAG])
-        planned = Counter(
-            (entry.dagster_event.asset_key, entry.dagster_event.partition)
-            for entry in instance.all_logs(first_load.run_id, of_type=planned_type)
-            if entry.dagster_event
-        )
-        expected: Counter[tuple[AssetKey | None, str | None]] = Counter()
+        planned: Counter[tuple[AssetKey | None, tuple[str, ...] | None]] = Counter()
+        for entry in instance.all_logs(first_load.run_id, of_type=planned_type):
+            event = entry.dagster_event
+            assert event is not None and event.partition is None
+            subset = event.asset_materialization_planned_data.partitions_subset
+            planned[event.asset_key, tuple(subset.get_partition_keys()) if subset else None] += 1
+        expected: Counter[tuple[AssetKey | None, tuple[str, ...] | None]] = Counter()
         for key in graph.get_all_asset_keys():
             partitions = graph.get(key).partitions_def
             if partitions is None:
@@ -133,7 +134,7 @@ def test_a_first_load_plans_each_asset_over_its_own_partitions_and_builds_every_
                 continue
             days = partitions.get_partition_keys_in_range(span)
             assert len(days) > 2, "a run of one day would prove nothing"
-            expected.update((key, day) for day in days)
+            expected[key, tuple(days)] += 1
             assert set(instance.get_materialized_partitions(key)) == set(days), key
         assert planned == expected
 

@@ -1,7 +1,8 @@
 """Dagster's event log on the CLI's instance: a single-run backfill over many daily partitions
-records one planned event and one materialization per asset and partition (the UI shows each
-partition), written in a fixed number of transactions instead of two per event, and the history
-it leaves reads exactly as Dagster's default SQLite storage leaves it."""
+records one planned event per asset naming its partitions and one materialization per asset and
+partition (the UI shows each partition), written in a fixed number of transactions instead of
+two per event, and the history it leaves reads as Dagster's default SQLite storage leaves it
+(each partition's status included: materialized, failed or in progress)."""
 
 import shutil
 import sqlite3
@@ -19,6 +20,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetPartitionStatus,
     BackfillPolicy,
     DagsterEventType,
     DagsterInstance,
@@ -121,15 +123,21 @@ def commits() -> Iterator[list[int]]:
         yield count
 
 
-def history(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
-    """What the UI and run planning read of a run: events by type and asset, partition status,
-    the latest materialization per partition, and each check's executions."""
+def history(instance: DagsterInstance, run_id: str, days: int) -> dict[str, Any]:
+    """What the UI and run planning read of a run: events by type and asset (the partitions
+    each planned event names apart), partition status, the latest materialization per
+    partition, and each check's executions."""
     storage = instance.event_log_storage
-    events = Counter(
-        (entry.dagster_event.event_type_value, entry.dagster_event.asset_key, entry.step_key)
-        for entry in instance.all_logs(run_id)
-        if entry.dagster_event
-    )
+    events: Counter[tuple[str, AssetKey | None, str | None]] = Counter()
+    planned: dict[AssetKey | None, list[str]] = defaultdict(list)
+    for entry in instance.all_logs(run_id):
+        if (event := entry.dagster_event) is None:
+            continue
+        if event.event_type is DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+            subset = event.asset_materialization_planned_data.partitions_subset
+            planned[event.asset_key] += subset.get_partition_keys() if subset else [event.partition]
+        events[event.event_type_value, event.asset_key, entry.step_key] += 1
+    keys = [(START + timedelta(days=n)).isoformat() for n in range(days)]
     materialization = DagsterEventType.ASSET_MATERIALIZATION
     checks = storage.get_asset_check_execution_history(CHECK, limit=1000)
     unfinished = (
@@ -137,6 +145,8 @@ def history(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
     )
     return {
         "events": events,
+        "planned": planned,
+        "status": {k: instance.get_status_by_partition(k, keys, PARTITIONS) for k in KEYS},
         "materialized": {k: set(instance.get_materialized_partitions(k)) for k in KEYS},
         "latest": {
             k: set(instance.get_latest_storage_id_by_partition(k, materialization)) for k in KEYS
@@ -166,7 +176,7 @@ def test_the_cli_instance_writes_a_range_run_in_transactions_that_do_not_grow_wi
             run_id = run_range(instance, days)
         counted[days] = count[0]
         planned = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
-        assert len(planned) == 3 * days  # one per asset and partition, as Dagster records them
+        assert len(planned) == 3  # one per asset, naming its days (Dagster's: one per day)
     # Per event, two transactions each: 30 more days would add ~600. Batched: the same count.
     assert counted[40] == counted[10], counted
 
@@ -313,10 +323,15 @@ def test_a_batched_range_run_leaves_the_history_dagsters_default_storage_leaves(
     one_by_one = default_instance(tmp_path / "default")
     with monkeypatch.context() as env:
         env.delenv(BATCH_SIZE_VARIABLE)
-        expected = history(one_by_one, run_range(one_by_one, days))
-    got = history(batched, run_range(batched, days))
+        expected = history(one_by_one, run_range(one_by_one, days), days)
+    got = history(batched, run_range(batched, days), days)
 
     partitions = {(START + timedelta(days=n)).isoformat() for n in range(days)}
+    # Each asset is planned by one event naming its partitions, not by one event per partition.
+    planned = DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value
+    for key in KEYS:
+        assert expected["events"].pop((planned, key, key.path[-1])) == days
+        assert got["events"].pop((planned, key, key.path[-1])) == 1
     # Except the check: evaluated once for the run, it is planned once, not once per partition
     # (Dagster's rows per partition stay PLANNED for ever).
     evaluated = (AssetCheckExecutionRecordStatus.SUCCEEDED, None)
@@ -325,7 +340,9 @@ def test_a_batched_range_run_leaves_the_history_dagsters_default_storage_leaves(
     assert got.pop("checks") == Counter([evaluated])
     assert got == expected
     assert got["materialized"] == {KEYS[0]: partitions, KEYS[1]: partitions, KEYS[2]: set()}
-    assert got["unfinished"][KEYS[2]] == partitions  # the UI shows them failed
+    assert got["unfinished"][KEYS[2]] == partitions
+    failed = {day: AssetPartitionStatus.FAILED for day in sorted(partitions)}
+    assert got["status"][KEYS[2]] == failed  # as the UI shows them
 
 
 def test_each_partitions_materialization_names_the_days_written_as_ranges(tmp_path: Path) -> None:
