@@ -170,15 +170,18 @@ def test_the_cli_instance_writes_a_range_run_in_transactions_that_do_not_grow_wi
     instance = cli_instance(tmp_path / "home", monkeypatch)
     assert isinstance(instance.event_log_storage, BatchingSqliteEventLogStorage)
     run_range(instance, 1)  # the first run also creates the assets' rows
-    counted = {}
+    counted, events = {}, {}
     for days in (10, 40):
         with commits() as count:
             run_id = run_range(instance, days)
         counted[days] = count[0]
+        events[days] = len(instance.all_logs(run_id))
         planned = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
         assert len(planned) == 3  # one per asset, naming its days (Dagster's: one per day)
     # Per event, two transactions each: 30 more days would add ~600. Batched: the same count.
     assert counted[40] == counted[10], counted
+    # A day more is a materialization more of each asset that succeeded, and nothing else.
+    assert events[40] - events[10] == 30 * 2, events
 
 
 @contextmanager
