@@ -58,13 +58,13 @@ History = list[list[Change]]  # rounds of changes, `spotify-lakehouse run` after
 
 KINDS = ("insert", "update", "update_keeping_time", "delete", "reinsert", "restore", "rekey",
          "update_all", "stream", "late_stream", "early_stream", "member", "backdate",
-         "delete_stream", "reuse_stream")  # fmt: skip
+         "backdate_far", "delete_stream", "reuse_stream", "move_stream")  # fmt: skip
 changes = st.tuples(
     st.sampled_from(KINDS),
     st.integers(0, len(KEYS) - 1),  # which key (among those it applies to)
     st.sampled_from(COUNTRIES),
     st.sampled_from(PLANS),
-    st.sampled_from([0, 0, 1, 90]),  # seconds the clock moves first: 0 = the same tick
+    st.sampled_from([0, 0, 1, 90, 86400]),  # seconds the clock moves first: 0 = the same tick
 )
 histories = st.lists(st.lists(changes, min_size=1, max_size=6), min_size=1, max_size=2)
 
@@ -122,10 +122,12 @@ class SourceEditor:
     days old). An early stream is `which` days old and of the user and the track the next
     `member` brings into the source (their key is the next new key), which is `updated_at` now
     (`which` 0) or `which + 2` days ago, before any early stream. A backdated update's
-    `updated_at` is a day before the row's. `update_all` updates every live key in one
-    statement; `delete_stream` deletes one of the last streams of the history or of the
-    history's edits, and `reuse_stream` inserts the oldest deleted `stream_id` again, `which`
-    days old."""
+    `updated_at` is a day before the row's, a far one's `5 + 4 * which` days before the clock
+    (past the reconciliation lookback). `update_all` updates every live key in one statement;
+    `delete_stream` deletes one of the last streams of the history or of the history's edits,
+    `reuse_stream` inserts the oldest deleted `stream_id` again, `which` days old, and
+    `move_stream` moves the same stream to `2 * which` days before the clock (forwards or
+    backwards). The clock never passes the current time (a day's move stops short of it)."""
 
     session: SourceSession
     clock: datetime
@@ -143,7 +145,8 @@ class SourceEditor:
         return cls(session, session.clock(), live, next_stream=int(streams) + 1)
 
     def apply(self, kind: str, which: int, country: str, plan: str, tick: int) -> None:
-        self.clock += timedelta(seconds=tick)
+        latest = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+        self.clock = max(self.clock, min(self.clock + timedelta(seconds=tick), latest))
         self.session.set_clock(self.clock)
         values = {"country": country, "subscription_type": plan}
         if kind == "insert":
@@ -163,6 +166,14 @@ class SourceEditor:
             if stream not in self.deleted_streams:
                 self.session.apply_deletes(STREAMS, pa.array([stream], pa.int64()))
                 self.deleted_streams.append(stream)
+            return
+        if kind == "move_stream":
+            at = self.clock - timedelta(days=2 * which)
+            self.session.execute(
+                f'UPDATE "{STREAMS.name}" SET stream_timestamp = ?, date_key = ? '
+                "WHERE stream_id = ?",
+                [at, int(at.strftime("%Y%m%d")), self.next_stream - 1 - which],
+            )
             return
         if kind == "reuse_stream":
             if self.deleted_streams:
@@ -185,6 +196,8 @@ class SourceEditor:
             self._update(key, values)
         elif kind == "backdate":
             self._update(key, values | {"updated_at": self.live[key]["updated_at"] - DAY})
+        elif kind == "backdate_far":
+            self._update(key, values | {"updated_at": self.clock - (5 + 4 * which) * DAY})
         elif kind == "delete":
             self.session.apply_deletes(USERS, pa.array([key]))
             self.deleted[key] = self.live.pop(key)
