@@ -170,7 +170,10 @@ def text_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
     UTF-8 escaped."""
     if not pa.types.is_binary(column.type):
         return column
-    return pa.chunked_array([pa.array([as_text(v) for v in column.to_pylist()], pa.string())])
+    try:
+        return column.cast(pa.string())
+    except pa.ArrowInvalid:
+        return pa.chunked_array([pa.array([as_text(v) for v in column.to_pylist()], pa.string())])
 
 
 def all_typed(rows: pa.Table) -> pa.Table:
