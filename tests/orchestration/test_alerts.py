@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    DagsterEvent,
+    DagsterEventType,
     DagsterInstance,
     DefaultSensorStatus,
     ExecuteInProcessResult,
@@ -109,13 +111,14 @@ class Records(logging.Handler):
 
 def evaluate(
     failed_run: tuple[DagsterInstance, ExecuteInProcessResult],
+    event: DagsterEvent | None = None,
 ) -> tuple[SkipReason | None, Records]:
-    """Evaluate the sensor on the failed run as the daemon would; returns what it returned and
-    what it logged on its tick."""
+    """Evaluate the sensor on the failed run's failure `event` (default: the one its execution
+    reported) as the daemon would; returns what it returned and what it logged on its tick."""
     instance, result = failed_run
     context = build_run_status_sensor_context(
         sensor_name=run_failure_alert.name,
-        dagster_event=result.get_run_failure_event(),
+        dagster_event=event or result.get_run_failure_event(),
         dagster_instance=instance,
         dagster_run=result.dagster_run,
     )
@@ -156,6 +159,30 @@ def test_without_a_webhook_alerts_are_off(
     assert webhook.requests == []
     assert any("alerts are off" in m for m in logs.at(logging.INFO))
     assert logs.at(logging.ERROR) == []
+
+
+def test_a_run_failed_twice_posts_one_alert(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of a killed process can be failed twice, by the next command that takes the lake
+    and by Dagster's run monitoring, a moment apart: the sensor sees two failure events of one
+    run, and alerts once, for the first."""
+    monkeypatch.setenv("SPOTIFY_ALERT_WEBHOOK", webhook.url)
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize([exploding_asset], instance=instance, raise_on_error=False)
+        run = instance.get_run_by_id(result.dagster_run.run_id)
+        instance.report_run_failed(run, "its worker is gone")
+        failures = instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.RUN_FAILURE
+        ).records
+        first, second = (record.event_log_entry.dagster_event for record in failures)
+
+        outcome, _ = evaluate((instance, result), second)
+        assert isinstance(outcome, SkipReason) and "already" in outcome.skip_message
+        assert webhook.requests == []
+        assert evaluate((instance, result), first)[0] is None
+    [request] = webhook.requests
+    assert json.loads(request.body)["run_id"] == run.run_id
 
 
 @pytest.mark.parametrize("failure", ["HTTP 500", "refused"])

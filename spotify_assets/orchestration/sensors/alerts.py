@@ -5,7 +5,7 @@ server: the URL often carries a signature in its query string (a Logic App trigg
 it never enters definitions, run config or the UI, and is logged with its query redacted. Unset,
 alerts are off. A webhook that cannot be reached or answers with an error is logged as an error
 on the sensor's tick and the tick is skipped; the sensor never raises, so one bad webhook cannot
-stop the alerts of later failures.
+stop the alerts of later failures. A run failed twice is alerted once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from dagster import (
+    DagsterEventType,
     DefaultSensorStatus,
     EnvVar,
     RunFailureSensorContext,
@@ -79,6 +80,16 @@ class ErrorInfo(Protocol):
     cause: ErrorInfo | None
 
 
+def _first_failure(context: RunFailureSensorContext) -> bool:
+    """Whether the sensor's event is its run's first failure: a run of a killed process can be
+    failed twice, by the next command that takes the lake and by Dagster's run monitoring, and
+    the sensor sees each failure event."""
+    first = context.instance.get_records_for_run(
+        context.dagster_run.run_id, of_type=DagsterEventType.RUN_FAILURE, limit=1
+    ).records
+    return not first or first[0].event_log_entry.dagster_event == context.failure_event
+
+
 def failure_message(context: RunFailureSensorContext) -> str:
     """The run's failure message, then each failed step with the exception it raised (the
     innermost cause: Dagster wraps user errors), without stack traces."""
@@ -108,6 +119,8 @@ def _innermost(error: ErrorInfo) -> str:
 def run_failure_alert(context: RunFailureSensorContext) -> SkipReason | None:
     url = (WEBHOOK.get_value() or "").strip()
     run = context.dagster_run
+    if not _first_failure(context):
+        return SkipReason(f"run {run.run_id} failed before: alerted already")
     if not url:
         context.log.info(f"SPOTIFY_ALERT_WEBHOOK is not set: alerts are off (run {run.run_id})")
         return SkipReason("SPOTIFY_ALERT_WEBHOOK is not set: alerts are off")
